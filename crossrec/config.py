@@ -1,0 +1,218 @@
+"""Typed configuration: dataclasses, loadable from and savable to YAML.
+
+A YAML file mirrors the dataclasses below, section by section. Every key is optional (the
+defaults are the built-in data and sensible settings); an unknown key or a value of the wrong
+type is a ``ConfigError`` that names the key, what was expected and what was found::
+
+    data:
+      interactions: data/interactions.parquet
+      items: data/items.parquet
+      text_template: "{title}. {categories}"
+    split:
+      kind: leave_last_out
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from crossrec import schema
+from crossrec.errors import ConfigError
+
+DataFormat = Literal["table", "movielens", "amazon"]
+UnknownItemPolicy = Literal["error", "drop"]
+SplitKind = Literal["leave_last_out", "cold_start", "new_item"]
+
+
+@dataclass
+class SynthConfig:
+    """The built-in synthetic multi-domain catalogue (see ``crossrec.data.synth``)."""
+
+    n_users: int = 2000
+    n_items: int = 3000
+    n_interactions: int = 60000
+    domains: list[str] = field(default_factory=lambda: ["books", "movies", "kitchen"])
+    # Share of interactions that ignore the user's tastes (popularity-driven noise).
+    noise: float = 0.15
+    # How far a user's tastes move from the start of their history to its end (0 = not at all).
+    drift: float = 0.35
+    # Zipf exponent of item popularity inside a theme.
+    popularity_exponent: float = 0.9
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how to read it. No ``interactions`` = the built-in data."""
+
+    interactions: str | None = None
+    items: str | None = None
+    users: str | None = None
+    # table: Parquet / CSV / CSV.gz in the canonical schema (rename columns with ``columns``);
+    # movielens: an ml-100k / ml-1m / ml-latest directory given as ``interactions``;
+    # amazon: Amazon Reviews JSON Lines, ``interactions`` = {domain: reviews file} pairs in
+    # ``amazon_files``.
+    format: DataFormat = "table"
+    # canonical column name -> name in the source files, e.g. {user_id: userId}.
+    columns: dict[str, str] = field(default_factory=dict)
+    # Python format string over item columns; builds the text the encoder reads.
+    text_template: str = schema.DEFAULT_TEXT_TEMPLATE
+    # Interactions whose (domain, item_id) is not in the items table: fail, or drop and report.
+    unknown_items: UnknownItemPolicy = "error"
+    # MovieLens: "genre" makes each movie's first genre its domain; "movies" keeps one domain.
+    movielens_domain: Literal["movies", "genre"] = "movies"
+    # Amazon: domain name -> {reviews: path, meta: path}.
+    amazon_files: dict[str, dict[str, str]] = field(default_factory=dict)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class SplitConfig:
+    """How interactions are split into train / validation / test (``crossrec.data.splits``)."""
+
+    kind: SplitKind = "leave_last_out"
+    seed: int = 0
+    # cold_start: the domain whose interactions are held out for some users.
+    target_domain: str | None = None
+    # cold_start: share of eligible users held out; new_item: share of items held out.
+    holdout_fraction: float = 0.2
+    # cold_start / new_item: share of the held-out part that goes to validation (rest: test).
+    validation_fraction: float = 0.5
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+# --- YAML <-> dataclasses -------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Checks ``value`` against the annotation ``tp`` and builds dataclasses recursively."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ConfigError(
+        f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+    )
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _convert(value, arg, where)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is type(None):
+        if value is None:
+            return None
+        raise bad
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise bad
+        return from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise bad
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {
+            _convert(k, args[0], f"{where} key"): _convert(v, args[1], f"{where}.{k}")
+            for k, v in value.items()
+        }
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise bad
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise bad
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Builds dataclass ``cls`` from a mapping, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(names)}."
+            raise ConfigError(f"{where}: unknown key '{key}'.{hint}")
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    """The YAML-ready mapping of a config dataclass."""
+    return dataclasses.asdict(obj)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Reads a YAML config; ``None`` gives the defaults. Relative data paths are resolved
+    against the config file's folder, so a config works from any working directory."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    config = from_dict(Config, raw, where=str(path))
+    _resolve_paths(config.data, path.parent)
+    return config
+
+
+def _resolve_paths(data: DataConfig, base: Path) -> None:
+    def resolve(p: str | None) -> str | None:
+        if p is None or Path(p).is_absolute():
+            return p
+        return str(base / p)
+
+    data.interactions = resolve(data.interactions)
+    data.items = resolve(data.items)
+    data.users = resolve(data.users)
+    data.amazon_files = {
+        d: {k: resolve(v) for k, v in files.items()} for d, files in data.amazon_files.items()
+    }
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,95 @@
+"""The `crossrec` command: subcommands work, bad input exits 2 naming file/row/column, nothing written."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from crossrec.cli import build_parser, main
+
+from conftest import GOOD_INTERACTIONS, GOOD_ITEMS
+
+
+def test_every_command_has_help(capsys):
+    parser = build_parser()
+    for argv in (["--help"], ["data", "--help"], ["data", "synth", "--help"], ["data", "validate", "--help"],
+                 ["data", "describe", "--help"], ["data", "split", "--help"], ["quickstart", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(argv)
+        assert info.value.code == 0
+    assert "crossrec data synth --out data/" in capsys.readouterr().out
+
+
+def test_synth_then_describe_validate_and_split(tmp_path, capsys):
+    out = tmp_path / "data"
+    assert main(["data", "synth", "--out", str(out), "--n-users", "60", "--n-items", "90",
+                 "--n-interactions", "900", "--file-format", "csv"]) == 0
+    assert (out / "interactions.csv").exists() and (out / "items.csv").exists()
+    assert main(["data", "validate", "--data", str(out)]) == 0
+    assert "OK: " in capsys.readouterr().out
+    assert main(["data", "describe", "--data", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Users shared between domains" in text and "History length per user" in text
+    assert main(["data", "split", "--data", str(out), "--out", str(tmp_path / "split"), "--kind", "new_item",
+                 "--fraction", "0.2"]) == 0
+    written = pd.read_parquet(tmp_path / "split" / "interactions.parquet")
+    assert set(written["split"]) == {"train", "validation", "test"}
+
+
+def test_validate_bad_input_exits_2_naming_file_row_and_column(write, capsys):
+    inter = write("inter.csv", GOOD_INTERACTIONS + "u3,b1,books,1700000200,lots\n")
+    items = write("items.csv", GOOD_ITEMS)
+    assert main(["data", "validate", "--data", str(inter), "--items", str(items)]) == 2
+    err = capsys.readouterr().err
+    assert "crossrec: error: invalid input data" in err
+    assert "inter.csv, row 4 (line 5), column 'rating': rating 'lots' is not a number" in err
+    assert "Traceback" not in err
+
+
+def test_column_flag_maps_source_columns(write):
+    inter = write("inter.csv", GOOD_INTERACTIONS.replace("user_id", "userId", 1))
+    items = write("items.csv", GOOD_ITEMS)
+    argv = ["data", "validate", "--data", str(inter), "--items", str(items)]
+    assert main(argv) == 2
+    assert main(argv + ["--column", "user_id=userId"]) == 0
+
+
+def test_split_on_bad_input_writes_nothing(write, tmp_path):
+    inter = write("inter.csv", GOOD_INTERACTIONS + "u3,zz,books,1700000200,4\n")
+    items = write("items.csv", GOOD_ITEMS)
+    out = tmp_path / "split-out"
+    assert main(["data", "split", "--data", str(inter), "--items", str(items), "--out", str(out)]) == 2
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".split-out")]
+
+
+def test_existing_output_is_not_overwritten_without_the_flag(tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["data", "synth", "--out", str(out), "--n-users", "10", "--n-items", "30",
+                 "--n-interactions", "100"]) == 2
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_bad_config_exits_2(write, capsys):
+    config = write("c.yaml", "data:\n  formatt: table\n")
+    assert main(["data", "validate", "--config", str(config)]) == 2
+    assert "unknown key 'formatt'. Did you mean 'format'?" in capsys.readouterr().err
+
+
+def test_quickstart_runs_every_step(tmp_path, capsys):
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--tiny"]) == 0
+    text = capsys.readouterr().out
+    assert "[4/4] split it" in text and "quickstart done" in text
+    assert (tmp_path / "qs" / "split" / "interactions.parquet").exists()
+
+
+def test_console_script_exit_code(write, tmp_path):
+    inter = write("inter.csv", "")
+    result = subprocess.run([sys.executable, "-m", "crossrec", "data", "validate", "--data", str(inter),
+                             "--items", str(inter)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "inter.csv: interactions file is empty" in result.stderr

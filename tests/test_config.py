@@ -1,0 +1,55 @@
+"""Typed config: YAML in, dataclasses out; unknown keys and wrong types are named."""
+
+import pytest
+
+from crossrec.config import Config, DataConfig, SplitConfig, load_config, save_config
+from crossrec.errors import ConfigError
+
+
+def test_defaults_use_the_builtin_data():
+    config = load_config(None)
+    assert config.data.interactions is None
+    assert config.data.synth.domains == ["books", "movies", "kitchen"]
+
+
+def test_yaml_round_trip(tmp_path):
+    config = Config(data=DataConfig(interactions="/abs/i.csv", items="/abs/items.csv",
+                                    columns={"user_id": "userId"}, text_template="{title}. {categories}"),
+                    split=SplitConfig(kind="cold_start", target_domain="movies", holdout_fraction=0.3))
+    path = tmp_path / "c.yaml"
+    save_config(config, path)
+    assert load_config(path) == config
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path, write):
+    (tmp_path / "sub").mkdir()
+    path = write("sub/c.yaml", "data:\n  interactions: data/i.csv\n  items: /abs/items.csv\n")
+    config = load_config(path)
+    assert config.data.interactions == str(tmp_path / "sub" / "data" / "i.csv")
+    assert config.data.items == "/abs/items.csv"
+
+
+def test_unknown_key_suggests_the_close_one(write):
+    path = write("c.yaml", "data:\n  colums: {user_id: userId}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml.data: unknown key 'colums'. Did you mean 'columns'\?"):
+        load_config(path)
+
+
+def test_wrong_type_names_key_expected_and_found(write):
+    path = write("c.yaml", "data:\n  synth:\n    n_users: many\n")
+    with pytest.raises(ConfigError, match=r"data.synth.n_users: expected int, got 'many' \(str\)"):
+        load_config(path)
+
+
+def test_bad_choice_lists_the_choices(write):
+    path = write("c.yaml", "split:\n  kind: random\n")
+    with pytest.raises(ConfigError, match=r"split.kind: expected one of 'leave_last_out', 'cold_start', "
+                                          r"'new_item', got 'random'"):
+        load_config(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path, write):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write("c.yaml", "data: [unclosed\n"))
