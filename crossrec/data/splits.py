@@ -118,3 +118,52 @@ def split_counts(interactions: pd.DataFrame) -> pd.DataFrame:
     """Interactions per domain and split, for reports."""
     return (interactions.groupby([schema.DOMAIN, schema.SPLIT]).size()
             .unstack(fill_value=0).reindex(columns=list(schema.SPLITS), fill_value=0))
+
+
+SLICE = "slice"  # which evaluation slice a held-out row belongs to
+WARM, COLD_START, NEW_ITEM, ZERO_SHOT = "warm", "cold_start", "new_item", "zero_shot"
+
+
+def evaluation_split(interactions: pd.DataFrame, *, target_domain: str, cold_start_fraction: float = 0.2,
+                     new_item_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    """One split that serves every slice, so one training run is evaluated on all of them:
+
+    1. ``new_item``: a share of each domain's items never appears in training;
+    2. ``cold_start``: a share of the users active in ``target_domain`` and elsewhere lose all their
+       target-domain interactions (other than those with new items);
+    3. ``warm``: leave-last-out per user and domain on what remains.
+
+    Adds ``split`` and ``slice`` columns; train rows have an empty slice.
+    """
+    out = new_item(interactions, fraction=new_item_fraction, seed=seed)
+    out[SLICE] = np.where(out[schema.SPLIT] == schema.TRAIN, "", NEW_ITEM)
+    rest = out[schema.SPLIT] == schema.TRAIN
+    cold = cold_start(out[rest], target_domain=target_domain, fraction=cold_start_fraction, seed=seed + 1)
+    out.loc[rest, schema.SPLIT] = cold[schema.SPLIT].to_numpy()
+    out.loc[rest & (out[schema.SPLIT] != schema.TRAIN), SLICE] = COLD_START
+    rest = out[schema.SPLIT] == schema.TRAIN
+    warm = leave_last_out(out[rest].drop(columns=[schema.SPLIT, SLICE]))
+    out.loc[rest, schema.SPLIT] = warm[schema.SPLIT].to_numpy()
+    out.loc[rest & (out[schema.SPLIT] != schema.TRAIN), SLICE] = WARM
+    return out
+
+
+GIVEN_SPLIT_NAMES = {"train": schema.TRAIN, "valid": schema.VALIDATION, "validation": schema.VALIDATION,
+                     "val": schema.VALIDATION, "dev": schema.VALIDATION, "test": schema.TEST}
+
+
+def has_given_split(interactions: pd.DataFrame) -> bool:
+    return schema.SPLIT in interactions.columns and set(interactions[schema.SPLIT].astype(str).str.lower()) <= set(
+        GIVEN_SPLIT_NAMES)
+
+
+def given_split(interactions: pd.DataFrame) -> pd.DataFrame:
+    """A dataset's own split. With a ``role`` column (user-level splits such as URLLM's), only the
+    rows whose role is a target are held out; a held-out user's history rows are known (train)."""
+    out = interactions.copy()
+    labels = out[schema.SPLIT].astype(str).str.lower().map(GIVEN_SPLIT_NAMES)
+    if "role" in out.columns:
+        labels = labels.where(out["role"].astype(str) != "history", schema.TRAIN)
+    out[schema.SPLIT] = labels
+    out[SLICE] = np.where(out[schema.SPLIT] == schema.TRAIN, "", WARM)
+    return out

@@ -1,0 +1,53 @@
+"""Chooses the tf.distribute strategy (and mixed precision) that training runs under."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from crossrec.config import TrainConfig
+from crossrec.errors import ConfigError
+
+
+def resolve_kind(config: TrainConfig) -> str:
+    if config.strategy != "auto":
+        return config.strategy
+    if os.environ.get("TF_CONFIG"):
+        return "multi_worker"
+    if config.tpu_address:
+        return "tpu"
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return "mirrored"
+    return "default"
+
+
+def strategy_from_config(config: TrainConfig) -> tf.distribute.Strategy:
+    """auto: MultiWorkerMirrored when TF_CONFIG is set, TPU when train.tpu_address is set,
+    Mirrored on several GPUs, else the default strategy (one CPU or GPU)."""
+    kind = resolve_kind(config)
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ConfigError("train.strategy multi_worker needs the TF_CONFIG environment variable, e.g. "
+                              + json.dumps({"cluster": {"worker": ["host1:23456", "host2:23456"]},
+                                            "task": {"type": "worker", "index": 0}}))
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu_address or "")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ConfigError(f"train.strategy: unknown strategy {kind!r}")
+
+
+def set_precision(config: TrainConfig) -> str:
+    """mixed_float16 on GPU when train.mixed_precision; float32 otherwise (CPU gains nothing)."""
+    policy = "mixed_float16" if config.mixed_precision and tf.config.list_logical_devices("GPU") else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy

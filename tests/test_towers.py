@@ -1,0 +1,144 @@
+"""The named parts of the retrieval model, each alone, then the model as a whole."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crossrec import schema
+from crossrec.config import TowerConfig, TrainConfig
+from towers.features import UNSEEN_DOMAIN, Catalogue, query_examples, training_examples
+from towers.model import ItemTower, RetrievalModel, UserTower
+
+
+def test_item_tower_output_is_normalised_and_domain_zero_uses_the_agnostic_path_only():
+    tower = ItemTower(num_items=5, num_domains=3, text_dim=8, embedding_dim=4, use_item_ids=False, dropout=0.0)
+    text = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
+    rows = np.array([1, 2])
+    out = np.asarray(tower(text, np.array([1, 2]), rows, np.array([True, True])))
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # give the domain adapters weight: domain 0 must ignore them, domains 1/2 must not
+    tower.domain_adapters.kernel.assign(np.random.default_rng(1).normal(size=(8, 3, 4)).astype("float32"))
+    agnostic = np.asarray(tower(text, np.array([0, 0]), rows, np.array([True, True])))
+    as_domain = np.asarray(tower(text, np.array([1, 1]), rows, np.array([True, True])))
+    shared = np.asarray(tower.shared_out(tower.shared_hidden(text)))
+    np.testing.assert_allclose(agnostic, shared / np.linalg.norm(shared, axis=1, keepdims=True), atol=1e-5)
+    assert np.abs(agnostic - as_domain).max() > 1e-3
+
+
+def test_item_tower_ids_apply_only_to_known_items():
+    tower = ItemTower(num_items=5, num_domains=2, text_dim=8, embedding_dim=4, dropout=0.0)
+    text = np.ones((2, 8), "float32")
+    known = np.asarray(tower(text, np.array([1, 1]), np.array([1, 2]), np.array([True, True])))
+    unknown = np.asarray(tower(text, np.array([1, 1]), np.array([1, 2]), np.array([False, False])))
+    assert np.abs(known[0] - known[1]).max() > 1e-4  # ids make equal texts differ
+    np.testing.assert_allclose(unknown[0], unknown[1], atol=1e-6)  # text only: equal texts, equal vectors
+
+
+def test_id_only_tower_needs_no_text():
+    tower = ItemTower(num_items=5, num_domains=2, text_dim=0, embedding_dim=4, use_text=False)
+    out = np.asarray(tower(None, np.array([1]), np.array([3]), np.array([True])))
+    assert out.shape == (1, 4)
+    with pytest.raises(ValueError, match="needs text, item ids, or both"):
+        ItemTower(5, 2, 0, use_text=False, use_item_ids=False)
+
+
+def test_user_tower_ignores_padding_and_handles_empty_histories():
+    tower = UserTower(num_domains=3, history_length=4, embedding_dim=4, dropout=0.0)
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(2, 4, 4)).astype("float32")
+    mask = np.array([[False, False, True, True], [False] * 4])
+    domains = np.array([[0, 0, 1, 2], [0] * 4])
+    out = np.asarray(tower(emb, mask, domains, np.array([1, 2])))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    emb2 = emb.copy()
+    emb2[0, :2] = 99.0  # padded slots change: the output must not
+    np.testing.assert_allclose(np.asarray(tower(emb2, mask, domains, np.array([1, 2]))), out, atol=1e-5)
+    # the target domain changes the query
+    other = np.asarray(tower(emb, mask, domains, np.array([2, 2])))
+    assert np.abs(other[0] - out[0]).max() > 1e-4
+
+
+def test_user_tower_recency_matters():
+    tower = UserTower(num_domains=2, history_length=3, embedding_dim=4, dropout=0.0)
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(2, 4)).astype("float32")
+    mask = np.ones((1, 3), bool)
+    dom = np.ones((1, 3), int)
+    first = np.asarray(tower(np.stack([[a, a, b]]), mask, dom, np.array([1])))
+    second = np.asarray(tower(np.stack([[b, a, a]]), mask, dom, np.array([1])))
+    assert np.abs(first - second).max() > 1e-4
+
+
+@pytest.fixture
+def small():
+    items = pd.DataFrame({schema.ITEM_ID: ["a", "b", "c", "x"], schema.DOMAIN: ["books", "books", "movies", "toys"],
+                          schema.TEXT: ["A", "B", "C", "X"]})
+    inter = pd.DataFrame({schema.USER_ID: ["u", "u", "u", "v", "v"], schema.ITEM_ID: ["a", "c", "b", "b", "a"],
+                          schema.DOMAIN: ["books", "movies", "books", "books", "books"],
+                          schema.TIMESTAMP: [1, 2, 3, 1, 2]})
+    return items, inter
+
+
+def test_catalogue_rows_and_unseen_domains(small):
+    items, inter = small
+    cat = Catalogue.build(items, ["books", "movies"])
+    assert cat.domains == [UNSEEN_DOMAIN, "books", "movies"]
+    assert cat.rows(["books", "movies", "toys", "books"], ["a", "c", "x", "zz"]).tolist() == [1, 3, 4, 0]
+    assert cat.item_domain.tolist() == [0, 1, 1, 2, 0]  # toys was never trained: the agnostic path
+    freq = cat.frequencies(inter)
+    assert freq[0] == 0 and abs(freq.sum() - 1) < 1e-6 and freq[1] > freq[4]
+
+
+def test_training_examples_use_only_earlier_items_right_aligned(small):
+    items, inter = small
+    cat = Catalogue.build(items, ["books", "movies"])
+    ex = training_examples(inter, cat, history_length=3)
+    # u: a(1) c(3) b(2) -> targets c, b ; v: b a -> target a
+    assert ex.target.tolist() == [3, 2, 1]
+    assert ex.history.tolist() == [[0, 0, 1], [0, 1, 3], [0, 0, 2]]
+    assert ex.target_domain.tolist() == [2, 1, 1]
+
+
+def test_query_examples_see_only_the_past(small):
+    items, inter = small
+    cat = Catalogue.build(items, ["books", "movies"])
+    targets = pd.DataFrame({schema.USER_ID: ["u", "new"], schema.ITEM_ID: ["b", "a"],
+                            schema.DOMAIN: ["books", "books"], schema.TIMESTAMP: [2, 5]})
+    q = query_examples(inter, targets, cat, history_length=3)
+    assert q.history.tolist() == [[0, 0, 1], [0, 0, 0]]  # u before t=2: only a; a new user: nothing
+
+
+def _model(text=True, **tower):
+    rng = np.random.default_rng(0)
+    size = 6
+    config = TowerConfig(embedding_dim=8, history_length=4, use_text=text, **tower)
+    return RetrievalModel(text_table=rng.normal(size=(size, 5)).astype("float32") if text else None,
+                          item_domain=np.array([0, 1, 1, 2, 2, 2], np.int32), id_known=np.ones(size, bool),
+                          item_probability=np.full(size, 1 / size, np.float32), num_domains=3, towers=config,
+                          train=TrainConfig(temperature=0.1))
+
+
+@pytest.mark.parametrize("text", [True, False])
+def test_model_queries_and_items_share_the_space(text):
+    model = _model(text, user_id_buckets=8)
+    feats = {"history": np.array([[0, 0, 1, 3], [0, 0, 0, 0]], np.int32), "target_domain": np.array([1, 2], np.int32),
+             "user_id": np.array(["a", "b"])}
+    q = np.asarray(model(feats))
+    items = model.all_item_embeddings()
+    assert q.shape == (2, 8) and items.shape == (6, 8)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
+
+
+def test_loss_is_the_in_batch_softmax_with_temperature():
+    model = _model()
+    model.train_config.logq_correction = False
+    model.task._remove_accidental_hits = False
+    feats = {"history": np.array([[0, 0, 0, 1], [0, 0, 1, 2]], np.int32), "target": np.array([3, 4], np.int32),
+             "target_domain": np.array([2, 2], np.int32), "weight": np.ones(2, np.float32)}
+    q = np.asarray(model(feats))
+    c = np.asarray(model.item_embeddings(feats["target"]))
+    logits = q @ c.T / 0.1
+    expected = np.mean([np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(logits)])
+    loss = float(model.compute_loss(feats, None, model(feats), training=False))
+    assert loss == pytest.approx(expected, rel=1e-4)

@@ -1,0 +1,100 @@
+"""The retrieval fit script end to end on tiny data and a tiny random backbone."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crossrec import schema
+from crossrec.config import EncoderConfig, TrainConfig
+from crossrec.data.dataset import Dataset
+from crossrec.data.splits import COLD_START, WARM
+from crossrec.distribute import resolve_kind, strategy_from_config
+from crossrec.errors import ConfigError
+from towers.train import load_trained, prepare_data, query_embeddings, train_retrieval
+
+
+def test_fit_lowers_the_loss_and_writes_every_output(tiny_config, tmp_path):
+    config = replace(tiny_config, train=replace(tiny_config.train, epochs=4))
+    run = train_retrieval(config, tmp_path / "run", progress=False, baselines=True)
+    loss = run.history["loss"]
+    assert loss[-1] < loss[0]
+    out = tmp_path / "run"
+    for name in ("towers.weights.h5", "catalogue.parquet", "config.yaml", "item_embeddings.parquet",
+                 "run_summary.json", "checkpoints/best.weights.h5", "test_metrics.csv"):
+        assert (out / name).exists(), name
+    assert any((out / "tensorboard").rglob("*tfevents*"))
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["text_encoder"]["cache_misses"] == len(run.data.catalogue)
+    assert set(run.metrics["slice"]) == {"warm", "cold_start", "new_item"}
+    assert set(run.metrics["model"]) == {"crossrec", "popularity"}
+    table = pd.read_parquet(out / "item_embeddings.parquet")
+    assert len(table) == len(run.data.catalogue) and len(table["embedding"].iloc[0]) == 16
+
+    # the frozen encoder's vectors come from the cache the second time
+    again = train_retrieval(replace(config, train=replace(config.train, epochs=1)), None, progress=False)
+    assert again.text.cache_hits == len(run.data.catalogue) and again.text.cache_misses == 0
+
+    # save -> reload -> the same queries and item embeddings
+    model, catalogue, _ = load_trained(out)
+    queries = run.data.test[0].examples
+    np.testing.assert_allclose(query_embeddings(model, queries), query_embeddings(run.model, queries), atol=1e-6)
+    np.testing.assert_allclose(model.all_item_embeddings(), run.model.all_item_embeddings(), atol=1e-6)
+    assert catalogue.domains == run.data.catalogue.domains
+
+
+def test_fine_tuning_the_top_layer_trains_it_and_refreshes_the_table(tiny_config):
+    config = replace(tiny_config, encoder=replace(tiny_config.encoder, freeze="top_layers", trainable_layers=1),
+                     train=replace(tiny_config.train, epochs=1))
+    from towers.train import text_vectors
+
+    data = prepare_data(config)
+    text = text_vectors(config, data.catalogue)
+    before = {w.path: np.array(w) for w in text.encoder.backbone.weights}
+    table_before = text.table.copy()
+    run = train_retrieval(config, None, data=data, progress=False)
+    after = {w.path: np.array(w) for w in run.text.encoder.backbone.weights}
+    changed = {p for p in after if not np.allclose(after[p], before[p])}
+    assert changed and all("transformer_layer_1" in p for p in changed)
+    assert not np.allclose(np.array(run.model.text_table), table_before)  # RefreshTextTable re-encoded
+
+
+def test_id_only_two_tower_trains_without_an_encoder(tiny_config):
+    config = replace(tiny_config, towers=replace(tiny_config.towers, use_text=False),
+                     encoder=EncoderConfig(preset="/does/not/exist"))
+    run = train_retrieval(config, None, progress=False)
+    assert run.text.table is None and np.isfinite(run.history["loss"]).all()
+
+
+def test_given_split_with_roles_holds_out_targets_and_builds_cold_start_queries(tiny_config):
+    rows = []
+    for u in range(30):
+        user_split = "test" if u < 5 else "train"
+        seq = [("books", f"b{(u + i) % 10}") for i in range(4)] + [("movies", f"m{(u + i) % 10}") for i in range(3)]
+        for pos, (domain, item) in enumerate(seq):
+            rows.append((f"u{u}", item, domain, pos, user_split, "history"))
+        rows.append((f"u{u}", f"m{u % 10}", "movies", len(seq), user_split, "target_1"))
+    inter = pd.DataFrame(rows, columns=[schema.USER_ID, schema.ITEM_ID, schema.DOMAIN, schema.SEQ_POS, "split", "role"])
+    items = pd.DataFrame([(f"{d[0]}{i}", d, f"{d} item {i}") for d in ("books", "movies") for i in range(10)],
+                         columns=[schema.ITEM_ID, schema.DOMAIN, schema.TEXT])
+    data = prepare_data(tiny_config, Dataset(inter, items))
+    assert len(data.train) == len(inter) - 5  # only the 5 test targets are held out
+    by_slice = {q.slice: q.examples for q in data.test}
+    assert set(by_slice) == {WARM, COLD_START}
+    movies = data.catalogue.domain_index("movies")
+    warm, cold = by_slice[WARM], by_slice[COLD_START]
+    assert (data.catalogue.item_domain[warm.history] == movies).any()
+    assert not (data.catalogue.item_domain[cold.history] == movies).any()  # target domain removed
+    assert (cold.history > 0).any()
+
+
+def test_strategy_auto_is_the_default_strategy_on_cpu(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert resolve_kind(TrainConfig()) == "default"
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}')
+    assert resolve_kind(TrainConfig()) == "multi_worker"
+    monkeypatch.delenv("TF_CONFIG")
+    with pytest.raises(ConfigError, match="multi_worker needs the TF_CONFIG environment variable"):
+        strategy_from_config(TrainConfig(strategy="multi_worker"))

@@ -1,0 +1,155 @@
+"""From canonical tables to the arrays the towers read.
+
+- ``Catalogue``: every item gets a row index (0 is padding) and a domain index. Domain index 0 is
+  "unseen": a domain with no training interactions goes through the domain-agnostic path.
+- ``Examples``: one per target interaction. ``history`` holds the item rows of the user's
+  interactions before it, over all domains, right-aligned (the most recent in the last column,
+  0 = padding); ``target_domain`` says which domain the query asks for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from crossrec import schema
+
+UNSEEN_DOMAIN = "<unseen>"
+
+
+@dataclass
+class Catalogue:
+    """Items with their row indices (1..n) and the model's domain vocabulary."""
+
+    items: pd.DataFrame  # item_id, domain, text, row, domain_index; sorted by row
+    domains: list[str]  # index 0 = UNSEEN_DOMAIN, then the domains the model was trained on
+
+    @classmethod
+    def build(cls, items: pd.DataFrame, trained_domains) -> Catalogue:
+        items = items[[schema.ITEM_ID, schema.DOMAIN, schema.TEXT]].sort_values(list(schema.ITEM_KEY))
+        items = items.reset_index(drop=True)
+        domains = [UNSEEN_DOMAIN] + sorted(set(trained_domains))
+        index = {d: i for i, d in enumerate(domains)}
+        items["row"] = np.arange(1, len(items) + 1, dtype=np.int32)
+        items["domain_index"] = items[schema.DOMAIN].map(index).fillna(0).astype(np.int32)
+        return cls(items, domains)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def size(self) -> int:
+        """Rows including padding row 0."""
+        return len(self.items) + 1
+
+    def rows(self, domains, item_ids) -> np.ndarray:
+        """(domain, item_id) pairs -> item rows; unknown items -> 0."""
+        key = pd.MultiIndex.from_arrays([np.asarray(domains, dtype=object), np.asarray(item_ids, dtype=object)])
+        lookup = pd.Series(self.items["row"].to_numpy(),
+                           index=pd.MultiIndex.from_frame(self.items[list(schema.ITEM_KEY)]))
+        return lookup.reindex(key).fillna(0).to_numpy(dtype=np.int32)
+
+    def domain_index(self, domain: str) -> int:
+        return self.domains.index(domain) if domain in self.domains else 0
+
+    @property
+    def item_domain(self) -> np.ndarray:
+        """(size,) domain index per row; row 0 -> 0."""
+        return np.concatenate([[0], self.items["domain_index"].to_numpy()]).astype(np.int32)
+
+    @property
+    def item_domain_name(self) -> np.ndarray:
+        return np.concatenate([[UNSEEN_DOMAIN], self.items[schema.DOMAIN].to_numpy()]).astype(object)
+
+    def frequencies(self, interactions: pd.DataFrame) -> np.ndarray:
+        """(size,) share of ``interactions`` per item row (for logQ correction)."""
+        counts = np.bincount(self.rows(interactions[schema.DOMAIN], interactions[schema.ITEM_ID]),
+                             minlength=self.size).astype(np.float64)
+        counts = counts + 1.0  # unseen items still have a small sampling probability
+        counts[0] = 0.0  # padding
+        return (counts / counts.sum()).astype(np.float32)
+
+
+@dataclass
+class Examples:
+    history: np.ndarray  # (n, H) int32 item rows, right-aligned, 0 = padding
+    target: np.ndarray  # (n,) int32 item row (0 = unknown item)
+    target_domain: np.ndarray  # (n,) int32 domain index (0 = unseen domain)
+    user_id: np.ndarray  # (n,) object
+    weight: np.ndarray  # (n,) float32
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def subset(self, mask: np.ndarray) -> Examples:
+        return Examples(self.history[mask], self.target[mask], self.target_domain[mask], self.user_id[mask],
+                        self.weight[mask])
+
+    def features(self) -> dict[str, np.ndarray]:
+        return {"history": self.history, "target_domain": self.target_domain,
+                "user_id": self.user_id.astype(str)}
+
+
+def _sorted(interactions: pd.DataFrame) -> pd.DataFrame:
+    order = schema.order_column(interactions.columns)
+    frame = interactions.copy()
+    frame["_input_order"] = np.arange(len(frame))
+    return frame.sort_values([schema.USER_ID, order, "_input_order"], kind="stable")
+
+
+def _right_aligned(rows: np.ndarray, length: int) -> np.ndarray:
+    out = np.zeros(length, np.int32)
+    tail = rows[-length:]
+    if len(tail):
+        out[length - len(tail):] = tail
+    return out
+
+
+def training_examples(interactions: pd.DataFrame, catalogue: Catalogue, history_length: int,
+                      domain_weights: dict[str, float] | None = None) -> Examples:
+    """Every interaction with at least one earlier interaction becomes a target."""
+    frame = _sorted(interactions)
+    rows = catalogue.rows(frame[schema.DOMAIN], frame[schema.ITEM_ID])
+    users = frame[schema.USER_ID].to_numpy()
+    domains = frame[schema.DOMAIN].to_numpy()
+    weights = frame[schema.WEIGHT].to_numpy(np.float32) if schema.WEIGHT in frame else np.ones(len(frame), np.float32)
+    if domain_weights:
+        weights = weights * np.array([domain_weights.get(d, 1.0) for d in domains], np.float32)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
+    n = int(sum(e - s - 1 for s, e in zip(starts, ends, strict=True)))
+    history = np.zeros((n, history_length), np.int32)
+    take = np.zeros(n, np.int64)
+    k = 0
+    for s, e in zip(starts, ends, strict=True):
+        for j in range(s + 1, e):
+            history[k] = _right_aligned(rows[max(s, j - history_length):j], history_length)
+            take[k] = j
+            k += 1
+    domain_index = {d: i for i, d in enumerate(catalogue.domains)}
+    return Examples(history, rows[take], np.array([domain_index.get(d, 0) for d in domains[take]], np.int32),
+                    users[take], weights[take])
+
+
+def query_examples(known: pd.DataFrame, targets: pd.DataFrame, catalogue: Catalogue,
+                   history_length: int) -> Examples:
+    """Evaluation queries: one per target row; its history is the user's ``known`` interactions
+    strictly before the target (by the order column), over all domains."""
+    order = schema.order_column(targets.columns)
+    known = _sorted(known)
+    known_rows = catalogue.rows(known[schema.DOMAIN], known[schema.ITEM_ID])
+    by_user: dict = {}
+    for user, group_index in known.groupby(schema.USER_ID, sort=False).indices.items():
+        by_user[user] = (known[order].to_numpy()[group_index], known_rows[group_index])
+    target_rows = catalogue.rows(targets[schema.DOMAIN], targets[schema.ITEM_ID])
+    history = np.zeros((len(targets), history_length), np.int32)
+    for i, (user, when) in enumerate(zip(targets[schema.USER_ID], targets[order], strict=True)):
+        if user in by_user:
+            times, rows = by_user[user]
+            history[i] = _right_aligned(rows[times < when], history_length)
+    domain_index = {d: i for i, d in enumerate(catalogue.domains)}
+    return Examples(history, target_rows,
+                    np.array([domain_index.get(d, 0) for d in targets[schema.DOMAIN]], np.int32),
+                    targets[schema.USER_ID].to_numpy(), np.ones(len(targets), np.float32))

@@ -1,0 +1,247 @@
+"""The retrieval model: item towers, one shared user tower, and the TFRS retrieval task.
+
+Named parts (each tested alone):
+- ``ItemTower``: an item's text vector -> the shared embedding space, through a domain-agnostic
+  adapter plus a per-domain residual adapter, plus an optional item-ID embedding (hybrid). The
+  domain adapter is dropped for a share of training items (``domain_dropout``), so the agnostic
+  path alone is trained too: a domain never seen in training (domain index 0) uses only it. The
+  ID embedding is dropped for a share of items (``item_id_dropout``) so text alone stays strong;
+  items unseen in training have no ID embedding at all (row marked in ``id_known``).
+- ``UserTower``: a user's history (item embeddings from the item towers, plus domain and recency
+  embeddings), optional self-attention blocks, attention pooling whose query is the *target
+  domain*, the most recent item, and an optional hashed user id -> one L2-normalised query.
+- ``RetrievalModel``: a Keras 3 model whose ``compute_loss`` calls ``tfrs.tasks.Retrieval``
+  (in-batch softmax with temperature, logQ correction, accidental-hit removal, hard negatives).
+
+Text vectors come from a non-trainable table (the frozen encoder's cached output). When the
+encoder is fine-tuned, the batch's candidate items are encoded live from their token ids, and the
+history keeps reading the table, which ``RefreshTextTable`` re-encodes after every epoch.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+from keras import ops
+
+from crossrec.config import TowerConfig, TrainConfig
+
+
+@keras.saving.register_keras_serializable(package="crossrec")
+class ItemTower(keras.layers.Layer):
+    def __init__(self, num_items: int, num_domains: int, text_dim: int, embedding_dim: int = 64,
+                 use_text: bool = True, use_item_ids: bool = True, item_id_dropout: float = 0.5,
+                 domain_dropout: float = 0.2, dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        if not use_text and not use_item_ids:
+            raise ValueError("ItemTower needs text, item ids, or both (use_text and use_item_ids are both false)")
+        self.num_items = num_items
+        self.num_domains = num_domains
+        self.text_dim = text_dim
+        self.embedding_dim = embedding_dim
+        self.use_text = use_text
+        self.use_item_ids = use_item_ids
+        self.item_id_dropout = item_id_dropout
+        self.domain_dropout = domain_dropout
+        self.dropout = dropout
+        if use_text:
+            self.shared_hidden = keras.layers.Dense(2 * embedding_dim, activation="gelu", name="shared_hidden")
+            self.shared_out = keras.layers.Dense(embedding_dim, name="shared_out")
+            # One (text_dim -> embedding_dim) residual adapter per domain, computed together.
+            self.domain_adapters = keras.layers.EinsumDense(
+                "bt,tde->bde", output_shape=(num_domains, embedding_dim), name="domain_adapters",
+                kernel_initializer="zeros")
+            self.text_dropout = keras.layers.Dropout(dropout)
+        if use_item_ids:
+            self.id_embedding = keras.layers.Embedding(num_items, embedding_dim, name="item_id_embedding",
+                                                       embeddings_initializer=keras.initializers.RandomNormal(0, 0.05))
+
+    def call(self, text, domain, row, id_known, training=False):
+        # text: (b, text_dim) float; domain, row: (b,) int; id_known: (b,) bool
+        parts = []
+        if self.use_text:
+            x = self.text_dropout(text, training=training)
+            shared = self.shared_out(self.shared_hidden(x))  # (b, e)
+            if training and self.domain_dropout > 0:
+                drop = keras.random.uniform(ops.shape(domain)) < self.domain_dropout
+                domain = ops.where(drop, ops.zeros_like(domain), domain)
+            per_domain = self.domain_adapters(x)  # (b, domains, e)
+            pick = ops.one_hot(domain, self.num_domains)[..., None]  # (b, domains, 1); domain 0 = agnostic only
+            pick = pick * ops.cast(ops.arange(self.num_domains) > 0, pick.dtype)[None, :, None]
+            parts.append(shared + ops.sum(per_domain * pick, axis=1))
+        if self.use_item_ids:
+            keep = ops.cast(id_known, "float32")
+            if training and self.item_id_dropout > 0 and self.use_text:
+                keep = keep * ops.cast(keras.random.uniform(ops.shape(keep)) >= self.item_id_dropout, "float32")
+            parts.append(self.id_embedding(row) * keep[:, None])
+        return ops.normalize(ops.sum(ops.stack(parts), axis=0), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({k: getattr(self, k) for k in (
+            "num_items", "num_domains", "text_dim", "embedding_dim", "use_text", "use_item_ids",
+            "item_id_dropout", "domain_dropout", "dropout")})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="crossrec")
+class UserTower(keras.layers.Layer):
+    def __init__(self, num_domains: int, history_length: int, embedding_dim: int = 64,
+                 self_attention_layers: int = 0, user_id_buckets: int = 0, dropout: float = 0.1,
+                 domain_dropout: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.num_domains = num_domains
+        self.history_length = history_length
+        self.embedding_dim = embedding_dim
+        self.self_attention_layers = self_attention_layers
+        self.user_id_buckets = user_id_buckets
+        self.dropout = dropout
+        self.domain_dropout = domain_dropout
+        e = embedding_dim
+        self.history_domain = keras.layers.Embedding(num_domains, e, name="history_domain")
+        self.recency = keras.layers.Embedding(history_length, e, name="recency")  # slot H-1 = most recent
+        self.target_domain = keras.layers.Embedding(num_domains, e, name="target_domain")
+        self.blocks = [keras.layers.MultiHeadAttention(2, e // 2, dropout=dropout, name=f"self_attention_{i}")
+                       for i in range(self_attention_layers)]
+        self.block_norms = [keras.layers.LayerNormalization(name=f"self_attention_norm_{i}")
+                            for i in range(self_attention_layers)]
+        self.key = keras.layers.Dense(e, use_bias=False, name="pool_key")
+        self.query = keras.layers.Dense(e, use_bias=False, name="pool_query")
+        self.user_embedding = (keras.layers.Embedding(user_id_buckets, e, name="user_id_embedding")
+                               if user_id_buckets else None)
+        self.hidden = keras.layers.Dense(2 * e, activation="gelu", name="hidden")
+        self.drop = keras.layers.Dropout(dropout)
+        self.out = keras.layers.Dense(e, name="out")
+
+    def call(self, history_embeddings, history_mask, history_domain, target_domain, user_bucket=None,
+             training=False):
+        # history_embeddings: (b, H, e); history_mask: (b, H) bool; history_domain: (b, H) int
+        # target_domain: (b,) int; user_bucket: (b,) int or None
+        if training and self.domain_dropout > 0:
+            drop = keras.random.uniform(ops.shape(target_domain)) < self.domain_dropout
+            target_domain = ops.where(drop, ops.zeros_like(target_domain), target_domain)
+        mask_f = ops.cast(history_mask, "float32")[..., None]  # (b, H, 1)
+        slots = ops.arange(self.history_length)
+        x = (history_embeddings + self.history_domain(history_domain) + self.recency(slots)[None]) * mask_f
+        for attention, norm in zip(self.blocks, self.block_norms, strict=True):
+            pair_mask = ops.logical_and(history_mask[:, None, :], history_mask[:, :, None])
+            x = norm(x + attention(x, x, attention_mask=pair_mask, training=training)) * mask_f
+        wanted = self.target_domain(target_domain)  # (b, e)
+        scores = ops.einsum("bhe,be->bh", self.key(x), self.query(wanted)) / np.sqrt(self.embedding_dim)
+        scores = ops.where(history_mask, scores, ops.full_like(scores, -1e9))
+        weights = ops.softmax(scores, axis=-1) * ops.cast(history_mask, "float32")  # all-padding -> 0
+        pooled = ops.einsum("bh,bhe->be", weights, x)
+        last = x[:, -1, :]  # right-aligned: the most recent item (zeros if none)
+        parts = [pooled, last, wanted]
+        if self.user_embedding is not None and user_bucket is not None:
+            parts.append(self.user_embedding(user_bucket))
+        hidden = self.drop(self.hidden(ops.concatenate(parts, axis=-1)), training=training)
+        return ops.normalize(self.out(hidden), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({k: getattr(self, k) for k in (
+            "num_domains", "history_length", "embedding_dim", "self_attention_layers", "user_id_buckets",
+            "dropout", "domain_dropout")})
+        return config
+
+
+class RetrievalModel(keras.Model):
+    """Query tower + item towers trained with ``tfrs.tasks.Retrieval``.
+
+    Inputs (a dict): ``history`` (b, H) int32 item rows, ``target_domain`` (b,) int32 and, for
+    training, ``target`` (b,) int32 item rows; ``user_id`` (b,) string if user-id buckets are on.
+    """
+
+    def __init__(self, *, text_table: np.ndarray | None, item_domain: np.ndarray, id_known: np.ndarray,
+                 item_probability: np.ndarray, num_domains: int, towers: TowerConfig, train: TrainConfig,
+                 text_encoder: keras.layers.Layer | None = None, token_table: np.ndarray | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        num_items = len(item_domain)
+        text_dim = 0 if text_table is None else int(text_table.shape[1])
+        self.towers_config = towers
+        self.train_config = train
+        self.text_table = None
+        if towers.use_text:
+            if text_table is None:
+                raise ValueError("towers.use_text is true but no text vectors were given")
+            self.text_table = self.add_weight(shape=text_table.shape, name="text_table", trainable=False,
+                                              initializer=keras.initializers.Constant(text_table))
+        self.item_domain = self.add_weight(shape=(num_items,), dtype="int32", trainable=False, name="item_domain",
+                                           initializer=keras.initializers.Constant(item_domain))
+        self.id_known = self.add_weight(shape=(num_items,), dtype="bool", trainable=False, name="id_known",
+                                        initializer=keras.initializers.Constant(id_known))
+        self.item_probability = self.add_weight(shape=(num_items,), trainable=False, name="item_probability",
+                                                initializer=keras.initializers.Constant(item_probability))
+        self.text_encoder = text_encoder
+        self.token_table = None
+        if text_encoder is not None:
+            self.token_table = self.add_weight(shape=token_table.shape, dtype="int32", trainable=False,
+                                               name="token_table", initializer=keras.initializers.Constant(token_table))
+        self.item_tower = ItemTower(num_items, num_domains, text_dim, towers.embedding_dim,
+                                    use_text=towers.use_text, use_item_ids=towers.use_item_ids,
+                                    item_id_dropout=towers.item_id_dropout, domain_dropout=towers.domain_dropout,
+                                    dropout=towers.dropout, name="item_tower")
+        self.user_tower = UserTower(num_domains, towers.history_length, towers.embedding_dim,
+                                    self_attention_layers=towers.self_attention_layers,
+                                    user_id_buckets=towers.user_id_buckets, dropout=towers.dropout,
+                                    domain_dropout=towers.domain_dropout, name="user_tower")
+        self.user_hashing = (keras.layers.Hashing(towers.user_id_buckets, name="user_hashing")
+                             if towers.user_id_buckets else None)
+        self.task = tfrs.tasks.Retrieval(
+            loss=tf.keras.losses.CategoricalCrossentropy(
+                from_logits=True, reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE),
+            temperature=train.temperature, remove_accidental_hits=train.remove_accidental_hits,
+            num_hard_negatives=train.hard_negatives or None)
+        # Keras 3 runs train steps without autograph, and TFRS's Retrieval.call needs it
+        # (`len(tf.shape(x))`): the task call gets its own tf.function (see ../shared/STACK.md).
+        self._task_loss = tf.function(
+            lambda q, c, w, p, ids: self.task(q, c, sample_weight=w, candidate_sampling_probability=p,
+                                              candidate_ids=ids, compute_metrics=False))
+
+    # -- item side --------------------------------------------------------------------------
+    def _text_vectors(self, rows, live: bool):
+        if self.text_table is None:
+            return None
+        if live and self.text_encoder is not None:
+            return self.text_encoder(ops.take(self.token_table, rows, axis=0), training=True)
+        return ops.take(self.text_table, rows, axis=0)
+
+    def item_embeddings(self, rows, training=False, live_text=False):
+        """(n,) item rows -> (n, e); each distinct row goes through the tower once."""
+        flat = ops.reshape(rows, [-1])
+        unique, position = tf.unique(flat)
+        text = self._text_vectors(unique, live=live_text)
+        embedded = self.item_tower(text, ops.take(self.item_domain, unique), unique,
+                                   ops.take(self.id_known, unique), training=training)
+        return tf.reshape(tf.gather(embedded, position), tf.concat([tf.shape(rows), [-1]], 0))
+
+    # -- query side -------------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        history = ops.cast(inputs["history"], "int32")
+        mask = history > 0
+        history_embeddings = self.item_embeddings(history, training=training)
+        bucket = None
+        if self.user_hashing is not None and "user_id" in inputs:
+            bucket = self.user_hashing(inputs["user_id"])
+        return self.user_tower(history_embeddings, mask, ops.take(self.item_domain, history),
+                               ops.cast(inputs["target_domain"], "int32"), bucket, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        target = ops.cast(x["target"], "int32")
+        candidates = self.item_embeddings(target, training=training, live_text=training)
+        probability = ops.take(self.item_probability, target) if self.train_config.logq_correction else None
+        weight = sample_weight if sample_weight is not None else ops.ones_like(ops.cast(target, "float32"))
+        loss = self._task_loss(ops.cast(y_pred, "float32"), ops.cast(candidates, "float32"), weight,
+                               probability, target)
+        return loss + ops.sum(self.losses) if self.losses else loss
+
+    def all_item_embeddings(self, batch_size: int = 8192) -> np.ndarray:
+        """(num_items, e) embeddings of every item row (row 0 is padding)."""
+        n = int(self.item_domain.shape[0])
+        out = [np.asarray(self.item_embeddings(ops.arange(s, min(n, s + batch_size), dtype="int32")))
+               for s in range(0, n, batch_size)]
+        return np.concatenate(out)

@@ -1,0 +1,355 @@
+"""The retrieval fit script: data -> text vectors -> towers -> Keras ``fit`` -> outputs.
+
+``train_retrieval(config, out_dir)`` writes to ``out_dir``:
+  towers.weights.h5      final weights (the best epoch's, by the validation metric)
+  catalogue.parquet      item rows, domains and texts the weights refer to
+  config.yaml            the full config of the run
+  item_embeddings.parquet  the item embedding table (domain, item_id, embedding)
+  run_summary.json       sizes, timings, training history and test metrics
+  checkpoints/  backup/  tensorboard/   Keras ModelCheckpoint, BackupAndRestore, TensorBoard
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from crossrec import schema
+from crossrec.config import Config, load_config, save_config, to_dict
+from crossrec.data.dataset import Dataset
+from crossrec.data.loaders import load_dataset
+from crossrec.data.splits import (
+    COLD_START,
+    SLICE,
+    WARM,
+    evaluation_split,
+    given_split,
+    has_given_split,
+)
+from crossrec.distribute import set_precision, strategy_from_config
+from crossrec.errors import ConfigError
+from crossrec.evaluation import (
+    EmbeddingScorer,
+    PopularityScorer,
+    QuerySet,
+    evaluate,
+    seen_rows,
+    target_ranks,
+)
+from crossrec.metrics import ranking_metrics
+from towers.cache import EmbeddingCache
+from towers.encoder import TextEncoder
+from towers.features import Catalogue, Examples, query_examples, training_examples
+from towers.model import RetrievalModel
+
+MONITOR = "val_recall_at_50"
+
+
+@dataclass
+class RetrievalData:
+    interactions: pd.DataFrame  # with split and slice columns
+    catalogue: Catalogue
+    train: pd.DataFrame
+    examples: Examples
+    validation: list[QuerySet] = field(default_factory=list)
+    test: list[QuerySet] = field(default_factory=list)
+    target_domain: str | None = None
+
+
+def default_target_domain(interactions: pd.DataFrame) -> str:
+    """The domain with the most users who are also active elsewhere."""
+    per_user = interactions.groupby(schema.USER_ID)[schema.DOMAIN].nunique()
+    multi = interactions[interactions[schema.USER_ID].isin(per_user[per_user > 1].index)]
+    counts = multi.groupby(schema.DOMAIN)[schema.USER_ID].nunique()
+    if counts.empty:
+        return sorted(interactions[schema.DOMAIN].unique())[0]
+    return str(counts.sort_values(ascending=False, kind="stable").index[0])
+
+
+def split_for_evaluation(interactions: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, str]:
+    target = config.split.target_domain or default_target_domain(interactions)
+    if config.eval.use_given_split and has_given_split(interactions):
+        return given_split(interactions), target
+    return evaluation_split(interactions, target_domain=target, cold_start_fraction=config.split.holdout_fraction,
+                            new_item_fraction=config.split.holdout_fraction / 2, seed=config.split.seed), target
+
+
+def _query_sets(split_name: str, frame: pd.DataFrame, train: pd.DataFrame, catalogue: Catalogue,
+                history_length: int, given: bool) -> list[QuerySet]:
+    held = frame[frame[schema.SPLIT] == split_name]
+    sets = []
+    for slice_name in sorted(held[SLICE].unique()):
+        targets = held[held[SLICE] == slice_name]
+        examples = query_examples(train, targets, catalogue, history_length)
+        sets.append(QuerySet(slice_name, examples, seen_rows(train, examples.user_id, catalogue)))
+        if given and slice_name == WARM:
+            # Cross-domain cold-start queries on a given split: the same targets, asked from a
+            # history with every item of the target's domain removed.
+            other = train.merge(targets[[schema.USER_ID]].drop_duplicates(), on=schema.USER_ID)
+            rows = []
+            for domain in sorted(targets[schema.DOMAIN].unique()):
+                t = targets[targets[schema.DOMAIN] == domain]
+                rows.append(query_examples(other[other[schema.DOMAIN] != domain], t, catalogue, history_length))
+            cold = Examples(*(np.concatenate([getattr(r, f) for r in rows]) for f in
+                              ("history", "target", "target_domain", "user_id", "weight")))
+            sets.append(QuerySet(COLD_START, cold, seen_rows(train, cold.user_id, catalogue)))
+    return sets
+
+
+def prepare_data(config: Config, dataset: Dataset | None = None) -> RetrievalData:
+    dataset = (dataset or load_dataset(config.data)).clean()
+    frame, target = split_for_evaluation(dataset.interactions, config)
+    given = config.eval.use_given_split and has_given_split(dataset.interactions)
+    train = frame[frame[schema.SPLIT] == schema.TRAIN].reset_index(drop=True)
+    if train.empty:
+        raise ConfigError("the split left no training interactions")
+    catalogue = Catalogue.build(dataset.items, train[schema.DOMAIN].unique())
+    h = config.towers.history_length
+    examples = training_examples(train, catalogue, h, config.train.domain_weights)
+    return RetrievalData(frame, catalogue, train, examples,
+                         _query_sets(schema.VALIDATION, frame, train, catalogue, h, given),
+                         _query_sets(schema.TEST, frame, train, catalogue, h, given), target)
+
+
+@dataclass
+class TextVectors:
+    table: np.ndarray | None  # (catalogue.size, dim), row 0 zeros
+    tokens: np.ndarray | None = None  # (catalogue.size, length) when fine-tuning
+    encoder: TextEncoder | None = None
+    fingerprint: str | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
+    seconds: float = 0.0
+
+
+def text_vectors(config: Config, catalogue: Catalogue, *, progress: bool = False) -> TextVectors:
+    if not config.towers.use_text:
+        return TextVectors(None)
+    start = time.perf_counter()
+    encoder = TextEncoder(config.encoder)
+    texts = catalogue.items[schema.TEXT].tolist()
+    if config.encoder.freeze == "frozen":
+        cache = EmbeddingCache(config.encoder.cache_dir, encoder.fingerprint)
+        vectors = cache.get(texts, lambda t: encoder.encode(t, progress=progress))
+        table = np.concatenate([np.zeros((1, encoder.dim), np.float32), vectors])
+        return TextVectors(table, None, None, encoder.fingerprint, cache.stats.hits, cache.stats.misses,
+                           time.perf_counter() - start)
+    tokens = np.concatenate([np.zeros((1, config.encoder.sequence_length), np.int32), encoder.tokenize(texts)])
+    tokens[0, 0] = encoder.pad_id
+    table = encoder.encode_tokens(tokens, progress=progress)
+    table[0] = 0
+    return TextVectors(table, tokens, encoder, None, 0, len(texts), time.perf_counter() - start)
+
+
+def build_model(config: Config, data: RetrievalData, text: TextVectors) -> RetrievalModel:
+    catalogue = data.catalogue
+    id_known = np.zeros(catalogue.size, bool)
+    id_known[np.unique(catalogue.rows(data.train[schema.DOMAIN], data.train[schema.ITEM_ID]))] = True
+    id_known[0] = False
+    model = RetrievalModel(
+        text_table=text.table, item_domain=catalogue.item_domain, id_known=id_known,
+        item_probability=catalogue.frequencies(data.train), num_domains=len(catalogue.domains),
+        towers=config.towers, train=config.train,
+        text_encoder=text.encoder.layer if text.encoder is not None else None, token_table=text.tokens)
+    h = config.towers.history_length
+    model({"history": np.zeros((1, h), np.int32), "target_domain": np.zeros(1, np.int32),
+           "user_id": np.array(["u"])})
+    return model
+
+
+def make_dataset(examples: Examples, batch_size: int, *, seed: int = 0, balance_domains: bool = False,
+                 shuffle: bool = True) -> tf.data.Dataset:
+    def tensors(ex: Examples):
+        return {"history": ex.history, "target": ex.target, "target_domain": ex.target_domain,
+                "user_id": ex.user_id.astype(str), "weight": ex.weight}
+
+    if balance_domains:
+        parts = [examples.subset(examples.target_domain == d) for d in np.unique(examples.target_domain)]
+        datasets = [tf.data.Dataset.from_tensor_slices(tensors(p)).shuffle(len(p), seed=seed).repeat() for p in parts]
+        merged = tf.data.Dataset.sample_from_datasets(datasets, seed=seed, stop_on_empty_dataset=False)
+        return merged.take(len(examples)).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = tf.data.Dataset.from_tensor_slices(tensors(examples))
+    if shuffle:
+        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+    drop = len(examples) >= batch_size
+    return dataset.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+
+
+def query_embeddings(model: RetrievalModel, examples: Examples, batch_size: int = 4096) -> np.ndarray:
+    if not hasattr(model, "_serve_queries"):
+        model._serve_queries = tf.function(lambda f: model(f, training=False), reduce_retracing=True)
+    out = []
+    for s in range(0, len(examples), batch_size):
+        part = examples.subset(np.arange(s, min(len(examples), s + batch_size)))
+        out.append(np.asarray(model._serve_queries({k: tf.constant(v) for k, v in part.features().items()})))
+    return np.concatenate(out) if out else np.zeros((0, model.towers_config.embedding_dim), np.float32)
+
+
+def scorer_for(model: RetrievalModel, name: str) -> EmbeddingScorer:
+    return EmbeddingScorer(name, lambda ex: query_embeddings(model, ex), model.all_item_embeddings())
+
+
+class RetrievalEvaluation(keras.callbacks.Callback):
+    """Full-corpus Recall@k / NDCG@10 on the validation queries after each epoch, into the logs
+    (``val_recall_at_50``...), where EarlyStopping and ModelCheckpoint read them."""
+
+    def __init__(self, queries: list[QuerySet], catalogue: Catalogue, ks=(10, 50), exclude_seen=True):
+        super().__init__()
+        self.queries, self.catalogue, self.ks, self.exclude_seen = queries, catalogue, ks, exclude_seen
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not self.queries:
+            return
+        scorer = scorer_for(self.model, "model")
+        ranks = np.concatenate([target_ranks(scorer, q, self.catalogue, exclude_seen=self.exclude_seen)
+                                for q in self.queries])
+        metrics = ranking_metrics(ranks, self.ks)
+        for k in self.ks:
+            logs[f"val_recall_at_{k}"] = metrics[f"recall@{k}"]
+        logs["val_ndcg_at_10"] = metrics["ndcg@10"]
+
+
+class RefreshTextTable(keras.callbacks.Callback):
+    """Fine-tuning: re-encodes every item's text after each epoch, so history items (which read
+    the table) follow the backbone as it trains. Costs one encoding pass over the catalogue."""
+
+    def __init__(self, encoder: TextEncoder, tokens: np.ndarray):
+        super().__init__()
+        self.encoder, self.tokens = encoder, tokens
+
+    def on_epoch_end(self, epoch, logs=None):
+        table = self.encoder.encode_tokens(self.tokens)
+        table[0] = 0
+        self.model.text_table.assign(table)
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    hashed = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class RetrievalRun:
+    model: RetrievalModel
+    data: RetrievalData
+    text: TextVectors
+    history: dict
+    metrics: pd.DataFrame
+    out_dir: Path | None
+    seconds: float
+
+
+def train_retrieval(config: Config, out_dir: str | Path | None = None, *, dataset: Dataset | None = None,
+                    data: RetrievalData | None = None, progress: bool = True,
+                    baselines: bool = False) -> RetrievalRun:
+    """Trains the towers on ``config`` and evaluates them on the test queries (all slices)."""
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.train.seed)
+    data = data or prepare_data(config, dataset)
+    if len(data.examples) == 0:
+        raise ConfigError("no training examples: every user needs at least two training interactions")
+    text = text_vectors(config, data.catalogue, progress=progress)
+    set_precision(config.train)
+    strategy = strategy_from_config(config.train)
+    with strategy.scope():
+        model = build_model(config, data, text)
+        model.compile(optimizer=keras.optimizers.AdamW(config.train.learning_rate,
+                                                       weight_decay=config.train.weight_decay))
+    out = Path(out_dir) if out_dir else None
+    callbacks: list[keras.callbacks.Callback] = []
+    if text.encoder is not None:
+        callbacks.append(RefreshTextTable(text.encoder, text.tokens))
+    monitor, mode = "loss", "min"
+    validation = [q for q in data.validation if len(q.examples)]
+    if validation:
+        callbacks.append(RetrievalEvaluation(validation, data.catalogue, exclude_seen=config.eval.exclude_seen))
+        monitor, mode = MONITOR, "max"
+    callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
+                                                   patience=config.train.early_stopping_patience))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "best.weights.h5"), monitor=monitor, mode=mode,
+                                            save_best_only=True, save_weights_only=True),
+            keras.callbacks.BackupAndRestore(str(out / "backup")),
+            keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
+        ]
+    dataset_ = make_dataset(data.examples, config.train.batch_size, seed=config.train.seed,
+                            balance_domains=config.train.balance_domains)
+    fit_started = time.perf_counter()
+    history = model.fit(dataset_, epochs=config.train.epochs, callbacks=callbacks,
+                        shuffle=False, verbose=1 if progress else 0)  # tf.data already shuffles
+    fit_seconds = time.perf_counter() - fit_started
+    scorers = [scorer_for(model, "crossrec")]
+    if baselines:
+        scorers.append(PopularityScorer(data.train, data.catalogue))
+    metrics = evaluate(scorers, data.test, data.catalogue, ks=tuple(config.eval.ks),
+                       exclude_seen=config.eval.exclude_seen)
+    run = RetrievalRun(model, data, text, {k: [float(v) for v in vs] for k, vs in history.history.items()}, metrics,
+                       out, time.perf_counter() - started)
+    if out is not None:
+        save_run(run, config, fit_seconds)
+    return run
+
+
+def save_run(run: RetrievalRun, config: Config, fit_seconds: float) -> None:
+    out = run.out_dir
+    run.model.save_weights(str(out / "towers.weights.h5"))
+    catalogue = run.data.catalogue
+    catalogue.items.to_parquet(out / "catalogue.parquet", index=False)
+    text_dim = 0 if run.text.table is None else int(run.text.table.shape[1])
+    (out / "model_spec.json").write_text(json.dumps({"domains": catalogue.domains, "text_dim": text_dim}))
+    save_config(config, out / "config.yaml")
+    embeddings = run.model.all_item_embeddings()[1:]
+    table = catalogue.items[[schema.DOMAIN, schema.ITEM_ID]].copy()
+    table["embedding"] = list(embeddings)
+    table.to_parquet(out / "item_embeddings.parquet", index=False)
+    run.metrics.to_csv(out / "test_metrics.csv", index=False)
+    summary = {
+        "examples": len(run.data.examples), "items": len(catalogue), "domains": catalogue.domains[1:],
+        "target_domain": run.data.target_domain,
+        "data_fingerprint": data_fingerprint(run.data.interactions[[schema.USER_ID, schema.ITEM_ID, schema.DOMAIN]]),
+        "text_encoder": {"fingerprint": run.text.fingerprint, "cache_hits": run.text.cache_hits,
+                         "cache_misses": run.text.cache_misses, "seconds": round(run.text.seconds, 2)},
+        "epochs_run": len(run.history.get("loss", [])), "fit_seconds": round(fit_seconds, 2),
+        "examples_per_second": round(len(run.history.get("loss", [])) * len(run.data.examples) / max(fit_seconds, 1e-9)),
+        "seconds": round(run.seconds, 2), "history": run.history,
+        "test_metrics": json.loads(run.metrics.to_json(orient="records")), "config": to_dict(config),
+    }
+    (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def load_trained(out_dir: str | Path) -> tuple[RetrievalModel, Catalogue, Config]:
+    """Rebuilds the towers written by ``train_retrieval`` and loads their weights."""
+    out = Path(out_dir)
+    if not (out / "towers.weights.h5").exists():
+        raise ConfigError(f"{out} holds no trained towers (towers.weights.h5); run `crossrec train retrieval` first")
+    config = load_config(out / "config.yaml")
+    spec = json.loads((out / "model_spec.json").read_text())
+    catalogue = Catalogue(pd.read_parquet(out / "catalogue.parquet"), spec["domains"])
+    size, dim = catalogue.size, spec["text_dim"]
+    text = TextVectors(None)
+    if config.towers.use_text:
+        if config.encoder.freeze == "frozen":
+            text = TextVectors(np.zeros((size, dim), np.float32))
+        else:
+            encoder = TextEncoder(config.encoder)
+            text = TextVectors(np.zeros((size, dim), np.float32),
+                               np.zeros((size, config.encoder.sequence_length), np.int32), encoder)
+    empty_train = pd.DataFrame({schema.DOMAIN: [], schema.ITEM_ID: []})
+    model = build_model(config, RetrievalData(pd.DataFrame(), catalogue, empty_train, _no_examples()), text)
+    model.load_weights(str(out / "towers.weights.h5"))
+    return model, catalogue, config
+
+
+def _no_examples() -> Examples:
+    return Examples(np.zeros((0, 1), np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32),
+                    np.zeros(0, object), np.zeros(0, np.float32))
