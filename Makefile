@@ -22,14 +22,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(VENV)/bin/ruff check crossrec towers ranking serving tests
+	$(VENV)/bin/ruff check crossrec towers ranking serving tests bench
 	$(PY) -m pytest
 
 quickstart: install
 	$(VENV)/bin/crossrec quickstart --out $(RUN_DIR)
 
 lint: install
-	$(VENV)/bin/ruff check crossrec towers ranking serving tests
+	$(VENV)/bin/ruff check crossrec towers ranking serving tests bench
 
 clean:
 	rm -rf $(VENV) .runs .pytest_cache

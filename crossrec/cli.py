@@ -199,7 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = _apply_overrides(_config_from_args(args), args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     result = compare_models(config, models=models, zero_shot_domain=args.zero_shot_domain,
-                            progress=not args.quiet)
+                            progress=not args.quiet, model_out=args.model_out)
     notes = [f"data: {config.data.interactions or 'built-in synthetic data'}",
              f"cross-domain cold-start target domain: {result.target_domain}",
              "full-corpus ranking per target domain" + (", seen items excluded" if config.eval.exclude_seen else ""),
@@ -214,8 +214,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # --- quickstart -------------------------------------------------------------------------------------
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    """The main job on the built-in data. Today: generate, validate, describe and split it; each
-    later stage (training, evaluation, export, serving) is added here as it lands."""
+    """The main job on the built-in data: generate, validate, describe and split it, then train
+    the retrieval towers and compare them with the baselines. Later stages (ranking, export,
+    serving, batch candidates) are added here as they land."""
     from pathlib import Path
 
     out = Path(args.out)
@@ -231,6 +232,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         ("split it: cross-domain cold start on movies", [
             "data", "split", "--data", str(data_dir), "--out", str(split_dir), "--overwrite",
             "--kind", "cold_start", "--target-domain", "movies", "--seed", str(args.seed)]),
+        ("train the retrieval towers (frozen MiniLM, cached) and compare them with the baselines", [
+            "evaluate", "--data", str(data_dir), "--out", str(out / "report"),
+            "--model-out", str(out / "retrieval"), "--zero-shot-domain", "kitchen"]
+         + (["--epochs", "2", "--quiet"] if args.tiny else [])),
     ]
     for number, (title, argv) in enumerate(steps, 1):
         print(f"\n[{number}/{len(steps)}] {title}: crossrec {' '.join(argv)}", flush=True)
@@ -322,15 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(evaluate)
     evaluate.add_argument("--out", required=True, help="report folder")
     evaluate.add_argument("--models", default="crossrec,popularity,id_two_tower,target_only",
-                          help="comma-separated models (default: all four)")
+                          help="comma-separated, from crossrec, popularity, id_two_tower, target_only, item_knn "
+                               "(default: all but item_knn)")
     evaluate.add_argument("--zero-shot-domain", help="also retrain without any interaction of this domain and "
                                                      "evaluate on it (the zero_shot slice)")
+    evaluate.add_argument("--model-out", help="also keep the trained crossrec towers in this folder "
+                                              "(as `crossrec train retrieval --out` writes them)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     quickstart = commands.add_parser(
         "quickstart", help="run the main job end to end on the built-in data",
         description="Run the main job end to end on the built-in data, printing each step's command so you "
-                    "can run it yourself: generate, validate, describe and split the data.")
+                    "can run it yourself: generate, validate, describe and split the data, train the retrieval "
+                    "towers and compare them with the baselines.")
     quickstart.add_argument("--out", default=".runs/quickstart", help="output folder (default .runs/quickstart)")
     quickstart.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     quickstart.add_argument("--tiny", action="store_true", help="a very small run (for tests and smoke checks)")

@@ -41,11 +41,13 @@ class SynthConfig:
     n_interactions: int = 60000
     domains: list[str] = field(default_factory=lambda: ["books", "movies", "kitchen"])
     # Share of interactions that ignore the user's tastes (popularity-driven noise).
-    noise: float = 0.15
+    noise: float = 0.1
     # How far a user's tastes move from the start of their history to its end (0 = not at all).
     drift: float = 0.35
     # Zipf exponent of item popularity inside a theme.
-    popularity_exponent: float = 0.9
+    popularity_exponent: float = 0.7
+    # Dirichlet concentration of a user's taste over themes (smaller = fewer favourite themes).
+    taste_concentration: float = 0.15
     seed: int = 0
 
 
@@ -105,10 +107,15 @@ class EncoderConfig:
     freeze: FreezePolicy = "frozen"
     trainable_layers: int = 1
     lora_rank: int = 4
-    # One backbone for every domain, or one copy per domain (fine-tuning only).
+    # One backbone for every domain. (false, one fine-tuned copy per domain, is not implemented
+    # yet and is refused.)
     shared_backbone: bool = True
     batch_size: int = 128
-    # Where frozen item vectors are cached (keyed by encoder and text). null = ~/.cache/crossrec.
+    # frozen only: compute item vectors once and cache them on disk (false = run the frozen
+    # backbone inside every training step, ~100x slower; for comparison or no writable disk).
+    cache: bool = True
+    # Where frozen item vectors are cached (keyed by encoder and text). null = ~/.cache/crossrec
+    # (or $CROSSREC_CACHE).
     cache_dir: str | None = None
 
 
@@ -125,6 +132,10 @@ class TowerConfig:
     use_text: bool = True
     # Share of examples trained through the domain-agnostic adapter alone (what unseen domains use).
     domain_dropout: float = 0.2
+    # Subtract each domain's mean text vector (computed from its items' texts, so a brand-new domain
+    # gets one too): removes what all of a domain's texts share (e.g. "Kitchen > Mug") and aligns
+    # domains for transfer and zero-shot use.
+    center_text_by_domain: bool = True
     history_length: int = 32
     # Self-attention blocks over the history before pooling (0 = attention pooling only, fastest).
     self_attention_layers: int = 0
@@ -138,10 +149,10 @@ class TrainConfig:
     """The retrieval fit script (``towers.train``)."""
 
     epochs: int = 10
-    batch_size: int = 1024
+    batch_size: int = 256
     learning_rate: float = 0.003
     weight_decay: float = 0.0001
-    temperature: float = 0.05
+    temperature: float = 0.1
     # Correct the in-batch softmax for item popularity (logQ correction).
     logq_correction: bool = True
     remove_accidental_hits: bool = True
@@ -152,6 +163,9 @@ class TrainConfig:
     # Sample batches so every domain is equally represented.
     balance_domains: bool = False
     early_stopping_patience: int = 3
+    # Training steps per graph call (Keras steps_per_execution): amortises per-step overhead;
+    # measured 1.8x faster end to end on 2 CPU cores at 8.
+    steps_per_execution: int = 8
     # tf.distribute strategy: auto (default / Mirrored on several GPUs / MultiWorkerMirrored from
     # TF_CONFIG / TPU when tpu_address is set), default, mirrored, multi_worker, tpu.
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
@@ -170,8 +184,6 @@ class EvalConfig:
     exclude_seen: bool = True
     # Use the dataset's own split column / roles where it has them (e.g. a published split).
     use_given_split: bool = True
-    # Which split the test metrics come from: test or validation.
-    split: Literal["test", "validation"] = "test"
 
 
 @dataclass

@@ -98,6 +98,36 @@ class PopularityScorer:
         return np.broadcast_to(self.counts[candidate_rows], (len(queries), len(candidate_rows))).copy()
 
 
+class ItemKNNScorer:
+    """Reference: item-to-item cosine similarity of training co-occurrence (users as features);
+    a candidate scores the sum of its similarities to the query's history items."""
+
+    name = "item_knn"
+
+    def __init__(self, train: pd.DataFrame, catalogue: Catalogue):
+        from scipy import sparse
+
+        rows = catalogue.rows(train[schema.DOMAIN], train[schema.ITEM_ID])
+        users = pd.factorize(train[schema.USER_ID])[0]
+        matrix = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, users)),
+                                   shape=(catalogue.size, users.max() + 1 if len(users) else 1))
+        matrix.data[:] = 1.0  # repeated interactions count once
+        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+        norms[norms == 0] = 1.0
+        self.normalised = sparse.diags(1.0 / norms) @ matrix  # (items, users), rows of unit length
+
+    def score(self, queries: Examples, candidate_rows: np.ndarray) -> np.ndarray:
+        from scipy import sparse
+
+        n = len(queries)
+        hist = queries.history
+        q, pos = np.nonzero(hist)
+        profile = sparse.csr_matrix((np.ones(len(q), np.float32), (q, hist[q, pos])),
+                                    shape=(n, self.normalised.shape[0]))
+        # (n, items) @ (items, users) @ (users, candidates)
+        return np.asarray(((profile @ self.normalised) @ self.normalised[candidate_rows].T).todense())
+
+
 class EmbeddingScorer:
     """Any two-tower model: dot product of query and item embeddings."""
 

@@ -12,6 +12,15 @@ from crossrec.data.synth import generate
 TINY = SynthConfig(n_users=120, n_items=180, n_interactions=2400, seed=7)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Tests never read or write the user's ~/.cache/crossrec."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CROSSREC_CACHE", str(tmp_path_factory.mktemp("crossrec_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset():
     """About 2.4k interactions of 120 users over 180 items in 3 domains."""

@@ -83,8 +83,10 @@ def test_bad_config_exits_2(write, capsys):
 def test_quickstart_runs_every_step(tmp_path, capsys):
     assert main(["quickstart", "--out", str(tmp_path / "qs"), "--tiny"]) == 0
     text = capsys.readouterr().out
-    assert "[4/4] split it" in text and "quickstart done" in text
+    assert "[5/5] train the retrieval towers" in text and "quickstart done" in text
     assert (tmp_path / "qs" / "split" / "interactions.parquet").exists()
+    assert (tmp_path / "qs" / "retrieval" / "towers.weights.h5").exists()
+    assert "NDCG@10" in text and (tmp_path / "qs" / "report" / "report.md").exists()
 
 
 def test_console_script_exit_code(write, tmp_path):

@@ -88,6 +88,16 @@ def test_fingerprint_depends_on_weights_and_length(tiny_preset, tmp_path):
         EncoderConfig(preset=str(tiny_preset), sequence_length=16)).fingerprint
 
 
+def test_sequence_longer_than_the_backbone_is_refused(tiny_preset):
+    with pytest.raises(ConfigError, match="sequence_length is 100 but the backbone .* handles at most 64 tokens"):
+        TextEncoder(EncoderConfig(preset=str(tiny_preset), sequence_length=100))
+
+
+def test_per_domain_backbones_are_refused_not_ignored(tiny_preset):
+    with pytest.raises(ConfigError, match="shared_backbone: false .* is not implemented yet"):
+        encoder(tiny_preset, shared_backbone=False)
+
+
 def test_bad_preset_directory_is_explained(tmp_path):
     with pytest.raises(ConfigError, match="is not a preset directory .* crossrec never downloads one"):
         TextEncoder(EncoderConfig(preset=str(tmp_path)))

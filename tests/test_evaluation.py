@@ -60,3 +60,16 @@ def test_evaluate_reports_per_domain_and_all(catalogue):
     frame = evaluate([PopularityScorer(train, catalogue)], [queries([1, 6], [[], []])], catalogue, ks=(1,))
     assert frame.set_index("domain").loc["b", "recall@1"] == 1.0  # a is the most popular book
     assert frame.set_index("domain").loc["all", "queries"] == 2
+
+
+def test_item_knn_scores_co_occurring_items_higher(catalogue):
+    from crossrec.evaluation import ItemKNNScorer
+
+    # a and b are bought together by two users; c only by a third
+    train = pd.DataFrame({schema.USER_ID: ["u1", "u1", "u2", "u2", "u3"], schema.ITEM_ID: list("ababc"),
+                          schema.DOMAIN: ["b"] * 5})
+    scorer = ItemKNNScorer(train, catalogue)
+    q = queries([2], [[]])
+    q.examples.history[:] = [0, 1]  # history: a
+    scores = scorer.score(q.examples, np.array([2, 3]))  # b, c
+    assert scores[0, 0] == pytest.approx(1.0) and scores[0, 1] == 0.0

@@ -17,10 +17,11 @@ def test_item_tower_output_is_normalised_and_domain_zero_uses_the_agnostic_path_
     out = np.asarray(tower(text, np.array([1, 2]), rows, np.array([True, True])))
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     # give the domain adapters weight: domain 0 must ignore them, domains 1/2 must not
-    tower.domain_adapters.kernel.assign(np.random.default_rng(1).normal(size=(8, 3, 4)).astype("float32"))
+    kernel = tower.domain_adapters.kernel
+    kernel.assign(np.random.default_rng(1).normal(size=kernel.shape).astype("float32"))
     agnostic = np.asarray(tower(text, np.array([0, 0]), rows, np.array([True, True])))
     as_domain = np.asarray(tower(text, np.array([1, 1]), rows, np.array([True, True])))
-    shared = np.asarray(tower.shared_out(tower.shared_hidden(text)))
+    shared = np.asarray(tower.shared_out(tower.shared_hidden(text)))  # no domain adapter at all
     np.testing.assert_allclose(agnostic, shared / np.linalg.norm(shared, axis=1, keepdims=True), atol=1e-5)
     assert np.abs(agnostic - as_domain).max() > 1e-3
 
@@ -113,8 +114,11 @@ def _model(text=True, **tower):
     rng = np.random.default_rng(0)
     size = 6
     config = TowerConfig(embedding_dim=8, history_length=4, use_text=text, **tower)
-    return RetrievalModel(text_table=rng.normal(size=(size, 5)).astype("float32") if text else None,
+    table = rng.normal(size=(size, 5)).astype("float32")
+    return RetrievalModel(text_table=table if text else None,
                           item_domain=np.array([0, 1, 1, 2, 2, 2], np.int32), id_known=np.ones(size, bool),
+                          text_domain=np.array([0, 0, 0, 1, 1, 1], np.int32),
+                          text_means=np.stack([table[1:3].mean(0), table[3:].mean(0)]),
                           item_probability=np.full(size, 1 / size, np.float32), num_domains=3, towers=config,
                           train=TrainConfig(temperature=0.1))
 
@@ -142,3 +146,13 @@ def test_loss_is_the_in_batch_softmax_with_temperature():
     expected = np.mean([np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(logits)])
     loss = float(model.compute_loss(feats, None, model(feats), training=False))
     assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_per_example_weights_scale_the_loss():
+    model = _model()
+    feats = {"history": np.array([[0, 0, 0, 1], [0, 0, 1, 2]], np.int32), "target": np.array([3, 4], np.int32),
+             "target_domain": np.array([2, 2], np.int32), "weight": np.ones(2, np.float32)}
+    base = float(model.compute_loss(feats, None, model(feats), training=False))
+    doubled = float(model.compute_loss({**feats, "weight": np.full(2, 2.0, np.float32)}, None, model(feats),
+                                       training=False))
+    assert doubled == pytest.approx(2 * base, rel=1e-5)

@@ -98,3 +98,31 @@ def test_strategy_auto_is_the_default_strategy_on_cpu(monkeypatch):
     monkeypatch.delenv("TF_CONFIG")
     with pytest.raises(ConfigError, match="multi_worker needs the TF_CONFIG environment variable"):
         strategy_from_config(TrainConfig(strategy="multi_worker"))
+
+
+def _examples(domains):
+    from towers.features import Examples
+
+    n = len(domains)
+    return Examples(np.arange(n * 2, dtype=np.int32).reshape(n, 2), np.arange(1, n + 1, dtype=np.int32),
+                    np.asarray(domains, np.int32), np.array([f"u{i}" for i in range(n)], object),
+                    np.ones(n, np.float32))
+
+
+def test_each_epoch_yields_every_example_once_in_a_new_order():
+    from towers.train import make_dataset
+
+    ds = make_dataset(_examples([1] * 50), batch_size=16)
+    epochs = [np.concatenate([b["target"].numpy() for b in ds]) for _ in range(2)]
+    assert len(epochs[0]) == 48  # 3 full batches of 16; the last partial batch is dropped
+    assert len(set(epochs[0])) == 48 and set(epochs[0]) <= set(range(1, 51))
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_balanced_batches_draw_domains_equally():
+    from towers.train import make_dataset
+
+    examples = _examples([1] * 900 + [2] * 100)
+    targets = np.concatenate([b["target_domain"].numpy() for b in make_dataset(examples, 100, balance_domains=True)])
+    share = (targets == 2).mean()
+    assert 0.4 < share < 0.6  # 10% of the data, half of the batches

@@ -6,6 +6,7 @@ Models:
 - ``id_two_tower``: the same towers without text (item-ID embeddings only), a TFRS two-tower.
 - ``target_only``: the text model trained on one domain alone, queried with that domain's
   history alone (no transfer); one model per domain.
+- ``item_knn`` (on request): item-to-item cosine similarity of co-occurrence, a reference.
 Slices: the split's own (``warm``, ``cold_start``, ``new_item``), plus ``zero_shot`` when a
 zero-shot domain is named: crossrec retrained with every interaction of that domain removed, and
 asked for that domain from the users' other domains.
@@ -25,11 +26,12 @@ from crossrec.data.dataset import Dataset
 from crossrec.data.loaders import load_dataset
 from crossrec.data.splits import SLICE, ZERO_SHOT, leave_last_out
 from crossrec.errors import ConfigError
-from crossrec.evaluation import PopularityScorer, QuerySet, evaluate, seen_rows
+from crossrec.evaluation import ItemKNNScorer, PopularityScorer, QuerySet, evaluate, seen_rows
 from towers.features import Catalogue, Examples, query_examples, training_examples
 from towers.train import RetrievalData, prepare_data, query_embeddings, train_retrieval
 
-MODELS = ("crossrec", "popularity", "id_two_tower", "target_only")
+MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "item_knn")
+DEFAULT_MODELS = ("crossrec", "popularity", "id_two_tower", "target_only")
 
 
 @dataclass
@@ -72,8 +74,11 @@ def _subset_data(data: RetrievalData, keep: pd.Series, config: Config) -> Retrie
                          data.target_domain)
 
 
-def compare_models(config: Config, *, models=MODELS, zero_shot_domain: str | None = None,
-                   dataset: Dataset | None = None, progress: bool = True) -> Comparison:
+def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: str | None = None,
+                   dataset: Dataset | None = None, progress: bool = True,
+                   model_out: str | None = None) -> Comparison:
+    """Trains and evaluates ``models`` on one split; ``model_out`` keeps crossrec's trained run
+    (weights, item embeddings, summary) as ``crossrec train retrieval`` writes it."""
     unknown = set(models) - set(MODELS)
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
@@ -89,11 +94,13 @@ def compare_models(config: Config, *, models=MODELS, zero_shot_domain: str | Non
         return value
 
     if "crossrec" in models:
-        run = timed("crossrec", lambda: train_retrieval(config, data=data, progress=progress))
+        run = timed("crossrec", lambda: train_retrieval(config, model_out, data=data, progress=progress))
         scorers.append(_named(run, "crossrec"))
         result.histories["crossrec"] = run.history
     if "popularity" in models:
         scorers.append(PopularityScorer(data.train, data.catalogue))
+    if "item_knn" in models:
+        scorers.append(ItemKNNScorer(data.train, data.catalogue))
     if "id_two_tower" in models:
         id_config = replace(config, towers=replace(config.towers, use_text=False, use_item_ids=True))
         run = timed("id_two_tower", lambda: train_retrieval(id_config, data=data, progress=progress))

@@ -139,12 +139,22 @@ class TextEncoder:
 
     def __init__(self, config: EncoderConfig | None = None):
         self.config = config or EncoderConfig()
+        if not self.config.shared_backbone:
+            raise ConfigError("encoder.shared_backbone: false (one backbone per domain) is not implemented yet; "
+                              "use the shared backbone: its per-domain adapters already specialise each domain")
         self.path = resolve_preset(self.config.preset)
         try:
             self.backbone = keras_hub.models.Backbone.from_preset(str(self.path))
             self.tokenizer = keras_hub.models.Tokenizer.from_preset(str(self.path))
         except (ValueError, OSError, KeyError) as exc:
             raise ConfigError(f"cannot load the text encoder from {self.path}: {exc}") from None
+        limit = getattr(self.backbone, "max_sequence_length", None)
+        if limit is not None and self.config.sequence_length > limit:
+            raise ConfigError(f"encoder.sequence_length is {self.config.sequence_length} but the backbone at "
+                              f"{self.path} handles at most {limit} tokens; set encoder.sequence_length <= {limit}")
+        if self.config.sequence_length < 3:
+            raise ConfigError(f"encoder.sequence_length must be at least 3 (start, one token, end), "
+                              f"got {self.config.sequence_length}")
         vocab = self.tokenizer
         self.pad_id = int(vocab.token_to_id(vocab.pad_token)) if getattr(vocab, "pad_token", None) else 0
         start = getattr(vocab, "cls_token", None) or getattr(vocab, "start_token", None)

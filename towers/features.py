@@ -63,6 +63,25 @@ class Catalogue:
     def item_domain_name(self) -> np.ndarray:
         return np.concatenate([[UNSEEN_DOMAIN], self.items[schema.DOMAIN].to_numpy()]).astype(object)
 
+    @property
+    def domain_names(self) -> list[str]:
+        """Every domain of the catalogue (trained or not), sorted."""
+        return sorted(self.items[schema.DOMAIN].unique())
+
+    @property
+    def text_domain(self) -> np.ndarray:
+        """(size,) index into ``domain_names`` per row (row 0 -> 0); used for text centring."""
+        index = {d: i for i, d in enumerate(self.domain_names)}
+        return np.concatenate([[0], self.items[schema.DOMAIN].map(index).to_numpy()]).astype(np.int32)
+
+    def text_means(self, table: np.ndarray) -> np.ndarray:
+        """(len(domain_names), dim) mean text vector of each domain's items (row 0 of ``table`` is padding)."""
+        domain = self.text_domain[1:]
+        means = np.zeros((len(self.domain_names), table.shape[1]), np.float32)
+        for i in range(len(means)):
+            means[i] = table[1:][domain == i].mean(axis=0)
+        return means
+
     def frequencies(self, interactions: pd.DataFrame) -> np.ndarray:
         """(size,) share of ``interactions`` per item row (for logQ correction)."""
         counts = np.bincount(self.rows(interactions[schema.DOMAIN], interactions[schema.ITEM_ID]),

@@ -49,9 +49,9 @@ class ItemTower(keras.layers.Layer):
         if use_text:
             self.shared_hidden = keras.layers.Dense(2 * embedding_dim, activation="gelu", name="shared_hidden")
             self.shared_out = keras.layers.Dense(embedding_dim, name="shared_out")
-            # One (text_dim -> embedding_dim) residual adapter per domain, computed together.
+            # One residual adapter per domain on the shared hidden layer, all computed together.
             self.domain_adapters = keras.layers.EinsumDense(
-                "bt,tde->bde", output_shape=(num_domains, embedding_dim), name="domain_adapters",
+                "bh,hde->bde", output_shape=(num_domains, embedding_dim), name="domain_adapters",
                 kernel_initializer="zeros")
             self.text_dropout = keras.layers.Dropout(dropout)
         if use_item_ids:
@@ -62,12 +62,12 @@ class ItemTower(keras.layers.Layer):
         # text: (b, text_dim) float; domain, row: (b,) int; id_known: (b,) bool
         parts = []
         if self.use_text:
-            x = self.text_dropout(text, training=training)
-            shared = self.shared_out(self.shared_hidden(x))  # (b, e)
+            hidden = self.shared_hidden(self.text_dropout(text, training=training))  # (b, 2e)
+            shared = self.shared_out(hidden)  # (b, e)
             if training and self.domain_dropout > 0:
                 drop = keras.random.uniform(ops.shape(domain)) < self.domain_dropout
                 domain = ops.where(drop, ops.zeros_like(domain), domain)
-            per_domain = self.domain_adapters(x)  # (b, domains, e)
+            per_domain = self.domain_adapters(hidden)  # (b, domains, e)
             pick = ops.one_hot(domain, self.num_domains)[..., None]  # (b, domains, 1); domain 0 = agnostic only
             pick = pick * ops.cast(ops.arange(self.num_domains) > 0, pick.dtype)[None, :, None]
             parts.append(shared + ops.sum(per_domain * pick, axis=1))
@@ -108,6 +108,7 @@ class UserTower(keras.layers.Layer):
         self.block_norms = [keras.layers.LayerNormalization(name=f"self_attention_norm_{i}")
                             for i in range(self_attention_layers)]
         self.key = keras.layers.Dense(e, use_bias=False, name="pool_key")
+        self.key.build((None, e))
         self.query = keras.layers.Dense(e, use_bias=False, name="pool_query")
         self.user_embedding = (keras.layers.Embedding(user_id_buckets, e, name="user_id_embedding")
                                if user_id_buckets else None)
@@ -129,7 +130,9 @@ class UserTower(keras.layers.Layer):
             pair_mask = ops.logical_and(history_mask[:, None, :], history_mask[:, :, None])
             x = norm(x + attention(x, x, attention_mask=pair_mask, training=training)) * mask_f
         wanted = self.target_domain(target_domain)  # (b, e)
-        scores = ops.einsum("bhe,be->bh", self.key(x), self.query(wanted)) / np.sqrt(self.embedding_dim)
+        # key(x_i) . query(w) == x_i . (query(w) K^T): project the one query, not every history slot.
+        probe = ops.matmul(self.query(wanted), ops.transpose(self.key.kernel))  # (b, e)
+        scores = ops.einsum("bhe,be->bh", x, probe) / np.sqrt(self.embedding_dim)
         scores = ops.where(history_mask, scores, ops.full_like(scores, -1e9))
         weights = ops.softmax(scores, axis=-1) * ops.cast(history_mask, "float32")  # all-padding -> 0
         pooled = ops.einsum("bh,bhe->be", weights, x)
@@ -156,6 +159,7 @@ class RetrievalModel(keras.Model):
     """
 
     def __init__(self, *, text_table: np.ndarray | None, item_domain: np.ndarray, id_known: np.ndarray,
+                 text_domain: np.ndarray, text_means: np.ndarray | None,
                  item_probability: np.ndarray, num_domains: int, towers: TowerConfig, train: TrainConfig,
                  text_encoder: keras.layers.Layer | None = None, token_table: np.ndarray | None = None,
                  **kwargs):
@@ -170,6 +174,11 @@ class RetrievalModel(keras.Model):
                 raise ValueError("towers.use_text is true but no text vectors were given")
             self.text_table = self.add_weight(shape=text_table.shape, name="text_table", trainable=False,
                                               initializer=keras.initializers.Constant(text_table))
+            means = text_means if towers.center_text_by_domain else np.zeros_like(text_means)
+            self.text_domain = self.add_weight(shape=text_domain.shape, dtype="int32", trainable=False,
+                                               name="text_domain", initializer=keras.initializers.Constant(text_domain))
+            self.text_means = self.add_weight(shape=means.shape, trainable=False, name="text_means",
+                                              initializer=keras.initializers.Constant(means))
         self.item_domain = self.add_weight(shape=(num_items,), dtype="int32", trainable=False, name="item_domain",
                                            initializer=keras.initializers.Constant(item_domain))
         self.id_known = self.add_weight(shape=(num_items,), dtype="bool", trainable=False, name="id_known",
@@ -207,8 +216,10 @@ class RetrievalModel(keras.Model):
         if self.text_table is None:
             return None
         if live and self.text_encoder is not None:
-            return self.text_encoder(ops.take(self.token_table, rows, axis=0), training=True)
-        return ops.take(self.text_table, rows, axis=0)
+            vectors = self.text_encoder(ops.take(self.token_table, rows, axis=0), training=True)
+        else:
+            vectors = ops.take(self.text_table, rows, axis=0)
+        return vectors - ops.take(self.text_means, ops.take(self.text_domain, rows), axis=0)
 
     def item_embeddings(self, rows, training=False, live_text=False):
         """(n,) item rows -> (n, e); each distinct row goes through the tower once."""
@@ -234,7 +245,7 @@ class RetrievalModel(keras.Model):
         target = ops.cast(x["target"], "int32")
         candidates = self.item_embeddings(target, training=training, live_text=training)
         probability = ops.take(self.item_probability, target) if self.train_config.logq_correction else None
-        weight = sample_weight if sample_weight is not None else ops.ones_like(ops.cast(target, "float32"))
+        weight = x["weight"] if "weight" in x else ops.ones_like(ops.cast(target, "float32"))
         loss = self._task_loss(ops.cast(y_pred, "float32"), ops.cast(candidates, "float32"), weight,
                                probability, target)
         return loss + ops.sum(self.losses) if self.losses else loss

@@ -182,8 +182,8 @@ def generate(config: SynthConfig | None = None, *, progress: bool = False) -> Da
 
     user_ids, item_rows, times, ratings = [], [], [], []
     for u in tqdm(range(config.n_users), desc="synth users", disable=not progress, unit="user"):
-        taste_start = rng.dirichlet(np.full(n_themes, 0.25))
-        taste_end = (1 - config.drift) * taste_start + config.drift * rng.dirichlet(np.full(n_themes, 0.25))
+        taste_start = rng.dirichlet(np.full(n_themes, config.taste_concentration))
+        taste_end = (1 - config.drift) * taste_start + config.drift * rng.dirichlet(np.full(n_themes, config.taste_concentration))
         k = min(n_domains, 1 + rng.binomial(n_domains - 1, 0.6))
         active = rng.choice(n_domains, size=k, replace=False, p=domain_weights / domain_weights.sum())
         active_p = domain_weights[active] / domain_weights[active].sum()

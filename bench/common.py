@@ -1,0 +1,62 @@
+"""Shared benchmark plumbing: a results table printed and written as JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Row:
+    benchmark: str
+    value: float
+    unit: str
+    target: str = ""  # e.g. ">= 50000"
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        if not self.target:
+            return ""
+        op, _, bound = self.target.partition(" ")
+        bound = float(bound)
+        ok = self.value >= bound if op == ">=" else self.value <= bound
+        return "met" if ok else "MISSED"
+
+
+@dataclass
+class Results:
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def add(self, benchmark: str, value: float, unit: str, target: str = "", note: str = "") -> None:
+        row = Row(benchmark, float(value), unit, target, note)
+        self.rows.append(row)
+        print(f"  {benchmark}: {value:,.1f} {unit}" + (f"  (target {target}: {row.status})" if target else ""),
+              flush=True)
+
+    def table(self) -> str:
+        lines = ["| benchmark | value | unit | target | status | note |", "|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r.benchmark} | {r.value:,.1f} | {r.unit} | {r.target} | {r.status} | {r.note} |")
+        return "\n".join(lines)
+
+    def write(self, directory: Path | None = None) -> Path:
+        directory = Path(directory or RESULTS)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"name": self.name, "seconds": round(time.time() - self.started, 1), "cpus": os.cpu_count(),
+                "machine": platform.machine(), "python": platform.python_version(),
+                "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+        path = directory / f"{self.name}.json"
+        path.write_text(json.dumps({**meta, "rows": [asdict(r) | {"status": r.status} for r in self.rows]}, indent=2))
+        (directory / f"{self.name}.md").write_text(f"# {self.name}\n\n{self.table()}\n")
+        print("\n" + self.table())
+        print(f"\nwrote {path}")
+        return path

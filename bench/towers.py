@@ -1,0 +1,96 @@
+"""Towers benchmark: training examples/s per freeze policy and text encoding items/s.
+
+    python -m bench.towers [--quick]
+
+- cached-frozen at batch 1024: the frozen encoder's item vectors come from the cache (target
+  >= 50,000 examples/s on 2 cores, from issue 3);
+- frozen (no cache), LoRA and full fine-tuning at batch 64: the backbone runs in every step;
+- encoding items/s of the catalogue's texts: length-bucketed batches vs. padding every text to the
+  maximum length in a plain loop (target: bucketing >= 2x).
+Uses the built-in data and the real all-MiniLM-L6-v2 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import keras
+
+import crossrec  # noqa: F401  (environment first)
+from bench.common import Results
+from crossrec import schema
+from crossrec.config import Config, EncoderConfig, SynthConfig, TrainConfig
+from towers.encoder import TextEncoder
+from towers.train import build_model, make_dataset, prepare_data, text_vectors
+
+
+def training_speed(config: Config, data, steps: int) -> float:
+    """End-to-end examples per second of ``model.fit`` (wall clock, input pipeline included),
+    after a warm-up ``fit`` that traces the graphs."""
+    text = text_vectors(config, data.catalogue)
+    model = build_model(config, data, text)
+    model.compile(optimizer=keras.optimizers.AdamW(config.train.learning_rate),
+                  steps_per_execution=config.train.steps_per_execution)
+    batch = config.train.batch_size
+    warm = config.train.steps_per_execution * 2
+    model.fit(make_dataset(data.examples, batch).repeat().take(warm), epochs=1, verbose=0)
+    dataset = make_dataset(data.examples, batch).repeat().take(steps)
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, verbose=0)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def encoding_speed(encoder: TextEncoder, texts: list[str]) -> tuple[float, float]:
+    tokens = encoder.tokenize(texts)
+    encoder.encode_tokens(tokens[:256])  # trace once
+    start = time.perf_counter()
+    encoder.encode_tokens(tokens, bucket=True)
+    bucketed = len(texts) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    encoder.encode_tokens(tokens, bucket=False)
+    padded = len(texts) / (time.perf_counter() - start)
+    return bucketed, padded
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and texts (a smoke run)")
+    parser.add_argument("--preset", help="text encoder preset folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--results-dir", help="where to write the results (default: bench/results)")
+    parser.add_argument("--n-users", type=int, default=SynthConfig.n_users, help="built-in data size")
+    args = parser.parse_args(argv)
+    results = Results("towers")
+    synth = replace(SynthConfig(), n_users=args.n_users,
+                    n_interactions=SynthConfig.n_interactions * args.n_users // SynthConfig.n_users)
+    base = Config(data=replace(Config().data, synth=synth), encoder=EncoderConfig(preset=args.preset))
+    data = prepare_data(base)
+    print(f"built-in data: {len(data.examples)} training examples, {len(data.catalogue)} items")
+
+    cached = replace(base, train=replace(base.train, batch_size=1024))
+    results.add("train cached-frozen, batch 1024", training_speed(cached, data, steps=16 if args.quick else 64),
+                "examples/s", ">= 50000", note="history 32, steps_per_execution 8")
+    steps = 3 if args.quick else 8
+    for name, encoder in [("frozen (no cache)", replace(base.encoder, cache=False)),
+                          ("lora rank 4", replace(base.encoder, freeze="lora", lora_rank=4)),
+                          ("full fine-tuning", replace(base.encoder, freeze="full"))]:
+        config = replace(base, encoder=encoder, train=TrainConfig(batch_size=64, steps_per_execution=1))
+        results.add(f"train {name}, batch 64", training_speed(config, data, steps=steps), "examples/s")
+
+    texts = data.catalogue.items[schema.TEXT].tolist()[: 500 if args.quick else 3000]
+    limit = TextEncoder(base.encoder).backbone.max_sequence_length
+    for length, target in [(32, ">= 2"), (128, "")]:
+        if length > limit:
+            continue
+        encoder = TextEncoder(replace(base.encoder, sequence_length=length))
+        bucketed, padded = encoding_speed(encoder, texts)
+        results.add(f"encode items, length-bucketed (max {length} tokens)", bucketed, "items/s")
+        results.add(f"encode items, all padded to {length}", padded, "items/s")
+        results.add(f"encoding speed-up from bucketing (max {length})", bucketed / padded, "x", target)
+    results.write(args.results_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
