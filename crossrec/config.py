@@ -158,6 +158,9 @@ class TrainConfig:
     remove_accidental_hits: bool = True
     # Extra hardest in-batch negatives per query (0 = off).
     hard_negatives: int = 0
+    # In-batch negatives only from the query's target domain (as evaluation and serving rank
+    # within a domain); false = every in-batch item is a negative.
+    same_domain_negatives: bool = True
     # Loss weight per domain (the cross-domain weighting alpha_i); missing domains weigh 1.
     domain_weights: dict[str, float] = field(default_factory=dict)
     # Sample batches so every domain is equally represented.

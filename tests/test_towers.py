@@ -136,6 +136,7 @@ def test_model_queries_and_items_share_the_space(text):
 
 def test_loss_is_the_in_batch_softmax_with_temperature():
     model = _model()
+    model.train_config.same_domain_negatives = False
     model.train_config.logq_correction = False
     model.task._remove_accidental_hits = False
     feats = {"history": np.array([[0, 0, 0, 1], [0, 0, 1, 2]], np.int32), "target": np.array([3, 4], np.int32),
@@ -156,3 +157,20 @@ def test_per_example_weights_scale_the_loss():
     doubled = float(model.compute_loss({**feats, "weight": np.full(2, 2.0, np.float32)}, None, model(feats),
                                        training=False))
     assert doubled == pytest.approx(2 * base, rel=1e-5)
+
+
+def test_same_domain_negatives_leave_other_domains_out_of_the_softmax():
+    model = _model()
+    model.train_config.logq_correction = False
+    model.task._remove_accidental_hits = False
+    # targets 1 (domain 1), 3 and 4 (domain 2)
+    feats = {"history": np.array([[0, 0, 0, 1], [0, 0, 1, 2], [0, 0, 0, 2]], np.int32),
+             "target": np.array([1, 3, 4], np.int32), "target_domain": np.array([1, 2, 2], np.int32),
+             "weight": np.ones(3, np.float32)}
+    q = np.asarray(model(feats))
+    c = np.asarray(model.item_embeddings(feats["target"]))
+    logits = q @ c.T / 0.1
+    same = [[0], [1, 2], [1, 2]]
+    expected = np.mean([np.log(np.exp(logits[i, same[i]]).sum()) - logits[i, i] for i in range(3)])
+    loss = float(model.compute_loss(feats, None, model(feats), training=False))
+    assert loss == pytest.approx(expected, rel=1e-4)

@@ -141,7 +141,10 @@ class UserTower(keras.layers.Layer):
         if self.user_embedding is not None and user_bucket is not None:
             parts.append(self.user_embedding(user_bucket))
         hidden = self.drop(self.hidden(ops.concatenate(parts, axis=-1)), training=training)
-        return ops.normalize(self.out(hidden), axis=-1)
+        # Residual: the mean of the history's item embeddings, so the query starts from "items like
+        # the ones this user had" (the two-tower form of item-kNN) and the MLP learns corrections.
+        mean = ops.sum(history_embeddings * mask_f, axis=1) / ops.maximum(ops.sum(mask_f, axis=1), 1.0)
+        return ops.normalize(self.out(hidden) + mean, axis=-1)
 
     def get_config(self):
         config = super().get_config()
@@ -208,8 +211,8 @@ class RetrievalModel(keras.Model):
         # Keras 3 runs train steps without autograph, and TFRS's Retrieval.call needs it
         # (`len(tf.shape(x))`): the task call gets its own tf.function (see ../shared/STACK.md).
         self._task_loss = tf.function(
-            lambda q, c, w, p, ids: self.task(q, c, sample_weight=w, candidate_sampling_probability=p,
-                                              candidate_ids=ids, compute_metrics=False))
+            lambda q, c, w, p, ids, mask: self.task(q, c, sample_weight=w, candidate_sampling_probability=p,
+                                                    candidate_ids=ids, compute_metrics=False, score_mask=mask))
 
     # -- item side --------------------------------------------------------------------------
     def _text_vectors(self, rows, live: bool):
@@ -246,8 +249,12 @@ class RetrievalModel(keras.Model):
         candidates = self.item_embeddings(target, training=training, live_text=training)
         probability = ops.take(self.item_probability, target) if self.train_config.logq_correction else None
         weight = x["weight"] if "weight" in x else ops.ones_like(ops.cast(target, "float32"))
+        mask = None
+        if self.train_config.same_domain_negatives:
+            domain = ops.take(self.item_domain, target)  # (b,): query i asks for its target's domain
+            mask = ops.equal(domain[:, None], domain[None, :])  # (b, b) candidates of the same domain
         loss = self._task_loss(ops.cast(y_pred, "float32"), ops.cast(candidates, "float32"), weight,
-                               probability, target)
+                               probability, target, mask)
         return loss + ops.sum(self.losses) if self.losses else loss
 
     def all_item_embeddings(self, batch_size: int = 8192) -> np.ndarray:
