@@ -107,8 +107,8 @@ class EncoderConfig:
     freeze: FreezePolicy = "frozen"
     trainable_layers: int = 1
     lora_rank: int = 4
-    # One backbone for every domain. (false, one fine-tuned copy per domain, is not implemented
-    # yet and is refused.)
+    # One backbone for every domain, or (false, fine-tuning only) one copy per domain, each
+    # fine-tuned on its own domain's items; domains without training data keep the pretrained one.
     shared_backbone: bool = True
     batch_size: int = 128
     # frozen only: compute item vectors once and cache them on disk (false = run the frozen

@@ -93,8 +93,8 @@ def test_sequence_longer_than_the_backbone_is_refused(tiny_preset):
         TextEncoder(EncoderConfig(preset=str(tiny_preset), sequence_length=100))
 
 
-def test_per_domain_backbones_are_refused_not_ignored(tiny_preset):
-    with pytest.raises(ConfigError, match="shared_backbone: false .* is not implemented yet"):
+def test_per_domain_backbones_need_a_trainable_policy(tiny_preset):
+    with pytest.raises(ConfigError, match="shared_backbone: false .* the copies would stay identical"):
         encoder(tiny_preset, shared_backbone=False)
 
 

@@ -10,7 +10,7 @@ CLEAN_ENV = {k: v for k, v in os.environ.items()
              if k not in ("TF_USE_LEGACY_KERAS", "KERAS_BACKEND", "HF_HUB_OFFLINE")}
 
 
-@pytest.mark.parametrize("package", ["towers", "serving", "ranking", "crossrec.cli"])
+@pytest.mark.parametrize("package", ["towers", "serving", "ranking", "crossrec.cli", "bench.towers"])
 def test_importing_an_entry_point_gives_keras2_as_tf_keras_and_keras3_as_keras(package):
     code = (f"import {package}\n"
             "import tensorflow as tf, keras, tf_keras\n"
@@ -39,3 +39,10 @@ def test_a_conflicting_value_is_refused():
                             text=True, timeout=120)
     assert result.returncode != 0
     assert "crossrec needs TF_USE_LEGACY_KERAS=1 but the environment has TF_USE_LEGACY_KERAS=0" in result.stderr
+
+
+def test_the_benchmark_module_runs_in_a_fresh_interpreter():
+    result = subprocess.run([sys.executable, "-m", "bench.towers", "--help"], env=CLEAN_ENV, capture_output=True,
+                            text=True, timeout=300, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Towers benchmark" in result.stdout

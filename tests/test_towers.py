@@ -174,3 +174,23 @@ def test_same_domain_negatives_leave_other_domains_out_of_the_softmax():
     expected = np.mean([np.log(np.exp(logits[i, same[i]]).sum()) - logits[i, i] for i in range(3)])
     loss = float(model.compute_loss(feats, None, model(feats), training=False))
     assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_hard_negatives_keep_only_the_hardest_in_batch_negative():
+    model = _model()
+    model.train_config.logq_correction = False
+    model.train_config.same_domain_negatives = False
+    model.task._remove_accidental_hits = False
+    model.task._num_hard_negatives = 1
+    feats = {"history": np.array([[0, 0, 0, 1], [0, 0, 1, 2], [0, 0, 0, 2]], np.int32),
+             "target": np.array([1, 3, 4], np.int32), "target_domain": np.array([1, 2, 2], np.int32),
+             "weight": np.ones(3, np.float32)}
+    q = np.asarray(model(feats))
+    c = np.asarray(model.item_embeddings(feats["target"]))
+    logits = q @ c.T / 0.1
+    expected = []
+    for i, row in enumerate(logits):
+        hardest = max(v for j, v in enumerate(row) if j != i)  # positive + the top-scoring negative
+        expected.append(np.log(np.exp(row[i]) + np.exp(hardest)) - row[i])
+    loss = float(model.compute_loss(feats, None, model(feats), training=False))
+    assert loss == pytest.approx(np.mean(expected), rel=1e-4)

@@ -61,6 +61,25 @@ def test_fine_tuning_the_top_layer_trains_it_and_refreshes_the_table(tiny_config
     assert not np.allclose(np.array(run.model.text_table), table_before)  # RefreshTextTable re-encoded
 
 
+def test_per_domain_backbones_each_train_on_their_own_domain(tiny_config, tmp_path):
+    from towers.train import text_vectors
+
+    config = replace(tiny_config, encoder=replace(tiny_config.encoder, freeze="full", shared_backbone=False),
+                     train=replace(tiny_config.train, epochs=1))
+    data = prepare_data(config)
+    names = data.catalogue.domain_names
+    pretrained = {w.path: np.array(w) for w in text_vectors(config, data.catalogue).encoders[0].backbone.weights}
+    run = train_retrieval(config, tmp_path / "run", data=data, progress=False)
+    assert len(run.text.encoders) == len(names) == 3
+    tuned = [{w.path: np.array(w) for w in e.backbone.weights} for e in run.text.encoders]
+    for weights in tuned:  # every domain with training data moved its own copy away from the preset
+        assert any(not np.allclose(weights[p], pretrained[p]) for p in pretrained)
+    assert any(not np.allclose(tuned[0][p], tuned[1][p]) for p in pretrained)  # and the copies differ
+    model, _, _ = load_trained(tmp_path / "run")
+    queries = run.data.test[0].examples
+    np.testing.assert_allclose(query_embeddings(model, queries), query_embeddings(run.model, queries), atol=1e-5)
+
+
 def test_id_only_two_tower_trains_without_an_encoder(tiny_config):
     config = replace(tiny_config, towers=replace(tiny_config.towers, use_text=False),
                      encoder=EncoderConfig(preset="/does/not/exist"))

@@ -137,11 +137,12 @@ def apply_freeze_policy(backbone: keras.Model, config: EncoderConfig) -> None:
 class TextEncoder:
     """A backbone + tokenizer from a local preset, with tokenization and bulk encoding."""
 
-    def __init__(self, config: EncoderConfig | None = None):
+    def __init__(self, config: EncoderConfig | None = None, *, name: str = "text_encoder"):
         self.config = config or EncoderConfig()
-        if not self.config.shared_backbone:
-            raise ConfigError("encoder.shared_backbone: false (one backbone per domain) is not implemented yet; "
-                              "use the shared backbone: its per-domain adapters already specialise each domain")
+        if not self.config.shared_backbone and self.config.freeze == "frozen":
+            raise ConfigError("encoder.shared_backbone: false gives each domain its own copy of the backbone to "
+                              "fine-tune, but encoder.freeze is 'frozen', so the copies would stay identical; "
+                              "set encoder.freeze to top_layers, full or lora, or keep shared_backbone: true")
         self.path = resolve_preset(self.config.preset)
         try:
             self.backbone = keras_hub.models.Backbone.from_preset(str(self.path))
@@ -165,7 +166,7 @@ class TextEncoder:
             end_value=vocab.token_to_id(end) if end else None,
             pad_value=self.pad_id)
         apply_freeze_policy(self.backbone, self.config)
-        self.layer = TextEncoderLayer(self.backbone, pad_id=self.pad_id, name="text_encoder")
+        self.layer = TextEncoderLayer(self.backbone, pad_id=self.pad_id, name=name)
         self._encode_fn = None
 
     @property

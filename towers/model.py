@@ -164,7 +164,7 @@ class RetrievalModel(keras.Model):
     def __init__(self, *, text_table: np.ndarray | None, item_domain: np.ndarray, id_known: np.ndarray,
                  text_domain: np.ndarray, text_means: np.ndarray | None,
                  item_probability: np.ndarray, num_domains: int, towers: TowerConfig, train: TrainConfig,
-                 text_encoder: keras.layers.Layer | None = None, token_table: np.ndarray | None = None,
+                 text_encoders: list[keras.layers.Layer] | None = None, token_table: np.ndarray | None = None,
                  **kwargs):
         super().__init__(**kwargs)
         num_items = len(item_domain)
@@ -188,9 +188,10 @@ class RetrievalModel(keras.Model):
                                         initializer=keras.initializers.Constant(id_known))
         self.item_probability = self.add_weight(shape=(num_items,), trainable=False, name="item_probability",
                                                 initializer=keras.initializers.Constant(item_probability))
-        self.text_encoder = text_encoder
+        # One encoder shared by every domain, or one per text domain (index = text_domain).
+        self.text_encoders = list(text_encoders or [])
         self.token_table = None
-        if text_encoder is not None:
+        if self.text_encoders:
             self.token_table = self.add_weight(shape=token_table.shape, dtype="int32", trainable=False,
                                                name="token_table", initializer=keras.initializers.Constant(token_table))
         self.item_tower = ItemTower(num_items, num_domains, text_dim, towers.embedding_dim,
@@ -218,8 +219,16 @@ class RetrievalModel(keras.Model):
     def _text_vectors(self, rows, live: bool):
         if self.text_table is None:
             return None
-        if live and self.text_encoder is not None:
-            vectors = self.text_encoder(ops.take(self.token_table, rows, axis=0), training=True)
+        if live and len(self.text_encoders) == 1:
+            vectors = self.text_encoders[0](ops.take(self.token_table, rows, axis=0), training=True)
+        elif live and self.text_encoders:
+            # Each domain's rows through its own backbone copy, then back into row order.
+            parts = tf.dynamic_partition(rows, ops.take(self.text_domain, rows), len(self.text_encoders))
+            positions = tf.dynamic_partition(tf.range(tf.shape(rows)[0]), ops.take(self.text_domain, rows),
+                                             len(self.text_encoders))
+            encoded = [encoder(ops.take(self.token_table, part, axis=0), training=True)
+                       for encoder, part in zip(self.text_encoders, parts, strict=True)]
+            vectors = tf.dynamic_stitch(positions, encoded)
         else:
             vectors = ops.take(self.text_table, rows, axis=0)
         return vectors - ops.take(self.text_means, ops.take(self.text_domain, rows), axis=0)

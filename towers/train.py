@@ -124,30 +124,60 @@ def prepare_data(config: Config, dataset: Dataset | None = None) -> RetrievalDat
 class TextVectors:
     table: np.ndarray | None  # (catalogue.size, dim), row 0 zeros
     tokens: np.ndarray | None = None  # (catalogue.size, length) when fine-tuning
-    encoder: TextEncoder | None = None
+    encoder: TextEncoder | None = None  # the (first) trainable encoder when fine-tuning
     fingerprint: str | None = None
     cache_hits: int = 0
     cache_misses: int = 0
     seconds: float = 0.0
+    # Fine-tuning with shared_backbone false: one encoder per catalogue.domain_names entry.
+    per_domain: list[TextEncoder] = field(default_factory=list)
+
+    @property
+    def encoders(self) -> list[TextEncoder]:
+        return self.per_domain or ([self.encoder] if self.encoder is not None else [])
 
 
 def text_vectors(config: Config, catalogue: Catalogue, *, progress: bool = False) -> TextVectors:
     if not config.towers.use_text:
         return TextVectors(None)
     start = time.perf_counter()
-    encoder = TextEncoder(config.encoder)
+    per_domain = _per_domain_encoders(config, catalogue)
+    encoder = per_domain[0] if per_domain else TextEncoder(config.encoder)
     texts = catalogue.items[schema.TEXT].tolist()
     if config.encoder.freeze == "frozen" and config.encoder.cache:
         cache = EmbeddingCache(config.encoder.cache_dir, encoder.fingerprint)
         vectors = cache.get(texts, lambda t: encoder.encode(t, progress=progress))
         table = np.concatenate([np.zeros((1, encoder.dim), np.float32), vectors])
-        return TextVectors(table, None, None, encoder.fingerprint, cache.stats.hits, cache.stats.misses,
-                           time.perf_counter() - start)
+        return TextVectors(table, fingerprint=encoder.fingerprint, cache_hits=cache.stats.hits,
+                           cache_misses=cache.stats.misses, seconds=time.perf_counter() - start)
     tokens = np.concatenate([np.zeros((1, config.encoder.sequence_length), np.int32), encoder.tokenize(texts)])
     tokens[0, 0] = encoder.pad_id
-    table = encoder.encode_tokens(tokens, progress=progress)
+    text = TextVectors(None, tokens, encoder, cache_misses=len(texts), per_domain=per_domain)
+    text.table = encode_table(text, catalogue, progress=progress)
+    text.seconds = time.perf_counter() - start
+    return text
+
+
+def _per_domain_encoders(config: Config, catalogue: Catalogue) -> list[TextEncoder]:
+    """One backbone copy per catalogue domain when ``encoder.shared_backbone`` is false."""
+    if config.encoder.shared_backbone:
+        return []
+    return [TextEncoder(config.encoder, name=f"text_encoder_{i}") for i in range(len(catalogue.domain_names))]
+
+
+def encode_table(text: TextVectors, catalogue: Catalogue, *, progress: bool = False) -> np.ndarray:
+    """Every row's text vector through its encoder (one shared, or its domain's own copy)."""
+    encoders = text.encoders
+    if len(encoders) == 1:
+        table = encoders[0].encode_tokens(text.tokens, progress=progress)
+    else:
+        table = np.zeros((len(text.tokens), encoders[0].dim), np.float32)
+        domain = catalogue.text_domain
+        for index, encoder in enumerate(encoders):
+            rows = np.flatnonzero(domain == index)
+            table[rows] = encoder.encode_tokens(text.tokens[rows], progress=progress)
     table[0] = 0
-    return TextVectors(table, tokens, encoder, None, 0, len(texts), time.perf_counter() - start)
+    return table
 
 
 def build_model(config: Config, data: RetrievalData, text: TextVectors) -> RetrievalModel:
@@ -161,7 +191,7 @@ def build_model(config: Config, data: RetrievalData, text: TextVectors) -> Retri
         text_means=None if text.table is None else catalogue.text_means(text.table),
         item_probability=catalogue.frequencies(data.train), num_domains=len(catalogue.domains),
         towers=config.towers, train=config.train,
-        text_encoder=text.encoder.layer if text.encoder is not None else None, token_table=text.tokens)
+        text_encoders=[e.layer for e in text.encoders], token_table=text.tokens)
     h = config.towers.history_length
     model({"history": np.zeros((1, h), np.int32), "target_domain": np.zeros(1, np.int32),
            "user_id": np.array(["u"])})
@@ -232,13 +262,12 @@ class RefreshTextTable(keras.callbacks.Callback):
     """Fine-tuning: re-encodes every item's text after each epoch, so history items (which read
     the table) follow the backbone as it trains. Costs one encoding pass over the catalogue."""
 
-    def __init__(self, encoder: TextEncoder, tokens: np.ndarray, catalogue: Catalogue, center: bool):
+    def __init__(self, text: TextVectors, catalogue: Catalogue, center: bool):
         super().__init__()
-        self.encoder, self.tokens, self.catalogue, self.center = encoder, tokens, catalogue, center
+        self.text, self.catalogue, self.center = text, catalogue, center
 
     def on_epoch_end(self, epoch, logs=None):
-        table = self.encoder.encode_tokens(self.tokens)
-        table[0] = 0
+        table = encode_table(self.text, self.catalogue)
         self.model.text_table.assign(table)
         if self.center:
             self.model.text_means.assign(self.catalogue.text_means(table))
@@ -280,8 +309,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     out = Path(out_dir) if out_dir else None
     callbacks: list[keras.callbacks.Callback] = []
     if text.encoder is not None and config.encoder.freeze != "frozen":
-        callbacks.append(RefreshTextTable(text.encoder, text.tokens, data.catalogue,
-                                          config.towers.center_text_by_domain))
+        callbacks.append(RefreshTextTable(text, data.catalogue, config.towers.center_text_by_domain))
     monitor, mode = "loss", "min"
     validation = [q for q in data.validation if len(q.examples)]
     if validation:
@@ -364,9 +392,11 @@ def load_trained(out_dir: str | Path) -> tuple[RetrievalModel, Catalogue, Config
         if config.encoder.freeze == "frozen" and config.encoder.cache:
             text = TextVectors(np.zeros((size, dim), np.float32))
         else:
-            encoder = TextEncoder(config.encoder)
+            per_domain = _per_domain_encoders(config, catalogue)
+            encoder = per_domain[0] if per_domain else TextEncoder(config.encoder)
             text = TextVectors(np.zeros((size, dim), np.float32),
-                               np.zeros((size, config.encoder.sequence_length), np.int32), encoder)
+                               np.zeros((size, config.encoder.sequence_length), np.int32), encoder,
+                               per_domain=per_domain)
     empty_train = pd.DataFrame({schema.DOMAIN: [], schema.ITEM_ID: []})
     model = build_model(config, RetrievalData(pd.DataFrame(), catalogue, empty_train, _no_examples()), text)
     model.load_weights(str(out / "towers.weights.h5"))
