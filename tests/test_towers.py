@@ -7,7 +7,7 @@ import pytest
 from crossrec import schema
 from crossrec.config import TowerConfig, TrainConfig
 from towers.features import UNSEEN_DOMAIN, Catalogue, query_examples, training_examples
-from towers.model import ItemTower, RetrievalModel, UserTower
+from towers.model import ItemTower, RetrievalModel, UserTower, latest_where
 
 
 def test_item_tower_output_is_normalised_and_domain_zero_uses_the_agnostic_path_only():
@@ -194,3 +194,9 @@ def test_hard_negatives_keep_only_the_hardest_in_batch_negative():
         expected.append(np.log(np.exp(row[i]) + np.exp(hardest)) - row[i])
     loss = float(model.compute_loss(feats, None, model(feats), training=False))
     assert loss == pytest.approx(np.mean(expected), rel=1e-4)
+
+
+def test_latest_where_picks_the_most_recent_masked_slot():
+    seq = np.arange(2 * 4 * 1, dtype="float32").reshape(2, 4, 1)  # values = slot index (+4 for row 2)
+    mask = np.array([[True, False, True, False], [False] * 4])
+    np.testing.assert_allclose(np.asarray(latest_where(seq, mask)), [[2.0], [0.0]])  # slot 2; none -> 0

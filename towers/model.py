@@ -86,6 +86,14 @@ class ItemTower(keras.layers.Layer):
         return config
 
 
+def latest_where(sequence, mask):
+    """The last position of ``sequence`` (b, H, e) where ``mask`` (b, H) is true; zeros where none."""
+    slots = ops.arange(ops.shape(mask)[1])
+    latest = ops.argmax(ops.cast(mask, "int32") * (slots[None, :] + 1), axis=1)  # (b,)
+    picked = ops.take_along_axis(sequence, latest[:, None, None], axis=1)[:, 0, :]
+    return picked * ops.cast(ops.any(mask, axis=1), sequence.dtype)[:, None]
+
+
 @keras.saving.register_keras_serializable(package="crossrec")
 class UserTower(keras.layers.Layer):
     def __init__(self, num_domains: int, history_length: int, embedding_dim: int = 64,
@@ -137,14 +145,21 @@ class UserTower(keras.layers.Layer):
         weights = ops.softmax(scores, axis=-1) * ops.cast(history_mask, "float32")  # all-padding -> 0
         pooled = ops.einsum("bh,bhe->be", weights, x)
         last = x[:, -1, :]  # right-aligned: the most recent item (zeros if none)
-        parts = [pooled, last, wanted]
+        # The history inside the target domain: what a single-domain model would see. Its mean and
+        # its most recent item keep warm users' same-domain signal from being diluted by the other
+        # domains (which still carry cold-start users through `pooled`).
+        same = ops.logical_and(history_mask, ops.equal(history_domain, target_domain[:, None]))  # (b, H)
+        same_f = ops.cast(same, "float32")[..., None]
+        same_mean = ops.sum(history_embeddings * same_f, axis=1) / ops.maximum(ops.sum(same_f, axis=1), 1.0)
+        same_last = latest_where(history_embeddings, same)
+        parts = [pooled, last, wanted, same_mean, same_last]
         if self.user_embedding is not None and user_bucket is not None:
             parts.append(self.user_embedding(user_bucket))
         hidden = self.drop(self.hidden(ops.concatenate(parts, axis=-1)), training=training)
         # Residual: the mean of the history's item embeddings, so the query starts from "items like
         # the ones this user had" (the two-tower form of item-kNN) and the MLP learns corrections.
         mean = ops.sum(history_embeddings * mask_f, axis=1) / ops.maximum(ops.sum(mask_f, axis=1), 1.0)
-        return ops.normalize(self.out(hidden) + mean, axis=-1)
+        return ops.normalize(self.out(hidden) + mean + same_mean, axis=-1)
 
     def get_config(self):
         config = super().get_config()
