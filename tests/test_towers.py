@@ -159,14 +159,17 @@ def test_per_example_weights_scale_the_loss():
     assert doubled == pytest.approx(2 * base, rel=1e-5)
 
 
+# targets 1 (domain 1), 3 and 4 (domain 2)
+THREE_QUERIES = {"history": np.array([[0, 0, 0, 1], [0, 0, 1, 2], [0, 0, 0, 2]], np.int32),
+                 "target": np.array([1, 3, 4], np.int32), "target_domain": np.array([1, 2, 2], np.int32),
+                 "weight": np.ones(3, np.float32)}
+
+
 def test_same_domain_negatives_leave_other_domains_out_of_the_softmax():
     model = _model()
     model.train_config.logq_correction = False
     model.task._remove_accidental_hits = False
-    # targets 1 (domain 1), 3 and 4 (domain 2)
-    feats = {"history": np.array([[0, 0, 0, 1], [0, 0, 1, 2], [0, 0, 0, 2]], np.int32),
-             "target": np.array([1, 3, 4], np.int32), "target_domain": np.array([1, 2, 2], np.int32),
-             "weight": np.ones(3, np.float32)}
+    feats = THREE_QUERIES
     q = np.asarray(model(feats))
     c = np.asarray(model.item_embeddings(feats["target"]))
     logits = q @ c.T / 0.1
@@ -182,9 +185,7 @@ def test_hard_negatives_keep_only_the_hardest_in_batch_negative():
     model.train_config.same_domain_negatives = False
     model.task._remove_accidental_hits = False
     model.task._num_hard_negatives = 1
-    feats = {"history": np.array([[0, 0, 0, 1], [0, 0, 1, 2], [0, 0, 0, 2]], np.int32),
-             "target": np.array([1, 3, 4], np.int32), "target_domain": np.array([1, 2, 2], np.int32),
-             "weight": np.ones(3, np.float32)}
+    feats = THREE_QUERIES
     q = np.asarray(model(feats))
     c = np.asarray(model.item_embeddings(feats["target"]))
     logits = q @ c.T / 0.1
