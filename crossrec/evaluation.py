@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from crossrec import schema
+from crossrec.features import Catalogue, Examples
 from crossrec.metrics import ranking_metrics
-from towers.features import Catalogue, Examples
 
 
 class Scorer(Protocol):

@@ -6,8 +6,8 @@ import pytest
 
 from crossrec import schema
 from crossrec.evaluation import PopularityScorer, QuerySet, evaluate, target_ranks
+from crossrec.features import Catalogue, Examples
 from crossrec.metrics import ranking_metrics
-from towers.features import Catalogue, Examples
 
 
 def test_ranking_metrics_by_hand():

@@ -6,7 +6,7 @@ import pytest
 
 from crossrec import schema
 from crossrec.config import TowerConfig, TrainConfig
-from towers.features import UNSEEN_DOMAIN, Catalogue, query_examples, training_examples
+from crossrec.features import UNSEEN_DOMAIN, Catalogue, query_examples, training_examples
 from towers.model import ItemTower, RetrievalModel, UserTower, latest_where
 
 

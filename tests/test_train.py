@@ -120,7 +120,7 @@ def test_strategy_auto_is_the_default_strategy_on_cpu(monkeypatch):
 
 
 def _examples(domains):
-    from towers.features import Examples
+    from crossrec.features import Examples
 
     n = len(domains)
     return Examples(np.arange(n * 2, dtype=np.int32).reshape(n, 2), np.arange(1, n + 1, dtype=np.int32),

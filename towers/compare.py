@@ -27,8 +27,8 @@ from crossrec.data.loaders import load_dataset
 from crossrec.data.splits import SLICE, ZERO_SHOT, leave_last_out
 from crossrec.errors import ConfigError
 from crossrec.evaluation import ItemKNNScorer, PopularityScorer, QuerySet, evaluate, seen_rows
-from towers.features import Catalogue, Examples, query_examples, training_examples
-from towers.train import RetrievalData, prepare_data, query_embeddings, train_retrieval
+from crossrec.features import Catalogue, Examples, query_examples, training_examples
+from towers.train import RetrievalData, prepare_data, query_embeddings, scorer_for, train_retrieval
 
 MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "item_knn")
 DEFAULT_MODELS = ("crossrec", "popularity", "id_two_tower", "target_only")
@@ -127,8 +127,6 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
 
 
 def _named(run, name):
-    from towers.train import scorer_for
-
     return scorer_for(run.model, name)
 
 

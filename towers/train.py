@@ -45,10 +45,10 @@ from crossrec.evaluation import (
     seen_rows,
     target_ranks,
 )
+from crossrec.features import Catalogue, Examples, query_examples, training_examples
 from crossrec.metrics import ranking_metrics
 from towers.cache import EmbeddingCache
 from towers.encoder import TextEncoder
-from towers.features import Catalogue, Examples, query_examples, training_examples
 from towers.model import RetrievalModel
 
 MONITOR = "val_recall_at_50"
