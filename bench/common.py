@@ -12,6 +12,11 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _number(value: float) -> str:
+    """Large values with thousands separators, small ones with four significant digits."""
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
+
+
 @dataclass
 class Row:
     benchmark: str
@@ -39,13 +44,13 @@ class Results:
     def add(self, benchmark: str, value: float, unit: str, target: str = "", note: str = "") -> None:
         row = Row(benchmark, float(value), unit, target, note)
         self.rows.append(row)
-        print(f"  {benchmark}: {value:,.1f} {unit}" + (f"  (target {target}: {row.status})" if target else ""),
+        print(f"  {benchmark}: {_number(value)} {unit}" + (f"  (target {target}: {row.status})" if target else ""),
               flush=True)
 
     def table(self) -> str:
         lines = ["| benchmark | value | unit | target | status | note |", "|---|---|---|---|---|---|"]
         for r in self.rows:
-            lines.append(f"| {r.benchmark} | {r.value:,.1f} | {r.unit} | {r.target} | {r.status} | {r.note} |")
+            lines.append(f"| {r.benchmark} | {_number(r.value)} | {r.unit} | {r.target} | {r.status} | {r.note} |")
         return "\n".join(lines)
 
     def write(self, directory: Path | None = None) -> Path:

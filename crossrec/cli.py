@@ -199,15 +199,156 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = _apply_overrides(_config_from_args(args), args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     result = compare_models(config, models=models, zero_shot_domain=args.zero_shot_domain,
-                            progress=not args.quiet, model_out=args.model_out)
+                            progress=not args.quiet, model_out=args.model_out, ranking_out=args.ranking_out)
     notes = [f"data: {config.data.interactions or 'built-in synthetic data'}",
              f"cross-domain cold-start target domain: {result.target_domain}",
              "full-corpus ranking per target domain" + (", seen items excluded" if config.eval.exclude_seen else ""),
              "seconds per model: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items())]
     path = write_report(result.metrics, args.out, title="crossrec evaluation", notes=notes,
-                        histories=result.histories, extra={"seconds": result.seconds})
+                        histories=result.histories, extra={"seconds": result.seconds}, reranking=result.reranking)
     print(f"\nNDCG@10 (report: {path})")
     print(ndcg_table(result.metrics).round(4).to_string())
+    if result.reranking is not None:
+        print("\nNDCG@10 of the same retrieved candidates: retrieval order vs re-ranked")
+        print(ndcg_table(result.reranking).round(4).to_string())
+    return 0
+
+
+def cmd_train_ranking(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from crossrec.report import ndcg_table
+    from ranking.train import train_ranking
+
+    if args.config is None and not any(getattr(args, f) for f in ("data", "items", "format", "amazon")):
+        args.config = str(Path(args.retrieval) / "config.yaml")  # the towers' own data and split
+        if not Path(args.config).exists():
+            raise ConfigError(f"{args.retrieval} holds no trained towers (config.yaml); run `crossrec train "
+                              "retrieval --out DIR` first and pass that DIR as --retrieval")
+    config = _config_from_args(args)
+    if args.epochs is not None:
+        config = replace(config, ranking=replace(config.ranking, epochs=args.epochs))
+    run = train_ranking(config, args.retrieval, args.out, progress=not args.quiet)
+    print(f"\nrankers trained in {sum(run.seconds.values()):.0f} s ({run.seconds}); outputs in {args.out}/")
+    print("NDCG@10 of the same retrieved candidates: retrieval order vs re-ranked")
+    print(ndcg_table(run.metrics).round(4).to_string())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from serving.export import export_models, load_parts, sample_queries, write_model_config
+
+    config = load_config(args.config) if args.config else None
+    parts = load_parts(args.retrieval, None, config)
+    config = parts.config
+    updates = {k: v for k, v in [("index", args.index), ("max_k", args.max_k)] if v is not None}
+    config = replace(config, export=replace(config.export, **updates))
+    queries = sample_queries(replace(parts, config=config), config.export.recall_queries)
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    result = export_models(args.retrieval, args.out, ranking_dir=args.ranking, config=config, models=models,
+                           version=args.version, recall_queries=queries, progress=not args.quiet)
+    config_file = write_model_config(args.out)
+    for name, path in result.paths.items():
+        index = result.metadata[name].get("index") or {}
+        recall = f", index recall@10 {index['recall@10']:.3f} vs exact" if "recall@10" in index else ""
+        print(f"{name}: version {result.versions[name]} -> {path}{recall}")
+    print(f"exported in {result.seconds:.0f} s; TF Serving model config: {config_file}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from serving.models import ModelManager, wait_until_ready
+    from serving.server import Server, ServerOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    manager = ModelManager(_serving_specs(args))
+    options = ServerOptions(host=args.host, port=args.port, rest_api_port=args.rest_api_port,
+                            poll_seconds=args.file_system_poll_wait_seconds, max_request_bytes=args.max_request_bytes,
+                            ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file)
+    server = Server(manager, options).start()
+    if not wait_until_ready(manager, timeout=args.load_timeout):
+        print("warning: some models have no loadable version yet (see the log); serving the others",
+              file=sys.stderr)
+    print(f"serving {', '.join(manager.specs)}: gRPC {args.host}:{server.port}"
+          + (f", REST http://{args.host}:{server.rest_port}" if server.rest_port else "") + " (Ctrl-C stops)",
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+def _serving_specs(args: argparse.Namespace):
+    from pathlib import Path
+
+    from serving.layout import versions
+    from serving.models import ModelSpec, specs_from_config_file
+
+    if args.model_config_file:
+        return specs_from_config_file(args.model_config_file)
+    if not args.model_base_path:
+        raise ConfigError("give --model_base_path (a model's folder, or a saved_models folder holding several) "
+                          "or --model_config_file")
+    base = Path(args.model_base_path).resolve()
+    if not base.is_dir():
+        raise ConfigError(f"--model_base_path {base}: no such folder (export models with `crossrec export` first)")
+    if args.model_name or versions(base):
+        return [ModelSpec(args.model_name or base.name, base)]
+    models = sorted(p for p in base.iterdir() if p.is_dir() and versions(p))
+    if not models:
+        raise ConfigError(f"--model_base_path {base}: holds no model versions (<model>/<version>/saved_model.pb)")
+    return [ModelSpec(p.name, p) for p in models]
+
+
+def cmd_candidates(args: argparse.Namespace) -> int:
+    from serving.batch import run_candidates
+
+    pipeline_args = list(args.pipeline_args)
+    if args.runner:
+        pipeline_args.append(f"--runner={args.runner}")
+    domains = [d.strip() for d in args.domains.split(",")] if args.domains else None
+    result = run_candidates(args.model_dir, args.output, users=args.input, interactions=args.interactions, k=args.k,
+                            rank_top=args.rank_top, domains=domains, exclude_seen=not args.keep_seen,
+                            batch_size=args.batch_size, pipeline_args=pipeline_args)
+    c = result.counts
+    print(f"candidates for {c['users_scored']} (user, domain) queries in {result.seconds:.0f} s -> "
+          f"{result.output}/candidates-*.parquet")
+    print(f"  cross-domain cold start (no history in the domain): {c['cold_start_users']}; unknown to the model "
+          f"(no known history item): {c['unknown_users']}; dead letters: {c['dead_letters']}"
+          + (f" -> {result.output}/dead_letter-*.parquet" if c["dead_letters"] else ""))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import grpc
+
+    from serving.client import CrossrecClient
+
+    history = []
+    for value in args.history:
+        domain, sep, item = value.partition(":")
+        if not sep or not domain or not item:
+            raise ConfigError(f"--history {value!r}: expected DOMAIN:ITEM_ID, e.g. --history books:BO00012")
+        history.append((domain, item))
+    with CrossrecClient(args.server, timeout=args.timeout) as client:
+        try:
+            if args.model == "retrieval":
+                rows = client.retrieve(history, args.domain, args.k, exclude_history=not args.keep_seen)
+            else:
+                rows = client.recommend(history, args.domain, args.k, exclude_history=not args.keep_seen,
+                                        model=args.model)
+        except grpc.RpcError as error:
+            raise ConfigError(f"{args.server}: {error.code().name}: {error.details()}") from None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for rank, row in enumerate(rows, 1):
+        print(f"{rank:3d}. {row['item_id']:<24} score {row['score']:.4f}")
     return 0
 
 
@@ -305,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     split.set_defaults(func=cmd_data_split)
 
-    train = commands.add_parser("train", help="train a model (retrieval towers)",
+    train = commands.add_parser("train", help="train a model (retrieval towers, ranking)",
                                 description="Train a model with a Keras fit script.")
     train_commands = train.add_subparsers(dest="train_command", metavar="MODEL", required=True)
     retrieval = train_commands.add_parser(
@@ -318,6 +459,102 @@ def build_parser() -> argparse.ArgumentParser:
     retrieval.add_argument("--out", required=True, help="output folder")
     retrieval.set_defaults(func=cmd_train_retrieval)
 
+    ranking = train_commands.add_parser(
+        "ranking", help="train the ranker (DCN-v2, multi-task) and its distilled student on retrieved candidates",
+        description="Mine each training query's top-K candidates with trained retrieval towers, train the "
+                    "ranking model on them (feature crosses, engagement + rating heads) and a small student "
+                    "distilled from it, and compare retrieval order, ranker and student on the test lists. "
+                    "Without --config or data flags, the towers' own config (data and split) is used.")
+    _add_source_flags(ranking)
+    ranking.add_argument("--retrieval", required=True, help="folder written by `crossrec train retrieval --out`")
+    ranking.add_argument("--out", required=True, help="output folder")
+    ranking.add_argument("--epochs", type=int, help="maximum epochs per ranker (early stopping may end sooner)")
+    ranking.add_argument("--quiet", action="store_true", help="no progress bars")
+    ranking.set_defaults(func=cmd_train_ranking)
+
+    export = commands.add_parser(
+        "export", help="write versioned SavedModels in TF Serving's layout (retrieval, ranking, ...)",
+        description="Export the trained towers and rankers as SavedModels under OUT/<model>/<version>/ "
+                    "(TF Serving's layout; the next free version unless --version): retrieval (with a "
+                    "brute-force or ScaNN index), ranking, recommender (retrieve -> rank in one call) and "
+                    "item_encoder (text -> embedding). Each version is written aside and renamed into place. "
+                    "Also writes OUT/models.config for tensorflow/serving's --model_config_file.")
+    export.add_argument("--retrieval", required=True, help="folder written by `crossrec train retrieval --out`")
+    export.add_argument("--ranking", help="folder written by `crossrec train ranking --out` (needed for the "
+                                          "ranking and recommender models)")
+    export.add_argument("--out", default="saved_models", help="base folder (default saved_models)")
+    export.add_argument("--config", help="YAML config whose export: section to use (default: the towers' config)")
+    export.add_argument("--index", choices=["brute_force", "scann"], help="top-k index (default brute_force)")
+    export.add_argument("--max-k", type=int, help="the largest k a request may ask for (default 100)")
+    export.add_argument("--models", help="comma-separated subset of retrieval,ranking,recommender,item_encoder "
+                                         "(default: all four with --ranking, else retrieval,item_encoder)")
+    export.add_argument("--version", type=int, help="version number to write (default: the next free one)")
+    export.add_argument("--quiet", action="store_true", help="no progress output")
+    export.set_defaults(func=cmd_export)
+
+    serve = commands.add_parser(
+        "serve", help="serve saved_models/ over TF Serving's gRPC and REST APIs",
+        description="An embedded server speaking TensorFlow Serving's gRPC (PredictionService, ModelService, "
+                    "health, reflection) and REST APIs, for machines without tensorflow_model_server. Flags "
+                    "are named like tensorflow_model_server's. Serves the latest version of each model and "
+                    "switches to new versions as they appear, without failing requests in flight.")
+    serve.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    serve.add_argument("--rest_api_port", type=int, default=8501, help="REST port (default 8501; 0 = no REST)")
+    serve.add_argument("--model_base_path", help="a model's folder (<base>/<version>/), or a folder of model "
+                                                 "folders such as saved_models/ (serves each)")
+    serve.add_argument("--model_name", help="the model's name (default: the folder's name)")
+    serve.add_argument("--model_config_file", help="TF Serving ModelServerConfig text proto (several models, "
+                                                   "version policies and labels)")
+    serve.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                       help="how often to look for new versions (default 1; 0 = load once)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--max_request_bytes", type=int, default=16 * 1024 * 1024,
+                       help="largest accepted request (default 16 MiB)")
+    serve.add_argument("--ssl_cert_file", help="PEM certificate: serve gRPC and REST over TLS")
+    serve.add_argument("--ssl_key_file", help="PEM private key for --ssl_cert_file")
+    serve.add_argument("--load_timeout", type=float, default=120.0, help="seconds to wait for the first load")
+    serve.set_defaults(func=cmd_serve)
+
+    candidates = commands.add_parser(
+        "candidates", help="top-K candidates for every user of a table, on Apache Beam",
+        description="An Apache Beam pipeline (DirectRunner here; Dataflow, Flink or Spark with their pipeline "
+                    "options, which pass through) that runs the exported retrieval model (and with --rank-top "
+                    "the ranking model) over every user and writes Parquet shards: user_id, domain, rank, "
+                    "item_id, score, model_name, model_version. Bad rows go to dead_letter-*.parquet with the "
+                    "reason.",
+        epilog="Input: --input users.parquet (user_id, history_item_ids, history_domains lists oldest first, "
+               "optional domain) or --interactions interactions.parquet (histories built per user). "
+               "Unrecognised options are Beam pipeline options, e.g. --runner=DataflowRunner --project=P "
+               "--region=R --temp_location=gs://B/tmp")
+    source = candidates.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="users table (Parquet; a glob or gs:// path works on other runners)")
+    source.add_argument("--interactions", help="interactions table (Parquet, canonical schema)")
+    candidates.add_argument("--model-dir", default="saved_models", help="exported models (default saved_models)")
+    candidates.add_argument("--output", required=True, help="output folder")
+    candidates.add_argument("--k", type=int, default=100, help="candidates per user and domain (default 100)")
+    candidates.add_argument("--rank-top", type=int, default=0, help="re-rank the top N with the ranking model")
+    candidates.add_argument("--domains", help="comma-separated domains to recommend from, for rows without a "
+                                              "domain column (default: every domain of the model)")
+    candidates.add_argument("--keep-seen", action="store_true", help="allow items the user already has")
+    candidates.add_argument("--batch-size", type=int, default=1024, help="users per model call (default 1024)")
+    candidates.add_argument("--runner", help="Beam runner (default DirectRunner)")
+    candidates.set_defaults(func=cmd_candidates, pipeline_args=[])
+
+    query = commands.add_parser(
+        "query", help="ask a running server for recommendations (gRPC client)",
+        description="Send one user's history to a running server (crossrec serve or tensorflow/serving) and "
+                    "print the recommendations.")
+    query.add_argument("--server", default="127.0.0.1:8500", help="gRPC address (default 127.0.0.1:8500)")
+    query.add_argument("--history", action="append", default=[], metavar="DOMAIN:ITEM_ID",
+                       help="one history item, oldest first (repeatable)")
+    query.add_argument("--domain", required=True, help="the domain to recommend from")
+    query.add_argument("--k", type=int, default=10, help="how many (default 10)")
+    query.add_argument("--model", default="recommender", help="recommender (retrieve + rank, default) or retrieval")
+    query.add_argument("--keep-seen", action="store_true", help="allow items already in the history")
+    query.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    query.add_argument("--json", action="store_true", help="print JSON")
+    query.set_defaults(func=cmd_query)
+
     evaluate = commands.add_parser(
         "evaluate", help="compare crossrec with baselines; write a Markdown/JSON/PNG report",
         description="Train crossrec and its baselines on one split and rank the full corpus of each target "
@@ -326,13 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_flags(evaluate)
     _add_training_flags(evaluate)
     evaluate.add_argument("--out", required=True, help="report folder")
-    evaluate.add_argument("--models", default="crossrec,popularity,id_two_tower,target_only",
-                          help="comma-separated, from crossrec, popularity, id_two_tower, target_only, item_knn "
-                               "(default: all but item_knn)")
+    evaluate.add_argument("--models", default="crossrec,popularity,id_two_tower,target_only,ranking",
+                          help="comma-separated, from crossrec, popularity, id_two_tower, target_only, item_knn, "
+                               "ranking (re-ranks crossrec's candidates; default: all but item_knn)")
     evaluate.add_argument("--zero-shot-domain", help="also retrain without any interaction of this domain and "
                                                      "evaluate on it (the zero_shot slice)")
     evaluate.add_argument("--model-out", help="also keep the trained crossrec towers in this folder "
                                               "(as `crossrec train retrieval --out` writes them)")
+    evaluate.add_argument("--ranking-out", help="also keep the trained rankers in this folder "
+                                                "(as `crossrec train ranking --out` writes them)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     quickstart = commands.add_parser(
@@ -349,7 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "pipeline_args", None) != []:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.pipeline_args = extra  # `crossrec candidates`: Beam pipeline options pass through
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -178,6 +179,106 @@ class TrainConfig:
     seed: int = 0
 
 
+RANKING_FEATURES = ("query", "candidate", "product", "retrieval_score", "domain", "log_popularity",
+                    "item_rating", "history_length", "recency")
+RANKING_TASKS = ("engagement", "rating")
+
+
+def _check_features(features: list[str], where: str) -> None:
+    unknown = [f for f in features if f not in RANKING_FEATURES]
+    if unknown or not features:
+        raise ConfigError(f"{where}: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
+                          f"choose from {', '.join(RANKING_FEATURES)}")
+
+
+@dataclass
+class RankerConfig:
+    """One ranking network (``ranking.model``): DCN-v2 cross layers, then a deep stack."""
+
+    cross_layers: int = 2
+    # Rank of the low-rank cross layers (W = U V); null = full-rank cross layers.
+    cross_projection_dim: int | None = None
+    deep_layers: list[int] = field(default_factory=lambda: [256, 128])
+    dropout: float = 0.1
+    # Its inputs (see ranking.features); null = ranking.features.
+    features: list[str] | None = None
+
+    def __post_init__(self):
+        _check_features(self.features or list(RANKING_FEATURES), "features")
+
+
+@dataclass
+class RankingConfig:
+    """The ranking model that reorders retrieved candidates (``ranking``)."""
+
+    # Candidates per query: the retrieval model's top-K in the target domain (training lists
+    # also always hold the true next item).
+    candidates: int = 50
+    # Extra random items of the target domain per training list (0 = only retrieval's hard negatives).
+    random_negatives: int = 0
+    # Training queries to mine lists for (a seeded random sample; null = every training example).
+    max_queries: int | None = 20000
+    # pointwise: binary cross-entropy per candidate; listwise: softmax cross-entropy over each list.
+    loss: Literal["pointwise", "listwise"] = "pointwise"
+    # Inputs of the ranker, from: query, candidate (the towers' embeddings), product (their
+    # element-wise product), retrieval_score (their dot product), domain (of the candidate),
+    # log_popularity, item_rating (the item's mean training rating, when the data has ratings),
+    # history_length (the user's, in the candidate's domain and in all), recency
+    # (interactions since the user's last one in the candidate's domain).
+    features: list[str] = field(default_factory=lambda: list(RANKING_FEATURES))
+    # Loss weight per task: engagement (was this the next item) always; rating when the data has
+    # ratings (trained on the true items' ratings).
+    task_weights: dict[str, float] = field(default_factory=lambda: {"engagement": 1.0, "rating": 0.1})
+    # The engagement logit = retrieval score / train.temperature + the network's correction, which
+    # starts at zero: training begins from the retrieval order (false = the network alone).
+    residual_on_retrieval: bool = True
+    teacher: RankerConfig = field(default_factory=RankerConfig)
+    # The distilled student: trained on the labels and on the teacher's scores, for cheaper serving.
+    # By default it reads only the per-candidate scalars (no embedding vectors), which makes it
+    # several times cheaper to score.
+    student: RankerConfig = field(default_factory=lambda: RankerConfig(
+        cross_layers=1, cross_projection_dim=4, deep_layers=[32], dropout=0.0,
+        features=["retrieval_score", "domain", "log_popularity", "item_rating", "history_length", "recency"]))
+    distill: bool = True
+    # Student loss = (1 - w) * label loss + w * listwise loss against the teacher's scores.
+    distillation_weight: float = 0.9
+    epochs: int = 8
+    # Candidate lists per batch.
+    batch_size: int = 128
+    learning_rate: float = 0.001
+    early_stopping_patience: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_features(self.features, "ranking.features")
+        tasks = [t for t in self.task_weights if t not in RANKING_TASKS]
+        if tasks:
+            raise ConfigError(f"ranking.task_weights: unknown task {', '.join(map(repr, tasks))}; "
+                              f"tasks are {', '.join(RANKING_TASKS)}")
+        if self.candidates < 1:
+            raise ConfigError(f"ranking.candidates: expected at least 1, got {self.candidates}")
+
+
+@dataclass
+class ExportConfig:
+    """Versioned SavedModels in TF Serving's layout (``serving.export``)."""
+
+    # brute_force: exact, loads in stock tensorflow/serving; scann: approximate and fast, needs the
+    # google/tf-serving-scann build (or `import scann` in Python) to load.
+    index: Literal["brute_force", "scann"] = "brute_force"
+    # The largest k a request may ask for (fixed at export).
+    max_k: int = 100
+    # Which ranker the ranking and recommender models use: the distilled student (cheaper) or the teacher.
+    ranker: Literal["student", "teacher"] = "student"
+    # ScaNN: leaves of the partitioning tree per domain (null = about sqrt(items)), leaves searched
+    # per query (null = a quarter of them), and exact re-scoring of this many candidates.
+    scann_leaves: int | None = None
+    scann_leaves_to_search: int | None = None
+    scann_reorder: int = 200
+    # Queries sampled to measure the index's recall@10 against exact search (stored in the metadata).
+    recall_queries: int = 1000
+
+
 @dataclass
 class EvalConfig:
     """The evaluator shared by every model (``crossrec.evaluation``)."""
@@ -196,6 +297,8 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     towers: TowerConfig = field(default_factory=TowerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -301,7 +404,7 @@ def load_config(path: str | Path | None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     config = from_dict(Config, raw, where=str(path))
-    _resolve_paths(config, path.parent)
+    _resolve_paths(config, Path(os.path.abspath(path.parent)))
     return config
 
 
@@ -309,7 +412,7 @@ def _resolve_paths(config: Config, base: Path) -> None:
     def resolve(p: str | None) -> str | None:
         if p is None or Path(p).is_absolute():
             return p
-        return str(base / p)
+        return os.path.normpath(base / p)  # absolute: a saved copy of the config still finds the data
 
     data = config.data
     config.encoder.preset = resolve(config.encoder.preset)

@@ -98,13 +98,14 @@ class Examples:
     target_domain: np.ndarray  # (n,) int32 domain index (0 = unseen domain)
     user_id: np.ndarray  # (n,) object
     weight: np.ndarray  # (n,) float32
+    rating: np.ndarray | None = None  # (n,) float32 rating of the target interaction (NaN = none)
 
     def __len__(self) -> int:
         return len(self.target)
 
     def subset(self, mask: np.ndarray) -> Examples:
         return Examples(self.history[mask], self.target[mask], self.target_domain[mask], self.user_id[mask],
-                        self.weight[mask])
+                        self.weight[mask], None if self.rating is None else self.rating[mask])
 
     def features(self) -> dict[str, np.ndarray]:
         return {"history": self.history, "target_domain": self.target_domain,
@@ -116,6 +117,12 @@ def _sorted(interactions: pd.DataFrame) -> pd.DataFrame:
     frame = interactions.copy()
     frame["_input_order"] = np.arange(len(frame))
     return frame.sort_values([schema.USER_ID, order, "_input_order"], kind="stable")
+
+
+def _ratings(frame: pd.DataFrame) -> np.ndarray | None:
+    if schema.RATING not in frame.columns:
+        return None
+    return pd.to_numeric(frame[schema.RATING], errors="coerce").to_numpy(np.float32)
 
 
 def _right_aligned(rows: np.ndarray, length: int) -> np.ndarray:
@@ -148,8 +155,9 @@ def training_examples(interactions: pd.DataFrame, catalogue: Catalogue, history_
             take[k] = j
             k += 1
     domain_index = {d: i for i, d in enumerate(catalogue.domains)}
+    ratings = _ratings(frame)
     return Examples(history, rows[take], np.array([domain_index.get(d, 0) for d in domains[take]], np.int32),
-                    users[take], weights[take])
+                    users[take], weights[take], None if ratings is None else ratings[take])
 
 
 def query_examples(known: pd.DataFrame, targets: pd.DataFrame, catalogue: Catalogue,
@@ -171,4 +179,11 @@ def query_examples(known: pd.DataFrame, targets: pd.DataFrame, catalogue: Catalo
     domain_index = {d: i for i, d in enumerate(catalogue.domains)}
     return Examples(history, target_rows,
                     np.array([domain_index.get(d, 0) for d in targets[schema.DOMAIN]], np.int32),
-                    targets[schema.USER_ID].to_numpy(), np.ones(len(targets), np.float32))
+                    targets[schema.USER_ID].to_numpy(), np.ones(len(targets), np.float32), _ratings(targets))
+
+
+def concat_examples(parts: list[Examples]) -> Examples:
+    ratings = [p.rating for p in parts]
+    return Examples(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                      ("history", "target", "target_domain", "user_id", "weight")),
+                    None if any(r is None for r in ratings) else np.concatenate(ratings))

@@ -34,13 +34,19 @@ def _markdown(frame: pd.DataFrame, digits: int = 4) -> str:
 
 
 def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, notes: list[str] | None = None,
-                 histories: dict[str, dict] | None = None, extra: dict | None = None) -> Path:
+                 histories: dict[str, dict] | None = None, extra: dict | None = None,
+                 reranking: pd.DataFrame | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics.to_csv(out / "metrics.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps({"metrics": json.loads(metrics.to_json(orient="records")),
-                                                  "histories": histories or {}, **(extra or {})}, indent=2))
+    payload = {"metrics": json.loads(metrics.to_json(orient="records")), "histories": histories or {}, **(extra or {})}
+    if reranking is not None:
+        reranking.to_csv(out / "reranking.csv", index=False)
+        payload["reranking"] = json.loads(reranking.to_json(orient="records"))
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2))
     plots = _plots(metrics, histories or {}, out)
+    if reranking is not None:
+        plots.append(_reranking_plot(reranking, out))
     parts = [f"# {title}", ""]
     parts += [f"- {n}" for n in notes or []]
     parts += ["", "## NDCG@10 by slice and domain", "", _markdown(ndcg_table(metrics)), ""]
@@ -49,6 +55,15 @@ def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, note
         parts += [f"## {metric}", "", _markdown(table), ""]
     counts = metrics.drop_duplicates(["slice", "domain"]).set_index(["slice", "domain"])["queries"]
     parts += ["## Queries per slice and domain", "", _markdown(counts.to_frame()), ""]
+    if reranking is not None:
+        parts += ["## Re-ranking the retrieved candidates", "",
+                  "The same top-K lists from crossrec's towers, in three orders: the retrieval order, the "
+                  "ranker's, and the distilled student's. `in_list` is the share of targets retrieval put in "
+                  "the list (the ceiling of every order).", ""]
+        for metric in ("ndcg@10", "recall@10", "mrr", "in_list", "rmse"):
+            if metric in reranking and reranking[metric].notna().any():
+                table = reranking.pivot_table(index=["slice", "domain"], columns="model", values=metric, sort=True)
+                parts += [f"### {metric}", "", _markdown(table), ""]
     parts += [f"![{p.stem}]({p.name})" for p in plots]
     path = out / "report.md"
     path.write_text("\n".join(parts) + "\n")
@@ -98,3 +113,21 @@ def _plots(metrics: pd.DataFrame, histories: dict[str, dict], out: Path) -> list
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
+
+
+def _reranking_plot(reranking: pd.DataFrame, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overall = reranking[reranking["domain"] == "all"].pivot_table(index="slice", columns="model", values="ndcg@10")
+    ax = overall.plot.bar(figsize=(6, 3.4), rot=0)
+    ax.set_ylabel("NDCG@10 on the same candidates")
+    ax.set_title("re-ranking")
+    ax.grid(alpha=0.3, axis="y")
+    ax.figure.tight_layout()
+    path = out / "reranking.png"
+    ax.figure.savefig(path, dpi=110)
+    plt.close(ax.figure)
+    return path

@@ -65,3 +65,39 @@ GOOD_ITEMS = (
     "b1,books,The Last Nebula,Science Fiction\n"
     "m1,movies,Orbit of Comets (1987),Sci-Fi\n"
 )
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_preset, tmp_path_factory):
+    """Retrieval towers and rankers trained once on tiny data: (config, retrieval run, its folder,
+    ranking folder). Tests must not modify them."""
+    from crossrec.config import ExportConfig, RankerConfig, RankingConfig
+    from ranking.train import train_ranking
+    from towers.train import train_retrieval
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    config = Config(data=DataConfig(synth=SynthConfig(n_users=80, n_items=120, n_interactions=1600, seed=3)),
+                    encoder=EncoderConfig(preset=str(tiny_preset), sequence_length=16, cache_dir=str(tmp / "cache")),
+                    towers=TowerConfig(embedding_dim=16, history_length=8),
+                    train=TrainConfig(epochs=2, batch_size=128, learning_rate=0.01),
+                    ranking=RankingConfig(candidates=10, epochs=4, batch_size=32, random_negatives=2,
+                                          teacher=RankerConfig(cross_layers=2, deep_layers=[32, 16]),
+                                          student=RankerConfig(cross_layers=1, cross_projection_dim=4,
+                                                               deep_layers=[8], dropout=0.0)),
+                    export=ExportConfig(max_k=20, recall_queries=50))
+    run = train_retrieval(config, tmp / "retrieval", progress=False)
+    train_ranking(config, tmp / "retrieval", tmp / "ranking", progress=False)
+    return config, run, tmp / "retrieval", tmp / "ranking"
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(tiny_pipeline, tmp_path_factory):
+    """``tiny_pipeline`` exported once (all four models, version 1): (config, retrieval run,
+    saved_models folder, ExportResult). Tests copy the folder before changing it."""
+    from serving.export import export_models, load_parts, sample_queries
+
+    config, run, retrieval_dir, ranking_dir = tiny_pipeline
+    out = tmp_path_factory.mktemp("saved_models")
+    queries = sample_queries(load_parts(retrieval_dir, None), 50)
+    result = export_models(retrieval_dir, out, ranking_dir=ranking_dir, recall_queries=queries, progress=False)
+    return config, run, out, result

@@ -13,3 +13,30 @@ def test_towers_benchmark_smoke(tiny_preset, tmp_path, capsys):
     assert "train cached-frozen, batch 1024" in names and "encoding speed-up from bucketing (max 32)" in names
     assert all(r["value"] > 0 for r in rows)
     assert "| benchmark | value |" in capsys.readouterr().out
+
+
+def test_ranking_benchmark_smoke(tiny_preset, tmp_path):
+    from bench import ranking
+
+    assert ranking.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path)]) == 0
+    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "ranking.json").read_text())["rows"]}
+    assert rows["student / ranker scoring time"]["target"] == "<= 0.25"
+    assert rows["ranker scoring"]["value"] > 0 and 0 <= rows["NDCG@10, retrieval order"]["value"] <= 1
+
+
+def test_serving_benchmark_smoke(tiny_preset, tmp_path):
+    from bench import serving
+
+    assert serving.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path)]) == 0
+    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "serving.json").read_text())["rows"]}
+    assert 0 <= rows["ScaNN recall@10 vs exact, 20k items"]["value"] <= 1
+    assert rows["gRPC recommender p99, 1 client, 100k items"]["target"] == "<= 15"
+    assert rows["gRPC recommender throughput, 4 client processes"]["value"] > 0
+
+
+def test_batch_benchmark_smoke(tiny_preset, tmp_path):
+    from bench import batch
+
+    assert batch.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path), "--users", "300"]) == 0
+    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "batch.json").read_text())["rows"]}
+    assert rows["Beam DirectRunner"]["value"] > 0 and rows["Beam / plain loop"]["target"] == ">= 0.8"

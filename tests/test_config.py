@@ -29,6 +29,17 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, write):
     assert config.data.items == "/abs/items.csv"
 
 
+def test_a_config_saved_elsewhere_still_finds_relative_data(tmp_path, write, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    write("sub/c.yaml", "data:\n  interactions: ../data/i.csv\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config("sub/c.yaml")  # a relative config path, as on the command line
+    save_config(config, tmp_path / "runs_copy.yaml")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert load_config(tmp_path / "runs_copy.yaml").data.interactions == str(tmp_path / "data" / "i.csv")
+
+
 def test_unknown_key_suggests_the_close_one(write):
     path = write("c.yaml", "data:\n  colums: {user_id: userId}\n")
     with pytest.raises(ConfigError, match=r"c.yaml.data: unknown key 'colums'. Did you mean 'columns'\?"):

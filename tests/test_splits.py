@@ -86,3 +86,11 @@ def test_cold_start_errors_name_the_setting(tiny_dataset):
         cold_start(tiny_dataset.interactions, target_domain="toys")
     with pytest.raises(ConfigError, match="holdout_fraction must be between 0 and 1"):
         cold_start(tiny_dataset.interactions, target_domain="books", fraction=1.5)
+
+
+def test_evaluation_split_of_a_single_domain_dataset_has_warm_and_new_item_slices_only(tiny_dataset):
+    from crossrec.data.splits import SLICE, evaluation_split
+
+    one = tiny_dataset.interactions[tiny_dataset.interactions["domain"] == "books"]
+    out = evaluation_split(one, target_domain="books", seed=0)
+    assert set(out[SLICE]) == {"", "warm", "new_item"}

@@ -7,6 +7,8 @@ Models:
 - ``target_only``: the text model trained on one domain alone, queried with that domain's
   history alone (no transfer); one model per domain.
 - ``item_knn`` (on request): item-to-item cosine similarity of co-occurrence, a reference.
+- ``ranking``: the ranker (and its distilled student) trained on crossrec's candidate lists; it
+  is compared with the retrieval order on the same top-K lists (``Comparison.reranking``).
 Slices: the split's own (``warm``, ``cold_start``, ``new_item``), plus ``zero_shot`` when a
 zero-shot domain is named: crossrec retrained with every interaction of that domain removed, and
 asked for that domain from the users' other domains.
@@ -30,8 +32,8 @@ from crossrec.evaluation import ItemKNNScorer, PopularityScorer, QuerySet, evalu
 from crossrec.features import Catalogue, Examples, query_examples, training_examples
 from towers.train import RetrievalData, prepare_data, query_embeddings, scorer_for, train_retrieval
 
-MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "item_knn")
-DEFAULT_MODELS = ("crossrec", "popularity", "id_two_tower", "target_only")
+MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "item_knn", "ranking")
+DEFAULT_MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "ranking")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Comparison:
     histories: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     target_domain: str | None = None
+    reranking: pd.DataFrame | None = None  # retrieval order vs ranker vs student, same lists
 
 
 class _PerDomainScorer:
@@ -76,9 +79,10 @@ def _subset_data(data: RetrievalData, keep: pd.Series, config: Config) -> Retrie
 
 def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: str | None = None,
                    dataset: Dataset | None = None, progress: bool = True,
-                   model_out: str | None = None) -> Comparison:
+                   model_out: str | None = None, ranking_out: str | None = None) -> Comparison:
     """Trains and evaluates ``models`` on one split; ``model_out`` keeps crossrec's trained run
-    (weights, item embeddings, summary) as ``crossrec train retrieval`` writes it."""
+    (weights, item embeddings, summary) as ``crossrec train retrieval`` writes it, and
+    ``ranking_out`` the rankers as ``crossrec train ranking`` does."""
     unknown = set(models) - set(MODELS)
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
@@ -93,10 +97,17 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         result.seconds[name] = round(time.perf_counter() - start, 1)
         return value
 
+    if "ranking" in models and "crossrec" not in models:
+        raise ConfigError("the ranking model re-ranks crossrec's candidates: add crossrec to the models")
     if "crossrec" in models:
         run = timed("crossrec", lambda: train_retrieval(config, model_out, data=data, progress=progress))
         scorers.append(_named(run, "crossrec"))
         result.histories["crossrec"] = run.history
+        if "ranking" in models:
+            from ranking.train import train_ranking
+
+            ranked = timed("ranking", lambda: train_ranking(config, run, ranking_out, progress=progress))
+            result.reranking = ranked.metrics
     if "popularity" in models:
         scorers.append(PopularityScorer(data.train, data.catalogue))
     if "item_knn" in models:

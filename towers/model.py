@@ -94,6 +94,16 @@ def latest_where(sequence, mask):
     return picked * ops.cast(ops.any(mask, axis=1), sequence.dtype)[:, None]
 
 
+def user_query(user_tower, item_domain, user_hashing, history_embeddings, history, target_domain, user_id=None,
+               training=False):
+    """The query embedding from already-embedded history items: what ``RetrievalModel`` computes,
+    and what an export computes from its item embedding table without the text path."""
+    history = ops.cast(history, "int32")  # (b, H) item rows, right-aligned
+    bucket = user_hashing(user_id) if user_hashing is not None and user_id is not None else None
+    return user_tower(history_embeddings, history > 0, ops.take(item_domain, history),
+                      ops.cast(target_domain, "int32"), bucket, training=training)
+
+
 @keras.saving.register_keras_serializable(package="crossrec")
 class UserTower(keras.layers.Layer):
     def __init__(self, num_domains: int, history_length: int, embedding_dim: int = 64,
@@ -260,13 +270,12 @@ class RetrievalModel(keras.Model):
     # -- query side -------------------------------------------------------------------------
     def call(self, inputs, training=False):
         history = ops.cast(inputs["history"], "int32")
-        mask = history > 0
-        history_embeddings = self.item_embeddings(history, training=training)
-        bucket = None
-        if self.user_hashing is not None and "user_id" in inputs:
-            bucket = self.user_hashing(inputs["user_id"])
-        return self.user_tower(history_embeddings, mask, ops.take(self.item_domain, history),
-                               ops.cast(inputs["target_domain"], "int32"), bucket, training=training)
+        return self.query(self.item_embeddings(history, training=training), history, inputs["target_domain"],
+                          inputs.get("user_id"), training=training)
+
+    def query(self, history_embeddings, history, target_domain, user_id=None, training=False):
+        return user_query(self.user_tower, self.item_domain, self.user_hashing, history_embeddings, history,
+                          target_domain, user_id, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         target = ops.cast(x["target"], "int32")

@@ -45,7 +45,13 @@ from crossrec.evaluation import (
     seen_rows,
     target_ranks,
 )
-from crossrec.features import Catalogue, Examples, query_examples, training_examples
+from crossrec.features import (
+    Catalogue,
+    Examples,
+    concat_examples,
+    query_examples,
+    training_examples,
+)
 from crossrec.metrics import ranking_metrics
 from towers.cache import EmbeddingCache
 from towers.encoder import TextEncoder
@@ -99,8 +105,7 @@ def _query_sets(split_name: str, frame: pd.DataFrame, train: pd.DataFrame, catal
             for domain in sorted(targets[schema.DOMAIN].unique()):
                 t = targets[targets[schema.DOMAIN] == domain]
                 rows.append(query_examples(other[other[schema.DOMAIN] != domain], t, catalogue, history_length))
-            cold = Examples(*(np.concatenate([getattr(r, f) for r in rows]) for f in
-                              ("history", "target", "target_domain", "user_id", "weight")))
+            cold = concat_examples(rows)
             sets.append(QuerySet(COLD_START, cold, seen_rows(train, cold.user_id, catalogue)))
     return sets
 

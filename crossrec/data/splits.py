@@ -130,7 +130,7 @@ def evaluation_split(interactions: pd.DataFrame, *, target_domain: str, cold_sta
 
     1. ``new_item``: a share of each domain's items never appears in training;
     2. ``cold_start``: a share of the users active in ``target_domain`` and elsewhere lose all their
-       target-domain interactions (other than those with new items);
+       target-domain interactions (other than those with new items); skipped for one domain;
     3. ``warm``: leave-last-out per user and domain on what remains.
 
     Adds ``split`` and ``slice`` columns; train rows have an empty slice.
@@ -138,9 +138,10 @@ def evaluation_split(interactions: pd.DataFrame, *, target_domain: str, cold_sta
     out = new_item(interactions, fraction=new_item_fraction, seed=seed)
     out[SLICE] = np.where(out[schema.SPLIT] == schema.TRAIN, "", NEW_ITEM)
     rest = out[schema.SPLIT] == schema.TRAIN
-    cold = cold_start(out[rest], target_domain=target_domain, fraction=cold_start_fraction, seed=seed + 1)
-    out.loc[rest, schema.SPLIT] = cold[schema.SPLIT].to_numpy()
-    out.loc[rest & (out[schema.SPLIT] != schema.TRAIN), SLICE] = COLD_START
+    if out.loc[rest, schema.DOMAIN].nunique() > 1:  # a single-domain dataset has no cross-domain cold start
+        cold = cold_start(out[rest], target_domain=target_domain, fraction=cold_start_fraction, seed=seed + 1)
+        out.loc[rest, schema.SPLIT] = cold[schema.SPLIT].to_numpy()
+        out.loc[rest & (out[schema.SPLIT] != schema.TRAIN), SLICE] = COLD_START
     rest = out[schema.SPLIT] == schema.TRAIN
     warm = leave_last_out(out[rest].drop(columns=[schema.SPLIT, SLICE]))
     out.loc[rest, schema.SPLIT] = warm[schema.SPLIT].to_numpy()

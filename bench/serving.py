@@ -1,0 +1,221 @@
+"""Serving benchmark: the index, and the embedded server answering gRPC.
+
+    python -m bench.serving [--quick]
+
+- ScaNN (crossrec's default settings) vs exact search over 100k and 1M clustered 64-d item
+  vectors: recall@10 against exact, and single-query latency (target from issue 5: recall@10 >=
+  0.95 with the defaults).
+- The ``recommender`` model (retrieve 50 -> rank with the student -> top 10) over 100k items,
+  served by ``crossrec serve`` in its own process and queried with the official gRPC stubs:
+  p50/p99 latency for one client (target p99 <= 15 ms), throughput with 4 client processes
+  (target >= 500 req/s on 2 cores), and the server's overhead over calling the same signature
+  in-process.
+The towers are trained briefly on the built-in data (their weights do not change the timings);
+the large catalogues are synthetic vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from bench.common import Results
+from crossrec import schema
+from crossrec.config import Config, EncoderConfig, SynthConfig
+from crossrec.features import Catalogue
+
+
+def clustered_vectors(n: int, dim: int = 64, clusters: int = 1000, seed: int = 0) -> np.ndarray:
+    """Unit vectors around ``clusters`` centres: closer to real item embeddings than uniform noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def synthetic_catalogue(n: int, domains: list[str]) -> Catalogue:
+    real = [d for d in domains[1:]]
+    domain = np.array(real)[np.arange(n) % len(real)]
+    items = pd.DataFrame({schema.ITEM_ID: [f"I{i:07d}" for i in range(n)], schema.DOMAIN: domain,
+                          schema.TEXT: ""})
+    return Catalogue.build(items, real)
+
+
+def index_benchmark(results: Results, n: int, queries: int = 1000) -> None:
+    from serving.export import DomainIndex
+
+    catalogue = synthetic_catalogue(n, ["<unseen>", "all"])
+    vectors = np.concatenate([np.zeros((1, 64), np.float32), clustered_vectors(n)])
+    probe = clustered_vectors(queries, seed=1)
+    started = time.perf_counter()
+    scann = DomainIndex(catalogue, vectors, k=10, history_length=0, kind="scann")
+    build = time.perf_counter() - started
+    exact = DomainIndex(catalogue, vectors, k=10, history_length=0, kind="brute_force")
+    target = tf.ones([queries], tf.int32)
+    none = tf.zeros([queries, 1], tf.int32)
+    _, approx_rows = scann.search(tf.constant(probe), target, none, 10)
+    _, exact_rows = exact.search(tf.constant(probe), target, none, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx_rows.numpy(), exact_rows.numpy(), strict=True)])
+    params = scann.parameters["domains"]["all"]
+    size = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
+    results.add(f"ScaNN recall@10 vs exact, {size} items", recall, "", ">= 0.95",
+                note=f"leaves {params['leaves']}, search {params['leaves_to_search']}, reorder {params['reorder']}")
+    for name, index in [("ScaNN", scann), ("exact", exact)]:
+        search = tf.function(lambda q, index=index: index.search(q, tf.ones([1], tf.int32), tf.zeros([1, 1], tf.int32), 10))
+        search(tf.constant(probe[:1]))
+        times = []
+        for i in range(200):
+            q = tf.constant(probe[i:i + 1])
+            start = time.perf_counter()
+            search(q)[1].numpy()
+            times.append(time.perf_counter() - start)
+        results.add(f"{name} single-query latency p50, {size} items", 1000 * np.median(times), "ms")
+    results.add(f"ScaNN index build, {size} items", build, "s")
+
+
+def export_synthetic(model, config: Config, n: int, out: Path, name: str = "recommender") -> Path:
+    """``name`` (recommender or retrieval) over ``n`` synthetic items, with the real user tower
+    and an untrained student ranker, as version 1 under ``out/<name>/``."""
+    import json
+
+    from ranking.train import build_ranker
+    from serving.export import DomainIndex, ExportParts, Lookups, RecommenderModule, RetrievalModule
+    from serving.layout import METADATA_FILE
+
+    domains = ["<unseen>", "books", "kitchen", "movies"]
+    catalogue = synthetic_catalogue(n, domains)
+    e = config.towers.embedding_dim
+    vectors = np.concatenate([np.zeros((1, e), np.float32), clustered_vectors(n, e)])
+    parts = ExportParts(config, catalogue, model, vectors, Lookups(catalogue, vectors, config.towers.history_length))
+    parts.index = DomainIndex(catalogue, vectors, k=max(config.export.max_k, config.ranking.candidates),
+                              history_length=config.towers.history_length, kind=config.export.index)
+    parts.ranker = build_ranker(config, config.ranking.student, item_embeddings=vectors,
+                                item_domain=catalogue.item_domain, popularity=np.ones(len(vectors), np.float32),
+                                num_domains=len(domains), rating_mean=None)
+    module = (RecommenderModule if name == "recommender" else RetrievalModule)(parts)
+    path = out / name / "1"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    (path / "assets").mkdir(exist_ok=True)
+    (path / "assets" / METADATA_FILE).write_text(json.dumps({"domains": domains[1:], "max_k": config.export.max_k}))
+    return path
+
+
+def request_inputs(history_length: int, seed: int, n: int = 100_000) -> dict:
+    rng = np.random.default_rng(seed)
+    items = [f"I{i:07d}".encode() for i in rng.integers(0, n, history_length)]
+    domains = [("books", "kitchen", "movies")[int(i[1:]) % 3].encode() for i in items]
+    return {"history_item_ids": np.array([items], dtype=object), "history_domains": np.array([domains], dtype=object),
+            "target_domain": np.array([b"movies"], dtype=object), "k": np.array([10], np.int32),
+            "exclude_history": np.array([True])}
+
+
+def _client_loop(port: int, seconds: float, seed: int, queue) -> None:
+    from serving.client import CrossrecClient
+
+    inputs = request_inputs(20, seed)
+    count = 0
+    with CrossrecClient(f"127.0.0.1:{port}") as client:
+        client.predict("recommender", inputs)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            client.predict("recommender", inputs)
+            count += 1
+    queue.put(count)
+
+
+def server_benchmark(results: Results, model, config: Config, quick: bool) -> None:
+    from serving.client import CrossrecClient
+    from serving.server import free_port
+
+    n = 100_000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_synthetic(model, config, n, Path(tmp))
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "crossrec", "serve", "--model_base_path", tmp,
+                                   "--port", str(port), "--rest_api_port", "0"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            line = ""
+            while "Ctrl-C stops" not in line:
+                line = server.stdout.readline()
+                if not line and server.poll() is not None:
+                    raise RuntimeError("crossrec serve exited")
+            inputs = request_inputs(20, 0)
+            requests = 100 if quick else 1000
+            with CrossrecClient(f"127.0.0.1:{port}") as client:
+                for _ in range(20):
+                    client.predict("recommender", inputs)
+                times = []
+                for _ in range(requests):
+                    start = time.perf_counter()
+                    client.predict("recommender", inputs)
+                    times.append(time.perf_counter() - start)
+            p50, p99 = 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99)
+            results.add("gRPC recommender p50, 1 client, 100k items", p50, "ms", note="retrieve 50, rank, top 10")
+            results.add("gRPC recommender p99, 1 client, 100k items", p99, "ms", "<= 15")
+            seconds = 3 if quick else 10
+            context = multiprocessing.get_context("spawn")  # gRPC channels do not survive fork
+            queue = context.Queue()
+            workers = [context.Process(target=_client_loop, args=(port, seconds, i, queue)) for i in range(4)]
+            for w in workers:
+                w.start()
+            total = sum(queue.get(timeout=seconds + 120) for _ in workers)
+            for w in workers:
+                w.join()
+            results.add("gRPC recommender throughput, 4 client processes", total / seconds, "req/s", ">= 500")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        loaded = tf.saved_model.load(str(path)).signatures["serving_default"]
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        for _ in range(20):
+            loaded(**tensors)
+        local = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            {k: v.numpy() for k, v in loaded(**tensors).items()}
+            local.append(time.perf_counter() - start)
+        results.add("in-process recommender signature p50", 1000 * np.median(local), "ms")
+        results.add("server overhead over in-process, p50", p50 - 1000 * np.median(local), "ms")
+
+
+def small_config(preset: str | None) -> Config:
+    config = Config(encoder=EncoderConfig(preset=preset))
+    return replace(config, data=replace(config.data, synth=SynthConfig(n_users=200, n_items=300, n_interactions=4000)),
+                   train=replace(config.train, epochs=1))
+
+
+def small_towers(preset: str | None):
+    """Towers trained for one epoch on small built-in data: real layers for timing, nothing more."""
+    from towers.train import train_retrieval
+
+    return train_retrieval(small_config(preset), progress=False)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller index sizes and fewer requests")
+    parser.add_argument("--preset", help="text encoder preset folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--results-dir", help="where to write the results (default: bench/results)")
+    args = parser.parse_args(argv)
+    results = Results("serving")
+    for n in ((20_000,) if args.quick else (100_000, 1_000_000)):
+        index_benchmark(results, n, queries=200 if args.quick else 1000)
+    config = small_config(args.preset)
+    server_benchmark(results, small_towers(args.preset).model, config, args.quick)
+    results.write(args.results_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

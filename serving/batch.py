@@ -1,0 +1,345 @@
+"""``crossrec candidates``: top-K candidates for every user of a table, on Apache Beam.
+
+The same code runs on one machine (DirectRunner, the default) and on a cluster (Dataflow, Flink,
+Spark: Beam pipeline options pass through). It reads
+
+- a users table (Parquet): ``user_id``, ``history_item_ids`` and ``history_domains`` (lists, oldest
+  first) and optionally ``domain`` (the domain to recommend from; without it, every ``--domains``);
+- or the interactions table itself (``--interactions``, canonical schema), from which each
+  user's history is built (ordered by ``timestamp`` or ``seq_pos``);
+
+runs the exported ``retrieval`` SavedModel (and, with ``--rank-top N``, the ``ranking`` model on
+the top N) through ``RunInference`` with ``SavedModelHandler``, a small ``ModelHandler`` over
+``tf.saved_model.load`` that scores whole batches, keyed by user, and writes Parquet shards
+``candidates-*.parquet`` with ``user_id, domain, rank, item_id, score, model_name,
+model_version``. Bad rows (no user id, unknown domain, malformed history) go to
+``dead_letter-*.parquet`` with the reason; the run goes on. ``summary.json`` counts users,
+cross-domain cold starts (no history in the target domain), users unknown to the model (no history
+item it knows) and dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from crossrec import schema
+from crossrec.errors import ConfigError
+from serving.layout import METADATA_FILE, latest_version
+
+NAMESPACE = "crossrec.candidates"
+CANDIDATES_SCHEMA = pa.schema([("user_id", pa.string()), ("domain", pa.string()), ("rank", pa.int32()),
+                               ("item_id", pa.string()), ("score", pa.float32()), ("model_name", pa.string()),
+                               ("model_version", pa.int64())])
+DEAD_LETTER_SCHEMA = pa.schema([("user_id", pa.string()), ("reason", pa.string()), ("row", pa.string())])
+
+
+@dataclass
+class Query:
+    user_id: str
+    domain: str
+    history_item_ids: list[str]
+    history_domains: list[str]
+
+
+@dataclass
+class ServedModel:
+    """A served version on disk: where it is and what its metadata says."""
+
+    name: str
+    version: int
+    path: Path
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def latest(cls, model_dir: str | Path, name: str) -> ServedModel:
+        base = Path(model_dir) / name
+        version = latest_version(base)
+        if version is None:
+            raise ConfigError(f"{base}: no exported version of the {name} model (run `crossrec export` first)")
+        path = base / str(version)
+        metadata_file = path / "assets" / METADATA_FILE
+        metadata = json.loads(metadata_file.read_text()) if metadata_file.exists() else {}
+        return cls(name, version, path, metadata)
+
+
+# --- the model handler -------------------------------------------------------------------------------
+
+def _pad(histories: Sequence[list[str]]) -> np.ndarray:
+    width = max(1, max(len(h) for h in histories))
+    out = np.full((len(histories), width), b"", dtype=object)
+    for i, history in enumerate(histories):
+        out[i, :len(history)] = [str(v).encode() for v in history]
+    return out
+
+
+class SavedModelHandler(ModelHandler[Query, dict, object]):
+    """Runs a SavedModel signature on whole batches of ``Query``s (one call per batch).
+
+    ``retrieval``: asks for ``k`` plus the user's seen items of the target domain (so that every
+    seen item can be left out, not only those in the model's history window), then keeps the top
+    ``k`` unseen ones. Yields ``{"item_ids", "scores", "history_known", "history_in_domain"}``.
+    """
+
+    def __init__(self, served: ServedModel, *, k: int, exclude_seen: bool = True, max_batch_size: int = 1024):
+        super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
+        self.served = served
+        self.k = k
+        self.exclude_seen = exclude_seen
+        self.max_k = int(served.metadata.get("max_k") or k)
+
+    def load_model(self):
+        import tensorflow as tf
+
+        from serving.models import register_custom_ops
+
+        register_custom_ops()
+        return tf.saved_model.load(str(self.served.path)).signatures["serving_default"]
+
+    def run_inference(self, batch: Sequence[Query], model, inference_args=None) -> Iterable[dict]:
+        import tensorflow as tf
+
+        seen = [{item for item, d in zip(q.history_item_ids, q.history_domains, strict=True) if d == q.domain}
+                for q in batch]
+        ask = [min(self.max_k, self.k + (len(s) if self.exclude_seen else 0)) for s in seen]
+        out = model(history_item_ids=tf.constant(_pad([q.history_item_ids for q in batch])),
+                    history_domains=tf.constant(_pad([q.history_domains for q in batch])),
+                    target_domain=tf.constant([q.domain.encode() for q in batch]),
+                    k=tf.constant(ask, tf.int32), exclude_history=tf.constant([self.exclude_seen] * len(batch)))
+        ids, scores = out["item_ids"].numpy(), out["scores"].numpy()
+        known, in_domain = out["history_known"].numpy(), out["history_in_domain"].numpy()
+        for i in range(len(batch)):
+            items, values = [], []
+            for item, score in zip(ids[i], scores[i], strict=True):
+                item = item.decode()
+                if not item or (self.exclude_seen and item in seen[i]):
+                    continue
+                items.append(item)
+                values.append(float(score))
+                if len(items) == self.k:
+                    break
+            yield {"item_ids": items, "scores": values, "history_known": int(known[i]),
+                   "history_in_domain": int(in_domain[i])}
+
+    def get_num_bytes(self, batch: Sequence[Query]) -> int:
+        return sum(16 * (1 + len(q.history_item_ids)) for q in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return NAMESPACE
+
+
+class RankingHandler(SavedModelHandler):
+    """Re-orders the first ``top`` retrieved items of each query with the ``ranking`` model.
+    Examples are ``(Query, retrieved)``; yields ``retrieved`` with the head re-ordered and
+    re-scored (``ranked`` = how many)."""
+
+    def __init__(self, served: ServedModel, *, top: int, max_batch_size: int = 1024):
+        super().__init__(served, k=top, max_batch_size=max_batch_size)
+        self.top = top
+
+    def run_inference(self, batch, model, inference_args=None):
+        import tensorflow as tf
+
+        heads = [r["item_ids"][:self.top] for _, r in batch]
+        width = max(1, max(len(h) for h in heads))
+        candidates = np.full((len(batch), width), b"", dtype=object)
+        for i, head in enumerate(heads):
+            candidates[i, :len(head)] = [h.encode() for h in head]
+        queries = [q for q, _ in batch]
+        out = model(history_item_ids=tf.constant(_pad([q.history_item_ids for q in queries])),
+                    history_domains=tf.constant(_pad([q.history_domains for q in queries])),
+                    target_domain=tf.constant([q.domain.encode() for q in queries]),
+                    candidate_item_ids=tf.constant(candidates))
+        engagement = out["engagement"].numpy()
+        for i, (_, retrieved) in enumerate(batch):
+            head = heads[i]
+            order = np.argsort(-engagement[i, :len(head)], kind="stable")
+            yield {**retrieved, "item_ids": [head[j] for j in order] + retrieved["item_ids"][len(head):],
+                   "scores": [float(engagement[i, j]) for j in order] + retrieved["scores"][len(head):],
+                   "ranked": len(head)}
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(16 * (1 + len(q.history_item_ids) + len(r["item_ids"])) for q, r in batch)
+
+
+# --- parsing and checking rows -------------------------------------------------------------------------
+
+def _dead(user, reason: str, row) -> beam.pvalue.TaggedOutput:
+    beam.metrics.Metrics.counter(NAMESPACE, "dead_letters").inc()
+    return beam.pvalue.TaggedOutput("dead", {"user_id": None if user is None else str(user), "reason": reason,
+                                             "row": json.dumps(row, default=str)[:2000]})
+
+
+def _as_list(value):
+    if value is None:
+        return []
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value if isinstance(value, list | tuple) else None
+
+
+class ParseUsers(beam.DoFn):
+    """A users-table row -> one ``Query`` per target domain, or a dead letter with the reason."""
+
+    def __init__(self, domains: list[str], known_domains: list[str]):
+        self.domains = domains
+        self.known = set(known_domains)
+
+    def process(self, row: dict):
+        user = row.get(schema.USER_ID)
+        if user is None or str(user).strip() == "":
+            yield _dead(user, "missing user_id", row)
+            return
+        items, doms = _as_list(row.get("history_item_ids")), _as_list(row.get("history_domains"))
+        if items is None or doms is None:
+            yield _dead(user, "malformed history: history_item_ids and history_domains must be lists", row)
+            return
+        if len(items) != len(doms):
+            yield _dead(user, f"malformed history: {len(items)} history_item_ids but {len(doms)} history_domains",
+                        row)
+            return
+        if any(v is None for v in items) or any(v is None for v in doms):
+            yield _dead(user, "malformed history: a null item id or domain", row)
+            return
+        targets = [row[schema.DOMAIN]] if row.get(schema.DOMAIN) is not None else self.domains
+        for domain in targets:
+            if domain not in self.known:
+                yield _dead(user, f"unknown domain {domain!r}; the model knows {sorted(self.known)}", row)
+                continue
+            beam.metrics.Metrics.counter(NAMESPACE, "queries").inc()
+            yield Query(str(user), str(domain), [str(v) for v in items], [str(v) for v in doms])
+
+
+class HistoryFromInteractions(beam.DoFn):
+    """(user, interaction rows) -> the user's history, oldest first, as a users-table row."""
+
+    def process(self, element):
+        user, rows = element
+        rows = list(rows)
+        order = schema.TIMESTAMP if all(r.get(schema.TIMESTAMP) is not None for r in rows) else schema.SEQ_POS
+        try:
+            rows.sort(key=lambda r: r[order])
+        except (KeyError, TypeError):
+            yield _dead(user, f"interactions without a usable {schema.TIMESTAMP} or {schema.SEQ_POS}", rows[:3])
+            return
+        yield {schema.USER_ID: user, "history_item_ids": [r.get(schema.ITEM_ID) for r in rows],
+               "history_domains": [r.get(schema.DOMAIN) for r in rows]}
+
+
+def to_rows(element, model_name: str, model_version: int, ranked_name: str | None, ranked_version: int | None):
+    (user, domain), result = element
+    counters = beam.metrics.Metrics
+    counters.counter(NAMESPACE, "users_scored").inc()
+    if result["history_known"] == 0:
+        counters.counter(NAMESPACE, "unknown_users").inc()
+    elif result["history_in_domain"] == 0:
+        counters.counter(NAMESPACE, "cold_start_users").inc()
+    ranked = result.get("ranked", 0)
+    for rank, (item, score) in enumerate(zip(result["item_ids"], result["scores"], strict=True), 1):
+        by_ranker = rank <= ranked
+        yield {"user_id": user, "domain": domain, "rank": rank, "item_id": item, "score": score,
+               "model_name": ranked_name if by_ranker else model_name,
+               "model_version": ranked_version if by_ranker else model_version}
+
+
+def _unwrap(element):
+    key, prediction = element
+    return key, prediction.inference if hasattr(prediction, "inference") else prediction
+
+
+# --- the pipeline ----------------------------------------------------------------------------------------
+
+@dataclass
+class CandidatesResult:
+    output: str  # a local path or a Beam file system URL
+    counts: dict[str, int]
+    seconds: float
+
+
+def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | None = None,
+                   interactions: str | None = None, k: int = 100, rank_top: int = 0, domains: list[str] | None = None,
+                   exclude_seen: bool = True, batch_size: int = 1024, pipeline_args: list[str] | None = None,
+                   shards: int = 0) -> CandidatesResult:
+    """Builds and runs the candidates pipeline; returns where the shards are and the counts."""
+    if (users is None) == (interactions is None):
+        raise ConfigError("give exactly one input: --input users.parquet or --interactions interactions.parquet")
+    source = Path(users or interactions)
+    if not source.exists() and not any(ch in str(source) for ch in "*?[") and "://" not in str(source):
+        raise ConfigError(f"{source}: input not found")
+    retrieval = ServedModel.latest(model_dir, "retrieval")
+    known = retrieval.metadata.get("domains") or []
+    if not known:
+        raise ConfigError(f"{retrieval.path}: no domain list in its metadata; re-export it with this crossrec")
+    max_k = int(retrieval.metadata.get("max_k") or k)
+    if not 1 <= k <= max_k:
+        raise ConfigError(f"--k {k}: must be between 1 and the export's max_k ({max_k}); re-export with a larger "
+                          "export.max_k for more")
+    targets = domains or known
+    unknown = sorted(set(targets) - set(known))
+    if unknown:
+        raise ConfigError(f"--domains: unknown {unknown}; the model knows {known}")
+    ranking = ServedModel.latest(model_dir, "ranking") if rank_top else None
+    output = str(output)
+    if not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
+    options = PipelineOptions(pipeline_args or [], save_main_session=False)
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    if users is not None:
+        rows = pipeline | "ReadUsers" >> beam.io.ReadFromParquet(str(source))
+    else:
+        rows = (pipeline
+                | "ReadInteractions" >> beam.io.ReadFromParquet(str(source))
+                | "KeyByUser" >> beam.Map(lambda r: (r.get(schema.USER_ID), r))
+                | "GroupByUser" >> beam.GroupByKey()
+                | "BuildHistories" >> beam.ParDo(HistoryFromInteractions()).with_outputs("dead", main="rows"))
+        early_dead, rows = rows.dead, rows.rows
+    parsed = rows | "Check" >> beam.ParDo(ParseUsers(targets, known)).with_outputs("dead", main="queries")
+    keyed = parsed.queries | "KeyByUserDomain" >> beam.Map(lambda q: ((q.user_id, q.domain), q))
+    handler = SavedModelHandler(retrieval, k=k, exclude_seen=exclude_seen, max_batch_size=batch_size)
+    results = keyed | "Retrieve" >> RunInference(KeyedModelHandler(handler)) | "Unwrap" >> beam.Map(_unwrap)
+    if ranking is not None:
+        paired = ({"query": keyed, "retrieved": results}
+                  | "Join" >> beam.CoGroupByKey()
+                  | "Pair" >> beam.FlatMap(lambda kv: [(kv[0], pair) for pair in
+                                                       zip(kv[1]["query"], kv[1]["retrieved"], strict=False)]))
+        results = (paired | "Rank" >> RunInference(KeyedModelHandler(RankingHandler(ranking, top=rank_top,
+                                                                                   max_batch_size=batch_size)))
+                   | "UnwrapRanked" >> beam.Map(_unwrap))
+    out_rows = results | "ToRows" >> beam.FlatMap(to_rows, retrieval.name, retrieval.version,
+                                                  ranking.name if ranking else None,
+                                                  ranking.version if ranking else None)
+    out_rows | "WriteCandidates" >> beam.io.WriteToParquet(FileSystems.join(output, "candidates"), CANDIDATES_SCHEMA,
+                                                           file_name_suffix=".parquet", num_shards=shards)
+    dead = parsed.dead if users is not None else (early_dead, parsed.dead) | "AllDead" >> beam.Flatten()
+    dead | "WriteDeadLetters" >> beam.io.WriteToParquet(FileSystems.join(output, "dead_letter"), DEAD_LETTER_SCHEMA,
+                                                        file_name_suffix=".parquet", num_shards=1)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counts = _counts(result)
+    summary = {"input": str(source), "retrieval": f"{retrieval.name}/{retrieval.version}",
+               "ranking": f"{ranking.name}/{ranking.version}" if ranking else None, "k": k, "rank_top": rank_top,
+               "exclude_seen": exclude_seen, "counts": counts, "seconds": round(time.perf_counter() - started, 2)}
+    with FileSystems.create(FileSystems.join(output, "summary.json")) as f:
+        f.write(json.dumps(summary, indent=2).encode())
+    return CandidatesResult(output, counts, time.perf_counter() - started)
+
+
+def _counts(result) -> dict[str, int]:
+    names = ("queries", "users_scored", "cold_start_users", "unknown_users", "dead_letters")
+    counts = dict.fromkeys(names, 0)
+    query = beam.metrics.MetricsFilter().with_namespace(NAMESPACE)
+    for counter in result.metrics().query(query)["counters"]:
+        if counter.key.metric.name in counts:
+            counts[counter.key.metric.name] += int(counter.committed or counter.attempted or 0)
+    return counts

@@ -1,0 +1,131 @@
+"""A small client for crossrec's models over TF Serving's gRPC API (the official stubs).
+
+Works against the embedded server (``crossrec serve``) and a real ``tensorflow_model_server``::
+
+    client = CrossrecClient("127.0.0.1:8500")
+    client.recommend(history=[("books", "BO00012"), ("movies", "MO00041")], domain="movies", k=10)
+
+A history is a list of ``(domain, item_id)`` pairs, oldest first. Each call returns plain Python
+values: a list of ``{"item_id", "score", ...}`` dicts, best first.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+History = list[tuple[str, str]]
+
+
+class CrossrecClient:
+    def __init__(self, target: str = "127.0.0.1:8500", *, timeout: float = 10.0,
+                 root_certificates: bytes | None = None):
+        if root_certificates is not None:
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
+        else:
+            self.channel = grpc.insecure_channel(target)
+        self.timeout = timeout
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> CrossrecClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the models ------------------------------------------------------------------------------
+    def recommend(self, history: History, domain: str, k: int = 10, *, exclude_history: bool = True,
+                  model: str = "recommender", version: int | None = None) -> list[dict]:
+        """Retrieve -> rank -> top k in one call (the ``recommender`` model)."""
+        out = self.predict(model, {**_history_inputs([history], [domain]), "k": np.array([k], np.int32),
+                                   "exclude_history": np.array([exclude_history])}, version=version)
+        return _rows(out, 0, extra=("retrieval_scores",))
+
+    def retrieve(self, history: History, domain: str, k: int = 10, *, exclude_history: bool = True,
+                 model: str = "retrieval", version: int | None = None) -> list[dict]:
+        """Top k by the towers alone (the ``retrieval`` model)."""
+        out = self.predict(model, {**_history_inputs([history], [domain]), "k": np.array([k], np.int32),
+                                   "exclude_history": np.array([exclude_history])}, version=version)
+        return _rows(out, 0)
+
+    def rank(self, history: History, domain: str, candidates: list[str], *, model: str = "ranking",
+             version: int | None = None) -> list[dict]:
+        """Scores of the given candidate item ids of ``domain``, in the order given."""
+        inputs = {**_history_inputs([history], [domain]),
+                  "candidate_item_ids": np.array([[c.encode() for c in candidates]], dtype=object)}
+        out = self.predict(model, inputs, version=version)
+        return [{"item_id": c, "engagement": float(out["engagement"][0, i]), "rating": float(out["rating"][0, i])}
+                for i, c in enumerate(candidates)]
+
+    def encode_items(self, texts: list[str], domains: list[str], *, model: str = "item_encoder",
+                     version: int | None = None) -> np.ndarray:
+        """Item text -> embedding, for indexing new items without retraining."""
+        out = self.predict(model, {"text": np.array([t.encode() for t in texts], dtype=object),
+                                   "domain": np.array([d.encode() for d in domains], dtype=object)},
+                           version=version)
+        return out["embedding"]
+
+    # -- the protocol ------------------------------------------------------------------------------
+    def predict(self, model: str, inputs: dict[str, np.ndarray], *, version: int | None = None,
+                signature: str = "serving_default") -> dict[str, np.ndarray]:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.model_spec.signature_name = signature
+        if version is not None:
+            request.model_spec.version.value = version
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        response = self.predictions.Predict(request, timeout=self.timeout)
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def status(self, model: str) -> list[dict]:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = model
+        response = self.models.GetModelStatus(request, timeout=self.timeout)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return [{"version": s.version, "state": states.Name(s.state), "error": s.status.error_message}
+                for s in response.model_version_status]
+
+    def metadata(self, model: str) -> get_model_metadata_pb2.SignatureDefMap:
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = model
+        request.metadata_field.append("signature_def")
+        response = self.predictions.GetModelMetadata(request, timeout=self.timeout)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return signatures
+
+
+def _history_inputs(histories: list[History], domains: list[str]) -> dict[str, np.ndarray]:
+    width = max(1, max(len(h) for h in histories))
+    ids = np.full((len(histories), width), b"", dtype=object)
+    doms = np.full((len(histories), width), b"", dtype=object)
+    for i, history in enumerate(histories):
+        for j, (domain, item_id) in enumerate(history):
+            doms[i, j], ids[i, j] = str(domain).encode(), str(item_id).encode()
+    return {"history_item_ids": ids, "history_domains": doms,
+            "target_domain": np.array([d.encode() for d in domains], dtype=object)}
+
+
+def _rows(out: dict[str, np.ndarray], i: int, extra=()) -> list[dict]:
+    rows = []
+    for j, item in enumerate(out["item_ids"][i]):
+        if not item:
+            continue
+        row = {"item_id": item.decode(), "score": float(out["scores"][i, j])}
+        for name in extra:
+            row[name.rstrip("s")] = float(out[name][i, j])
+        rows.append(row)
+    return rows

@@ -1,0 +1,66 @@
+"""TensorFlow Serving's directory layout, owned here: ``<base>/<model>/<version>/``.
+
+A version is a folder whose name is a positive integer, holding a SavedModel
+(``saved_model.pb`` + ``variables/``). New versions are written under a hidden temporary name in
+the model's folder (TF Serving and crossrec ignore names that are not integers) and renamed into
+place in one step, so no reader ever sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+METADATA_FILE = "crossrec_metadata.json"  # inside each version's assets/
+
+
+def versions(model_dir: str | Path) -> list[int]:
+    """The integer versions present in ``model_dir`` (sorted); ignores everything else."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return []
+    found = []
+    for child in path.iterdir():
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0 and (child / "saved_model.pb").exists():
+            found.append(int(child.name))
+    return sorted(found)
+
+
+def latest_version(model_dir: str | Path) -> int | None:
+    found = versions(model_dir)
+    return found[-1] if found else None
+
+
+def next_version(model_dir: str | Path) -> int:
+    """One more than the highest version folder (counting half-finished ones' names too)."""
+    path = Path(model_dir)
+    taken = [int(c.name) for c in path.iterdir() if c.name.isdigit()] if path.is_dir() else []
+    return max(taken, default=0) + 1
+
+
+@contextlib.contextmanager
+def new_version(model_dir: str | Path, version: int | None = None) -> Iterator[tuple[Path, int]]:
+    """Yields (temporary folder, version); on success renames the folder to ``<model_dir>/<version>``.
+
+    On an error the temporary folder is removed and nothing is published. An existing version is
+    never overwritten."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = next_version(model_dir) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    final = model_dir / str(version)
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; versions are immutable (leave --version out to take the "
+                              "next free one)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    try:
+        yield tmp, version
+        os.rename(tmp, final)  # atomic on one file system
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,227 @@
+"""Which SavedModel versions are served, loaded and switched like TF Serving does it.
+
+``ModelManager`` watches each model's base path (``<base>/<version>/``), loads the versions its
+version policy aspires to (default: the latest one), and switches to a new version only once it
+has loaded; the old one is unloaded after the switch. Requests already running keep the
+``LoadedModel`` they started with, so a switch never fails one. A version that fails to load is
+logged, reported in its status, and never replaces a good one; it is not retried until its
+folder changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from crossrec.errors import ConfigError
+from serving.layout import versions
+
+log = logging.getLogger("crossrec.serving")
+
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    base_path: Path
+    policy: str = "latest"  # latest | all | specific
+    num_versions: int = 1
+    specific: tuple[int, ...] = ()
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def aspired(self, present: list[int]) -> list[int]:
+        if self.policy == "all":
+            return present
+        if self.policy == "specific":
+            return [v for v in present if v in self.specific]
+        return present[-self.num_versions:] if present else []
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: int
+    path: Path
+    module: object  # what tf.saved_model.load returned (keeps its variables alive)
+    signatures: dict  # name -> ConcreteFunction
+    signature_defs: dict  # name -> tensorflow.core.protobuf.meta_graph_pb2.SignatureDef
+
+
+@dataclass
+class VersionStatus:
+    state: str
+    error: str = ""
+
+
+def register_custom_ops() -> None:
+    """Makes the ops of TF Text (the item encoder's tokenizer) and ScaNN (ScaNN indexes) known to
+    TensorFlow before a SavedModel that uses them is loaded; stock TF Serving lacks both."""
+    for module in ("tensorflow_text", "scann"):
+        try:
+            __import__(module)
+        except ImportError:  # then only models without those ops load
+            log.debug("%s is not installed", module)
+
+
+def load_saved_model(name: str, version: int, path: Path) -> LoadedModel:
+    register_custom_ops()
+    module = tf.saved_model.load(str(path))
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    signature_defs = dict(proto.meta_graphs[0].signature_def)
+    signature_defs.pop("__saved_model_init_op", None)
+    return LoadedModel(name, version, path, module, dict(module.signatures), signature_defs)
+
+
+def specs_from_config_file(path: str | Path) -> list[ModelSpec]:
+    """A TF Serving ``--model_config_file`` (text-format ``ModelServerConfig``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--model_config_file {path}: file not found")
+    try:
+        config = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as exc:
+        raise ConfigError(f"--model_config_file {path}: not a ModelServerConfig text proto: {exc}") from None
+    specs = []
+    for entry in config.model_config_list.config:
+        policy = entry.model_version_policy
+        which = policy.WhichOneof("policy_choice")
+        spec = ModelSpec(entry.name, Path(entry.base_path))
+        if which == "all":
+            spec.policy = "all"
+        elif which == "specific":
+            spec.policy, spec.specific = "specific", tuple(policy.specific.versions)
+        elif which == "latest":
+            spec.num_versions = max(1, policy.latest.num_versions)
+        spec.labels = dict(entry.version_labels)
+        specs.append(spec)
+    if not specs:
+        raise ConfigError(f"--model_config_file {path}: no model in model_config_list")
+    return specs
+
+
+class ModelManager:
+    """Loads, serves and unloads model versions; ``poll()`` once, or ``start()`` a watcher thread."""
+
+    def __init__(self, specs: list[ModelSpec], *, loader=load_saved_model):
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"model names must be unique, got {names}")
+        self.specs = {s.name: s for s in specs}
+        self.loader = loader
+        self._lock = threading.Lock()
+        self._served: dict[str, dict[int, LoadedModel]] = {s.name: {} for s in specs}
+        self._status: dict[str, dict[int, VersionStatus]] = {s.name: {} for s in specs}
+        self._failed: dict[tuple[str, int], float] = {}  # (name, version) -> folder mtime when it failed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lookups (any thread) ------------------------------------------------------------------
+    def get(self, name: str, version: int | None = None, label: str | None = None) -> LoadedModel:
+        """The served version (latest by default). Raises KeyError with a TF Serving-like message."""
+        with self._lock:
+            served = self._served.get(name)
+            if served is None:
+                raise KeyError(f"Servable not found for request: Latest({name})")
+            if label is not None:
+                if label not in self.specs[name].labels:
+                    raise KeyError(f"Unrecognized servable version label: {label}")
+                version = self.specs[name].labels[label]
+            if version is None:
+                if not served:
+                    raise KeyError(f"Servable not found for request: Latest({name})")
+                return served[max(served)]
+            if version not in served:
+                raise KeyError(f"Servable not found for request: Specific({name}, {version})")
+            return served[version]
+
+    def status(self, name: str) -> dict[int, VersionStatus]:
+        with self._lock:
+            if name not in self._status:
+                raise KeyError(f"Could not find any versions of model {name}")
+            return dict(self._status[name])
+
+    def ready(self) -> bool:
+        with self._lock:
+            return all(self._served[name] for name in self.specs)
+
+    # -- loading (the watcher thread) -----------------------------------------------------------
+    def poll(self) -> None:
+        for spec in self.specs.values():
+            self._poll_model(spec)
+
+    def _poll_model(self, spec: ModelSpec) -> None:
+        present = versions(spec.base_path)
+        aspired = spec.aspired(present)
+        for version in aspired:
+            if version in self._served[spec.name]:
+                continue
+            path = spec.base_path / str(version)
+            mtime = path.stat().st_mtime if path.exists() else 0.0
+            if self._failed.get((spec.name, version)) == mtime:
+                continue
+            self._set_status(spec.name, version, VersionStatus(LOADING))
+            try:
+                loaded = self.loader(spec.name, version, path)
+            except Exception as exc:  # a broken version never replaces a good one
+                message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                log.error("model %s version %s failed to load, keeping the versions already served: %s",
+                          spec.name, version, message)
+                self._failed[(spec.name, version)] = mtime
+                self._set_status(spec.name, version, VersionStatus(END, message))
+                continue
+            with self._lock:
+                self._served[spec.name][version] = loaded
+                self._status[spec.name][version] = VersionStatus(AVAILABLE)
+            log.info("model %s version %s is available", spec.name, version)
+        # unload what is no longer aspired, but only once something newer serves in its place
+        with self._lock:
+            served = self._served[spec.name]
+            keep = {v for v in aspired if v in served}
+            if keep:
+                for version in [v for v in served if v not in keep]:
+                    self._status[spec.name][version] = VersionStatus(END)
+                    del served[version]  # requests holding it finish with their own reference
+                    log.info("model %s version %s unloaded", spec.name, version)
+
+    def _set_status(self, name, version, status):
+        with self._lock:
+            self._status[name][version] = status
+
+    def start(self, poll_seconds: float = 1.0) -> None:
+        self.poll()
+        if poll_seconds <= 0:
+            return
+
+        def watch():
+            while not self._stop.wait(poll_seconds):
+                try:
+                    self.poll()
+                except Exception:  # keep watching whatever happens to one poll
+                    log.exception("polling the model folders failed")
+
+        self._thread = threading.Thread(target=watch, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def wait_until_ready(manager: ModelManager, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if manager.ready():
+            return True
+        time.sleep(0.05)
+    return manager.ready()

@@ -1,0 +1,154 @@
+"""Offline candidates on Apache Beam (DirectRunner): same answers as the SavedModel, bad rows
+dead-lettered, seen items left out, cold-start and unknown users counted."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from crossrec import schema
+from crossrec.errors import ConfigError
+from serving.batch import run_candidates
+
+
+def users_table(run, n=12) -> pd.DataFrame:
+    """Test queries of the tiny pipeline as a users table (history lists + target domain)."""
+    examples = run.data.test[0].examples
+    items = run.data.catalogue.items.set_index("row")
+    rows = []
+    for i in range(n):
+        history = examples.history[i][examples.history[i] > 0]
+        rows.append({schema.USER_ID: f"{examples.user_id[i]}#{i}",
+                     schema.DOMAIN: run.data.catalogue.domains[examples.target_domain[i]],
+                     "history_item_ids": items.loc[history, schema.ITEM_ID].tolist(),
+                     "history_domains": items.loc[history, schema.DOMAIN].tolist()})
+    return pd.DataFrame(rows)
+
+
+def one_by_one(saved_models, user: dict, k: int) -> list[str]:
+    """The retrieval SavedModel called in-process for one user, seen items of the domain removed."""
+    serve = tf.saved_model.load(str(saved_models / "retrieval" / "1")).signatures["serving_default"]
+    seen = {i for i, d in zip(user["history_item_ids"], user["history_domains"], strict=True)
+            if d == user[schema.DOMAIN]}
+    out = serve(history_item_ids=tf.constant([list(user["history_item_ids"]) or [""]]),
+                history_domains=tf.constant([list(user["history_domains"]) or [""]]),
+                target_domain=tf.constant([user[schema.DOMAIN]]), k=tf.constant([min(20, k + len(seen))]),
+                exclude_history=tf.constant([True]))
+    found = [b.decode() for b in out["item_ids"][0].numpy() if b]
+    return [i for i in found if i not in seen][:k]
+
+
+def read(folder, prefix) -> pd.DataFrame:
+    files = sorted(folder.glob(f"{prefix}-*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+
+
+def test_candidates_equal_the_saved_model_called_for_each_user(tiny_exported, tmp_path):
+    _, run, saved_models, _ = tiny_exported
+    users = users_table(run)
+    users.to_parquet(tmp_path / "users.parquet")
+    result = run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=5,
+                            batch_size=4)
+    out = read(tmp_path / "out", "candidates")
+    assert list(out.columns) == ["user_id", "domain", "rank", "item_id", "score", "model_name", "model_version"]
+    assert result.counts["users_scored"] == len(users) and result.counts["dead_letters"] == 0
+    for user in users.to_dict("records"):
+        mine = out[out["user_id"] == user[schema.USER_ID]].sort_values("rank")
+        assert mine["item_id"].tolist() == one_by_one(saved_models, user, 5)
+        assert mine["rank"].tolist() == list(range(1, len(mine) + 1))
+        assert (np.diff(mine["score"].to_numpy()) <= 1e-6).all()
+        # seen items of the target domain never come back
+        seen = {i for i, d in zip(user["history_item_ids"], user["history_domains"], strict=True)
+                if d == user[schema.DOMAIN]}
+        assert not seen & set(mine["item_id"])
+    assert set(out["model_name"]) == {"retrieval"} and set(out["model_version"]) == {1}
+    assert (tmp_path / "out" / "summary.json").exists()
+
+
+def test_bad_rows_go_to_the_dead_letter_output_and_the_run_goes_on(tiny_exported, tmp_path):
+    _, run, saved_models, _ = tiny_exported
+    good = users_table(run, 3)
+    bad = pd.DataFrame([
+        {schema.USER_ID: None, schema.DOMAIN: "books", "history_item_ids": [], "history_domains": []},
+        {schema.USER_ID: "toys-fan", schema.DOMAIN: "toys", "history_item_ids": [], "history_domains": []},
+        {schema.USER_ID: "mismatch", schema.DOMAIN: "books", "history_item_ids": ["a", "b"],
+         "history_domains": ["books"]},
+    ])
+    pd.concat([good, bad], ignore_index=True).to_parquet(tmp_path / "users.parquet")
+    result = run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=3)
+    dead = read(tmp_path / "out", "dead_letter").sort_values("reason")
+    assert result.counts["dead_letters"] == 3 and result.counts["users_scored"] == 3
+    reasons = " | ".join(dead["reason"])
+    assert "missing user_id" in reasons and "unknown domain 'toys'" in reasons
+    assert "2 history_item_ids but 1 history_domains" in reasons
+    assert set(read(tmp_path / "out", "candidates")["user_id"]) == set(good[schema.USER_ID])
+
+
+def test_cold_start_and_unknown_users_are_served_and_counted(tiny_exported, tmp_path):
+    _, run, saved_models, _ = tiny_exported
+    items = run.data.catalogue.items
+    books = items[items[schema.DOMAIN] == "books"][schema.ITEM_ID].head(3).tolist()
+    users = pd.DataFrame([
+        {schema.USER_ID: "reader", schema.DOMAIN: "movies", "history_item_ids": books,
+         "history_domains": ["books"] * 3},  # no movie history: cross-domain cold start
+        {schema.USER_ID: "stranger", schema.DOMAIN: "movies", "history_item_ids": ["never-seen"],
+         "history_domains": ["movies"]},  # nothing the model knows
+    ])
+    users.to_parquet(tmp_path / "users.parquet")
+    result = run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=4)
+    assert result.counts["cold_start_users"] == 1 and result.counts["unknown_users"] == 1
+    out = read(tmp_path / "out", "candidates")
+    assert out.groupby("user_id").size().to_dict() == {"reader": 4, "stranger": 4}
+    assert out["item_id"].str.startswith("MO").all()
+
+
+def test_histories_built_from_the_interactions_table_give_the_same_candidates(tiny_exported, tmp_path):
+    _, run, saved_models, _ = tiny_exported
+    train = run.data.train
+    some = train[train[schema.USER_ID].isin(train[schema.USER_ID].unique()[:5])]
+    some[[schema.USER_ID, schema.ITEM_ID, schema.DOMAIN, schema.TIMESTAMP]].to_parquet(tmp_path / "inter.parquet")
+    result = run_candidates(saved_models, tmp_path / "out", interactions=str(tmp_path / "inter.parquet"), k=3,
+                            domains=["kitchen"])
+    assert result.counts["users_scored"] == 5
+    out = read(tmp_path / "out", "candidates")
+    for user, group in some.sort_values(schema.TIMESTAMP, kind="stable").groupby(schema.USER_ID):
+        expected = one_by_one(saved_models, {schema.DOMAIN: "kitchen",
+                                             "history_item_ids": group[schema.ITEM_ID].tolist(),
+                                             "history_domains": group[schema.DOMAIN].tolist()}, 3)
+        assert out[out["user_id"] == user].sort_values("rank")["item_id"].tolist() == expected
+
+
+def test_rank_top_reorders_the_head_with_the_ranking_model(tiny_exported, tmp_path):
+    _, run, saved_models, _ = tiny_exported
+    users = users_table(run, 4)
+    users.to_parquet(tmp_path / "users.parquet")
+    run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=6, rank_top=3)
+    out = read(tmp_path / "out", "candidates")
+    ranked = out[out["rank"] <= 3]
+    assert set(ranked["model_name"]) == {"ranking"} and set(out[out["rank"] > 3]["model_name"]) == {"retrieval"}
+    plain = users_table(run, 4).to_dict("records")
+    for user in plain:
+        mine = out[out["user_id"] == user[schema.USER_ID]].sort_values("rank")
+        retrieved = one_by_one(saved_models, user, 6)
+        assert set(mine["item_id"][:3]) == set(retrieved[:3]) and mine["item_id"].tolist()[3:] == retrieved[3:]
+
+
+def test_k_beyond_the_exported_max_k_is_a_clear_error(tiny_exported, tmp_path):
+    _, run, saved_models, _ = tiny_exported
+    users_table(run, 1).to_parquet(tmp_path / "users.parquet")
+    with pytest.raises(ConfigError, match="max_k"):
+        run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=500)
+
+
+def test_the_cli_runs_the_pipeline_and_passes_beam_options_through(tiny_exported, tmp_path, capsys):
+    from crossrec.cli import main
+
+    _, run, saved_models, _ = tiny_exported
+    users_table(run, 3).to_parquet(tmp_path / "users.parquet")
+    code = main(["candidates", "--model-dir", str(saved_models), "--input", str(tmp_path / "users.parquet"),
+                 "--output", str(tmp_path / "out"), "--k", "2", "--direct_num_workers=1"])
+    assert code == 0
+    assert "candidates for 3 (user, domain) queries" in capsys.readouterr().out
+    assert len(read(tmp_path / "out", "candidates")) == 6
+    with pytest.raises(SystemExit):  # other commands still refuse unknown flags
+        main(["data", "describe", "--no-such-flag"])

@@ -1,0 +1,341 @@
+"""Exports in TF Serving's layout, and the embedded server answering the official stubs and REST."""
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from crossrec import schema
+from crossrec.errors import ConfigError
+from serving.client import CrossrecClient, _history_inputs
+from serving.layout import METADATA_FILE, new_version, next_version, versions
+
+# --- layout ----------------------------------------------------------------------------------------
+
+
+def test_a_failed_write_publishes_nothing_and_versions_are_immutable(tmp_path):
+    model = tmp_path / "retrieval"
+    with pytest.raises(RuntimeError), new_version(model) as (tmp, number):
+        (tmp / "saved_model.pb").write_text("half")
+        raise RuntimeError("crash while writing")
+    assert versions(model) == [] and list(model.iterdir()) == []
+    with new_version(model) as (tmp, number):
+        (tmp / "saved_model.pb").write_text("x")
+    assert number == 1 and versions(model) == [1] and next_version(model) == 2
+    with pytest.raises(FileExistsError, match="immutable"), new_version(model, 1):
+        pass
+
+
+# --- export ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(tiny_exported):
+    return tiny_exported
+
+
+def history_of(run, n=3):
+    """(domain, item_id) histories and target domains of a few test queries."""
+    examples = run.data.test[0].examples
+    items = run.data.catalogue.items.set_index("row")
+    histories, domains = [], []
+    for i in range(n):
+        rows = examples.history[i][examples.history[i] > 0]
+        histories.append([(items.loc[r, schema.DOMAIN], items.loc[r, schema.ITEM_ID]) for r in rows])
+        domains.append(run.data.catalogue.domains[examples.target_domain[i]])
+    return examples.subset(np.arange(n)), histories, domains
+
+
+def test_export_writes_each_model_as_version_1_with_metadata_and_named_signatures(exported):
+    config, _, out, result = exported
+    assert result.versions == {"retrieval": 1, "ranking": 1, "recommender": 1, "item_encoder": 1}
+    for name in result.versions:
+        assert versions(out / name) == [1]
+        metadata = json.loads((out / name / "1" / "assets" / METADATA_FILE).read_text())
+        assert metadata["model"] == name and metadata["config"]["towers"]["embedding_dim"] == 16
+        assert metadata["data_fingerprint"]
+    retrieval = json.loads((out / "retrieval" / "1" / "assets" / METADATA_FILE).read_text())
+    assert set(retrieval["signature"]["inputs"]) == {"history_item_ids", "history_domains", "target_domain", "k",
+                                                     "exclude_history"}
+    assert set(retrieval["signature"]["outputs"]) == {"item_ids", "scores", "history_known", "history_in_domain"}
+    assert retrieval["domains"] == ["books", "kitchen", "movies"]
+    assert retrieval["index"]["kind"] == "brute_force" and retrieval["index"]["recall@10"] == 1.0
+    assert retrieval["retrieval_metrics"]
+
+
+def test_a_second_export_takes_the_next_version(exported, tiny_pipeline, tmp_path):
+    from serving.export import export_models
+
+    _, _, retrieval_dir, _ = tiny_pipeline
+    shutil.copytree(exported[2] / "retrieval", tmp_path / "retrieval")
+    result = export_models(retrieval_dir, tmp_path, models=["retrieval"], progress=False)
+    assert result.versions == {"retrieval": 2} and versions(tmp_path / "retrieval") == [1, 2]
+
+
+def test_exporting_the_recommender_without_a_ranker_is_a_clear_error(tiny_pipeline, tmp_path):
+    from serving.export import export_models
+
+    with pytest.raises(ConfigError, match="--ranking"):
+        export_models(tiny_pipeline[2], tmp_path, models=["recommender"], progress=False)
+
+
+def test_retrieval_signature_returns_the_exact_top_k_of_the_target_domain(exported):
+    from towers.train import query_embeddings
+
+    _, run, out, _ = exported
+    examples, histories, domains = history_of(run)
+    serve = tf.saved_model.load(str(out / "retrieval" / "1")).signatures["serving_default"]
+    result = serve(**{k: tf.constant(v) for k, v in _history_inputs(histories, domains).items()},
+                   k=tf.constant([5] * len(domains)), exclude_history=tf.constant([True] * len(domains)))
+    catalogue = run.data.catalogue
+    embeddings = run.model.all_item_embeddings()
+    queries = query_embeddings(run.model, examples)
+    for i, domain in enumerate(domains):
+        rows = np.flatnonzero(catalogue.item_domain_name == domain)
+        rows = rows[~np.isin(rows, examples.history[i])]
+        best = rows[np.argsort(-(embeddings[rows] @ queries[i]))[:5]]
+        expected = catalogue.items.set_index("row").loc[best, schema.ITEM_ID].tolist()
+        assert [b.decode() for b in result["item_ids"][i].numpy()] == expected
+        history = examples.history[i][examples.history[i] > 0]
+        assert result["history_known"][i] == len(history)
+        assert result["history_in_domain"][i] == (catalogue.item_domain_name[history] == domain).sum()
+        np.testing.assert_allclose(result["scores"][i].numpy(), np.sort(embeddings[best] @ queries[i])[::-1],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_brute_force_exports_load_with_tensorflow_alone(exported, tmp_path):
+    """What stock tensorflow/serving can run: no crossrec, scann or tensorflow_text import."""
+    _, run, out, _ = exported
+    _, histories, domains = history_of(run, 1)
+    script = f"""
+import json, sys
+import tensorflow as tf
+inputs = {json.dumps({k: v.tolist() for k, v in _history_inputs(histories, domains).items()}, default=bytes.decode)}
+results = {{}}
+for name in ("retrieval", "ranking", "recommender"):
+    f = tf.saved_model.load({str(out)!r} + "/" + name + "/1").signatures["serving_default"]
+    args = {{k: tf.constant(v) for k, v in inputs.items()}}
+    if name == "ranking":
+        args["candidate_item_ids"] = tf.constant([["x"]])
+    else:
+        args.update(k=tf.constant([3]), exclude_history=tf.constant([True]))
+    results[name] = sorted(f(**args))
+loaded = [m for m in ("crossrec", "scann", "tensorflow_text", "keras_hub", "tensorflow_recommenders") if m in sys.modules]
+print(json.dumps({{"outputs": results, "loaded": loaded}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == []
+    counts = ["history_in_domain", "history_known"]
+    assert report["outputs"] == {"retrieval": [*counts, "item_ids", "scores"], "ranking": ["engagement", "rating"],
+                                 "recommender": [*counts, "item_ids", "retrieval_scores", "scores"]}
+
+
+# --- the embedded server -----------------------------------------------------------------------------
+
+@pytest.fixture
+def server(exported, tmp_path):
+    from serving.models import ModelManager, ModelSpec
+    from serving.server import Server, ServerOptions, free_port
+
+    root = tmp_path / "saved_models"
+    shutil.copytree(exported[2], root)
+    manager = ModelManager([ModelSpec(name, root / name) for name in
+                            ("retrieval", "ranking", "recommender", "item_encoder")])
+    server = Server(manager, ServerOptions(port=0, rest_api_port=free_port(), poll_seconds=0.2)).start()
+    yield server, root
+    server.stop()
+
+
+def rest(server, path, body=None):
+    url = f"http://127.0.0.1:{server.rest_port}{path}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_grpc_answers_equal_in_process_calls_of_the_signatures(exported, server):
+    _, run, out, _ = exported
+    srv, _ = server
+    _, histories, domains = history_of(run, 1)
+    local = {name: tf.saved_model.load(str(out / name / "1")).signatures["serving_default"]
+             for name in ("recommender", "ranking", "item_encoder")}
+    inputs = {k: tf.constant(v) for k, v in _history_inputs(histories, domains).items()}
+    with CrossrecClient(f"127.0.0.1:{srv.port}") as client:
+        recommended = client.recommend(histories[0], domains[0], k=5)
+        expected = local["recommender"](**inputs, k=tf.constant([5]), exclude_history=tf.constant([True]))
+        assert [r["item_id"] for r in recommended] == [b.decode() for b in expected["item_ids"][0].numpy() if b]
+        np.testing.assert_allclose([r["score"] for r in recommended], expected["scores"][0].numpy()[:len(recommended)],
+                                   rtol=1e-5)
+        retrieved = client.retrieve(histories[0], domains[0], k=7)
+        assert len(retrieved) == 7 and all(a["score"] >= b["score"] for a, b in zip(retrieved, retrieved[1:], strict=False))
+        candidates = [r["item_id"] for r in retrieved]
+        ranked = client.rank(histories[0], domains[0], candidates)
+        expected = local["ranking"](**inputs, candidate_item_ids=tf.constant([candidates]))
+        np.testing.assert_allclose([r["engagement"] for r in ranked], expected["engagement"][0].numpy(), rtol=1e-5)
+        vectors = client.encode_items(["a brand new kettle", "a film about comets"], ["kitchen", "movies"])
+        expected = local["item_encoder"](text=tf.constant(["a brand new kettle", "a film about comets"]),
+                                         domain=tf.constant(["kitchen", "movies"]))
+        np.testing.assert_allclose(vectors, expected["embedding"].numpy(), rtol=1e-5, atol=1e-6)
+        assert client.status("recommender") == [{"version": 1, "state": "AVAILABLE", "error": ""}]
+        signatures = client.metadata("retrieval")
+        assert set(signatures.signature_def["serving_default"].inputs) == {
+            "history_item_ids", "history_domains", "target_domain", "k", "exclude_history"}
+    channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    channel.close()
+
+
+def test_grpc_errors_are_tf_serving_status_codes_naming_the_field(exported, server):
+    _, run, _, _ = exported
+    srv, _ = server
+    _, histories, domains = history_of(run, 1)
+    base = _history_inputs(histories, domains)
+    good = {**base, "k": np.array([3], np.int32), "exclude_history": np.array([True])}
+    cases = [
+        ("nope", good, None, grpc.StatusCode.NOT_FOUND, "nope"),
+        ("retrieval", good, 9, grpc.StatusCode.NOT_FOUND, "9"),
+        ("retrieval", {k: v for k, v in good.items() if k != "k"}, None, grpc.StatusCode.INVALID_ARGUMENT, "'k'"),
+        ("retrieval", {**good, "extra": np.array([1])}, None, grpc.StatusCode.INVALID_ARGUMENT, "extra"),
+        ("retrieval", {**good, "k": np.array([3.0], np.float32)}, None, grpc.StatusCode.INVALID_ARGUMENT,
+         "'k': expects dtype int32"),
+        ("retrieval", {**good, "target_domain": np.array([[b"books"]], dtype=object)}, None,
+         grpc.StatusCode.INVALID_ARGUMENT, "'target_domain': expects shape"),
+        ("retrieval", {**good, "k": np.array([1000], np.int32)}, None, grpc.StatusCode.INVALID_ARGUMENT,
+         "k: must be at most 20"),
+        ("retrieval", {**good, "target_domain": np.array([b"toys"], dtype=object)}, None,
+         grpc.StatusCode.INVALID_ARGUMENT, "unknown domain; known domains: books"),
+    ]
+    with CrossrecClient(f"127.0.0.1:{srv.port}") as client:
+        for model, inputs, version, code, message in cases:
+            with pytest.raises(grpc.RpcError) as error:
+                client.predict(model, inputs, version=version)
+            assert error.value.code() == code, (model, message, error.value.details())
+            assert message in error.value.details()
+        assert client.retrieve(histories[0], domains[0], k=3)  # the server survived every bad request
+
+
+def test_rest_api_on_tf_serving_paths(exported, server):
+    _, run, _, _ = exported
+    srv, _ = server
+    _, histories, domains = history_of(run, 1)
+    instance = {"history_item_ids": [item for _, item in histories[0]],
+                "history_domains": [domain for domain, _ in histories[0]], "target_domain": domains[0]}
+    status, body = rest(srv, "/v1/models/retrieval:predict", {"instances": [{**instance, "k": 4, "exclude_history": True}]})
+    assert status == 200 and len(body["predictions"][0]["item_ids"]) == 4
+    with CrossrecClient(f"127.0.0.1:{srv.port}") as client:
+        assert [r["item_id"] for r in client.retrieve(histories[0], domains[0], k=4)] == \
+            body["predictions"][0]["item_ids"]
+    columnar = {k: [v] for k, v in instance.items()}
+    status, body = rest(srv, "/v1/models/retrieval/versions/1:predict",
+                        {"inputs": {**columnar, "k": [2], "exclude_history": [True]}})
+    assert status == 200 and len(body["outputs"]["item_ids"][0]) == 2
+    assert rest(srv, "/v1/models/retrieval") == (200, {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
+    status, body = rest(srv, "/v1/models/retrieval/metadata")
+    assert status == 200 and "serving_default" in body["metadata"]["signature_def"]["signature_def"]
+    assert rest(srv, "/v1/models/nope:predict", {"instances": [instance]})[0] == 404
+    status, body = rest(srv, "/v1/models/retrieval:predict", {"instances": [{**instance, "k": 500,
+                                                                             "exclude_history": True}]})
+    assert status == 400 and "k: must be at most" in body["error"]
+    status, body = rest(srv, "/v1/models/retrieval:predict", {"instances": [instance]})
+    assert status == 400 and "missing input(s) ['exclude_history', 'k']" in body["error"]
+
+
+def test_a_new_version_switches_in_under_load_with_zero_failed_requests(exported, server):
+    _, run, _, _ = exported
+    srv, root = server
+    _, histories, domains = history_of(run, 1)
+    failures, served_versions, stop = [], set(), threading.Event()
+
+    def hammer():
+        with CrossrecClient(f"127.0.0.1:{srv.port}") as client:
+            inputs = {**_history_inputs(histories, domains), "k": np.array([3], np.int32),
+                      "exclude_history": np.array([True])}
+            while not stop.is_set():
+                try:
+                    client.predict("retrieval", inputs)
+                    served_versions.add(srv.manager.get("retrieval").version)
+                except Exception as exc:  # any failure fails the test
+                    failures.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    # publish version 2 the way `crossrec export` does: written aside, renamed into place
+    with new_version(root / "retrieval") as (tmp, number):
+        shutil.copytree(root / "retrieval" / "1", tmp, dirs_exist_ok=True)
+    deadline = time.time() + 30
+    while srv.manager.get("retrieval").version != 2 and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert number == 2 and srv.manager.get("retrieval").version == 2 and served_versions >= {2}
+    states = {v: s.state for v, s in srv.manager.status("retrieval").items()}
+    assert states == {1: "END", 2: "AVAILABLE"}  # the old version was unloaded after the switch
+
+
+def test_a_broken_version_is_logged_and_never_replaces_the_good_one(server, caplog):
+    srv, root = server
+    broken = root / "retrieval" / "2"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a saved model")
+    srv.manager.poll()
+    assert srv.manager.get("retrieval").version == 1
+    status = srv.manager.status("retrieval")
+    assert status[2].state == "END" and status[2].error
+    assert "failed to load" in caplog.text
+    with CrossrecClient(f"127.0.0.1:{srv.port}") as client:
+        assert client.status("retrieval")[1]["error"]
+
+
+def test_export_serve_and_query_from_the_command_line(tiny_pipeline, tmp_path, capsys):
+    from crossrec.cli import main
+    from serving.server import free_port
+
+    config, run, retrieval_dir, ranking_dir = tiny_pipeline
+    out = tmp_path / "saved_models"
+    assert main(["export", "--retrieval", str(retrieval_dir), "--ranking", str(ranking_dir), "--out", str(out),
+                 "--max-k", "20", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "recommender: version 1" in printed and "models.config" in printed
+    assert "item_encoder" not in (out / "models.config").read_text().split("model_config_list")[1]
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "crossrec", "serve", "--model_base_path", str(out),
+                               "--port", str(port), "--rest_api_port", "0"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        while "Ctrl-C stops" not in line:
+            line = server.stdout.readline()
+            assert line or server.poll() is None, "crossrec serve exited"
+        _, histories, domains = history_of(run, 1)
+        flags = [f"--history={d}:{i}" for d, i in histories[0]]
+        assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", domains[0], "--k", "3", *flags]) == 0
+        lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()]
+        assert len(lines) == 3 and lines[0].strip().startswith("1.")
+        assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", "toys", "--k", "3"]) == 2
+        assert "INVALID_ARGUMENT" in capsys.readouterr().err
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
