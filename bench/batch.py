@@ -11,7 +11,6 @@ the same handler, writing one Parquet file). Targets from issue 6: Beam >= 0.8x 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from bench.common import Results
+from bench.common import Results, bench_parser
 from bench.serving import export_synthetic, small_config, small_towers
 from serving.batch import CANDIDATES_SCHEMA, Query, SavedModelHandler, ServedModel, run_candidates
 
@@ -62,10 +61,7 @@ def plain_loop(model_dir: Path, users: Path, out: Path, k: int, batch_size: int)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer users and items (a smoke run)")
-    parser.add_argument("--preset", help="text encoder preset folder (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--results-dir", help="where to write the results (default: bench/results)")
+    parser = bench_parser(__doc__, "fewer users and items (a smoke run)")
     parser.add_argument("--users", type=int, help="users in the table (default 50,000; --quick 2,000)")
     args = parser.parse_args(argv)
     results = Results("batch")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -65,3 +66,12 @@ class Results:
         print("\n" + self.table())
         print(f"\nwrote {path}")
         return path
+
+
+def bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The flags every benchmark takes: --quick, --preset, --results-dir."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--preset", help="text encoder preset folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--results-dir", help="where to write the results (default: bench/results)")
+    return parser

@@ -12,13 +12,12 @@ candidate lists (warm and cross-domain cold-start queries, top-K by the towers):
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import replace
 
 import numpy as np
 
-from bench.common import Results
+from bench.common import Results, bench_parser
 from crossrec.config import Config, EncoderConfig, SynthConfig
 from crossrec.data.splits import NEW_ITEM
 from crossrec.features import concat_examples
@@ -49,10 +48,7 @@ def scoring_seconds(model, lists: CandidateLists, repeats: int = 5, batch: int =
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small data and few epochs (a smoke run)")
-    parser.add_argument("--preset", help="text encoder preset folder (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--results-dir", help="where to write the results (default: bench/results)")
+    parser = bench_parser(__doc__, "small data and few epochs (a smoke run)")
     args = parser.parse_args(argv)
     results = Results("ranking")
     config = Config(encoder=EncoderConfig(preset=args.preset))

@@ -16,7 +16,6 @@ the large catalogues are synthetic vectors.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from bench.common import Results
+from bench.common import Results, bench_parser
 from crossrec import schema
 from crossrec.config import Config, EncoderConfig, SynthConfig
 from crossrec.features import Catalogue
@@ -104,7 +103,8 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
                                 num_domains=len(domains), rating_mean=None)
     module = (RecommenderModule if name == "recommender" else RetrievalModule)(parts)
     path = out / name / "1"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if config.export.index == "scann" else None)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve}, options=options)
     (path / "assets").mkdir(exist_ok=True)
     (path / "assets" / METADATA_FILE).write_text(json.dumps({"domains": domains[1:], "max_k": config.export.max_k}))
     return path
@@ -133,7 +133,8 @@ def _client_loop(port: int, seconds: float, seed: int, queue) -> None:
     queue.put(count)
 
 
-def server_benchmark(results: Results, model, config: Config, quick: bool) -> None:
+def server_benchmark(results: Results, model, config: Config, quick: bool, server_flags: list[str] | None = None,
+                     label: str = "") -> None:
     from serving.client import CrossrecClient
     from serving.server import free_port
 
@@ -142,7 +143,7 @@ def server_benchmark(results: Results, model, config: Config, quick: bool) -> No
         path = export_synthetic(model, config, n, Path(tmp))
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "crossrec", "serve", "--model_base_path", tmp,
-                                   "--port", str(port), "--rest_api_port", "0"],
+                                   "--port", str(port), "--rest_api_port", "0", *(server_flags or [])],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             line = ""
@@ -161,8 +162,8 @@ def server_benchmark(results: Results, model, config: Config, quick: bool) -> No
                     client.predict("recommender", inputs)
                     times.append(time.perf_counter() - start)
             p50, p99 = 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99)
-            results.add("gRPC recommender p50, 1 client, 100k items", p50, "ms", note="retrieve 50, rank, top 10")
-            results.add("gRPC recommender p99, 1 client, 100k items", p99, "ms", "<= 15")
+            results.add(f"gRPC recommender p50, 1 client, 100k items{label}", p50, "ms", note="retrieve 50, rank, top 10")
+            results.add(f"gRPC recommender p99, 1 client, 100k items{label}", p99, "ms", "<= 15")
             seconds = 3 if quick else 10
             context = multiprocessing.get_context("spawn")  # gRPC channels do not survive fork
             queue = context.Queue()
@@ -172,7 +173,7 @@ def server_benchmark(results: Results, model, config: Config, quick: bool) -> No
             total = sum(queue.get(timeout=seconds + 120) for _ in workers)
             for w in workers:
                 w.join()
-            results.add("gRPC recommender throughput, 4 client processes", total / seconds, "req/s", ">= 500")
+            results.add(f"gRPC recommender throughput, 4 client processes{label}", total / seconds, "req/s", ">= 500")
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -203,10 +204,7 @@ def small_towers(preset: str | None):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller index sizes and fewer requests")
-    parser.add_argument("--preset", help="text encoder preset folder (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--results-dir", help="where to write the results (default: bench/results)")
+    parser = bench_parser(__doc__, "smaller index sizes and fewer requests")
     args = parser.parse_args(argv)
     results = Results("serving")
     for n in ((20_000,) if args.quick else (100_000, 1_000_000)):

@@ -12,14 +12,13 @@ Uses the built-in data and the real all-MiniLM-L6-v2 weights.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import replace
 
 import keras
 import numpy as np
 
-from bench.common import Results
+from bench.common import Results, bench_parser
 from crossrec import schema
 from crossrec.config import Config, EncoderConfig, SynthConfig, TrainConfig
 from towers.encoder import TextEncoder
@@ -57,10 +56,7 @@ def encoding_speed(encoder: TextEncoder, texts: list[str]) -> tuple[float, float
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer steps and texts (a smoke run)")
-    parser.add_argument("--preset", help="text encoder preset folder (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--results-dir", help="where to write the results (default: bench/results)")
+    parser = bench_parser(__doc__, "fewer steps and texts (a smoke run)")
     parser.add_argument("--n-users", type=int, default=SynthConfig.n_users, help="built-in data size")
     args = parser.parse_args(argv)
     results = Results("towers")

@@ -260,10 +260,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    import tensorflow as tf
+
     from serving.models import ModelManager, wait_until_ready
     from serving.server import Server, ServerOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # before any model loads: TF's thread pools are fixed once they start
+    tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+    tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     manager = ModelManager(_serving_specs(args))
     options = ServerOptions(host=args.host, port=args.port, rest_api_port=args.rest_api_port,
                             poll_seconds=args.file_system_poll_wait_seconds, max_request_bytes=args.max_request_bytes,
@@ -513,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ssl_cert_file", help="PEM certificate: serve gRPC and REST over TLS")
     serve.add_argument("--ssl_key_file", help="PEM private key for --ssl_cert_file")
     serve.add_argument("--load_timeout", type=float, default=120.0, help="seconds to wait for the first load")
+    serve.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                       help="threads one op may use (default 0: TensorFlow's choice)")
+    serve.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                       help="ops run at once per request (default 0: TensorFlow's choice)")
     serve.set_defaults(func=cmd_serve)
 
     candidates = commands.add_parser(

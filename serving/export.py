@@ -96,11 +96,12 @@ class DomainIndex(tf.Module):
     beyond a small domain's size hold row 0 and score -1e9."""
 
     def __init__(self, catalogue: Catalogue, item_embeddings: np.ndarray, *, k: int, history_length: int,
-                 kind: str = "brute_force", scann: dict | None = None):
+                 kind: str = "brute_force", scann: dict | None = None, scann_min_items: int = 1000):
         super().__init__(name="index")
         self.k = int(k)
         self.kind = kind
         self.history_length = int(history_length)
+        self.scann_min_items = int(scann_min_items)  # smaller domains are searched exactly
         self.indexes = []
         self.sizes = []
         self.parameters = {"kind": kind, "k": self.k, "domains": {}}
@@ -121,9 +122,9 @@ class DomainIndex(tf.Module):
             self.parameters["domains"][catalogue.domains[d]] = {"items": len(rows), **params}
 
     def _layer(self, n: int, kind: str, scann: dict):
-        if kind == "scann" and n >= 1000:
-            leaves = scann.get("leaves") or max(2, int(np.sqrt(n)))
-            search = scann.get("leaves_to_search") or max(1, leaves // 4)
+        if kind == "scann" and n >= self.scann_min_items:
+            leaves = scann.get("leaves") or max(2, int(2 * np.sqrt(n)))
+            search = scann.get("leaves_to_search") or max(1, leaves // 2)
             reorder = max(scann.get("reorder") or 0, self.k + self.history_length)
             layer = tfrs.layers.factorized_top_k.ScaNN(k=self.k, num_leaves=leaves, num_leaves_to_search=search,
                                                        num_reordering_candidates=reorder)

@@ -339,3 +339,20 @@ def test_export_serve_and_query_from_the_command_line(tiny_pipeline, tmp_path, c
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_scann_index_finds_nearly_the_exact_top_k(tiny_pipeline):
+    from serving.export import DomainIndex
+
+    _, run, _, _ = tiny_pipeline
+    catalogue, embeddings = run.data.catalogue, run.model.all_item_embeddings()
+    queries = tf.constant(embeddings[1:33] + 0.01)
+    target, none = tf.constant(catalogue.item_domain[1:33]), tf.zeros([32, 1], tf.int32)
+    exact = DomainIndex(catalogue, embeddings, k=5, history_length=0)
+    approximate = DomainIndex(catalogue, embeddings, k=5, history_length=0, kind="scann", scann_min_items=10,
+                              scann={"leaves": 4, "leaves_to_search": 2, "reorder": 20})
+    assert approximate.parameters["domains"]["books"]["index"] == "scann"
+    _, a = approximate.search(queries, target, none, 5)
+    _, b = exact.search(queries, target, none, 5)
+    recall = np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a.numpy(), b.numpy(), strict=True)])
+    assert recall >= 0.8
