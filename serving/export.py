@@ -126,11 +126,12 @@ class DomainIndex(tf.Module):
             leaves = scann.get("leaves") or max(2, int(2 * np.sqrt(n)))
             search = scann.get("leaves_to_search") or max(1, leaves // 2)
             reorder = max(scann.get("reorder") or 0, self.k + self.history_length)
-            layer = tfrs.layers.factorized_top_k.ScaNN(k=self.k, num_leaves=leaves, num_leaves_to_search=search,
+            layer = tfrs.layers.factorized_top_k.ScaNN(k=min(self.k, n), num_leaves=leaves, num_leaves_to_search=search,
                                                        num_reordering_candidates=reorder)
             return layer, {"index": "scann", "leaves": leaves, "leaves_to_search": search, "reorder": reorder}
         # small domains (and brute_force): exact search
-        return tfrs.layers.factorized_top_k.BruteForce(k=self.k), {"index": "brute_force"}
+        # the layer's default k must fit the domain: saving traces the layer with it
+        return tfrs.layers.factorized_top_k.BruteForce(k=max(1, min(self.k, n))), {"index": "brute_force"}
 
     def search(self, queries, target, exclude, k):
         """queries [b, e], target [b] domain index, exclude [b, x] rows, k: static int <= self.k."""

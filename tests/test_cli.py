@@ -83,7 +83,9 @@ def test_bad_config_exits_2(write, capsys):
 def test_quickstart_runs_every_step(tmp_path, capsys):
     assert main(["quickstart", "--out", str(tmp_path / "qs"), "--tiny"]) == 0
     text = capsys.readouterr().out
-    assert "[5/5] train the retrieval towers" in text and "quickstart done" in text
+    assert "[5/8] train the retrieval towers" in text and "quickstart done" in text
+    assert "[7/8] serve them" in text and "cross-domain cold-start user" in text and "because you liked" in text
+    assert "embedded server stopped" in text and "candidates for" in text
     assert (tmp_path / "qs" / "split" / "interactions.parquet").exists()
     assert (tmp_path / "qs" / "retrieval" / "towers.weights.h5").exists()
     assert "NDCG@10" in text and (tmp_path / "qs" / "report" / "report.md").exists()
