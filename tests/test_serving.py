@@ -356,3 +356,19 @@ def test_scann_index_finds_nearly_the_exact_top_k(tiny_pipeline):
     _, b = exact.search(queries, target, none, 5)
     recall = np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a.numpy(), b.numpy(), strict=True)])
     assert recall >= 0.8
+
+
+def test_domains_smaller_than_max_k_export_and_return_what_they_have(tiny_pipeline, tmp_path):
+    from dataclasses import replace
+
+    from serving.export import export_models
+
+    config, run, retrieval_dir, _ = tiny_pipeline
+    big_k = replace(config, export=replace(config.export, max_k=100))  # each tiny domain has 40 items
+    export_models(retrieval_dir, tmp_path, config=big_k, models=["retrieval"], progress=False)
+    serve = tf.saved_model.load(str(tmp_path / "retrieval" / "1")).signatures["serving_default"]
+    _, histories, domains = history_of(run, 1)
+    out = serve(**{k: tf.constant(v) for k, v in _history_inputs(histories, domains).items()},
+                k=tf.constant([100]), exclude_history=tf.constant([False]))
+    found = [i for i in out["item_ids"][0].numpy() if i]
+    assert len(found) == 40 and len(set(found)) == 40
