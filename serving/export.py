@@ -133,6 +133,20 @@ class DomainIndex(tf.Module):
         # the layer's default k must fit the domain: saving traces the layer with it
         return tfrs.layers.factorized_top_k.BruteForce(k=max(1, min(self.k, n))), {"index": "brute_force"}
 
+    SCANN_MAX_QUERIES = 256  # per call: 1,024 crashed the ScaNN op (SIGSEGV) at 33k items; 256 ran
+
+    def _query(self, layer, queries, fetch: int):
+        """One index layer. A ScaNN layer refuses more than SCANN_MAX_QUERIES queries of one
+        domain per request (INVALID_ARGUMENT) rather than crash the process."""
+        if not isinstance(layer, tfrs.layers.factorized_top_k.BruteForce):
+            check = tf.debugging.assert_less_equal(
+                tf.shape(queries)[0], self.SCANN_MAX_QUERIES,
+                message=f"batch: at most {self.SCANN_MAX_QUERIES} queries per domain per request with a ScaNN index")
+            with tf.control_dependencies([check]):
+                queries = tf.identity(queries)
+        s, r = layer(queries, k=fetch)
+        return s, tf.cast(r, tf.int32)
+
     def search(self, queries, target, exclude, k):
         """queries [b, e], target [b] domain index, exclude [b, x] rows, k: static int <= self.k."""
         n_domains = len(self.indexes) + 1
@@ -147,7 +161,7 @@ class DomainIndex(tf.Module):
                 rows_out.append(tf.zeros([tf.shape(q)[0], k], tf.int32))
                 continue
             fetch = min(size, k + self.history_length)
-            s, r = tf.cond(tf.shape(q)[0] > 0, lambda q=q, layer=layer, fetch=fetch: layer(q, k=fetch),
+            s, r = tf.cond(tf.shape(q)[0] > 0, lambda q=q, layer=layer, fetch=fetch: self._query(layer, q, fetch),
                            lambda fetch=fetch: (tf.zeros([0, fetch]), tf.zeros([0, fetch], tf.int32)))
             r = tf.cast(r, tf.int32)
             excluded = tf.reduce_any(tf.equal(r[:, :, None], x[:, None, :]) & (x[:, None, :] > 0), axis=-1)

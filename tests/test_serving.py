@@ -350,12 +350,12 @@ def test_scann_index_finds_nearly_the_exact_top_k(tiny_pipeline):
     target, none = tf.constant(catalogue.item_domain[1:33]), tf.zeros([32, 1], tf.int32)
     exact = DomainIndex(catalogue, embeddings, k=5, history_length=0)
     approximate = DomainIndex(catalogue, embeddings, k=5, history_length=0, kind="scann", scann_min_items=10,
-                              scann={"leaves": 4, "leaves_to_search": 2, "reorder": 20})
+                              scann={"leaves": 4, "leaves_to_search": 4, "reorder": 40})
     assert approximate.parameters["domains"]["books"]["index"] == "scann"
     _, a = approximate.search(queries, target, none, 5)
     _, b = exact.search(queries, target, none, 5)
     recall = np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a.numpy(), b.numpy(), strict=True)])
-    assert recall >= 0.8
+    assert recall >= 0.95  # every leaf searched, every candidate re-scored: nearly exact
 
 
 def test_domains_smaller_than_max_k_export_and_return_what_they_have(tiny_pipeline, tmp_path):
