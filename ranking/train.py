@@ -27,6 +27,7 @@ from crossrec.data.splits import NEW_ITEM
 from crossrec.errors import ConfigError
 from crossrec.features import Catalogue
 from crossrec.metrics import ranking_metrics
+from crossrec.progress import fit_verbosity
 from ranking.candidates import CandidateLists, mine_candidates
 from ranking.evaluate import list_ranks, rerank_metrics
 from ranking.model import ENGAGEMENT, RATING, RankingFeatures, RankingModel
@@ -184,15 +185,8 @@ def fit_ranker(model: RankingModel, data: RankingData, config: Config, *, out: P
             tf.keras.callbacks.TensorBoard(str(out / "tensorboard" / name), write_graph=False, profile_batch=0),
         ]
     dataset = make_list_dataset(data.train, ranking.batch_size, seed=ranking.seed, teacher=teacher)
-    verbose = 0 if not progress else (1 if _isatty() else 2)
-    history = model.fit(dataset, epochs=ranking.epochs, callbacks=callbacks, verbose=verbose)
+    history = model.fit(dataset, epochs=ranking.epochs, callbacks=callbacks, verbose=fit_verbosity(progress))
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
-
-
-def _isatty() -> bool:
-    import sys
-
-    return sys.stdout.isatty()
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from crossrec.features import (
     training_examples,
 )
 from crossrec.metrics import ranking_metrics
+from crossrec.progress import fit_verbosity
 from towers.cache import EmbeddingCache
 from towers.encoder import TextEncoder
 from towers.model import RetrievalModel
@@ -335,7 +335,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
                             with_user_ids=config.towers.user_id_buckets > 0)
     fit_started = time.perf_counter()
     history = model.fit(dataset_, epochs=config.train.epochs, callbacks=callbacks,
-                        shuffle=False, verbose=_fit_verbosity(progress))  # tf.data already shuffles
+                        shuffle=False, verbose=fit_verbosity(progress))  # tf.data already shuffles
     fit_seconds = time.perf_counter() - fit_started
     scorers = [scorer_for(model, "crossrec")]
     if baselines:
@@ -347,13 +347,6 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     if out is not None:
         save_run(run, config, fit_seconds)
     return run
-
-
-def _fit_verbosity(progress: bool) -> int:
-    """A live progress bar on a terminal, one line per epoch in a log file, nothing when quiet."""
-    if not progress:
-        return 0
-    return 1 if sys.stdout.isatty() else 2
 
 
 def save_run(run: RetrievalRun, config: Config, fit_seconds: float) -> None:
