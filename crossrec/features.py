@@ -74,6 +74,17 @@ class Catalogue:
         index = {d: i for i, d in enumerate(self.domain_names)}
         return np.concatenate([[0], self.items[schema.DOMAIN].map(index).to_numpy()]).astype(np.int32)
 
+    @property
+    def served_domain(self) -> np.ndarray:
+        """(size,) 1-based index into ``domain_names`` per row (row 0 -> 0): how an export
+        partitions its index, so a domain without training data is still searchable by name."""
+        return np.concatenate([[0], self.text_domain[1:] + 1]).astype(np.int32)
+
+    @property
+    def zero_shot_domains(self) -> list[str]:
+        """Catalogue domains the towers were not trained on: served through the agnostic path."""
+        return [d for d in self.domain_names if d not in self.domains]
+
     def text_means(self, table: np.ndarray) -> np.ndarray:
         """(len(domain_names), dim) mean text vector of each domain's items (row 0 of ``table`` is padding)."""
         domain = self.text_domain[1:]

@@ -201,9 +201,10 @@ class RankingRun:
 
 
 def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, *, dataset: Dataset | None = None,
-                  progress: bool = True) -> RankingRun:
+                  progress: bool = True, initialize=None) -> RankingRun:
     """Trains the teacher ranker (and the distilled student) on lists mined by ``retrieval``:
-    a ``towers.train.RetrievalRun`` or the folder ``crossrec train retrieval`` wrote."""
+    a ``towers.train.RetrievalRun`` or the folder ``crossrec train retrieval`` wrote.
+    ``initialize(name, model)`` runs on each built ranker before training (retraining's warm start)."""
     from towers.train import RetrievalRun, load_trained, prepare_data
 
     started = time.perf_counter()
@@ -223,6 +224,8 @@ def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, 
     histories = {}
     clock = time.perf_counter()
     teacher = build_ranker(config, config.ranking.teacher, name=TEACHER, **_tables(ranking_data))
+    if initialize is not None:
+        initialize(TEACHER, teacher)
     histories[TEACHER] = fit_ranker(teacher, ranking_data, config, out=out, name=TEACHER, progress=progress)
     seconds[TEACHER] = round(time.perf_counter() - clock, 1)
     student = None
@@ -231,6 +234,8 @@ def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, 
         teacher_scores = score_lists(teacher, ranking_data.train)
         student = build_ranker(config, config.ranking.student, name=STUDENT,
                                distillation_weight=config.ranking.distillation_weight, **_tables(ranking_data))
+        if initialize is not None:
+            initialize(STUDENT, student)
         histories[STUDENT] = fit_ranker(student, ranking_data, config, out=out, name=STUDENT,
                                         teacher=teacher_scores, progress=progress)
         seconds[STUDENT] = round(time.perf_counter() - clock, 1)

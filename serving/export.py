@@ -25,6 +25,7 @@ metrics and the index's parameters and measured recall.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -40,10 +41,13 @@ from crossrec import schema
 from crossrec.config import Config, ExportConfig, to_dict
 from crossrec.errors import ConfigError
 from crossrec.features import Catalogue
-from serving.layout import METADATA_FILE, new_version
+from serving.layout import METADATA_FILE, TRAINING_STATE, new_version
 from towers.model import user_query
 
 MODELS = ("retrieval", "ranking", "recommender", "item_encoder")
+# What each retrieval version carries for `crossrec retrain` (see serving.layout.TRAINING_STATE).
+TOWER_STATE = ("towers.weights.h5", "catalogue.parquet", "model_spec.json", "config.yaml", "run_summary.json", "data")
+RANKING_STATE = ("teacher.weights.h5", "student.weights.h5", "ranking_spec.json", "config.yaml", "run_summary.json")
 KEY_SEPARATOR = "\x1f"  # joins domain and item id into one lookup key
 UNKNOWN_SCORE = -1e9
 
@@ -53,7 +57,11 @@ def item_keys(domains, item_ids):
 
 
 class Lookups(tf.Module):
-    """Item keys <-> rows, domain names -> indices, the item embedding table."""
+    """Item keys <-> rows, domain names -> indices, the item embedding table.
+
+    Every catalogue domain is served (``served`` = ``catalogue.domain_names``), including one the
+    towers never trained on: requests name it, the index searches its items, and the towers see
+    it as domain 0, the domain-agnostic (zero-shot) path."""
 
     def __init__(self, catalogue: Catalogue, item_embeddings: np.ndarray, history_length: int):
         super().__init__(name="lookups")
@@ -62,19 +70,24 @@ class Lookups(tf.Module):
         self.rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(items["row"].to_numpy(np.int32))),
             default_value=0)
-        self.domains = list(catalogue.domains)
+        self.served = list(catalogue.domain_names)
+        self.zero_shot = catalogue.zero_shot_domains
         self.domain_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(self.domains[1:] or [""]),
-                                                tf.constant(np.arange(1, max(len(self.domains), 2), dtype=np.int32))),
+            tf.lookup.KeyValueTensorInitializer(tf.constant(self.served or [""]),
+                                                tf.constant(np.arange(1, max(len(self.served), 1) + 1, dtype=np.int32))),
             default_value=0)
+        # served position -> the towers' domain index (0 for zero-shot domains)
+        self.model_domain = tf.constant([0] + [catalogue.domain_index(d) for d in self.served], tf.int32)
         self.item_ids = tf.constant(np.concatenate([[""], items[schema.ITEM_ID].astype(str).to_numpy()]).astype(bytes))
         self.item_domain = tf.Variable(catalogue.item_domain, trainable=False, name="item_domain")
+        self.item_served = tf.Variable(catalogue.served_domain, trainable=False, name="item_served_domain")
         self.embeddings = tf.Variable(item_embeddings.astype(np.float32), trainable=False, name="item_embeddings")
         self.history_length = int(history_length)
 
     def domain_index(self, names):
+        """Domain names -> served positions (1-based); an unknown name is INVALID_ARGUMENT."""
         index = self.domain_table.lookup(names)
-        known = ", ".join(self.domains[1:])
+        known = ", ".join(self.served)
         check = tf.debugging.assert_positive(index, message=f"target_domain: unknown domain; known domains: {known}")
         with tf.control_dependencies([check]):
             return tf.identity(index)
@@ -109,8 +122,8 @@ class DomainIndex(tf.Module):
             defaults = ExportConfig()
             scann = {"leaves": defaults.scann_leaves, "leaves_to_search": defaults.scann_leaves_to_search,
                      "reorder": defaults.scann_reorder}
-        domain_of_row = catalogue.item_domain
-        for d in range(1, len(catalogue.domains)):
+        domain_of_row = catalogue.served_domain
+        for d, name in enumerate(catalogue.domain_names, start=1):
             rows = np.flatnonzero(domain_of_row == d).astype(np.int32)
             rows = rows[rows > 0]
             vectors = tf.constant(item_embeddings[rows].astype(np.float32))
@@ -119,7 +132,7 @@ class DomainIndex(tf.Module):
                 layer.index(vectors, tf.constant(rows))
             self.indexes.append(layer)
             self.sizes.append(len(rows))
-            self.parameters["domains"][catalogue.domains[d]] = {"items": len(rows), **params}
+            self.parameters["domains"][name] = {"items": len(rows), **params}
 
     def _layer(self, n: int, kind: str, scann: dict):
         if kind == "scann" and n >= self.scann_min_items:
@@ -197,16 +210,17 @@ class QueryModule(tf.Module):
 
     def _query(self, history_item_ids, history_domains, target_domain):
         rows = self.lookups.history_rows(history_item_ids, history_domains)
-        target = self.lookups.domain_index(target_domain)
+        target = self.lookups.domain_index(target_domain)  # served position: the index partition
         embeddings = tf.gather(self.lookups.embeddings, rows)
-        query = user_query(self.user_tower, self.lookups.item_domain, self.user_hashing, embeddings, rows, target)
+        query = user_query(self.user_tower, self.lookups.item_domain, self.user_hashing, embeddings, rows,
+                           tf.gather(self.lookups.model_domain, target))
         return tf.cast(query, tf.float32), rows, target
 
     def _history_counts(self, rows, target):
         """How much of the request's history the model used: known items, and those in the target
         domain (0 = a cross-domain cold start; no known item at all = a user the model cannot place)."""
         known = rows > 0
-        in_domain = known & tf.equal(tf.gather(self.lookups.item_domain, rows), target[:, None])
+        in_domain = known & tf.equal(tf.gather(self.lookups.item_served, rows), target[:, None])
         return {"history_known": tf.reduce_sum(tf.cast(known, tf.int32), axis=1),
                 "history_in_domain": tf.reduce_sum(tf.cast(in_domain, tf.int32), axis=1)}
 
@@ -318,7 +332,7 @@ class ItemEncoderModule(tf.Module):
         tokens = self.packer(self.tokenizer(text))
         vectors = tf.cast(self.encoder(tokens, training=False), tf.float32)
         vectors = vectors - tf.gather(self.text_means, self.text_domain.lookup(domain))
-        model_domain = self.lookups.domain_table.lookup(domain)
+        model_domain = tf.gather(self.lookups.model_domain, self.lookups.domain_table.lookup(domain))
         zeros = tf.zeros_like(model_domain)
         embedding = self.item_tower(vectors, model_domain, zeros, tf.zeros_like(zeros, tf.bool), training=False)
         return {"embedding": tf.cast(embedding, tf.float32)}
@@ -370,8 +384,10 @@ def load_parts(retrieval_dir: str | Path, ranking_dir: str | Path | None, config
 
 def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *, ranking_dir: str | Path | None = None,
                   config: Config | None = None, models=None, version: int | None = None,
-                  recall_queries: np.ndarray | None = None, progress: bool = True) -> ExportResult:
-    """Writes the next version (or ``version``) of each model in ``models`` under ``out``."""
+                  recall_queries: np.ndarray | None = None, progress: bool = True,
+                  on_published=None) -> ExportResult:
+    """Writes the next version (or ``version``) of each model in ``models`` under ``out``;
+    ``on_published(model, version)`` is called as each one lands."""
     started = time.perf_counter()
     parts = load_parts(retrieval_dir, ranking_dir, config)
     config = parts.config
@@ -404,7 +420,8 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
             metadata = {"model": name, "version": number, "crossrec_version": crossrec.__version__,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "signature": signature_description(module.serve),
-                        "max_k": export.max_k, "domains": parts.lookups.domains[1:],
+                        "max_k": export.max_k, "domains": parts.lookups.served,
+                        "zero_shot_domains": parts.lookups.zero_shot,
                         "history_length": config.towers.history_length,
                         "index": index_info if name in ("retrieval", "recommender") else None,
                         **parts.metadata, "config": to_dict(config)}
@@ -413,11 +430,31 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
                 path.write_text(json.dumps(metadata, indent=2, default=str))
                 module.metadata = tf.saved_model.Asset(str(path))
                 tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve}, options=options)
+            if name == "retrieval":
+                copy_training_state(tmp, retrieval_dir, ranking_dir)
         result.versions[name] = number
         result.paths[name] = Path(out) / name / str(number)
         result.metadata[name] = metadata
+        if on_published is not None:
+            on_published(name, number)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def copy_training_state(version_dir: Path, retrieval_dir: str | Path, ranking_dir: str | Path | None) -> None:
+    """The training run(s) behind a version, inside it, so retraining can warm-start from exactly
+    what is served."""
+    for source, names, sub in ((retrieval_dir, TOWER_STATE, "towers"), (ranking_dir, RANKING_STATE, "ranking")):
+        if source is None:
+            continue
+        target = Path(version_dir) / TRAINING_STATE / sub
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            path = Path(source) / name
+            if path.is_dir():
+                shutil.copytree(path, target / name)
+            elif path.exists():
+                shutil.copy2(path, target / name)
 
 
 def signature_description(function) -> dict:
@@ -432,8 +469,8 @@ def index_recall(parts: ExportParts, queries: np.ndarray, k: int = 10) -> float:
     """Recall@k of the index against exact search, for query embeddings ``queries`` [n, e]
     (each asked in every domain)."""
     exact_hits, total = 0, 0
-    for d in range(1, len(parts.catalogue.domains)):
-        rows = np.flatnonzero(parts.catalogue.item_domain == d)
+    for d in range(1, len(parts.catalogue.domain_names) + 1):
+        rows = np.flatnonzero(parts.catalogue.served_domain == d)
         rows = rows[rows > 0]
         if len(rows) == 0:
             continue

@@ -16,6 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 METADATA_FILE = "crossrec_metadata.json"  # inside each version's assets/
+# Inside each ``retrieval`` version: the training state that ``crossrec retrain`` warm-starts from
+# (``towers/``: weights, catalogue, config, data; ``ranking/``: the rankers). TF Serving reads
+# only ``assets.extra/tf_serving_warmup_requests`` there and ignores the rest.
+TRAINING_STATE = Path("assets.extra") / "crossrec"
 
 
 def versions(model_dir: str | Path) -> list[int]:

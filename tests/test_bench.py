@@ -40,3 +40,26 @@ def test_batch_benchmark_smoke(tiny_preset, tmp_path):
     assert batch.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path), "--users", "300"]) == 0
     rows = {r["benchmark"]: r for r in json.loads((tmp_path / "batch.json").read_text())["rows"]}
     assert rows["Beam DirectRunner"]["value"] > 0 and rows["Beam / plain loop"]["target"] == ">= 0.8"
+
+
+def test_retrain_benchmark_smoke(tiny_preset, tmp_path, monkeypatch):
+    from bench import retrain
+
+    monkeypatch.setenv("CROSSREC_CACHE", str(tmp_path / "cache"))  # a cache without these texts yet
+    assert retrain.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path)]) == 0
+    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "retrain.json").read_text())["rows"]}
+    assert rows["retrain: all (merge, gate, train, export)"]["value"] > 0
+    # the second half's new items were the only texts encoded
+    assert rows["retrain: texts encoded"]["value"] == rows["retrain: new items / users / interactions"]["value"]
+
+
+def test_one_command_runs_the_benchmarks_and_writes_one_table_with_targets(tiny_preset, tmp_path, capsys):
+    from crossrec.cli import main
+
+    assert main(["bench", "--quick", "--only", "batch", "--preset", str(tiny_preset),
+                 "--results-dir", str(tmp_path)]) == 0
+    latest = json.loads((tmp_path / "latest.json").read_text())
+    rows = {r["benchmark"]: r for r in latest["rows"]}
+    assert rows["batch: Beam / plain loop"]["target"] == ">= 0.8" and rows["batch: Beam / plain loop"]["status"]
+    assert "| batch: Beam DirectRunner |" in (tmp_path / "latest.md").read_text()
+    assert "targets met" in capsys.readouterr().out

@@ -55,6 +55,24 @@ class EmbeddingCache:
             np.save(tmp, array)
             os.replace(tmp, self.directory / f"{name}.npy")
 
+    def put(self, texts: list[str], vectors: np.ndarray) -> int:
+        """Adds vectors computed elsewhere (a trained model's text table) for texts not cached yet;
+        returns how many were added."""
+        keys, cached = self._load()
+        known = set(keys.tolist())
+        new_keys, rows = [], []
+        for i, text in enumerate(texts):
+            key = text_key(text)
+            if key not in known:
+                known.add(key)
+                new_keys.append(key)
+                rows.append(i)
+        if new_keys:
+            add = np.asarray(vectors, np.float32)[rows]
+            keys = np.concatenate([keys, np.array(new_keys)]) if len(keys) else np.array(new_keys)
+            self._save(keys, add if cached is None else np.concatenate([cached, add]))
+        return len(new_keys)
+
     def get(self, texts: list[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         """Vectors for ``texts`` in order; ``compute`` is called once, on the texts not cached."""
         wanted = np.array([text_key(t) for t in texts])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class RetrievalData:
     validation: list[QuerySet] = field(default_factory=list)
     test: list[QuerySet] = field(default_factory=list)
     target_domain: str | None = None
+    dataset: Dataset | None = None  # the clean data this was prepared from
 
 
 def default_target_domain(interactions: pd.DataFrame) -> str:
@@ -122,7 +124,7 @@ def prepare_data(config: Config, dataset: Dataset | None = None) -> RetrievalDat
     examples = training_examples(train, catalogue, h, config.train.domain_weights)
     return RetrievalData(frame, catalogue, train, examples,
                          _query_sets(schema.VALIDATION, frame, train, catalogue, h, given),
-                         _query_sets(schema.TEST, frame, train, catalogue, h, given), target)
+                         _query_sets(schema.TEST, frame, train, catalogue, h, given), target, dataset)
 
 
 @dataclass
@@ -254,13 +256,18 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not self.queries:
             return
-        scorer = scorer_for(self.model, "model")
-        ranks = np.concatenate([target_ranks(scorer, q, self.catalogue, exclude_seen=self.exclude_seen)
-                                for q in self.queries])
-        metrics = ranking_metrics(ranks, self.ks)
-        for k in self.ks:
-            logs[f"val_recall_at_{k}"] = metrics[f"recall@{k}"]
-        logs["val_ndcg_at_10"] = metrics["ndcg@10"]
+        logs.update(validation_metrics(self.model, self.queries, self.catalogue, self.ks, self.exclude_seen))
+
+
+def validation_metrics(model: RetrievalModel, queries: list[QuerySet], catalogue: Catalogue, ks=(10, 50),
+                       exclude_seen: bool = True) -> dict[str, float]:
+    """``val_recall_at_<k>`` and ``val_ndcg_at_10`` of ``model`` over all ``queries`` (full corpus)."""
+    scorer = scorer_for(model, "model")
+    ranks = np.concatenate([target_ranks(scorer, q, catalogue, exclude_seen=exclude_seen) for q in queries])
+    metrics = ranking_metrics(ranks, ks)
+    out = {f"val_recall_at_{k}": float(metrics[f"recall@{k}"]) for k in ks}
+    out["val_ndcg_at_10"] = float(metrics["ndcg@10"])
+    return out
 
 
 class RefreshTextTable(keras.callbacks.Callback):
@@ -276,6 +283,22 @@ class RefreshTextTable(keras.callbacks.Callback):
         self.model.text_table.assign(table)
         if self.center:
             self.model.text_means.assign(self.catalogue.text_means(table))
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that survives being killed while writing its backup: it keeps the
+    previous backup too (``double_checkpoint``) and falls back to it; when no backup can be read
+    at all (killed during the very first write) training starts over instead of failing."""
+
+    def __init__(self, backup_dir: str):
+        super().__init__(backup_dir, double_checkpoint=True)
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError) as exc:
+            print(f"note: the training backup in {self.backup_dir} is unreadable ({exc}); starting this fit again")
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
@@ -295,9 +318,13 @@ class RetrievalRun:
 
 
 def train_retrieval(config: Config, out_dir: str | Path | None = None, *, dataset: Dataset | None = None,
-                    data: RetrievalData | None = None, progress: bool = True,
-                    baselines: bool = False) -> RetrievalRun:
-    """Trains the towers on ``config`` and evaluates them on the test queries (all slices)."""
+                    data: RetrievalData | None = None, progress: bool = True, baselines: bool = False,
+                    initialize=None, callbacks=()) -> RetrievalRun:
+    """Trains the towers on ``config`` and evaluates them on the test queries (all slices).
+
+    ``initialize(model)`` runs on the built model before training (retraining's warm start; a
+    BackupAndRestore backup in ``out_dir`` still wins, so an interrupted run resumes);
+    ``callbacks`` are added to ``fit``'s."""
     started = time.perf_counter()
     keras.utils.set_random_seed(config.train.seed)
     data = data or prepare_data(config, dataset)
@@ -308,11 +335,13 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     strategy = strategy_from_config(config.train)
     with strategy.scope():
         model = build_model(config, data, text)
+        if initialize is not None:
+            initialize(model)
         model.compile(optimizer=keras.optimizers.AdamW(config.train.learning_rate,
                                                        weight_decay=config.train.weight_decay),
                       steps_per_execution=config.train.steps_per_execution)
     out = Path(out_dir) if out_dir else None
-    callbacks: list[keras.callbacks.Callback] = []
+    callbacks: list[keras.callbacks.Callback] = list(callbacks)
     if text.encoder is not None and config.encoder.freeze != "frozen":
         callbacks.append(RefreshTextTable(text, data.catalogue, config.towers.center_text_by_domain))
     monitor, mode = "loss", "min"
@@ -327,7 +356,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
         callbacks += [
             keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "best.weights.h5"), monitor=monitor, mode=mode,
                                             save_best_only=True, save_weights_only=True),
-            keras.callbacks.BackupAndRestore(str(out / "backup")),
+            ResumableBackup(str(out / "backup")),
             keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
         ]
     dataset_ = make_dataset(data.examples, config.train.batch_size, seed=config.train.seed,
@@ -362,6 +391,8 @@ def save_run(run: RetrievalRun, config: Config, fit_seconds: float) -> None:
     table["embedding"] = list(embeddings)
     table.to_parquet(out / "item_embeddings.parquet", index=False)
     run.metrics.to_csv(out / "test_metrics.csv", index=False)
+    if run.data.dataset is not None:  # what `crossrec retrain` adds new data to
+        run.data.dataset.save(out / "data", overwrite=True)
     summary = {
         "examples": len(run.data.examples), "items": len(catalogue), "domains": catalogue.domains[1:],
         "target_domain": run.data.target_domain,

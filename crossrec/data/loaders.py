@@ -27,26 +27,30 @@ from crossrec.data.validate import validate
 from crossrec.errors import DataError, Problem
 
 
+def text_template(config: DataConfig) -> str:
+    """The template item text is built with: the config's own, else its source format's default
+    (MovieLens, Amazon and the built-in data read "{title}. {categories}")."""
+    uses_categories = config.format in ("amazon", "movielens") or bool(config.amazon_files) \
+        or config.interactions is None
+    if config.text_template == schema.DEFAULT_TEXT_TEMPLATE and uses_categories:
+        return "{title}. {categories}"
+    return config.text_template
+
+
 def load_dataset(config: DataConfig) -> Dataset:
     """Loads and validates the data ``config`` describes (the built-in data when it names none)."""
     if config.format == "amazon" or config.amazon_files:
         raw = read_amazon(config.amazon_files)
-        template = config.text_template if config.text_template != schema.DEFAULT_TEXT_TEMPLATE \
-            else "{title}. {categories}"
     elif config.interactions is None:
         from crossrec.data.synth import generate
 
         raw = generate(config.synth)
-        template = "{title}. {categories}"
     elif config.format == "movielens":
         raw = read_movielens(config.interactions, domain=config.movielens_domain)
-        template = config.text_template if config.text_template != schema.DEFAULT_TEXT_TEMPLATE \
-            else "{title}. {categories}"
     else:
         raw = read_table_dataset(config.interactions, config.items, config.users)
-        template = config.text_template
     interactions, items, users, report = validate(
-        raw.interactions, raw.items, raw.users, columns=config.columns, text_template=template,
+        raw.interactions, raw.items, raw.users, columns=config.columns, text_template=text_template(config),
         unknown_items=config.unknown_items)
     return Dataset(interactions, items, users, report)
 
@@ -59,8 +63,11 @@ def _find_table(directory: Path, name: str) -> Path | None:
     return None
 
 
-def read_table_dataset(interactions: str, items: str | None, users: str | None = None) -> Dataset:
-    """Raw tables in the canonical layout; ``interactions`` may be a directory of them."""
+def read_table_dataset(interactions: str, items: str | None, users: str | None = None, *,
+                       items_required: bool = True) -> Dataset:
+    """Raw tables in the canonical layout; ``interactions`` may be a directory of them.
+    Without ``items_required`` a missing items table reads as an empty one (retraining data
+    that adds interactions only)."""
     path = Path(interactions)
     if path.is_dir():
         found = _find_table(path, "interactions")
@@ -71,10 +78,12 @@ def read_table_dataset(interactions: str, items: str | None, users: str | None =
         items = items or (str(_find_table(path, "items")) if _find_table(path, "items") else None)
         users = users or (str(_find_table(path, "users")) if _find_table(path, "users") else None)
         path = found
-    if items is None:
+    if items is None and items_required:
         raise DataError(Problem("no items table given", file=str(path),
                                 fix="set data.items (CLI: --items) to the items file"))
-    return Dataset(io.read_table(path, what="interactions"), io.read_table(items, what="items"),
+    interaction_table = io.read_table(path, what="interactions")  # first: its errors come first
+    item_table = io.read_table(items, what="items") if items else pd.DataFrame(columns=list(schema.ITEM_REQUIRED))
+    return Dataset(interaction_table, item_table,
                    io.read_table(users, what="users") if users else None)
 
 

@@ -1,0 +1,476 @@
+"""``crossrec retrain``: the weekly fit script that keeps a served crossrec fresh.
+
+One run, from the latest served version (``<base>/retrieval/<v>/assets.extra/crossrec``, written
+by ``crossrec export``) and a folder of new data:
+
+1. merge: the served version's training data + the new interactions (optionally each user's last
+   ``retrain.window``), its catalogue + the new items (``retrain.catalogue``: merge or replace);
+2. warm start: new towers for the new catalogue, the served weights copied in by item key and
+   domain name (``towers.warm_start``); frozen text vectors of unchanged texts come from the served
+   model, so only new or changed texts are encoded;
+3. gate: a validation metric (``retrain.metric``, Recall@50 by default) of the served weights
+   (on the new catalogue, new items through text only, as the served item encoder would place
+   them) vs the retrained towers; the run stops here, publishing nothing, when the new one is
+   worse than ``retrain.max_regression`` allows;
+4. the rankers (warm-started when the domains are unchanged), then every served model is
+   exported as its next version (each written aside and renamed into place; the server switches
+   when the new version has loaded).
+
+Every stage leaves its result in the run folder (``--work-dir``, one folder per served version,
+new data and config), so the same command after a crash or ``kill -9`` resumes: finished stages
+are reused, Keras BackupAndRestore resumes training, and models already published are skipped.
+``run_log.jsonl`` in that folder records each stage as one JSON line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from crossrec import schema
+from crossrec.config import Config, to_dict
+from crossrec.data import io
+from crossrec.data.dataset import Dataset
+from crossrec.data.loaders import read_table_dataset, text_template
+from crossrec.data.validate import validate
+from crossrec.errors import ConfigError, DataError, Problem
+
+DEFAULT_WORK_DIR = ".runs/retrain"
+
+
+# --- the served state -------------------------------------------------------------------------
+@dataclass
+class ServedState:
+    base: Path
+    version: int  # of the retrieval model
+    towers_dir: Path
+    ranking_dir: Path | None
+    models: list[str]  # models with at least one version under base
+
+
+def served_state(base: str | Path) -> ServedState:
+    from serving.export import MODELS
+    from serving.layout import TRAINING_STATE, latest_version
+
+    base = Path(base)
+    version = latest_version(base / "retrieval")
+    if version is None:
+        raise ConfigError(f"{base}/retrieval has no version to retrain from; train and export one first "
+                          f"(`crossrec train retrieval`, `crossrec export --out {base}`)")
+    state = base / "retrieval" / str(version) / TRAINING_STATE
+    towers = state / "towers"
+    if not (towers / "towers.weights.h5").exists() or not (towers / "data").is_dir():
+        raise ConfigError(f"{base}/retrieval/{version} carries no training state ({TRAINING_STATE}/towers with "
+                          "weights and data); it was exported by an older crossrec. Export the training run "
+                          "again with this version of `crossrec export`, then retrain")
+    ranking = state / "ranking" if (state / "ranking" / "teacher.weights.h5").exists() else None
+    models = [m for m in MODELS if latest_version(base / m) is not None]
+    return ServedState(base, version, towers, ranking, models)
+
+
+# --- merging old and new data -----------------------------------------------------------------
+@dataclass
+class DataChange:
+    new_interactions: int = 0
+    new_users: int = 0
+    new_items: int = 0
+    changed_items: int = 0
+    removed_items: int = 0
+    dropped_interactions: int = 0  # old interactions with removed items, or outside the window
+    new_domains: list[str] = field(default_factory=list)  # trained for the first time
+    zero_shot_domains: list[str] = field(default_factory=list)  # items only: served zero-shot
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def read_new_data(path: str | Path, items: str | Path | None = None) -> Dataset:
+    """The new data: a folder with ``interactions.*`` (and optional ``items.*``) in the canonical
+    table layout, or an interactions file (with ``items``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(Problem("new data not found", file=str(path),
+                                fix="pass --data a folder with interactions.parquet/.csv (and items.*)"))
+    return read_table_dataset(str(path), str(items) if items else None, items_required=False)
+
+
+def _keys(frame: pd.DataFrame) -> pd.MultiIndex:
+    return pd.MultiIndex.from_frame(frame[list(schema.ITEM_KEY)].astype(str))
+
+
+def _truthy(series: pd.Series) -> pd.Series:
+    return series.astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
+
+
+def merge_data(old: Dataset, new: Dataset, config: Config) -> tuple[Dataset, DataChange]:
+    """Old + new data, validated together (errors name the new files' rows)."""
+    change = DataChange()
+    mapping = {source: canonical for canonical, source in config.data.columns.items()}
+    new_inter = new.interactions.rename(columns=mapping)
+    new_items = new.items.rename(columns=mapping)
+    old_items = old.items.drop(columns=[schema.TEXT], errors="ignore")
+    removed_flag = _truthy(new_items["removed"]) if "removed" in new_items.columns else pd.Series(False, new_items.index)
+    if config.retrain.catalogue == "replace":
+        items = new_items[~removed_flag]
+    else:
+        gone = _keys(new_items)
+        items = pd.concat([old_items[~_keys(old_items).isin(gone)], new_items[~removed_flag]], ignore_index=True)
+    items = items.drop(columns=["removed"], errors="ignore")
+    kept = _keys(old.items).isin(_keys(items))
+    change.removed_items = int((~kept).sum())
+    old_inter = old.interactions[_keys(old.interactions).isin(_keys(items))]
+    change.dropped_interactions = len(old.interactions) - len(old_inter)
+    interactions = pd.concat([old_inter, new_inter], ignore_index=True)
+    order = [c for c in schema.ORDER_COLUMNS if c in interactions.columns]
+    interactions = interactions.drop_duplicates(subset=list(schema.INTERACTION_REQUIRED) + order)
+    interactions, items, users, report = validate(
+        interactions, items, old.users, text_template=text_template(config.data),
+        unknown_items=config.data.unknown_items)
+    interactions = io.without_bookkeeping(interactions)
+    items = io.without_bookkeeping(items)
+    if config.retrain.window is not None:
+        before = len(interactions)
+        interactions = _last_per_user(interactions, config.retrain.window)
+        change.dropped_interactions += before - len(interactions)
+    old_keys, new_keys = _keys(old.items), _keys(items)
+    change.new_items = int((~new_keys.isin(old_keys)).sum())
+    old_text = pd.Series(old.items[schema.TEXT].to_numpy(), index=old_keys)
+    common = items[new_keys.isin(old_keys)]
+    change.changed_items = int((common[schema.TEXT].to_numpy() != old_text.reindex(_keys(common)).to_numpy()).sum())
+    key_columns = list(schema.INTERACTION_REQUIRED) + order
+    seen = interactions[key_columns].astype(str).merge(old_inter[key_columns].astype(str).drop_duplicates(),
+                                                        how="left", indicator=True)
+    change.new_interactions = int((seen["_merge"] == "left_only").sum())
+    new_users = ~interactions[schema.USER_ID].isin(old.interactions[schema.USER_ID])
+    change.new_users = int(interactions.loc[new_users, schema.USER_ID].nunique())
+    trained_before = set(old.interactions[schema.DOMAIN])
+    change.new_domains = sorted(set(interactions[schema.DOMAIN]) - trained_before)
+    return Dataset(interactions, items, users, report), change
+
+
+def _last_per_user(interactions: pd.DataFrame, window: int) -> pd.DataFrame:
+    order = schema.order_column(interactions.columns)
+    ranked = interactions.assign(_pos=np.arange(len(interactions)))
+    ranked = ranked.sort_values([schema.USER_ID, order, "_pos"], kind="stable")
+    from_end = ranked.groupby(schema.USER_ID, sort=False).cumcount(ascending=False)
+    return ranked[from_end < window].sort_values("_pos").drop(columns="_pos").reset_index(drop=True)
+
+
+def read_training_data(towers_dir: Path) -> Dataset:
+    """The validated data a served version was trained on (``<state>/towers/data``)."""
+    data = Path(towers_dir) / "data"
+    found = {name: next((p for p in data.glob(f"{name}.*")), None) for name in ("interactions", "items", "users")}
+    return Dataset(io.read_table(found["interactions"], what="interactions"),
+                   io.read_table(found["items"], what="items"),
+                   io.read_table(found["users"], what="users") if found["users"] else None).clean()
+
+
+# --- the run --------------------------------------------------------------------------------
+class RunLog:
+    """One JSON object per line: a stage, when, and what it found."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, event: str, **fields) -> dict:
+        record = {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+        return record
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+@dataclass
+class Gate:
+    served: float
+    retrained: float
+    max_regression: float
+    metric: str = "recall_at_50"
+
+    @property
+    def threshold(self) -> float:
+        return self.served * (1.0 - self.max_regression)
+
+    @property
+    def publish(self) -> bool:
+        return self.retrained >= self.threshold
+
+    def reason(self, version: int) -> str:
+        verdict = "at least" if self.publish else "below"
+        return (f"validation {self.metric} {self.retrained:.4f} of the retrained towers is {verdict} the served "
+                f"version {version}'s {self.served:.4f} x (1 - {self.max_regression}) = {self.threshold:.4f}")
+
+
+@dataclass
+class RetrainResult:
+    work_dir: Path
+    served_version: int
+    published: dict[str, int] | None
+    reason: str
+    gate: dict
+    change: dict
+    seconds: dict[str, float]
+
+
+def _fingerprint(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:12]
+
+
+def _data_fingerprint(dataset: Dataset) -> str:
+    from towers.train import data_fingerprint
+
+    order = [c for c in schema.ORDER_COLUMNS if c in dataset.interactions.columns]
+    return data_fingerprint(dataset.interactions[list(schema.INTERACTION_REQUIRED) + order].astype(str)) + \
+        data_fingerprint(dataset.items[[schema.DOMAIN, schema.ITEM_ID, schema.TEXT]].astype(str))
+
+
+def retrain(data: str | Path, base: str | Path = "saved_models", *, config: Config | None = None,
+            items: str | Path | None = None, work_dir: str | Path | None = None, progress: bool = True,
+            callbacks=()) -> RetrainResult:
+    """Warm-starts from the latest version under ``base``, trains on its data plus ``data``, and
+    publishes the next version unless the gate refuses it. ``config`` defaults to the served
+    version's; ``callbacks`` go to the towers' ``fit``."""
+    from towers.train import load_trained
+
+    clock = {"start": time.perf_counter()}
+    served = served_state(base)
+    old_model, old_catalogue, served_config = load_trained(served.towers_dir)
+    config = config or served_config
+    dataset, change = merge_data(read_training_data(served.towers_dir), read_new_data(data, items), config)
+    fingerprint = _data_fingerprint(dataset)
+    work = Path(work_dir or DEFAULT_WORK_DIR) / f"from-v{served.version}-{_fingerprint(fingerprint, to_dict(config))}"
+    log = RunLog(work / "run_log.jsonl")
+    done = work / "result.json"
+    if done.exists():
+        result = RetrainResult(**{**json.loads(done.read_text()), "work_dir": work})
+        _say(progress, f"this run already finished: {result.reason} (log: {log.path})")
+        return result
+    resumed = any(r["event"] == "start" for r in log.records())
+    log.write("start", served_version=served.version, base=str(served.base), new_data=str(data),
+              data_fingerprint=fingerprint, resumed=resumed,
+              interactions=len(dataset.interactions), items=len(dataset.items), **change.as_dict())
+    _say(progress, f"retraining from {served.base}/retrieval/{served.version}"
+                   f"{' (resuming)' if resumed else ''}: +{change.new_interactions} interactions, "
+                   f"+{change.new_users} users, +{change.new_items} items ({change.changed_items} changed, "
+                   f"{change.removed_items} removed); run folder {work}")
+    stage = _Stages(config, served, old_model, old_catalogue, dataset, work, log, progress, callbacks)
+    change.zero_shot_domains = stage.data.catalogue.zero_shot_domains
+    if change.zero_shot_domains or change.new_domains:
+        log.write("domains", zero_shot=change.zero_shot_domains, newly_trained=change.new_domains)
+        if change.zero_shot_domains:
+            _say(progress, f"zero-shot domain(s) {', '.join(change.zero_shot_domains)}: items with text but no "
+                           "interactions, served through the domain-agnostic adapter path")
+    gate = stage.gate()
+    clock["towers"] = time.perf_counter()
+    reason = gate.reason(served.version)
+    log.write("gate", metric=gate.metric, served=gate.served, retrained=gate.retrained,
+              threshold=gate.threshold, publish=gate.publish)
+    published = None
+    if gate.publish:
+        stage.rankers()
+        clock["ranking"] = time.perf_counter()
+        published = stage.publish()
+        reason = f"published {', '.join(f'{m} {v}' for m, v in published.items())}: {reason}"
+    else:
+        reason = (f"not published, {served.base} keeps version {served.version}: {reason}; the retrained towers "
+                  f"are in {work / 'towers'}")
+    seconds = {"total": round(time.perf_counter() - clock["start"], 1)}
+    log.write("published" if published else "kept", versions=published, reason=reason, seconds=seconds)
+    result = RetrainResult(work, served.version, published, reason,
+                           {"metric": gate.metric, "served": gate.served, "retrained": gate.retrained,
+                            "threshold": gate.threshold, "publish": gate.publish}, change.as_dict(), seconds)
+    _write_json(done, {k: v for k, v in result.__dict__.items() if k != "work_dir"})
+    _say(progress, reason)
+    return result
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, flush=True)
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+class _Stages:
+    """The resumable stages of one run; each reads its result back from the run folder if present."""
+
+    def __init__(self, config, served, old_model, old_catalogue, dataset, work, log, progress, callbacks):
+        from towers.train import prepare_data
+
+        self.config, self.served, self.old_model, self.old_catalogue = config, served, old_model, old_catalogue
+        self.dataset, self.work, self.log, self.progress, self.callbacks = dataset, work, log, progress, callbacks
+        self.data = prepare_data(config, dataset)
+        self.towers_dir, self.ranking_dir = work / "towers", work / "ranking"
+        self.run = None
+
+    def _validation(self):
+        return [q for q in self.data.validation if len(q.examples)]
+
+    def _metric(self, model) -> float:
+        from towers.train import validation_metrics
+
+        queries = self._validation()
+        if not queries:
+            raise ConfigError("retraining needs validation queries for its gate, and the split left none; "
+                              "use a split with a validation part (split.validation_fraction > 0)")
+        metrics = validation_metrics(model, queries, self.data.catalogue, exclude_seen=self.config.eval.exclude_seen)
+        return metrics[f"val_{self.config.retrain.metric}"]
+
+    def _warm_start(self, model):
+        from towers.warm_start import warm_start_towers
+
+        report = warm_start_towers(model, self.old_model, self.old_catalogue, self.data.catalogue)
+        self.warm_report = report
+        return report
+
+    def served_metric(self) -> float:
+        """The served weights on the new validation queries; new items only through their text."""
+        from towers.train import build_model, text_vectors
+
+        path = self.work / "served_metric.json"
+        if path.exists():
+            return json.loads(path.read_text())["value"]
+        self._seed_text_cache()
+        text = text_vectors(self.config, self.data.catalogue, progress=self.progress)
+        model = build_model(self.config, self.data, text)
+        report = self._warm_start(model)
+        from towers.warm_start import item_row_map
+
+        carried = item_row_map(self.old_catalogue, self.data.catalogue) > 0
+        model.id_known.assign(np.asarray(model.id_known) & carried)
+        value = self._metric(model)
+        self.log.write("served_metric", metric=self.config.retrain.metric, value=value, warm_start=report.as_dict(),
+                       text_cache_hits=text.cache_hits, text_encoded=text.cache_misses)
+        _write_json(path, {"value": value})
+        return value
+
+    def _seed_text_cache(self) -> None:
+        """Frozen text vectors of the served catalogue, from the served model's table: retraining
+        then encodes only texts that are new or changed, on any machine."""
+        from towers.cache import EmbeddingCache
+
+        config = self.config
+        if not (config.towers.use_text and config.encoder.freeze == "frozen" and config.encoder.cache):
+            return
+        summary_path = self.served.towers_dir / "run_summary.json"
+        fingerprint = json.loads(summary_path.read_text()).get("text_encoder", {}).get("fingerprint") \
+            if summary_path.exists() else None
+        if not fingerprint or self.old_model.text_table is None:
+            return
+        table = np.asarray(self.old_model.text_table)
+        EmbeddingCache(config.encoder.cache_dir, fingerprint).put(
+            self.old_catalogue.items[schema.TEXT].tolist(), table[1:])
+
+    def towers(self):
+        from towers.train import load_trained, train_retrieval
+
+        if (self.towers_dir / "run_summary.json").exists():
+            model, _, _ = load_trained(self.towers_dir)
+            self.log.write("towers_reused", folder=str(self.towers_dir))
+            return model
+        started = time.perf_counter()
+        self.run = train_retrieval(self.config, self.towers_dir, data=self.data, progress=self.progress,
+                                   initialize=self._warm_start, callbacks=self.callbacks)
+        history = self.run.history
+        self.log.write("towers_trained", seconds=round(time.perf_counter() - started, 1),
+                       epochs=len(history.get("loss", [])), loss=history.get("loss"),
+                       text_cache_hits=self.run.text.cache_hits, text_encoded=self.run.text.cache_misses,
+                       warm_start=self.warm_report.as_dict(),
+                       test_metrics=json.loads(self.run.metrics[self.run.metrics["domain"] == "all"]
+                                               .to_json(orient="records")))
+        return self.run.model
+
+    def gate(self) -> Gate:
+        served = self.served_metric()
+        model = self.towers()
+        self.model = model
+        return Gate(served, self._metric(model), self.config.retrain.max_regression, self.config.retrain.metric)
+
+    def rankers(self) -> None:
+        from ranking.train import load_ranking, train_ranking
+        from towers.warm_start import warm_start_ranker
+
+        if not ({"ranking", "recommender"} & set(self.served.models)):
+            return
+        if (self.ranking_dir / "run_summary.json").exists():
+            self.log.write("rankers_reused", folder=str(self.ranking_dir))
+            return
+        initialize, how = None, "cold start: the served version has no ranker"
+        if self.served.ranking_dir is not None:
+            spec = json.loads((self.served.ranking_dir / "ranking_spec.json").read_text())
+            if not self.config.retrain.warm_start_ranker:
+                how = "cold start: retrain.warm_start_ranker is false"
+            elif spec["domains"] != self.data.catalogue.domains:
+                how = f"cold start: trained domains changed ({spec['domains'][1:]} -> {self.data.catalogue.domains[1:]})"
+            else:
+                teacher, student, _ = load_ranking(self.served.ranking_dir)
+                old = {"teacher": teacher, "student": student}
+                how = "warm start"
+
+                def initialize(name, model):
+                    if old.get(name) is not None:
+                        warm_start_ranker(model, old[name])
+        started = time.perf_counter()
+        retrieval = self.run if self.run is not None else self.towers_dir
+        run = train_ranking(self.config, retrieval, self.ranking_dir, dataset=self.dataset, progress=self.progress,
+                            initialize=initialize)
+        self.log.write("rankers_trained", how=how, seconds=round(time.perf_counter() - started, 1),
+                       test_metrics=json.loads(run.metrics.to_json(orient="records")))
+
+    def publish(self) -> dict[str, int]:
+        from serving.export import export_models, write_model_config
+        from towers.train import query_embeddings
+
+        path = self.work / "published.json"
+        published = json.loads(path.read_text()) if path.exists() else {}
+        remaining = [m for m in self.served.models if m not in published]
+        if remaining:
+            examples = self.data.examples
+            n = min(len(examples), self.config.export.recall_queries)
+            pick = np.sort(np.random.default_rng(0).choice(len(examples), n, replace=False))
+            queries = query_embeddings(self.model, examples.subset(pick))
+
+            def landed(name, version):
+                published[name] = version
+                _write_json(path, published)
+                self.log.write("version_landed", model=name, version=version)
+
+            ranking = self.ranking_dir if (self.ranking_dir / "run_summary.json").exists() else None
+            models = [m for m in remaining if ranking is not None or m not in ("ranking", "recommender")]
+            export_models(self.towers_dir, self.served.base, ranking_dir=ranking, config=self.config, models=models,
+                          recall_queries=queries, progress=self.progress, on_published=landed)
+            write_model_config(self.served.base)
+        return published
+
+
+def with_overrides(config: Config, *, epochs: int | None = None, max_regression: float | None = None) -> Config:
+    if epochs is not None:
+        config = replace(config, train=replace(config.train, epochs=epochs),
+                         ranking=replace(config.ranking, epochs=epochs))
+    if max_regression is not None:
+        config = replace(config, retrain=replace(config.retrain, max_regression=max_regression))
+    return config
