@@ -160,6 +160,16 @@ class DomainIndex(tf.Module):
         s, r = layer(queries, k=fetch)
         return s, tf.cast(r, tf.int32)
 
+    def rows_for(self, queries: np.ndarray, domain: int, k: int) -> np.ndarray:
+        """[n, k] top rows of ``domain`` for many query vectors, asked SCANN_MAX_QUERIES at a time
+        (offline use: recall measurements, benchmarks)."""
+        out = []
+        for start in range(0, len(queries), self.SCANN_MAX_QUERIES):
+            part = tf.constant(queries[start:start + self.SCANN_MAX_QUERIES], tf.float32)
+            n = int(part.shape[0])
+            out.append(self.search(part, tf.fill([n], domain), tf.zeros([n, 1], tf.int32), k)[1].numpy())
+        return np.concatenate(out) if out else np.zeros((0, k), np.int32)
+
     def search(self, queries, target, exclude, k):
         """queries [b, e], target [b] domain index, exclude [b, x] rows, k: static int <= self.k."""
         n_domains = len(self.indexes) + 1
@@ -476,10 +486,7 @@ def index_recall(parts: ExportParts, queries: np.ndarray, k: int = 10) -> float:
             continue
         kk = min(k, len(rows))
         exact = rows[np.argsort(-(queries @ parts.item_embeddings[rows].T), axis=1)[:, :kk]]
-        target = tf.fill([len(queries)], d)
-        _, found = parts.index.search(tf.constant(queries, tf.float32), target,
-                                      tf.zeros([len(queries), 1], tf.int32), kk)
-        found = found.numpy()
+        found = parts.index.rows_for(queries, d, kk)
         exact_hits += sum(len(set(a) & set(b)) for a, b in zip(exact, found, strict=True))
         total += exact.size
     return round(exact_hits / max(total, 1), 4)

@@ -356,6 +356,9 @@ def test_scann_index_finds_nearly_the_exact_top_k(tiny_pipeline):
     _, b = exact.search(queries, target, none, 5)
     recall = np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a.numpy(), b.numpy(), strict=True)])
     assert recall >= 0.95  # every leaf searched, every candidate re-scored: nearly exact
+    # offline measurements ask more queries than one ScaNN request may hold: in chunks
+    many = np.repeat(embeddings[1:3] + 0.01, 300, axis=0)
+    assert approximate.rows_for(many, catalogue.domain_names.index("books") + 1, 5).shape == (600, 5)
 
 
 def test_domains_smaller_than_max_k_export_and_return_what_they_have(tiny_pipeline, tmp_path):
