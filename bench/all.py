@@ -1,7 +1,7 @@
 """Every benchmark in one command: ``crossrec bench`` (or ``make bench``, ``python -m bench.all``).
 
 Runs the towers, ranking, serving, batch and retrain benchmarks one after another at their
-default sizes (about 12 minutes on 2 CPU cores), each writing ``bench/results/<name>.json``
+default sizes (13 minutes on 2 CPU cores), each writing ``bench/results/<name>.json``
 and ``.md`` as when run alone, then prints one table of every figure against its target from
 the issues and writes it to ``bench/results/latest.json`` and ``latest.md``.
 """

@@ -656,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", help="run every benchmark and compare each figure with its target",
-        description="Run the towers, ranking, serving, batch and retrain benchmarks (about 12 minutes on 2 "
+        description="Run the towers, ranking, serving, batch and retrain benchmarks (about 13 minutes on 2 "
                     "CPU cores), print one table of every figure against its target, and write "
                     "bench/results/latest.json and latest.md (plus each benchmark's own results).")
     bench.add_argument("--quick", action="store_true", help="smoke-test sizes (about a minute each)")
