@@ -266,6 +266,8 @@ def retrain(data: str | Path, base: str | Path = "saved_models", *, config: Conf
         _say(progress, f"this run already finished: {result.reason} (log: {log.path})")
         return result
     resumed = any(r["event"] == "start" for r in log.records())
+    stage = _Stages(config, served, old_model, old_catalogue, dataset, work, log, progress, callbacks)
+    change.zero_shot_domains = stage.data.catalogue.zero_shot_domains
     log.write("start", served_version=served.version, base=str(served.base), new_data=str(data),
               data_fingerprint=fingerprint, resumed=resumed,
               interactions=len(dataset.interactions), items=len(dataset.items), **change.as_dict())
@@ -273,13 +275,9 @@ def retrain(data: str | Path, base: str | Path = "saved_models", *, config: Conf
                    f"{' (resuming)' if resumed else ''}: +{change.new_interactions} interactions, "
                    f"+{change.new_users} users, +{change.new_items} items ({change.changed_items} changed, "
                    f"{change.removed_items} removed); run folder {work}")
-    stage = _Stages(config, served, old_model, old_catalogue, dataset, work, log, progress, callbacks)
-    change.zero_shot_domains = stage.data.catalogue.zero_shot_domains
-    if change.zero_shot_domains or change.new_domains:
-        log.write("domains", zero_shot=change.zero_shot_domains, newly_trained=change.new_domains)
-        if change.zero_shot_domains:
-            _say(progress, f"zero-shot domain(s) {', '.join(change.zero_shot_domains)}: items with text but no "
-                           "interactions, served through the domain-agnostic adapter path")
+    if change.zero_shot_domains:
+        _say(progress, f"zero-shot domain(s) {', '.join(change.zero_shot_domains)}: items with text but no "
+                       "interactions, served through the domain-agnostic adapter path")
     gate = stage.gate()
     clock["towers"] = time.perf_counter()
     reason = gate.reason(served.version)

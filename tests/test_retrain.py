@@ -68,12 +68,14 @@ def new_data(base: Path, out: Path, *, remove: str | None = None) -> Path:
     return out
 
 
-def small_config(base: Path, **train):
+def small_config(base: Path, max_regression: float = 0.5, **train):
     config = load_config(served_state(base).towers_dir / "config.yaml")
     # A text cache of its own (seeded from the served model only), max_k above the domain sizes (a
-    # request can list every item of a domain), and a gate metric that 40-item domains can move.
+    # request can list every item of a domain), a gate metric that 40-item domains can move, and
+    # a tolerant gate: on 80 users a retrain moves validation recall by a few percent either way,
+    # and the tests other than the gate's are about publishing.
     return replace(config, train=replace(config.train, **train), ranking=replace(config.ranking, epochs=2),
-                   retrain=replace(config.retrain, metric="recall_at_10"),
+                   retrain=replace(config.retrain, metric="recall_at_10", max_regression=max_regression),
                    encoder=replace(config.encoder, cache_dir=str(base.parent / "text_cache")),
                    export=replace(config.export, max_k=60))
 
@@ -173,8 +175,7 @@ def test_retrain_publishes_new_items_removes_old_ones_and_serves_a_zero_shot_dom
     start = log[0]
     assert (start["new_items"], start["new_users"], start["removed_items"]) == (5, 2, 1)
     assert start["new_interactions"] > 0 and start["data_fingerprint"]
-    domains = next(r for r in log if r["event"] == "domains")
-    assert domains["zero_shot"] == ["music"]
+    assert start["zero_shot_domains"] == ["music"] and start["new_domains"] == []
     # only the new texts were encoded: the served model's text vectors were reused
     served_metric = next(r for r in log if r["event"] == "served_metric")
     assert served_metric["text_encoded"] == len(NEW_BOOKS) + len(ZERO_SHOT)
@@ -213,7 +214,7 @@ class Scramble(keras.callbacks.Callback):
 
 def test_the_gate_keeps_the_served_version_when_the_retrained_model_is_worse(served, tmp_path):
     data_dir = new_data(served, tmp_path / "new")
-    config = small_config(served, epochs=1)
+    config = small_config(served, max_regression=0.02, epochs=1)
     result = retrain(data_dir, served, config=config, work_dir=tmp_path / "runs", progress=False,
                      callbacks=[Scramble()])
     assert result.published is None
