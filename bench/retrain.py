@@ -87,16 +87,16 @@ def main(argv=None) -> int:
 
         from ranking.train import train_ranking
         from serving.export import export_models
-        from towers.train import query_embeddings, train_retrieval
+        from towers.train import sample_query_embeddings, train_retrieval
 
         started = time.perf_counter()
         run = train_retrieval(first_config, work / "first_towers", progress=False)
         towers_s = time.perf_counter() - started
         train_ranking(first_config, run, work / "first_ranking", progress=False)
         ranking_s = time.perf_counter() - started - towers_s
-        examples = run.data.examples.subset(np.arange(min(len(run.data.examples), config.export.recall_queries)))
+        queries = sample_query_embeddings(run.model, run.data.examples, config.export.recall_queries)
         export_models(work / "first_towers", work / "saved_models", ranking_dir=work / "first_ranking",
-                      recall_queries=query_embeddings(run.model, examples), progress=False)
+                      recall_queries=queries, progress=False)
         first_s = time.perf_counter() - started
         first_test = _overall(json.loads(run.metrics.to_json(orient="records")))
         for name, row in sorted(first_test.items()):

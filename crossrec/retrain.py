@@ -348,6 +348,7 @@ class _Stages:
     def served_metric(self) -> float:
         """The served weights on the new validation queries; new items only through their text."""
         from towers.train import build_model, text_vectors
+        from towers.warm_start import item_row_map
 
         path = self.work / "served_metric.json"
         if path.exists():
@@ -356,8 +357,6 @@ class _Stages:
         text = text_vectors(self.config, self.data.catalogue, progress=self.progress)
         model = build_model(self.config, self.data, text)
         report = self._warm_start(model)
-        from towers.warm_start import item_row_map
-
         carried = item_row_map(self.old_catalogue, self.data.catalogue) > 0
         model.id_known.assign(np.asarray(model.id_known) & carried)
         value = self._metric(model)
@@ -441,16 +440,13 @@ class _Stages:
 
     def publish(self) -> dict[str, int]:
         from serving.export import export_models, write_model_config
-        from towers.train import query_embeddings
+        from towers.train import sample_query_embeddings
 
         path = self.work / "published.json"
         published = json.loads(path.read_text()) if path.exists() else {}
         remaining = [m for m in self.served.models if m not in published]
         if remaining:
-            examples = self.data.examples
-            n = min(len(examples), self.config.export.recall_queries)
-            pick = np.sort(np.random.default_rng(0).choice(len(examples), n, replace=False))
-            queries = query_embeddings(self.model, examples.subset(pick))
+            queries = sample_query_embeddings(self.model, self.data.examples, self.config.export.recall_queries)
 
             def landed(name, version):
                 published[name] = version

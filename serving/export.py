@@ -495,17 +495,14 @@ def index_recall(parts: ExportParts, queries: np.ndarray, k: int = 10) -> float:
 def sample_queries(parts: ExportParts, n: int, seed: int = 0) -> np.ndarray:
     """Query embeddings of ``n`` real training queries (from the config's data), for measuring
     the index's recall; empty if the data cannot be loaded here."""
-    from towers.train import prepare_data, query_embeddings
+    from towers.train import prepare_data, sample_query_embeddings
 
     try:
         data = prepare_data(parts.config)
     except crossrec.errors.CrossrecInputError as exc:
         print(f"note: index recall not measured: the training data could not be loaded ({exc})")
         return np.zeros((0, parts.item_embeddings.shape[1]), np.float32)
-    examples = data.examples
-    if len(examples) > n:
-        examples = examples.subset(np.sort(np.random.default_rng(seed).choice(len(examples), n, replace=False)))
-    return query_embeddings(parts.retrieval_model, examples)
+    return sample_query_embeddings(parts.retrieval_model, data.examples, n, seed)
 
 
 def write_model_config(base: str | Path, serving_root: str = "/models") -> Path:

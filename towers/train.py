@@ -241,6 +241,14 @@ def query_embeddings(model: RetrievalModel, examples: Examples, batch_size: int 
     return np.concatenate(out) if out else np.zeros((0, model.towers_config.embedding_dim), np.float32)
 
 
+def sample_query_embeddings(model: RetrievalModel, examples: Examples, n: int, seed: int = 0) -> np.ndarray:
+    """Query embeddings of ``n`` of ``examples`` drawn at random (all of them if fewer): real
+    queries for measuring an index's recall against exact search."""
+    if len(examples) > n:
+        examples = examples.subset(np.sort(np.random.default_rng(seed).choice(len(examples), n, replace=False)))
+    return query_embeddings(model, examples)
+
+
 def scorer_for(model: RetrievalModel, name: str) -> EmbeddingScorer:
     return EmbeddingScorer(name, lambda ex: query_embeddings(model, ex), model.all_item_embeddings())
 
