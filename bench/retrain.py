@@ -29,7 +29,7 @@ from crossrec import schema
 from crossrec.config import Config, SynthConfig, load_config
 from crossrec.data.dataset import Dataset
 from crossrec.data.loaders import load_dataset, text_template
-from crossrec.retrain import retrain
+from crossrec.pipelines.retrain import retrain
 
 
 def halves(dataset: Dataset) -> tuple[Dataset, Dataset]:
@@ -87,7 +87,8 @@ def main(argv=None) -> int:
 
         from ranking.train import train_ranking
         from serving.export import export_models
-        from towers.train import sample_query_embeddings, train_retrieval
+        from towers.queries import sample_query_embeddings
+        from towers.train import train_retrieval
 
         started = time.perf_counter()
         run = train_retrieval(first_config, work / "first_towers", progress=False)

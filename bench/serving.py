@@ -51,7 +51,7 @@ def synthetic_catalogue(n: int, domains: list[str]) -> Catalogue:
 
 
 def index_benchmark(results: Results, n: int, queries: int = 1000) -> None:
-    from serving.export import DomainIndex
+    from serving.index import DomainIndex
 
     catalogue = synthetic_catalogue(n, ["<unseen>", "all"])
     vectors = np.concatenate([np.zeros((1, 64), np.float32), clustered_vectors(n)])
@@ -85,8 +85,11 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
     import json
 
     from ranking.train import build_ranker
-    from serving.export import DomainIndex, ExportParts, Lookups, RecommenderModule, RetrievalModule
+    from serving.index import DomainIndex
     from serving.layout import METADATA_FILE
+    from serving.lookups import Lookups
+    from serving.parts import ExportParts
+    from serving.signatures import RecommenderModule, RetrievalModule
 
     domains = ["<unseen>", "books", "kitchen", "movies"]
     catalogue = synthetic_catalogue(n, domains)

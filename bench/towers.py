@@ -22,7 +22,9 @@ from bench.common import Results, bench_parser
 from crossrec import schema
 from crossrec.config import Config, EncoderConfig, SynthConfig, TrainConfig
 from towers.encoder import TextEncoder
-from towers.train import build_model, make_dataset, prepare_data, text_vectors
+from towers.inputs import make_dataset, prepare_data
+from towers.text import text_vectors
+from towers.train import build_model
 
 
 def training_speed(config: Config, data, steps: int) -> float:

@@ -21,13 +21,14 @@ import pandas as pd
 import tensorflow as tf
 
 from crossrec import schema
-from crossrec.config import Config, RankerConfig, load_config, save_config, to_dict
+from crossrec.config import Config, RankerConfig, load_config, save_config
 from crossrec.data.dataset import Dataset
 from crossrec.data.splits import NEW_ITEM
 from crossrec.errors import ConfigError
 from crossrec.features import Catalogue
 from crossrec.metrics import ranking_metrics
 from crossrec.progress import fit_verbosity
+from crossrec.typed import to_dict
 from ranking.candidates import CandidateLists, mine_candidates
 from ranking.evaluate import list_ranks, rerank_metrics
 from ranking.model import ENGAGEMENT, RATING, RankingFeatures, RankingModel
@@ -52,7 +53,7 @@ class RankingData:
 def mine_ranking_data(retrieval_model, data, config: Config, *, progress: bool = False) -> RankingData:
     """Candidate lists for the training examples (target always included) and for the
     validation and test queries (as retrieval returns them), from a trained ``RetrievalModel``."""
-    from towers.train import query_embeddings
+    from towers.queries import query_embeddings
 
     ranking = config.ranking
     catalogue = data.catalogue
@@ -205,7 +206,8 @@ def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, 
     """Trains the teacher ranker (and the distilled student) on lists mined by ``retrieval``:
     a ``towers.train.RetrievalRun`` or the folder ``crossrec train retrieval`` wrote.
     ``initialize(name, model)`` runs on each built ranker before training (retraining's warm start)."""
-    from towers.train import RetrievalRun, load_trained, prepare_data
+    from towers.inputs import prepare_data
+    from towers.train import RetrievalRun, load_trained
 
     started = time.perf_counter()
     tf.keras.utils.set_random_seed(config.ranking.seed)

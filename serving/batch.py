@@ -93,7 +93,7 @@ class SavedModelHandler(ModelHandler[Query, dict, object]):
 
     def __init__(self, served: ServedModel, *, k: int, exclude_seen: bool = True, max_batch_size: int = 1024):
         if (served.metadata.get("index") or {}).get("kind") == "scann":
-            from serving.export import DomainIndex
+            from serving.index import DomainIndex
 
             max_batch_size = min(max_batch_size, DomainIndex.SCANN_MAX_QUERIES)  # what a ScaNN export accepts
         super().__init__(min_batch_size=1, max_batch_size=max_batch_size)

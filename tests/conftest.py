@@ -94,7 +94,8 @@ def tiny_pipeline(tiny_preset, tmp_path_factory):
 def tiny_exported(tiny_pipeline, tmp_path_factory):
     """``tiny_pipeline`` exported once (all four models, version 1): (config, retrieval run,
     saved_models folder, ExportResult). Tests copy the folder before changing it."""
-    from serving.export import export_models, load_parts, sample_queries
+    from serving.export import export_models
+    from serving.parts import load_parts, sample_queries
 
     config, run, retrieval_dir, ranking_dir = tiny_pipeline
     out = tmp_path_factory.mktemp("saved_models")

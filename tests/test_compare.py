@@ -3,8 +3,8 @@
 import json
 
 from crossrec.cli import main
+from crossrec.pipelines.compare import compare_models
 from crossrec.report import write_report
-from towers.compare import compare_models
 
 
 def test_all_models_and_slices_are_compared_and_reported(tiny_config, tmp_path):

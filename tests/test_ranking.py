@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 
 from crossrec import schema
-from crossrec.config import (
-    RankerConfig,
-    RankingConfig,
-)
+from crossrec.config import RankerConfig, RankingConfig
 from crossrec.errors import ConfigError
 from crossrec.features import Examples
 from ranking.candidates import CandidateLists

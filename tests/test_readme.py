@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossrec.config import Config, from_dict, to_dict
+from crossrec.config import Config
+from crossrec.typed import from_dict, to_dict
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

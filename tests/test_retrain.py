@@ -20,7 +20,8 @@ import tensorflow as tf
 from crossrec import schema
 from crossrec.config import load_config
 from crossrec.errors import ConfigError
-from crossrec.retrain import Gate, read_training_data, retrain, served_state
+from crossrec.pipelines.retrain import Gate, retrain
+from crossrec.pipelines.served_data import read_training_data, served_state
 from serving.layout import TRAINING_STATE, versions
 
 NEW_BOOKS = [("BO90001", "The Lighthouse Keeper's Almanac"), ("BO90002", "Tides of the Northern Sea")]
@@ -92,12 +93,14 @@ def _retrieve_all(base: Path, version: int, history, domain: str) -> list[str]:
 # --- warm start -------------------------------------------------------------------------------------
 
 def test_warm_start_starts_from_the_served_weights_and_remaps_items_and_domains(served, tmp_path):
-    from towers.train import build_model, load_trained, make_dataset, prepare_data, text_vectors
+    from towers.inputs import make_dataset, prepare_data
+    from towers.text import text_vectors
+    from towers.train import build_model, load_trained
     from towers.warm_start import warm_start_towers
 
     old_model, old_catalogue, config = load_trained(served_state(served).towers_dir)
     data_dir = new_data(served, tmp_path / "new")
-    from crossrec.retrain import merge_data, read_new_data
+    from crossrec.pipelines.served_data import merge_data, read_new_data
 
     dataset, change = merge_data(read_training_data(served_state(served).towers_dir), read_new_data(data_dir), config)
     assert change.new_items == len(NEW_BOOKS) + len(ZERO_SHOT) and change.new_users == 2

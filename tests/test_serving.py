@@ -89,7 +89,7 @@ def test_exporting_the_recommender_without_a_ranker_is_a_clear_error(tiny_pipeli
 
 
 def test_retrieval_signature_returns_the_exact_top_k_of_the_target_domain(exported):
-    from towers.train import query_embeddings
+    from towers.queries import query_embeddings
 
     _, run, out, _ = exported
     examples, histories, domains = history_of(run)
@@ -342,7 +342,7 @@ def test_export_serve_and_query_from_the_command_line(tiny_pipeline, tmp_path, c
 
 
 def test_scann_index_finds_nearly_the_exact_top_k(tiny_pipeline):
-    from serving.export import DomainIndex
+    from serving.index import DomainIndex
 
     _, run, _, _ = tiny_pipeline
     catalogue, embeddings = run.data.catalogue, run.model.all_item_embeddings()

@@ -13,7 +13,9 @@ from crossrec.data.dataset import Dataset
 from crossrec.data.splits import COLD_START, WARM
 from crossrec.distribute import resolve_kind, strategy_from_config
 from crossrec.errors import ConfigError
-from towers.train import load_trained, prepare_data, query_embeddings, train_retrieval
+from towers.inputs import prepare_data
+from towers.queries import query_embeddings
+from towers.train import load_trained, train_retrieval
 
 
 def test_fit_lowers_the_loss_and_writes_every_output(tiny_config, tmp_path):
@@ -48,7 +50,7 @@ def test_fit_lowers_the_loss_and_writes_every_output(tiny_config, tmp_path):
 def test_fine_tuning_the_top_layer_trains_it_and_refreshes_the_table(tiny_config):
     config = replace(tiny_config, encoder=replace(tiny_config.encoder, freeze="top_layers", trainable_layers=1),
                      train=replace(tiny_config.train, epochs=1))
-    from towers.train import text_vectors
+    from towers.text import text_vectors
 
     data = prepare_data(config)
     text = text_vectors(config, data.catalogue)
@@ -62,7 +64,7 @@ def test_fine_tuning_the_top_layer_trains_it_and_refreshes_the_table(tiny_config
 
 
 def test_per_domain_backbones_each_train_on_their_own_domain(tiny_config, tmp_path):
-    from towers.train import text_vectors
+    from towers.text import text_vectors
 
     config = replace(tiny_config, encoder=replace(tiny_config.encoder, freeze="full", shared_backbone=False),
                      train=replace(tiny_config.train, epochs=1))
@@ -129,7 +131,7 @@ def _examples(domains):
 
 
 def test_each_epoch_yields_every_example_once_in_a_new_order():
-    from towers.train import make_dataset
+    from towers.inputs import make_dataset
 
     ds = make_dataset(_examples([1] * 50), batch_size=16)
     epochs = [np.concatenate([b["target"].numpy() for b in ds]) for _ in range(2)]
@@ -139,7 +141,7 @@ def test_each_epoch_yields_every_example_once_in_a_new_order():
 
 
 def test_balanced_batches_draw_domains_equally():
-    from towers.train import make_dataset
+    from towers.inputs import make_dataset
 
     examples = _examples([1] * 900 + [2] * 100)
     targets = np.concatenate([b["target_domain"].numpy() for b in make_dataset(examples, 100, balance_domains=True)])

@@ -16,8 +16,8 @@ arrived or gone) and copies the served model's weights in, matched by name:
   frozen encoder an unchanged item's embedding is exactly the served one until training moves it.
 
 A weight whose shape changed for another reason (a different ``embedding_dim``...) keeps its
-fresh initial value and is listed in the report. The same goes for rankers, which are copied
-only when their domain vocabulary is unchanged (the domain one-hot feeds their first layer).
+fresh initial value and is listed in the report. Rankers are warm-started by
+``ranking.warm_start``.
 """
 
 from __future__ import annotations
@@ -129,21 +129,3 @@ def warm_start_towers(new_model, old_model, old_catalogue: Catalogue, new_catalo
 
 def _same_except(a, b, axis: int) -> bool:
     return len(a) == len(b) and all(x == y for i, (x, y) in enumerate(zip(a, b, strict=True)) if i != axis)
-
-
-def warm_start_ranker(new_model, old_model) -> WarmStartReport:
-    """Copies a ranker's trainable weights into one of the same shape (same features, layers and
-    domains); weights that differ in shape stay fresh."""
-    report = WarmStartReport()
-    old = old_model.trainable_weights
-    new = new_model.trainable_weights
-    if len(old) != len(new):
-        report.fresh = [w.name for w in new]
-        return report
-    for target, source in zip(new, old, strict=True):
-        if tuple(target.shape) == tuple(source.shape):
-            target.assign(source)
-            report.copied.append(target.name)
-        else:
-            report.fresh.append(target.name)
-    return report

@@ -27,151 +27,26 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from crossrec import schema
-from crossrec.config import Config, to_dict
-from crossrec.data import io
+from crossrec.config import Config
 from crossrec.data.dataset import Dataset
-from crossrec.data.loaders import read_table_dataset, text_template
-from crossrec.data.validate import validate
-from crossrec.errors import ConfigError, DataError, Problem
+from crossrec.errors import ConfigError
+from crossrec.pipelines.served_data import (
+    merge_data,
+    read_new_data,
+    read_training_data,
+    served_state,
+)
+from crossrec.typed import to_dict
 
 DEFAULT_WORK_DIR = ".runs/retrain"
 
 
-# --- the served state -------------------------------------------------------------------------
-@dataclass
-class ServedState:
-    base: Path
-    version: int  # of the retrieval model
-    towers_dir: Path
-    ranking_dir: Path | None
-    models: list[str]  # models with at least one version under base
-
-
-def served_state(base: str | Path) -> ServedState:
-    from serving.export import MODELS
-    from serving.layout import TRAINING_STATE, latest_version
-
-    base = Path(base)
-    version = latest_version(base / "retrieval")
-    if version is None:
-        raise ConfigError(f"{base}/retrieval has no version to retrain from; train and export one first "
-                          f"(`crossrec train retrieval`, `crossrec export --out {base}`)")
-    state = base / "retrieval" / str(version) / TRAINING_STATE
-    towers = state / "towers"
-    if not (towers / "towers.weights.h5").exists() or not (towers / "data").is_dir():
-        raise ConfigError(f"{base}/retrieval/{version} carries no training state ({TRAINING_STATE}/towers with "
-                          "weights and data); it was exported by an older crossrec. Export the training run "
-                          "again with this version of `crossrec export`, then retrain")
-    ranking = state / "ranking" if (state / "ranking" / "teacher.weights.h5").exists() else None
-    models = [m for m in MODELS if latest_version(base / m) is not None]
-    return ServedState(base, version, towers, ranking, models)
-
-
-# --- merging old and new data -----------------------------------------------------------------
-@dataclass
-class DataChange:
-    new_interactions: int = 0
-    new_users: int = 0
-    new_items: int = 0
-    changed_items: int = 0
-    removed_items: int = 0
-    dropped_interactions: int = 0  # old interactions with removed items, or outside the window
-    new_domains: list[str] = field(default_factory=list)  # trained for the first time
-    zero_shot_domains: list[str] = field(default_factory=list)  # items only: served zero-shot
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def read_new_data(path: str | Path, items: str | Path | None = None) -> Dataset:
-    """The new data: a folder with ``interactions.*`` (and optional ``items.*``) in the canonical
-    table layout, or an interactions file (with ``items``)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(Problem("new data not found", file=str(path),
-                                fix="pass --data a folder with interactions.parquet/.csv (and items.*)"))
-    return read_table_dataset(str(path), str(items) if items else None, items_required=False)
-
-
-def _keys(frame: pd.DataFrame) -> pd.MultiIndex:
-    return pd.MultiIndex.from_frame(frame[list(schema.ITEM_KEY)].astype(str))
-
-
-def _truthy(series: pd.Series) -> pd.Series:
-    return series.astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
-
-
-def merge_data(old: Dataset, new: Dataset, config: Config) -> tuple[Dataset, DataChange]:
-    """Old + new data, validated together (errors name the new files' rows)."""
-    change = DataChange()
-    mapping = {source: canonical for canonical, source in config.data.columns.items()}
-    new_inter = new.interactions.rename(columns=mapping)
-    new_items = new.items.rename(columns=mapping)
-    old_items = old.items.drop(columns=[schema.TEXT], errors="ignore")
-    removed_flag = _truthy(new_items["removed"]) if "removed" in new_items.columns else pd.Series(False, new_items.index)
-    if config.retrain.catalogue == "replace":
-        items = new_items[~removed_flag]
-    else:
-        gone = _keys(new_items)
-        items = pd.concat([old_items[~_keys(old_items).isin(gone)], new_items[~removed_flag]], ignore_index=True)
-    items = items.drop(columns=["removed"], errors="ignore")
-    kept = _keys(old.items).isin(_keys(items))
-    change.removed_items = int((~kept).sum())
-    old_inter = old.interactions[_keys(old.interactions).isin(_keys(items))]
-    change.dropped_interactions = len(old.interactions) - len(old_inter)
-    interactions = pd.concat([old_inter, new_inter], ignore_index=True)
-    order = [c for c in schema.ORDER_COLUMNS if c in interactions.columns]
-    interactions = interactions.drop_duplicates(subset=list(schema.INTERACTION_REQUIRED) + order)
-    interactions, items, users, report = validate(
-        interactions, items, old.users, text_template=text_template(config.data),
-        unknown_items=config.data.unknown_items)
-    interactions = io.without_bookkeeping(interactions)
-    items = io.without_bookkeeping(items)
-    if config.retrain.window is not None:
-        before = len(interactions)
-        interactions = _last_per_user(interactions, config.retrain.window)
-        change.dropped_interactions += before - len(interactions)
-    old_keys, new_keys = _keys(old.items), _keys(items)
-    change.new_items = int((~new_keys.isin(old_keys)).sum())
-    old_text = pd.Series(old.items[schema.TEXT].to_numpy(), index=old_keys)
-    common = items[new_keys.isin(old_keys)]
-    change.changed_items = int((common[schema.TEXT].to_numpy() != old_text.reindex(_keys(common)).to_numpy()).sum())
-    key_columns = list(schema.INTERACTION_REQUIRED) + order
-    seen = interactions[key_columns].astype(str).merge(old_inter[key_columns].astype(str).drop_duplicates(),
-                                                        how="left", indicator=True)
-    change.new_interactions = int((seen["_merge"] == "left_only").sum())
-    new_users = ~interactions[schema.USER_ID].isin(old.interactions[schema.USER_ID])
-    change.new_users = int(interactions.loc[new_users, schema.USER_ID].nunique())
-    trained_before = set(old.interactions[schema.DOMAIN])
-    change.new_domains = sorted(set(interactions[schema.DOMAIN]) - trained_before)
-    return Dataset(interactions, items, users, report), change
-
-
-def _last_per_user(interactions: pd.DataFrame, window: int) -> pd.DataFrame:
-    order = schema.order_column(interactions.columns)
-    ranked = interactions.assign(_pos=np.arange(len(interactions)))
-    ranked = ranked.sort_values([schema.USER_ID, order, "_pos"], kind="stable")
-    from_end = ranked.groupby(schema.USER_ID, sort=False).cumcount(ascending=False)
-    return ranked[from_end < window].sort_values("_pos").drop(columns="_pos").reset_index(drop=True)
-
-
-def read_training_data(towers_dir: Path) -> Dataset:
-    """The validated data a served version was trained on (``<state>/towers/data``)."""
-    data = Path(towers_dir) / "data"
-    found = {name: next((p for p in data.glob(f"{name}.*")), None) for name in ("interactions", "items", "users")}
-    return Dataset(io.read_table(found["interactions"], what="interactions"),
-                   io.read_table(found["items"], what="items"),
-                   io.read_table(found["users"], what="users") if found["users"] else None).clean()
-
-
-# --- the run --------------------------------------------------------------------------------
 class RunLog:
     """One JSON object per line: a stage, when, and what it found."""
 
@@ -237,7 +112,7 @@ def _fingerprint(*parts) -> str:
 
 
 def _data_fingerprint(dataset: Dataset) -> str:
-    from towers.train import data_fingerprint
+    from towers.inputs import data_fingerprint
 
     order = [c for c in schema.ORDER_COLUMNS if c in dataset.interactions.columns]
     return data_fingerprint(dataset.interactions[list(schema.INTERACTION_REQUIRED) + order].astype(str)) + \
@@ -317,7 +192,7 @@ class _Stages:
     """The resumable stages of one run; each reads its result back from the run folder if present."""
 
     def __init__(self, config, served, old_model, old_catalogue, dataset, work, log, progress, callbacks):
-        from towers.train import prepare_data
+        from towers.inputs import prepare_data
 
         self.config, self.served, self.old_model, self.old_catalogue = config, served, old_model, old_catalogue
         self.dataset, self.work, self.log, self.progress, self.callbacks = dataset, work, log, progress, callbacks
@@ -329,7 +204,7 @@ class _Stages:
         return [q for q in self.data.validation if len(q.examples)]
 
     def _metric(self, model) -> float:
-        from towers.train import validation_metrics
+        from towers.callbacks import validation_metrics
 
         queries = self._validation()
         if not queries:
@@ -347,7 +222,8 @@ class _Stages:
 
     def served_metric(self) -> float:
         """The served weights on the new validation queries; new items only through their text."""
-        from towers.train import build_model, text_vectors
+        from towers.text import text_vectors
+        from towers.train import build_model
         from towers.warm_start import item_row_map
 
         path = self.work / "served_metric.json"
@@ -409,7 +285,7 @@ class _Stages:
 
     def rankers(self) -> None:
         from ranking.train import load_ranking, train_ranking
-        from towers.warm_start import warm_start_ranker
+        from ranking.warm_start import warm_start_ranker
 
         if not ({"ranking", "recommender"} & set(self.served.models)):
             return
@@ -440,7 +316,7 @@ class _Stages:
 
     def publish(self) -> dict[str, int]:
         from serving.export import export_models, write_model_config
-        from towers.train import sample_query_embeddings
+        from towers.queries import sample_query_embeddings
 
         path = self.work / "published.json"
         published = json.loads(path.read_text()) if path.exists() else {}

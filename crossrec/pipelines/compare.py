@@ -30,7 +30,9 @@ from crossrec.data.splits import SLICE, ZERO_SHOT, leave_last_out
 from crossrec.errors import ConfigError
 from crossrec.evaluation import ItemKNNScorer, PopularityScorer, QuerySet, evaluate, seen_rows
 from crossrec.features import Catalogue, Examples, query_examples, training_examples
-from towers.train import RetrievalData, prepare_data, query_embeddings, scorer_for, train_retrieval
+from towers.inputs import RetrievalData, prepare_data
+from towers.queries import query_embeddings, scorer_for
+from towers.train import train_retrieval
 
 MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "item_knn", "ranking")
 DEFAULT_MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "ranking")

@@ -1,0 +1,51 @@
+"""``crossrec export``: versioned SavedModels in TF Serving's layout."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from crossrec.config import load_config
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from serving.export import export_models, load_parts, sample_queries, write_model_config
+
+    config = load_config(args.config) if args.config else None
+    parts = load_parts(args.retrieval, None, config)
+    config = parts.config
+    updates = {k: v for k, v in [("index", args.index), ("max_k", args.max_k)] if v is not None}
+    config = replace(config, export=replace(config.export, **updates))
+    queries = sample_queries(replace(parts, config=config), config.export.recall_queries)
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    result = export_models(args.retrieval, args.out, ranking_dir=args.ranking, config=config, models=models,
+                           version=args.version, recall_queries=queries, progress=not args.quiet)
+    config_file = write_model_config(args.out)
+    for name, path in result.paths.items():
+        index = result.metadata[name].get("index") or {}
+        recall = f", index recall@10 {index['recall@10']:.3f} vs exact" if "recall@10" in index else ""
+        print(f"{name}: version {result.versions[name]} -> {path}{recall}")
+    print(f"exported in {result.seconds:.0f} s; TF Serving model config: {config_file}")
+    return 0
+
+
+def register(commands) -> None:
+    export = commands.add_parser(
+        "export", help="write versioned SavedModels in TF Serving's layout (retrieval, ranking, ...)",
+        description="Export the trained towers and rankers as SavedModels under OUT/<model>/<version>/ "
+                    "(TF Serving's layout; the next free version unless --version): retrieval (with a "
+                    "brute-force or ScaNN index), ranking, recommender (retrieve -> rank in one call) and "
+                    "item_encoder (text -> embedding). Each version is written aside and renamed into place. "
+                    "Also writes OUT/models.config for tensorflow/serving's --model_config_file.")
+    export.add_argument("--retrieval", required=True, help="folder written by `crossrec train retrieval --out`")
+    export.add_argument("--ranking", help="folder written by `crossrec train ranking --out` (needed for the "
+                                          "ranking and recommender models)")
+    export.add_argument("--out", default="saved_models", help="base folder (default saved_models)")
+    export.add_argument("--config", help="YAML config whose export: section to use (default: the towers' config)")
+    export.add_argument("--index", choices=["brute_force", "scann"], help="top-k index (default brute_force)")
+    export.add_argument("--max-k", type=int, help="the largest k a request may ask for (default 100)")
+    export.add_argument("--models", help="comma-separated subset of retrieval,ranking,recommender,item_encoder "
+                                         "(default: all four with --ranking, else retrieval,item_encoder)")
+    export.add_argument("--version", type=int, help="version number to write (default: the next free one)")
+    export.add_argument("--quiet", action="store_true", help="no progress output")
+    export.set_defaults(func=cmd_export)

@@ -1,0 +1,92 @@
+"""``crossrec serve`` (the embedded TF Serving-compatible server) and ``crossrec query`` (its
+gRPC client)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from crossrec.errors import ConfigError
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    import tensorflow as tf
+
+    from serving.models import ModelManager, wait_until_ready
+    from serving.server import Server, ServerOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # before any model loads: TF's thread pools are fixed once they start
+    tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+    tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+    manager = ModelManager(_serving_specs(args))
+    options = ServerOptions(host=args.host, port=args.port, rest_api_port=args.rest_api_port,
+                            poll_seconds=args.file_system_poll_wait_seconds, max_request_bytes=args.max_request_bytes,
+                            ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file)
+    server = Server(manager, options).start()
+    if not wait_until_ready(manager, timeout=args.load_timeout):
+        print("warning: some models have no loadable version yet (see the log); serving the others",
+              file=sys.stderr)
+    print(f"serving {', '.join(manager.specs)}: gRPC {args.host}:{server.port}"
+          + (f", REST http://{args.host}:{server.rest_port}" if server.rest_port else "") + " (Ctrl-C stops)",
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+def _serving_specs(args: argparse.Namespace):
+    from pathlib import Path
+
+    from serving.layout import versions
+    from serving.models import ModelSpec, specs_from_config_file
+
+    if args.model_config_file:
+        return specs_from_config_file(args.model_config_file)
+    if not args.model_base_path:
+        raise ConfigError("give --model_base_path (a model's folder, or a saved_models folder holding several) "
+                          "or --model_config_file")
+    base = Path(args.model_base_path).resolve()
+    if not base.is_dir():
+        raise ConfigError(f"--model_base_path {base}: no such folder (export models with `crossrec export` first)")
+    if args.model_name or versions(base):
+        return [ModelSpec(args.model_name or base.name, base)]
+    models = sorted(p for p in base.iterdir() if p.is_dir() and versions(p))
+    if not models:
+        raise ConfigError(f"--model_base_path {base}: holds no model versions (<model>/<version>/saved_model.pb)")
+    return [ModelSpec(p.name, p) for p in models]
+
+
+def register(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="serve saved_models/ over TF Serving's gRPC and REST APIs",
+        description="An embedded server speaking TensorFlow Serving's gRPC (PredictionService, ModelService, "
+                    "health, reflection) and REST APIs, for machines without tensorflow_model_server. Flags "
+                    "are named like tensorflow_model_server's. Serves the latest version of each model and "
+                    "switches to new versions as they appear, without failing requests in flight.")
+    serve.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    serve.add_argument("--rest_api_port", type=int, default=8501, help="REST port (default 8501; 0 = no REST)")
+    serve.add_argument("--model_base_path", help="a model's folder (<base>/<version>/), or a folder of model "
+                                                 "folders such as saved_models/ (serves each)")
+    serve.add_argument("--model_name", help="the model's name (default: the folder's name)")
+    serve.add_argument("--model_config_file", help="TF Serving ModelServerConfig text proto (several models, "
+                                                   "version policies and labels)")
+    serve.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                       help="how often to look for new versions (default 1; 0 = load once)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--max_request_bytes", type=int, default=16 * 1024 * 1024,
+                       help="largest accepted request (default 16 MiB)")
+    serve.add_argument("--ssl_cert_file", help="PEM certificate: serve gRPC and REST over TLS")
+    serve.add_argument("--ssl_key_file", help="PEM private key for --ssl_cert_file")
+    serve.add_argument("--load_timeout", type=float, default=120.0, help="seconds to wait for the first load")
+    serve.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                       help="threads one op may use (default 0: TensorFlow's choice)")
+    serve.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                       help="ops run at once per request (default 0: TensorFlow's choice)")
+    serve.set_defaults(func=cmd_serve)

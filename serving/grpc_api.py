@@ -1,0 +1,95 @@
+"""TF Serving's gRPC services over a ``Predictor``: ``tensorflow.serving.PredictionService``
+(Predict, GetModelMetadata) and ``tensorflow.serving.ModelService`` (GetModelStatus)."""
+
+from __future__ import annotations
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.models import ModelManager
+from serving.predictor import DEFAULT_SIGNATURE, Predictor, ServingError, version_status
+
+
+def _spec_version(model_spec) -> tuple[int | None, str | None]:
+    choice = model_spec.WhichOneof("version_choice")
+    if choice == "version":
+        return model_spec.version.value, None
+    if choice == "version_label":
+        return None, model_spec.version_label
+    return None, None
+
+
+def _abort(context, error: ServingError):
+    context.abort(error.code, error.message)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    def Predict(self, request, context):  # noqa: N802 (gRPC method names)
+        try:
+            version, label = _spec_version(request.model_spec)
+            model = self.predictor.model(request.model_spec.name, version, label)
+            try:
+                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            except Exception as exc:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs: not valid TensorProtos ({exc})") from None
+            outputs = self.predictor.predict(model, request.model_spec.signature_name, inputs,
+                                             tuple(request.output_filter))
+        except ServingError as error:
+            return _abort(context, error)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = model.name
+        response.model_spec.version.value = model.version
+        response.model_spec.signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        try:
+            fields = list(request.metadata_field)
+            if fields != ["signature_def"]:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"metadata_field must be ['signature_def'], got {fields}")
+            version, label = _spec_version(request.model_spec)
+            model = self.predictor.model(request.model_spec.name, version, label)
+        except ServingError as error:
+            return _abort(context, error)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = model.name
+        response.model_spec.version.value = model.version
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in model.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(signature)
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        try:
+            version, _ = _spec_version(request.model_spec)
+            statuses = version_status(self.manager, request.model_spec.name, version)
+        except ServingError as error:
+            return _abort(context, error)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, status in sorted(statuses.items()):
+            entry = response.model_version_status.add()
+            entry.version = number
+            entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)
+            if status.error:
+                entry.status.error_code = 2  # UNKNOWN
+                entry.status.error_message = status.error
+        return response

@@ -1,0 +1,84 @@
+"""What an export is built from: the trained towers (and ranker), their catalogue and config, the
+item embeddings, lookups and index (``ExportParts``), and measurements of the index against exact
+search on real training queries."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import crossrec.errors
+from crossrec.config import Config
+from crossrec.features import Catalogue
+from serving.index import DomainIndex
+from serving.lookups import Lookups
+
+
+@dataclass
+class ExportParts:
+    config: Config
+    catalogue: Catalogue
+    retrieval_model: object
+    item_embeddings: np.ndarray
+    lookups: Lookups
+    index: DomainIndex | None = None
+    ranker: object | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+
+def load_parts(retrieval_dir: str | Path, ranking_dir: str | Path | None, config: Config | None = None) -> ExportParts:
+    from towers.train import load_trained
+
+    model, catalogue, trained_config = load_trained(retrieval_dir)
+    config = config or trained_config
+    embeddings = model.all_item_embeddings()
+    parts = ExportParts(config, catalogue, model, embeddings,
+                        Lookups(catalogue, embeddings, config.towers.history_length))
+    summary = Path(retrieval_dir) / "run_summary.json"
+    if summary.exists():
+        run = json.loads(summary.read_text())
+        parts.metadata["data_fingerprint"] = run.get("data_fingerprint")
+        parts.metadata["retrieval_metrics"] = run.get("test_metrics")
+    if ranking_dir is not None:
+        from ranking.train import load_ranking
+
+        teacher, student, _ = load_ranking(ranking_dir)
+        parts.ranker = student if config.export.ranker == "student" and student is not None else teacher
+        rank_summary = Path(ranking_dir) / "run_summary.json"
+        if rank_summary.exists():
+            parts.metadata["ranking_metrics"] = json.loads(rank_summary.read_text()).get("test_metrics")
+    return parts
+
+
+def index_recall(parts: ExportParts, queries: np.ndarray, k: int = 10) -> float:
+    """Recall@k of the index against exact search, for query embeddings ``queries`` [n, e]
+    (each asked in every domain)."""
+    exact_hits, total = 0, 0
+    for d in range(1, len(parts.catalogue.domain_names) + 1):
+        rows = np.flatnonzero(parts.catalogue.served_domain == d)
+        rows = rows[rows > 0]
+        if len(rows) == 0:
+            continue
+        kk = min(k, len(rows))
+        exact = rows[np.argsort(-(queries @ parts.item_embeddings[rows].T), axis=1)[:, :kk]]
+        found = parts.index.rows_for(queries, d, kk)
+        exact_hits += sum(len(set(a) & set(b)) for a, b in zip(exact, found, strict=True))
+        total += exact.size
+    return round(exact_hits / max(total, 1), 4)
+
+
+def sample_queries(parts: ExportParts, n: int, seed: int = 0) -> np.ndarray:
+    """Query embeddings of ``n`` real training queries (from the config's data), for measuring
+    the index's recall; empty if the data cannot be loaded here."""
+    from towers.train import prepare_data, sample_query_embeddings
+
+    try:
+        data = prepare_data(parts.config)
+    except crossrec.errors.CrossrecInputError as exc:
+        print(f"note: index recall not measured: the training data could not be loaded ({exc})")
+        return np.zeros((0, parts.item_embeddings.shape[1]), np.float32)
+    return sample_query_embeddings(parts.retrieval_model, data.examples, n, seed)

@@ -1,0 +1,115 @@
+"""Runs a served model's signature on numpy inputs, checking names, dtypes and shapes first, and
+turns every failure into a ``ServingError`` with TF Serving's status code and a message that names
+the field. Shared by the gRPC and REST front ends."""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+import grpc
+import numpy as np
+import tensorflow as tf
+
+from serving.models import LoadedModel, ModelManager
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+class ServingError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
+               grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
+               grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+               grpc.StatusCode.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR}
+
+
+def _assertion_message(error: tf.errors.OpError) -> str:
+    """The readable part of a TF runtime error (a failed ``tf.debugging.assert_*`` in a signature)."""
+    text = error.message
+    match = re.search(r"assertion failed: \[([^\]]*)\]", text)
+    if match:
+        return match.group(1).strip()
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+class Predictor:
+    """Runs a signature of a served model on numpy inputs, checking them first."""
+
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def model(self, name: str, version: int | None = None, label: str | None = None) -> LoadedModel:
+        try:
+            return self.manager.get(name, version, label)
+        except KeyError as exc:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, exc.args[0]) from None
+
+    def predict(self, model: LoadedModel, signature_name: str, inputs: dict, output_filter=()) -> dict:
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        function = model.signatures.get(signature_name)
+        if function is None:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f'Serving signature key "{signature_name}" not found; the model has '
+                               f"{sorted(model.signatures)}")
+        specs = function.structured_input_signature[1]
+        missing = sorted(set(specs) - set(inputs))
+        extra = sorted(set(inputs) - set(specs))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            if extra:
+                parts.append(f"unexpected input(s) {extra}")
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{'; '.join(parts)}; signature {signature_name!r} expects {sorted(specs)}")
+        tensors = {}
+        for name, spec in specs.items():
+            value = inputs[name]
+            dtype = value.dtype if isinstance(value, tf.Tensor) else None
+            array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            if dtype is None:
+                dtype = tf.string if array.dtype.kind in "OSU" else tf.as_dtype(array.dtype)
+            if dtype != spec.dtype:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"input {name!r}: expects dtype {spec.dtype.name}, got {dtype.name}")
+            if not spec.shape.is_compatible_with(array.shape):
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"input {name!r}: expects shape {spec.shape.as_list()} (None = any), got "
+                                   f"{list(array.shape)}")
+            tensors[name] = tf.constant(array, dtype=spec.dtype)
+        batch = {t.shape[0] for t in tensors.values() if t.shape.rank}
+        if len(batch) > 1:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"inputs disagree on the batch size (first dimension): "
+                               f"{ {k: t.shape[0] for k, t in tensors.items() if t.shape.rank} }")
+        try:
+            outputs = function(**tensors)
+        except tf.errors.InvalidArgumentError as exc:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _assertion_message(exc)) from None
+        except tf.errors.OpError as exc:
+            raise ServingError(grpc.StatusCode.INTERNAL, _assertion_message(exc)) from None
+        if output_filter:
+            unknown = sorted(set(output_filter) - set(outputs))
+            if unknown:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"output_filter: unknown output(s) {unknown}; the signature has {sorted(outputs)}")
+            outputs = {k: v for k, v in outputs.items() if k in output_filter}
+        return {k: v.numpy() for k, v in outputs.items()}
+
+
+def version_status(manager: ModelManager, name: str, version: int | None):
+    try:
+        statuses = manager.status(name)
+    except KeyError as exc:
+        raise ServingError(grpc.StatusCode.NOT_FOUND, exc.args[0]) from None
+    if version is not None:
+        if version not in statuses:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+        statuses = {version: statuses[version]}
+    return statuses

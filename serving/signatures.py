@@ -1,0 +1,159 @@
+"""The serving signatures, one ``tf.Module`` per exported model (see ``serving.export`` for their
+inputs and outputs). Tokenization stays out of every graph but ``item_encoder``'s, so stock
+TF Serving loads the others."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from crossrec.errors import ConfigError
+from serving.lookups import UNKNOWN_SCORE, item_keys
+from serving.parts import ExportParts
+from towers.model import user_query
+
+
+def _history_specs():
+    return [tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
+            tf.TensorSpec([None, None], tf.string, name="history_domains"),
+            tf.TensorSpec([None], tf.string, name="target_domain")]
+
+
+class QueryModule(tf.Module):
+    """What every serving model shares: lookups and the user tower (without the text path)."""
+
+    def __init__(self, parts: ExportParts, name: str):
+        super().__init__(name=name)
+        self.lookups = parts.lookups
+        self.user_tower = parts.retrieval_model.user_tower
+        self.user_hashing = parts.retrieval_model.user_hashing
+
+    def _query(self, history_item_ids, history_domains, target_domain):
+        rows = self.lookups.history_rows(history_item_ids, history_domains)
+        target = self.lookups.domain_index(target_domain)  # served position: the index partition
+        embeddings = tf.gather(self.lookups.embeddings, rows)
+        query = user_query(self.user_tower, self.lookups.item_domain, self.user_hashing, embeddings, rows,
+                           tf.gather(self.lookups.model_domain, target))
+        return tf.cast(query, tf.float32), rows, target
+
+    def _history_counts(self, rows, target):
+        """How much of the request's history the model used: known items, and those in the target
+        domain (0 = a cross-domain cold start; no known item at all = a user the model cannot place)."""
+        known = rows > 0
+        in_domain = known & tf.equal(tf.gather(self.lookups.item_served, rows), target[:, None])
+        return {"history_known": tf.reduce_sum(tf.cast(known, tf.int32), axis=1),
+                "history_in_domain": tf.reduce_sum(tf.cast(in_domain, tf.int32), axis=1)}
+
+    def _retrieve(self, query, rows, target, exclude_history, k: int):
+        exclude = tf.where(exclude_history[:, None], rows, tf.zeros_like(rows))
+        return self.index.search(query, target, exclude, k)
+
+
+class RetrievalModule(QueryModule):
+    def __init__(self, parts: ExportParts):
+        super().__init__(parts, "retrieval")
+        self.index = parts.index
+        self.max_k = parts.config.export.max_k
+        self.serve = tf.function(self._serve, input_signature=_history_specs() + [
+            tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")])
+
+    def _serve(self, history_item_ids, history_domains, target_domain, k, exclude_history):
+        checks = [tf.debugging.assert_positive(k, message="k: must be at least 1"),
+                  tf.debugging.assert_less_equal(k, self.max_k, message=f"k: must be at most {self.max_k} "
+                                                                         "(max_k fixed at export)")]
+        with tf.control_dependencies(checks):
+            query, rows, target = self._query(history_item_ids, history_domains, target_domain)
+        scores, found = self._retrieve(query, rows, target, exclude_history, self.max_k)
+        width = tf.reduce_max(k)
+        beyond = tf.range(width)[None, :] >= k[:, None]
+        ids = tf.gather(self.lookups.item_ids, found[:, :width])
+        return {"item_ids": tf.where(beyond, tf.constant(b""), ids),
+                "scores": tf.where(beyond, UNKNOWN_SCORE, scores[:, :width]), **self._history_counts(rows, target)}
+
+
+class RankingModule(QueryModule):
+    def __init__(self, parts: ExportParts):
+        super().__init__(parts, "ranking")
+        self.ranker = parts.ranker
+        self.serve = tf.function(self._serve, input_signature=_history_specs() + [
+            tf.TensorSpec([None, None], tf.string, name="candidate_item_ids")])
+
+    def _rank(self, query, rows, candidates):
+        out = self.ranker({"query": query, "history": rows, "candidates": candidates}, training=False)
+        known = candidates > 0
+        rating = out.get("rating", tf.zeros_like(out["engagement"]))  # a ranker trained without ratings: 0
+        return {"engagement": tf.where(known, out["engagement"], UNKNOWN_SCORE),
+                "rating": tf.where(known, rating, 0.0)}
+
+    def _serve(self, history_item_ids, history_domains, target_domain, candidate_item_ids):
+        query, rows, _ = self._query(history_item_ids, history_domains, target_domain)
+        domains = tf.broadcast_to(target_domain[:, None], tf.shape(candidate_item_ids))
+        candidates = self.lookups.rows.lookup(item_keys(domains, candidate_item_ids))
+        return self._rank(query, rows, candidates)
+
+
+class RecommenderModule(RankingModule):
+    def __init__(self, parts: ExportParts):
+        QueryModule.__init__(self, parts, "recommender")
+        self.ranker = parts.ranker
+        self.index = parts.index
+        self.max_k = parts.config.export.max_k
+        self.candidates = int(min(parts.config.ranking.candidates, parts.index.k))
+        self.serve = tf.function(self._serve_top, input_signature=_history_specs() + [
+            tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")])
+
+    def _serve_top(self, history_item_ids, history_domains, target_domain, k, exclude_history):
+        limit = min(self.max_k, self.candidates)
+        checks = [tf.debugging.assert_positive(k, message="k: must be at least 1"),
+                  tf.debugging.assert_less_equal(k, limit, message=f"k: must be at most {limit} (the recommender "
+                                                                   "re-ranks that many retrieved candidates)")]
+        with tf.control_dependencies(checks):
+            query, rows, target = self._query(history_item_ids, history_domains, target_domain)
+        retrieval_scores, found = self._retrieve(query, rows, target, exclude_history, self.candidates)
+        ranked = self._rank(query, rows, found)["engagement"]
+        width = tf.reduce_max(k)
+        scores, order = tf.math.top_k(ranked, k=width)
+        picked = tf.gather(found, order, batch_dims=1)
+        beyond = (tf.range(width)[None, :] >= k[:, None]) | (picked == 0)
+        return {"item_ids": tf.where(beyond, tf.constant(b""), tf.gather(self.lookups.item_ids, picked)),
+                "scores": tf.where(beyond, UNKNOWN_SCORE, scores),
+                "retrieval_scores": tf.where(beyond, UNKNOWN_SCORE,
+                                             tf.gather(retrieval_scores, order, batch_dims=1)),
+                **self._history_counts(rows, target)}
+
+
+class ItemEncoderModule(tf.Module):
+    """text + domain -> item embedding: the frozen/fine-tuned text encoder and the item tower's
+    text path (no item-ID part: a new item has none). A domain the towers never saw goes through
+    the domain-agnostic adapter and is centred on the mean of the known domains' text means."""
+
+    def __init__(self, parts: ExportParts):
+        super().__init__(name="item_encoder")
+        from towers.encoder import TextEncoder
+
+        model = parts.retrieval_model
+        if model.text_table is None:
+            raise ConfigError("item_encoder: the towers were trained without text (towers.use_text: false)")
+        encoder = TextEncoder(parts.config.encoder)
+        self.tokenizer, self.packer, self.encoder = encoder.tokenizer, encoder.packer, encoder.layer
+        self.item_tower = model.item_tower
+        catalogue = parts.catalogue
+        names = catalogue.domain_names
+        means = np.asarray(model.text_means)
+        self.text_means = tf.Variable(np.concatenate([means, means.mean(axis=0, keepdims=True)]), trainable=False)
+        self.text_domain = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.constant(np.arange(len(names), dtype=np.int32))),
+            default_value=len(names))
+        self.lookups = parts.lookups
+        self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None], tf.string, name="text"),
+                                                               tf.TensorSpec([None], tf.string, name="domain")])
+
+    def _serve(self, text, domain):
+        tokens = self.packer(self.tokenizer(text))
+        vectors = tf.cast(self.encoder(tokens, training=False), tf.float32)
+        vectors = vectors - tf.gather(self.text_means, self.text_domain.lookup(domain))
+        model_domain = tf.gather(self.lookups.model_domain, self.lookups.domain_table.lookup(domain))
+        zeros = tf.zeros_like(model_domain)
+        embedding = self.item_tower(vectors, model_domain, zeros, tf.zeros_like(zeros, tf.bool), training=False)
+        return {"embedding": tf.cast(embedding, tf.float32)}
+

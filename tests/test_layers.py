@@ -1,0 +1,88 @@
+"""The plan of the house: data -> towers -> ranking -> serving, orchestration above them all.
+
+Every import of every module (also those inside functions) is read with ``ast``; a stage may
+import only the core and the stages before it, and the core (``crossrec`` apart from the CLI and
+the pipelines) imports no stage at all.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("crossrec", "towers", "ranking", "serving", "bench")
+# layer of each top-level part; a module may import only layers <= its own
+CORE, TOWERS, RANKING, SERVING, ORCHESTRATION = range(5)
+
+
+def layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] not in PACKAGES:
+        return None  # third-party or stdlib
+    if parts[0] == "crossrec":
+        if len(parts) > 1 and parts[1] in ("cli", "pipelines", "__main__"):
+            return ORCHESTRATION
+        return CORE
+    return {"towers": TOWERS, "ranking": RANKING, "serving": SERVING, "bench": ORCHESTRATION}[parts[0]]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            graph[module_name(path)] = imports(path)
+    return graph
+
+
+def backward_edges(graph: dict[str, set[str]]) -> list[str]:
+    names = ("core", "towers", "ranking", "serving", "orchestration")
+    bad = []
+    for module, targets in graph.items():
+        own = layer(module)
+        for target in sorted(targets):
+            other = layer(target)
+            if other is not None and other > own:
+                bad.append(f"{module} ({names[own]}) imports {target} ({names[other]})")
+    return bad
+
+
+def test_every_package_is_read():
+    graph = import_graph()
+    assert {"crossrec.cli", "crossrec.pipelines.compare", "towers.train", "ranking.train",
+            "serving.export"} <= set(graph)
+    assert "towers.inputs" in graph["towers.train"]
+
+
+def test_no_stage_imports_a_later_one():
+    assert backward_edges(import_graph()) == []
+
+
+def test_the_check_sees_a_backward_edge():
+    graph = {"towers.model": {"ranking.train"}, "crossrec.features": {"towers.model"},
+             "serving.export": {"crossrec.pipelines.retrain"}, "ranking.train": {"towers.train"},
+             "crossrec.pipelines.compare": {"ranking.train"}}
+    assert backward_edges(graph) == [
+        "towers.model (towers) imports ranking.train (ranking)",
+        "crossrec.features (core) imports towers.model (towers)",
+        "serving.export (serving) imports crossrec.pipelines.retrain (orchestration)",
+    ]

@@ -1,0 +1,131 @@
+"""What the towers train and are evaluated on: the split (the dataset's own, or crossrec's
+evaluation split), the catalogue, one training example per target, the validation and test query
+sets of every slice (``RetrievalData``), and the ``tf.data`` pipeline over the examples."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from crossrec import schema
+from crossrec.config import Config
+from crossrec.data.dataset import Dataset
+from crossrec.data.loaders import load_dataset
+from crossrec.data.splits import (
+    COLD_START,
+    SLICE,
+    WARM,
+    evaluation_split,
+    given_split,
+    has_given_split,
+)
+from crossrec.errors import ConfigError
+from crossrec.evaluation import QuerySet, seen_rows
+from crossrec.features import (
+    Catalogue,
+    Examples,
+    concat_examples,
+    query_examples,
+    training_examples,
+)
+
+
+@dataclass
+class RetrievalData:
+    interactions: pd.DataFrame  # with split and slice columns
+    catalogue: Catalogue
+    train: pd.DataFrame
+    examples: Examples
+    validation: list[QuerySet] = field(default_factory=list)
+    test: list[QuerySet] = field(default_factory=list)
+    target_domain: str | None = None
+    dataset: Dataset | None = None  # the clean data this was prepared from
+
+
+def default_target_domain(interactions: pd.DataFrame) -> str:
+    """The domain with the most users who are also active elsewhere."""
+    per_user = interactions.groupby(schema.USER_ID)[schema.DOMAIN].nunique()
+    multi = interactions[interactions[schema.USER_ID].isin(per_user[per_user > 1].index)]
+    counts = multi.groupby(schema.DOMAIN)[schema.USER_ID].nunique()
+    if counts.empty:
+        return sorted(interactions[schema.DOMAIN].unique())[0]
+    return str(counts.sort_values(ascending=False, kind="stable").index[0])
+
+
+def split_for_evaluation(interactions: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, str]:
+    target = config.split.target_domain or default_target_domain(interactions)
+    if config.eval.use_given_split and has_given_split(interactions):
+        return given_split(interactions), target
+    return evaluation_split(interactions, target_domain=target, cold_start_fraction=config.split.holdout_fraction,
+                            new_item_fraction=config.split.holdout_fraction / 2, seed=config.split.seed), target
+
+
+def _query_sets(split_name: str, frame: pd.DataFrame, train: pd.DataFrame, catalogue: Catalogue,
+                history_length: int, given: bool) -> list[QuerySet]:
+    held = frame[frame[schema.SPLIT] == split_name]
+    sets = []
+    for slice_name in sorted(held[SLICE].unique()):
+        targets = held[held[SLICE] == slice_name]
+        examples = query_examples(train, targets, catalogue, history_length)
+        sets.append(QuerySet(slice_name, examples, seen_rows(train, examples.user_id, catalogue)))
+        if given and slice_name == WARM:
+            # Cross-domain cold-start queries on a given split: the same targets, asked from a
+            # history with every item of the target's domain removed.
+            other = train.merge(targets[[schema.USER_ID]].drop_duplicates(), on=schema.USER_ID)
+            rows = []
+            for domain in sorted(targets[schema.DOMAIN].unique()):
+                t = targets[targets[schema.DOMAIN] == domain]
+                rows.append(query_examples(other[other[schema.DOMAIN] != domain], t, catalogue, history_length))
+            cold = concat_examples(rows)
+            sets.append(QuerySet(COLD_START, cold, seen_rows(train, cold.user_id, catalogue)))
+    return sets
+
+
+def prepare_data(config: Config, dataset: Dataset | None = None) -> RetrievalData:
+    dataset = (dataset or load_dataset(config.data)).clean()
+    frame, target = split_for_evaluation(dataset.interactions, config)
+    given = config.eval.use_given_split and has_given_split(dataset.interactions)
+    train = frame[frame[schema.SPLIT] == schema.TRAIN].reset_index(drop=True)
+    if train.empty:
+        raise ConfigError("the split left no training interactions")
+    catalogue = Catalogue.build(dataset.items, train[schema.DOMAIN].unique())
+    h = config.towers.history_length
+    examples = training_examples(train, catalogue, h, config.train.domain_weights)
+    return RetrievalData(frame, catalogue, train, examples,
+                         _query_sets(schema.VALIDATION, frame, train, catalogue, h, given),
+                         _query_sets(schema.TEST, frame, train, catalogue, h, given), target, dataset)
+
+
+def make_dataset(examples: Examples, batch_size: int, *, seed: int = 0, balance_domains: bool = False,
+                 shuffle: bool = True, with_user_ids: bool = False) -> tf.data.Dataset:
+    """Batches of training features. Whole batches are gathered from in-memory tensors by a
+    shuffled index (one shuffle per epoch), which is several times faster than slicing examples
+    one by one; ``balance_domains`` draws every domain's examples equally often instead."""
+    columns = {"history": examples.history, "target": examples.target, "target_domain": examples.target_domain,
+               "weight": examples.weight}
+    if with_user_ids:
+        columns["user_id"] = examples.user_id.astype(str)
+    tensors = {k: tf.constant(v) for k, v in columns.items()}
+    n = len(examples)
+    if balance_domains:
+        domains = examples.target_domain
+        parts = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(domains == d).astype(np.int64))
+                 .shuffle(int((domains == d).sum()), seed=seed).repeat() for d in np.unique(domains)]
+        index = tf.data.Dataset.sample_from_datasets(parts, seed=seed).take(n)
+    else:
+        index = tf.data.Dataset.range(n)
+        if shuffle:
+            index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    drop = n >= batch_size
+    batches = index.batch(batch_size, drop_remainder=drop)
+    return batches.map(lambda i: {k: tf.gather(t, i) for k, t in tensors.items()},
+                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    hashed = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
