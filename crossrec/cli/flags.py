@@ -67,7 +67,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return replace(config, data=replace(data, **updates))
 
 
-def _load(args: argparse.Namespace):
+def load(args: argparse.Namespace):
     from crossrec.data.loaders import load_dataset
 
     config = config_from_args(args)
