@@ -74,7 +74,8 @@ def index_recall(parts: ExportParts, queries: np.ndarray, k: int = 10) -> float:
 def sample_queries(parts: ExportParts, n: int, seed: int = 0) -> np.ndarray:
     """Query embeddings of ``n`` real training queries (from the config's data), for measuring
     the index's recall; empty if the data cannot be loaded here."""
-    from towers.train import prepare_data, sample_query_embeddings
+    from towers.inputs import prepare_data
+    from towers.queries import sample_query_embeddings
 
     try:
         data = prepare_data(parts.config)

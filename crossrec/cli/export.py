@@ -9,7 +9,8 @@ from crossrec.config import load_config
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from serving.export import export_models, load_parts, sample_queries, write_model_config
+    from serving.export import export_models, write_model_config
+    from serving.parts import load_parts, sample_queries
 
     config = load_config(args.config) if args.config else None
     parts = load_parts(args.retrieval, None, config)
