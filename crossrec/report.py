@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -103,7 +104,8 @@ def _plots(metrics: pd.DataFrame, histories: dict[str, dict], out: Path) -> list
     paths = []
     overall = metrics[metrics["domain"] == "all"]
     slices = sorted(overall["slice"].unique())
-    recall_cols = sorted((c for c in overall.columns if c.startswith("recall@")), key=lambda c: int(c.split("@")[1]))
+    recall_cols = sorted((c for c in overall.columns if re.fullmatch(r"recall@\d+", c)),
+                         key=lambda c: int(c.split("@")[1]))
     ks = [int(c.split("@")[1]) for c in recall_cols]
     if slices and recall_cols:
         fig, axes = plt.subplots(1, len(slices), figsize=(4 * len(slices), 3.4), squeeze=False)
