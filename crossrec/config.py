@@ -27,7 +27,7 @@ from crossrec.typed import from_dict, to_dict
 
 DataFormat = Literal["table", "movielens", "amazon"]
 UnknownItemPolicy = Literal["error", "drop"]
-SplitKind = Literal["leave_last_out", "cold_start", "new_item"]
+SplitKind = Literal["leave_last_out", "cold_start", "new_item", "evaluation", "given"]
 
 
 @dataclass
@@ -313,6 +313,10 @@ class EvalConfig:
     exclude_seen: bool = True
     # Use the dataset's own split column / roles where it has them (e.g. a published split).
     use_given_split: bool = True
+    # On a given split: the share of each held-out split's multi-domain users asked as a
+    # cross-domain cold start (their interactions in one domain leave the data; see
+    # crossrec.data.splits.given_split). The rest are the warm slice.
+    given_cold_start_fraction: float = 0.5
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pandas as pd
 
 from crossrec import schema
 from crossrec.features import Catalogue, Examples
-from crossrec.metrics import ranking_metrics
+from crossrec.metrics import bootstrap_intervals, ranking_metrics
 
 
 class Scorer(Protocol):
@@ -70,7 +70,8 @@ def target_ranks(scorer: Scorer, queries: QuerySet, catalogue: Catalogue, *, exc
 
 def evaluate(scorers: list[Scorer], query_sets: list[QuerySet], catalogue: Catalogue, *, ks=(10, 50, 100),
              exclude_seen: bool = True) -> pd.DataFrame:
-    """One row per (model, slice, domain) plus an "all" domain row per (model, slice)."""
+    """One row per (model, slice, domain) plus an "all" domain row per (model, slice), with 95%
+    bootstrap intervals over queries (``ndcg@10_lo``/``_hi``...)."""
     rows = []
     for scorer in scorers:
         for queries in query_sets:
@@ -81,7 +82,8 @@ def evaluate(scorers: list[Scorer], query_sets: list[QuerySet], catalogue: Catal
             for domain in sorted(pd.unique(domains)) + ["all"]:
                 mask = np.ones(len(ranks), bool) if domain == "all" else domains == domain
                 rows.append({"model": scorer.name, "slice": queries.slice, "domain": domain,
-                             "queries": int(mask.sum()), **ranking_metrics(ranks[mask], ks)})
+                             "queries": int(mask.sum()), **ranking_metrics(ranks[mask], ks),
+                             **bootstrap_intervals(ranks[mask])})
     return pd.DataFrame(rows)
 
 

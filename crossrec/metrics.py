@@ -22,3 +22,44 @@ def ranking_metrics(ranks: np.ndarray, ks=(10, 50, 100)) -> dict[str, float]:
         out[f"ndcg@{k}"] = float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
     out["mrr"] = float(np.mean(1.0 / (ranks + 1.0)))
     return out
+
+
+INTERVAL_METRICS = ("ndcg@10", "recall@10", "recall@50")
+
+
+def per_query(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Each query's value of ``metric`` (``recall@k``, ``ndcg@k`` or ``mrr``); their mean is the metric."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if metric == "mrr":
+        return 1.0 / (ranks + 1.0)
+    name, _, k = metric.partition("@")
+    if name == "recall":
+        return (ranks < int(k)).astype(np.float64)
+    if name == "ndcg":
+        return np.where(ranks < int(k), 1.0 / np.log2(ranks + 2.0), 0.0)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def bootstrap_intervals(ranks: np.ndarray, metrics=INTERVAL_METRICS, *, samples: int = 1000, level: float = 0.95,
+                        seed: int = 0) -> dict[str, float]:
+    """Percentile bootstrap interval over queries of each metric: ``<metric>_lo`` and ``<metric>_hi``.
+
+    The resamples depend only on the number of queries and ``seed``, so two models evaluated on the
+    same queries are resampled identically (their intervals are paired)."""
+    ranks = np.asarray(ranks)
+    n = len(ranks)
+    if n == 0:
+        return {f"{m}_{side}": float("nan") for m in metrics for side in ("lo", "hi")}
+    values = {m: per_query(ranks, m) for m in metrics}
+    rng = np.random.default_rng(seed)
+    means = {m: np.empty(samples) for m in metrics}
+    step = max(1, 2_000_000 // n)  # resamples per chunk: bounded memory for many queries
+    for start in range(0, samples, step):
+        index = rng.integers(0, n, size=(min(step, samples - start), n))
+        for m in metrics:
+            means[m][start:start + len(index)] = values[m][index].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    out = {}
+    for m in metrics:
+        out[f"{m}_lo"], out[f"{m}_hi"] = (float(v) for v in np.percentile(means[m], [tail, 100 - tail]))
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,26 @@ def headline_table(metrics: pd.DataFrame, *, domain: str | None = None) -> pd.Da
 def ndcg_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """NDCG@10 per (slice, domain) with one column per model: the headline comparison."""
     return metrics.pivot_table(index=["slice", "domain"], columns="model", values="ndcg@10", sort=True)
+
+
+def interval_table(metrics: pd.DataFrame, metric: str = "ndcg@10", digits: int = 4) -> pd.DataFrame:
+    """``metric`` per (slice, domain) and model as "value [lo, hi]" (the 95% bootstrap interval over
+    queries) where the evaluator measured one, else the value alone."""
+    frame = metrics.copy()
+    lo, hi = f"{metric}_lo", f"{metric}_hi"
+
+    def cell(row) -> str:
+        value = row[metric]
+        if pd.isna(value):
+            return ""
+        text = f"{value:.{digits}f}"
+        if lo in row and pd.notna(row.get(lo)):
+            text += f" [{row[lo]:.{digits}f}, {row[hi]:.{digits}f}]"
+        return text
+
+    frame["_cell"] = frame.apply(cell, axis=1)
+    return frame.pivot_table(index=["slice", "domain"], columns="model", values="_cell", aggfunc="first",
+                             sort=True).fillna("")
 
 
 def _markdown(frame: pd.DataFrame, digits: int = 4) -> str:
@@ -49,9 +70,13 @@ def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, note
         plots.append(_reranking_plot(reranking, out))
     parts = [f"# {title}", ""]
     parts += [f"- {n}" for n in notes or []]
-    parts += ["", "## NDCG@10 by slice and domain", "", _markdown(ndcg_table(metrics)), ""]
+    parts += ["", "## NDCG@10 by slice and domain", "",
+              "Each cell: the value and its 95% bootstrap interval over the cell's queries (1,000 resamples "
+              "of the queries, the same resamples for every model).", "",
+              _markdown(interval_table(metrics, "ndcg@10")), ""]
     for metric in ("recall@10", "recall@50", "mrr"):
-        table = metrics.pivot_table(index=["slice", "domain"], columns="model", values=metric, sort=True)
+        table = (interval_table(metrics, metric) if f"{metric}_lo" in metrics else
+                 metrics.pivot_table(index=["slice", "domain"], columns="model", values=metric, sort=True))
         parts += [f"## {metric}", "", _markdown(table), ""]
     counts = metrics.drop_duplicates(["slice", "domain"]).set_index(["slice", "domain"])["queries"]
     parts += ["## Queries per slice and domain", "", _markdown(counts.to_frame()), ""]
@@ -79,7 +104,8 @@ def _plots(metrics: pd.DataFrame, histories: dict[str, dict], out: Path) -> list
     paths = []
     overall = metrics[metrics["domain"] == "all"]
     slices = sorted(overall["slice"].unique())
-    recall_cols = sorted((c for c in overall.columns if c.startswith("recall@")), key=lambda c: int(c.split("@")[1]))
+    recall_cols = sorted((c for c in overall.columns if re.fullmatch(r"recall@\d+", c)),
+                         key=lambda c: int(c.split("@")[1]))
     ks = [int(c.split("@")[1]) for c in recall_cols]
     if slices and recall_cols:
         fig, axes = plt.subplots(1, len(slices), figsize=(4 * len(slices), 3.4), squeeze=False)

@@ -14,9 +14,19 @@ def test_all_models_and_slices_are_compared_and_reported(tiny_config, tmp_path):
     assert set(metrics["slice"]) == {"warm", "cold_start", "new_item", "zero_shot"}
     zero = metrics[metrics["slice"] == "zero_shot"]
     assert set(zero["domain"]) == {"kitchen", "all"}
+    # zero-shot asks exactly the cold-start queries of its domain (the same users and targets)
+    cold = metrics[(metrics["slice"] == "cold_start") & (metrics["domain"] == "kitchen")]
+    assert set(zero["queries"]) == set(cold["queries"]) and cold["queries"].iloc[0] > 0
+    assert set(metrics[metrics["slice"] == "cold_start"]["domain"]) == {"kitchen", "all"}
+    # every cell has a 95% bootstrap interval around its value
+    assert (metrics["ndcg@10_lo"] <= metrics["ndcg@10"] + 1e-12).all()
+    assert (metrics["ndcg@10"] <= metrics["ndcg@10_hi"] + 1e-12).all()
     path = write_report(metrics, tmp_path / "report", title="t", histories=result.histories)
     text = path.read_text()
     assert "## NDCG@10 by slice and domain" in text and "| zero_shot | kitchen |" in text
+    crossrec_warm = metrics[(metrics["model"] == "crossrec") & (metrics["slice"] == "warm") & (metrics["domain"] == "all")]
+    row = crossrec_warm.iloc[0]
+    assert f"{row['ndcg@10']:.4f} [{row['ndcg@10_lo']:.4f}, {row['ndcg@10_hi']:.4f}]" in text
     assert (tmp_path / "report" / "recall_at_k.png").stat().st_size > 1000
     assert (tmp_path / "report" / "training_curves.png").exists()
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]
@@ -30,6 +40,9 @@ def test_cli_train_and_evaluate(tiny_config, tmp_path, capsys):
     assert main(["train", "retrieval", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet",
                  "--epochs", "1"]) == 0
     assert (tmp_path / "run" / "towers.weights.h5").exists()
+    from crossrec.config import load_config
+
+    assert load_config(tmp_path / "run" / "config.yaml").split.kind == "evaluation"  # the split that was used
     assert "trained on" in capsys.readouterr().out
     assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "rep"), "--quiet", "--epochs", "1",
                  "--models", "crossrec,popularity"]) == 0

@@ -7,7 +7,7 @@ import pytest
 from crossrec import schema
 from crossrec.evaluation import PopularityScorer, QuerySet, evaluate, target_ranks
 from crossrec.features import Catalogue, Examples
-from crossrec.metrics import ranking_metrics
+from crossrec.metrics import bootstrap_intervals, per_query, ranking_metrics
 
 
 def test_ranking_metrics_by_hand():
@@ -73,3 +73,19 @@ def test_item_knn_scores_co_occurring_items_higher(catalogue):
     q.examples.history[:] = [0, 1]  # history: a
     scores = scorer.score(q.examples, np.array([2, 3]))  # b, c
     assert scores[0, 0] == pytest.approx(1.0) and scores[0, 1] == 0.0
+
+
+def test_bootstrap_intervals_surround_the_mean_and_narrow_with_more_queries():
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 200, 100)
+    large = rng.integers(0, 200, 10000)
+    for ranks in (small, large):
+        m, iv = ranking_metrics(ranks, ks=(10, 50)), bootstrap_intervals(ranks)
+        for name in ("ndcg@10", "recall@10", "recall@50"):
+            assert iv[f"{name}_lo"] <= m[name] <= iv[f"{name}_hi"]
+            assert per_query(ranks, name).mean() == pytest.approx(m[name])
+    width = lambda r: bootstrap_intervals(r)["recall@50_hi"] - bootstrap_intervals(r)["recall@50_lo"]  # noqa: E731
+    assert width(large) < width(small) / 5  # ~1/sqrt(n): 10x narrower at 100x the queries
+    same = bootstrap_intervals(np.zeros(50, int))  # every target first: no spread at all
+    assert same["ndcg@10_lo"] == same["ndcg@10_hi"] == 1.0
+    assert np.isnan(bootstrap_intervals(np.zeros(0, int))["ndcg@10_lo"])

@@ -89,10 +89,10 @@ def test_id_only_two_tower_trains_without_an_encoder(tiny_config):
     assert run.text.table is None and np.isfinite(run.history["loss"]).all()
 
 
-def test_given_split_with_roles_holds_out_targets_and_builds_cold_start_queries(tiny_config):
+def test_given_split_asks_cold_start_of_users_whose_target_domain_left_training(tiny_config):
     rows = []
     for u in range(30):
-        user_split = "test" if u < 5 else "train"
+        user_split = "test" if u < 10 else "train"
         seq = [("books", f"b{(u + i) % 10}") for i in range(4)] + [("movies", f"m{(u + i) % 10}") for i in range(3)]
         for pos, (domain, item) in enumerate(seq):
             rows.append((f"u{u}", item, domain, pos, user_split, "history"))
@@ -100,15 +100,24 @@ def test_given_split_with_roles_holds_out_targets_and_builds_cold_start_queries(
     inter = pd.DataFrame(rows, columns=[schema.USER_ID, schema.ITEM_ID, schema.DOMAIN, schema.SEQ_POS, "split", "role"])
     items = pd.DataFrame([(f"{d[0]}{i}", d, f"{d} item {i}") for d in ("books", "movies") for i in range(10)],
                          columns=[schema.ITEM_ID, schema.DOMAIN, schema.TEXT])
-    data = prepare_data(tiny_config, Dataset(inter, items))
-    assert len(data.train) == len(inter) - 5  # only the 5 test targets are held out
+    data = prepare_data(tiny_config, Dataset(inter, items))  # given_cold_start_fraction 0.5: 5 of 10 users
     by_slice = {q.slice: q.examples for q in data.test}
     assert set(by_slice) == {WARM, COLD_START}
-    movies = data.catalogue.domain_index("movies")
     warm, cold = by_slice[WARM], by_slice[COLD_START]
+    assert len(warm) == 5 and len(cold) == 5
+    assert not set(warm.user_id) & set(cold.user_id)
+    movies = data.catalogue.domain_index("movies")
+    # cold-start users' movies interactions are gone from training, for every model alike
+    cold_train = data.train[data.train[schema.USER_ID].isin(set(cold.user_id))]
+    assert set(cold_train[schema.DOMAIN]) == {"books"}
+    assert len(data.train) == len(inter) - 10 - 5 * 3  # 10 held-out targets, 3 movies rows of 5 cold users
     assert (data.catalogue.item_domain[warm.history] == movies).any()
-    assert not (data.catalogue.item_domain[cold.history] == movies).any()  # target domain removed
+    assert not (data.catalogue.item_domain[cold.history] == movies).any()
     assert (cold.history > 0).any()
+    # only what the query knows is excluded: nothing of the target domain for a cold-start query
+    cold_seen = [q for q in data.test if q.slice == COLD_START][0].seen
+    assert all(not (data.catalogue.item_domain[s] == movies).any() for s in cold_seen)
+    assert data.split_kind == "given"
 
 
 def test_strategy_auto_is_the_default_strategy_on_cpu(monkeypatch):

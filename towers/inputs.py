@@ -16,9 +16,7 @@ from crossrec.config import Config
 from crossrec.data.dataset import Dataset
 from crossrec.data.loaders import load_dataset
 from crossrec.data.splits import (
-    COLD_START,
     SLICE,
-    WARM,
     evaluation_split,
     given_split,
     has_given_split,
@@ -28,7 +26,6 @@ from crossrec.evaluation import QuerySet, seen_rows
 from crossrec.features import (
     Catalogue,
     Examples,
-    concat_examples,
     query_examples,
     training_examples,
 )
@@ -44,6 +41,7 @@ class RetrievalData:
     test: list[QuerySet] = field(default_factory=list)
     target_domain: str | None = None
     dataset: Dataset | None = None  # the clean data this was prepared from
+    split_kind: str = "evaluation"  # how ``interactions`` was split: "given" or "evaluation"
 
 
 def default_target_domain(interactions: pd.DataFrame) -> str:
@@ -56,39 +54,36 @@ def default_target_domain(interactions: pd.DataFrame) -> str:
     return str(counts.sort_values(ascending=False, kind="stable").index[0])
 
 
-def split_for_evaluation(interactions: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, str]:
+def split_for_evaluation(interactions: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, str, str]:
+    """(split frame with ``split`` and ``slice`` columns, cold-start target domain, split kind):
+    the dataset's own split (``given``) where it has one and ``eval.use_given_split`` is on, else
+    crossrec's ``evaluation`` split."""
     target = config.split.target_domain or default_target_domain(interactions)
     if config.eval.use_given_split and has_given_split(interactions):
-        return given_split(interactions), target
+        frame = given_split(interactions, cold_start_fraction=config.eval.given_cold_start_fraction,
+                            seed=config.split.seed)
+        return frame, target, "given"
     return evaluation_split(interactions, target_domain=target, cold_start_fraction=config.split.holdout_fraction,
-                            new_item_fraction=config.split.holdout_fraction / 2, seed=config.split.seed), target
+                            new_item_fraction=config.split.holdout_fraction / 2, seed=config.split.seed), \
+        target, "evaluation"
 
 
-def _query_sets(split_name: str, frame: pd.DataFrame, train: pd.DataFrame, catalogue: Catalogue,
-                history_length: int, given: bool) -> list[QuerySet]:
+def query_sets(split_name: str, frame: pd.DataFrame, train: pd.DataFrame, catalogue: Catalogue,
+               history_length: int) -> list[QuerySet]:
+    """One query set per slice of the ``split_name`` rows. A query's history is what training
+    knows of its user before the target; what the evaluator excludes is exactly that history."""
     held = frame[frame[schema.SPLIT] == split_name]
     sets = []
     for slice_name in sorted(held[SLICE].unique()):
         targets = held[held[SLICE] == slice_name]
         examples = query_examples(train, targets, catalogue, history_length)
         sets.append(QuerySet(slice_name, examples, seen_rows(train, examples.user_id, catalogue)))
-        if given and slice_name == WARM:
-            # Cross-domain cold-start queries on a given split: the same targets, asked from a
-            # history with every item of the target's domain removed.
-            other = train.merge(targets[[schema.USER_ID]].drop_duplicates(), on=schema.USER_ID)
-            rows = []
-            for domain in sorted(targets[schema.DOMAIN].unique()):
-                t = targets[targets[schema.DOMAIN] == domain]
-                rows.append(query_examples(other[other[schema.DOMAIN] != domain], t, catalogue, history_length))
-            cold = concat_examples(rows)
-            sets.append(QuerySet(COLD_START, cold, seen_rows(train, cold.user_id, catalogue)))
     return sets
 
 
 def prepare_data(config: Config, dataset: Dataset | None = None) -> RetrievalData:
     dataset = (dataset or load_dataset(config.data)).clean()
-    frame, target = split_for_evaluation(dataset.interactions, config)
-    given = config.eval.use_given_split and has_given_split(dataset.interactions)
+    frame, target, kind = split_for_evaluation(dataset.interactions, config)
     train = frame[frame[schema.SPLIT] == schema.TRAIN].reset_index(drop=True)
     if train.empty:
         raise ConfigError("the split left no training interactions")
@@ -96,8 +91,8 @@ def prepare_data(config: Config, dataset: Dataset | None = None) -> RetrievalDat
     h = config.towers.history_length
     examples = training_examples(train, catalogue, h, config.train.domain_weights)
     return RetrievalData(frame, catalogue, train, examples,
-                         _query_sets(schema.VALIDATION, frame, train, catalogue, h, given),
-                         _query_sets(schema.TEST, frame, train, catalogue, h, given), target, dataset)
+                         query_sets(schema.VALIDATION, frame, train, catalogue, h),
+                         query_sets(schema.TEST, frame, train, catalogue, h), target, dataset, kind)
 
 
 def make_dataset(examples: Examples, batch_size: int, *, seed: int = 0, balance_domains: bool = False,

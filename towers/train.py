@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -79,6 +79,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     started = time.perf_counter()
     keras.utils.set_random_seed(config.train.seed)
     data = data or prepare_data(config, dataset)
+    config = replace(config, split=replace(config.split, kind=data.split_kind))  # what was used, when saved
     if len(data.examples) == 0:
         raise ConfigError("no training examples: every user needs at least two training interactions")
     text = text_vectors(config, data.catalogue, progress=progress)

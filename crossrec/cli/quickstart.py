@@ -32,7 +32,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             "--kind", "cold_start", "--target-domain", "movies", "--seed", str(args.seed)]),
         ("train the retrieval towers (frozen MiniLM, cached) and the rankers; compare with the baselines", [
             "evaluate", "--data", str(data_dir), "--out", str(out / "report"), "--model-out", str(out / "retrieval"),
-            "--ranking-out", str(out / "ranking"), "--zero-shot-domain", "kitchen", *quick]),
+            "--ranking-out", str(out / "ranking"), "--zero-shot-domain", "books", *quick]),
         ("export every model in TF Serving's layout", [
             "export", "--retrieval", str(out / "retrieval"), "--ranking", str(out / "ranking"),
             "--out", str(saved_models), "--quiet"]),

@@ -34,7 +34,19 @@ def split(interactions: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
     if config.kind == "new_item":
         return new_item(interactions, fraction=config.holdout_fraction,
                         validation_fraction=config.validation_fraction, seed=config.seed)
+    if config.kind == "evaluation":
+        return evaluation_split(interactions, target_domain=config.target_domain or _first_domain(interactions),
+                                cold_start_fraction=config.holdout_fraction,
+                                new_item_fraction=config.holdout_fraction / 2, seed=config.seed)
+    if config.kind == "given":
+        if not has_given_split(interactions):
+            raise ConfigError("split.kind given: the data has no split column of train/valid/test labels")
+        return given_split(interactions, seed=config.seed)
     raise ConfigError(f"split.kind: unknown kind {config.kind!r}")
+
+
+def _first_domain(interactions: pd.DataFrame) -> str:
+    return sorted(interactions[schema.DOMAIN].unique())[0]
 
 
 def _check_fractions(fraction: float, validation_fraction: float) -> None:
@@ -158,13 +170,58 @@ def has_given_split(interactions: pd.DataFrame) -> bool:
         GIVEN_SPLIT_NAMES)
 
 
-def given_split(interactions: pd.DataFrame) -> pd.DataFrame:
-    """A dataset's own split. With a ``role`` column (user-level splits such as URLLM's), only the
-    rows whose role is a target are held out; a held-out user's history rows are known (train)."""
+def given_split(interactions: pd.DataFrame, *, cold_start_fraction: float = 0.5, seed: int = 0) -> pd.DataFrame:
+    """A dataset's own split, with a cross-domain cold-start slice that is really cold.
+
+    With a ``role`` column (user-level splits such as URLLM's), only the rows whose role is a
+    target are held out; a held-out user's history rows are known (train). Held-out targets are
+    the ``warm`` slice, except for a seeded share (``cold_start_fraction``) of each held-out
+    split's users who have history in more than one domain: each of them is given one *cold
+    domain* among their targets' domains, every one of their interactions in that domain leaves
+    the data (so no model trains on them and no query knows them), their targets in it form the
+    ``cold_start`` slice, and their targets in other domains are dropped (those users are not warm
+    users any more). Warm and cold-start users are disjoint.
+    """
     out = interactions.copy()
     labels = out[schema.SPLIT].astype(str).str.lower().map(GIVEN_SPLIT_NAMES)
-    if "role" in out.columns:
+    has_roles = "role" in out.columns
+    if has_roles:
         labels = labels.where(out["role"].astype(str) != "history", schema.TRAIN)
     out[schema.SPLIT] = labels
     out[SLICE] = np.where(out[schema.SPLIT] == schema.TRAIN, "", WARM)
-    return out
+    if not has_roles or cold_start_fraction <= 0:
+        return out
+    cold = _cold_domains(out, cold_start_fraction, seed)
+    if not cold:
+        return out
+    user_cold = out[schema.USER_ID].map(cold)
+    in_cold = (user_cold == out[schema.DOMAIN]).to_numpy()
+    held = (out[schema.SPLIT] != schema.TRAIN).to_numpy()
+    of_cold_user = user_cold.notna().to_numpy()
+    out.loc[held & in_cold, SLICE] = COLD_START
+    drop = (of_cold_user & in_cold & ~held) | (of_cold_user & held & ~in_cold)
+    return out[~drop].reset_index(drop=True)
+
+
+def _cold_domains(frame: pd.DataFrame, fraction: float, seed: int) -> dict:
+    """user -> cold domain for a seeded ``fraction`` of each held-out split's eligible users: those
+    with a target in a domain and history in another one."""
+    rng = np.random.default_rng(seed)
+    history = frame[frame[schema.SPLIT] == schema.TRAIN]
+    history_domains = history.groupby(schema.USER_ID)[schema.DOMAIN].agg(set)
+    cold: dict = {}
+    for split_name in (schema.VALIDATION, schema.TEST):
+        targets = frame[frame[schema.SPLIT] == split_name]
+        options = {}
+        for user, domains in targets.groupby(schema.USER_ID, sort=True)[schema.DOMAIN]:
+            seen = history_domains.get(user, set())
+            usable = sorted(d for d in set(domains) if seen - {d})
+            if usable:
+                options[user] = usable
+        users = np.array(sorted(options), dtype=object)
+        if len(users) == 0:
+            continue
+        chosen = rng.permutation(users)[:int(round(len(users) * fraction))]
+        for user in sorted(chosen, key=str):
+            cold[user] = options[user][rng.integers(len(options[user]))]
+    return cold

@@ -11,7 +11,9 @@ Models:
   is compared with the retrieval order on the same top-K lists (``Comparison.reranking``).
 Slices: the split's own (``warm``, ``cold_start``, ``new_item``), plus ``zero_shot`` when a
 zero-shot domain is named: crossrec retrained with every interaction of that domain removed, and
-asked for that domain from the users' other domains.
+asked the ``cold_start`` slice's queries of that domain (same users, targets and histories), so
+the zero-shot number compares with the cold-start one. Without ``split.target_domain``, the
+zero-shot domain is the cold-start target domain.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from crossrec import schema
 from crossrec.config import Config
 from crossrec.data.dataset import Dataset
 from crossrec.data.loaders import load_dataset
-from crossrec.data.splits import SLICE, ZERO_SHOT, leave_last_out
+from crossrec.data.splits import COLD_START, SLICE, ZERO_SHOT
 from crossrec.errors import ConfigError
-from crossrec.evaluation import ItemKNNScorer, PopularityScorer, QuerySet, evaluate, seen_rows
-from crossrec.features import Catalogue, Examples, query_examples, training_examples
-from towers.inputs import RetrievalData, prepare_data
+from crossrec.evaluation import ItemKNNScorer, PopularityScorer, evaluate
+from crossrec.features import Catalogue, Examples, training_examples
+from towers.inputs import RetrievalData, prepare_data, query_sets
 from towers.queries import query_embeddings, scorer_for
 from towers.train import train_retrieval
 
@@ -89,6 +91,8 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
     dataset = (dataset or load_dataset(config.data)).clean()
+    if zero_shot_domain and not config.split.target_domain:  # zero-shot asks the cold-start queries
+        config = replace(config, split=replace(config.split, target_domain=zero_shot_domain))
     data = prepare_data(config, dataset)
     result = Comparison(pd.DataFrame(), target_domain=data.target_domain)
     scorers = []
@@ -134,7 +138,7 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
     ks = tuple(config.eval.ks)
     frames = [evaluate(scorers, data.test, data.catalogue, ks=ks, exclude_seen=config.eval.exclude_seen)]
     if zero_shot_domain:
-        frames.append(timed("zero_shot", lambda: _zero_shot(config, dataset, zero_shot_domain, progress)))
+        frames.append(timed("zero_shot", lambda: _zero_shot(config, data, zero_shot_domain, progress)))
     result.metrics = pd.concat(frames, ignore_index=True)
     return result
 
@@ -143,26 +147,30 @@ def _named(run, name):
     return scorer_for(run.model, name)
 
 
-def _zero_shot(config: Config, dataset: Dataset, domain: str, progress: bool) -> pd.DataFrame:
-    """crossrec trained without any interaction of ``domain``, asked for ``domain``."""
-    inter = dataset.interactions
-    if domain not in set(inter[schema.DOMAIN]):
+def _zero_shot(config: Config, data: RetrievalData, domain: str, progress: bool) -> pd.DataFrame:
+    """crossrec trained without a single interaction of ``domain``, asked the cold-start queries of
+    ``domain``: the same users, targets and histories (other domains only) as the ``cold_start``
+    slice, so warm, cold-start and zero-shot numbers compare."""
+    frame = data.interactions
+    if domain not in set(frame[schema.DOMAIN]):
         raise ConfigError(f"zero-shot domain {domain!r} has no interactions to evaluate on "
-                          f"(domains: {', '.join(sorted(inter[schema.DOMAIN].unique()))})")
-    split = leave_last_out(inter)
-    in_domain = split[schema.DOMAIN] == domain
-    targets = split[in_domain & (split[schema.SPLIT] == schema.TEST)]
-    train = split[~in_domain & (split[schema.SPLIT] == schema.TRAIN)].reset_index(drop=True)
-    catalogue = Catalogue.build(dataset.items, train[schema.DOMAIN].unique())
+                          f"(domains: {', '.join(sorted(frame[schema.DOMAIN].unique()))})")
+    in_domain = frame[schema.DOMAIN] == domain
+    cold = frame[SLICE] == COLD_START
+    if not (in_domain & cold & (frame[schema.SPLIT] == schema.TEST)).any():
+        raise ConfigError(f"zero-shot domain {domain!r}: the split has no cross-domain cold-start queries in it "
+                          f"to ask (cold-start target domain: {data.target_domain}); set split.target_domain: "
+                          f"{domain} or pick a --zero-shot-domain that has them")
+    kept = frame[~in_domain]
+    train = kept[kept[schema.SPLIT] == schema.TRAIN].reset_index(drop=True)
+    catalogue = Catalogue.build(data.dataset.items if data.dataset is not None else data.catalogue.items,
+                                train[schema.DOMAIN].unique())
     h = config.towers.history_length
     examples = training_examples(train, catalogue, h, config.train.domain_weights)
-    validation_rows = split[~in_domain & (split[schema.SPLIT] == schema.VALIDATION)]
-    validation = [QuerySet("warm", query_examples(train, validation_rows, catalogue, h),
-                           seen_rows(train, validation_rows[schema.USER_ID].to_numpy(), catalogue))]
-    queries = query_examples(train, targets, catalogue, h)
-    test = [QuerySet(ZERO_SHOT, queries, seen_rows(train, queries.user_id, catalogue))]
-    frame = split.assign(**{SLICE: ""})
-    data = RetrievalData(frame, catalogue, train, examples, validation, test, domain)
-    run = train_retrieval(config, data=data, progress=progress)
+    validation = query_sets(schema.VALIDATION, kept, train, catalogue, h)
+    asked = frame[in_domain & cold & (frame[schema.SPLIT] == schema.TEST)].assign(**{SLICE: ZERO_SHOT})
+    test = query_sets(schema.TEST, asked, train, catalogue, h)
+    zero = RetrievalData(frame, catalogue, train, examples, validation, test, domain, data.dataset, data.split_kind)
+    run = train_retrieval(config, data=zero, progress=progress)
     scorers = [_named(run, "crossrec"), PopularityScorer(train, catalogue)]
     return evaluate(scorers, test, catalogue, ks=tuple(config.eval.ks), exclude_seen=config.eval.exclude_seen)
