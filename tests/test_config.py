@@ -55,7 +55,7 @@ def test_wrong_type_names_key_expected_and_found(write):
 def test_bad_choice_lists_the_choices(write):
     path = write("c.yaml", "split:\n  kind: random\n")
     with pytest.raises(ConfigError, match=r"split.kind: expected one of 'leave_last_out', 'cold_start', "
-                                          r"'new_item', got 'random'"):
+                                          r"'new_item', 'evaluation', 'given', got 'random'"):
         load_config(path)
 
 
