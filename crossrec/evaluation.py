@@ -16,7 +16,7 @@ import pandas as pd
 
 from crossrec import schema
 from crossrec.features import Catalogue, Examples
-from crossrec.metrics import bootstrap_intervals, ranking_metrics
+from crossrec.metrics import bootstrap_intervals, paired_difference, per_query, ranking_metrics
 
 
 class Scorer(Protocol):
@@ -69,9 +69,10 @@ def target_ranks(scorer: Scorer, queries: QuerySet, catalogue: Catalogue, *, exc
 
 
 def evaluate(scorers: list[Scorer], query_sets: list[QuerySet], catalogue: Catalogue, *, ks=(10, 50, 100),
-             exclude_seen: bool = True) -> pd.DataFrame:
+             exclude_seen: bool = True, ranks_out: list | None = None) -> pd.DataFrame:
     """One row per (model, slice, domain) plus an "all" domain row per (model, slice), with 95%
-    bootstrap intervals over queries (``ndcg@10_lo``/``_hi``...)."""
+    bootstrap intervals over queries (``ndcg@10_lo``/``_hi``...). ``ranks_out``, when given, gets
+    one frame per (model, query set) with each query's rank."""
     rows = []
     for scorer in scorers:
         for queries in query_sets:
@@ -79,6 +80,9 @@ def evaluate(scorers: list[Scorer], query_sets: list[QuerySet], catalogue: Catal
                 continue
             ranks = target_ranks(scorer, queries, catalogue, exclude_seen=exclude_seen)
             domains = catalogue.item_domain_name[queries.examples.target]
+            if ranks_out is not None:  # every query's rank, for paired comparisons
+                ranks_out.append(pd.DataFrame({"model": scorer.name, "slice": queries.slice, "domain": domains,
+                                               "query": np.arange(len(ranks)), "rank": ranks}))
             for domain in sorted(pd.unique(domains)) + ["all"]:
                 mask = np.ones(len(ranks), bool) if domain == "all" else domains == domain
                 rows.append({"model": scorer.name, "slice": queries.slice, "domain": domain,
@@ -140,3 +144,29 @@ class EmbeddingScorer:
 
     def score(self, queries: Examples, candidate_rows: np.ndarray) -> np.ndarray:
         return self.query_fn(queries) @ self.item_embeddings[candidate_rows].T
+
+
+def paired_comparisons(ranks: pd.DataFrame, reference: str = "crossrec", metric: str = "ndcg@10") -> pd.DataFrame:
+    """``reference`` against every other model on the same queries, per slice and domain (and
+    "all"): the difference in ``metric`` with its paired 95% bootstrap interval, the relative
+    difference, and the share of resamples in which ``reference`` is ahead. ``ranks`` is what
+    ``evaluate(..., ranks_out=...)`` collected, concatenated."""
+    rows = []
+    if ranks.empty or reference not in set(ranks["model"]):
+        return pd.DataFrame(rows)
+    for (slice_name, other), group in ranks[ranks["model"] != reference].groupby(["slice", "model"], sort=True):
+        ours = ranks[(ranks["model"] == reference) & (ranks["slice"] == slice_name)]
+        if ours.empty:
+            continue
+        mine = ours.set_index("query")["rank"]
+        theirs = group.set_index("query")
+        for domain in sorted(theirs["domain"].unique()) + ["all"]:
+            part = theirs if domain == "all" else theirs[theirs["domain"] == domain]
+            a, b = mine.loc[part.index].to_numpy(), part["rank"].to_numpy()
+            result = paired_difference(a, b, metric)
+            base = float(np.mean(per_query(b, metric)))
+            rows.append({"model": reference, "versus": other, "slice": slice_name, "domain": domain,
+                         "queries": len(part), "metric": metric, **result,
+                         "relative": result["diff"] / base if base > 0 else float("nan")})
+    return pd.DataFrame(rows)
+

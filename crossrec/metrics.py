@@ -63,3 +63,22 @@ def bootstrap_intervals(ranks: np.ndarray, metrics=INTERVAL_METRICS, *, samples:
     for m in metrics:
         out[f"{m}_lo"], out[f"{m}_hi"] = (float(v) for v in np.percentile(means[m], [tail, 100 - tail]))
     return out
+
+
+def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, metric: str = "ndcg@10", *, samples: int = 1000,
+                      level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """``metric`` of A minus that of B on the same queries (``ranks_a[i]`` and ``ranks_b[i]`` rank
+    query i's target), with a paired percentile-bootstrap interval and the share of resamples in
+    which A is ahead: ``diff``, ``diff_lo``, ``diff_hi``, ``a_ahead``."""
+    a, b = per_query(ranks_a, metric), per_query(ranks_b, metric)
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference: {len(a)} vs {len(b)} queries; both must rank the same queries")
+    if len(a) == 0:
+        return {"diff": float("nan"), "diff_lo": float("nan"), "diff_hi": float("nan"), "a_ahead": float("nan")}
+    delta = a - b
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([delta[rng.integers(0, len(delta), size=(min(100, samples - s), len(delta)))].mean(axis=1)
+                            for s in range(0, samples, 100)])
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return {"diff": float(delta.mean()), "diff_lo": float(lo), "diff_hi": float(hi), "a_ahead": float(np.mean(means > 0))}

@@ -44,6 +44,17 @@ def interval_table(metrics: pd.DataFrame, metric: str = "ndcg@10", digits: int =
                              sort=True).fillna("")
 
 
+def paired_table(paired: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """One cell per (slice, domain) and compared model: "+0.0061 [-0.0012, +0.0135] +12% (94%)"."""
+    frame = paired.copy()
+    frame["_cell"] = [f"{r.diff:+.{digits}f} [{r.diff_lo:+.{digits}f}, {r.diff_hi:+.{digits}f}] "
+                      f"{r.relative:+.0%} ({r.a_ahead:.0%})" if pd.notna(r.relative) else
+                      f"{r.diff:+.{digits}f} [{r.diff_lo:+.{digits}f}, {r.diff_hi:+.{digits}f}]"
+                      for r in frame.itertuples()]
+    return frame.pivot_table(index=["slice", "domain"], columns="versus", values="_cell", aggfunc="first",
+                             sort=True).fillna("")
+
+
 def _markdown(frame: pd.DataFrame, digits: int = 4) -> str:
     frame = frame.reset_index()
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
@@ -56,10 +67,15 @@ def _markdown(frame: pd.DataFrame, digits: int = 4) -> str:
 
 def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, notes: list[str] | None = None,
                  histories: dict[str, dict] | None = None, extra: dict | None = None,
-                 reranking: pd.DataFrame | None = None) -> Path:
+                 reranking: pd.DataFrame | None = None, paired: pd.DataFrame | None = None,
+                 ranks: pd.DataFrame | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics.to_csv(out / "metrics.csv", index=False)
+    if ranks is not None and not ranks.empty:
+        ranks.to_parquet(out / "ranks.parquet", index=False)  # every query's rank: for any paired analysis
+    if paired is not None and not paired.empty:
+        paired.to_csv(out / "paired.csv", index=False)
     payload = {"metrics": json.loads(metrics.to_json(orient="records")), "histories": histories or {}, **(extra or {})}
     if reranking is not None:
         reranking.to_csv(out / "reranking.csv", index=False)
@@ -78,6 +94,11 @@ def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, note
         table = (interval_table(metrics, metric) if f"{metric}_lo" in metrics else
                  metrics.pivot_table(index=["slice", "domain"], columns="model", values=metric, sort=True))
         parts += [f"## {metric}", "", _markdown(table), ""]
+    if paired is not None and not paired.empty:
+        parts += ["## crossrec against each model on the same queries", "",
+                  "Difference in NDCG@10 (crossrec minus the model), its paired 95% bootstrap interval, the "
+                  "relative difference, and the share of 1,000 resamples in which crossrec is ahead. A win is "
+                  "told from noise when the interval excludes 0.", "", _markdown(paired_table(paired)), ""]
     counts = metrics.drop_duplicates(["slice", "domain"]).set_index(["slice", "domain"])["queries"]
     parts += ["## Queries per slice and domain", "", _markdown(counts.to_frame()), ""]
     if reranking is not None:

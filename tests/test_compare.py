@@ -2,6 +2,9 @@
 
 import json
 
+import pandas as pd
+import pytest
+
 from crossrec.cli import main
 from crossrec.pipelines.compare import compare_models
 from crossrec.report import write_report
@@ -21,7 +24,16 @@ def test_all_models_and_slices_are_compared_and_reported(tiny_config, tmp_path):
     # every cell has a 95% bootstrap interval around its value
     assert (metrics["ndcg@10_lo"] <= metrics["ndcg@10"] + 1e-12).all()
     assert (metrics["ndcg@10"] <= metrics["ndcg@10_hi"] + 1e-12).all()
-    path = write_report(metrics, tmp_path / "report", title="t", histories=result.histories)
+    # crossrec against each baseline on the same queries: a paired difference with its interval
+    paired = result.paired
+    assert set(paired["versus"]) == {"popularity", "id_two_tower", "target_only"}
+    row = paired[(paired["versus"] == "popularity") & (paired["slice"] == "warm") & (paired["domain"] == "all")].iloc[0]
+    ours = metrics[(metrics["model"] == "crossrec") & (metrics["slice"] == "warm") & (metrics["domain"] == "all")]
+    theirs = metrics[(metrics["model"] == "popularity") & (metrics["slice"] == "warm") & (metrics["domain"] == "all")]
+    assert row["diff"] == pytest.approx(ours["ndcg@10"].iloc[0] - theirs["ndcg@10"].iloc[0])
+    assert row["diff_lo"] <= row["diff"] <= row["diff_hi"] and 0 <= row["a_ahead"] <= 1
+    path = write_report(metrics, tmp_path / "report", title="t", histories=result.histories, paired=paired,
+                        ranks=result.ranks)
     text = path.read_text()
     assert "## NDCG@10 by slice and domain" in text and "| zero_shot | kitchen |" in text
     crossrec_warm = metrics[(metrics["model"] == "crossrec") & (metrics["slice"] == "warm") & (metrics["domain"] == "all")]
@@ -29,6 +41,8 @@ def test_all_models_and_slices_are_compared_and_reported(tiny_config, tmp_path):
     assert f"{row['ndcg@10']:.4f} [{row['ndcg@10_lo']:.4f}, {row['ndcg@10_hi']:.4f}]" in text
     assert (tmp_path / "report" / "recall_at_k.png").stat().st_size > 1000
     assert (tmp_path / "report" / "training_curves.png").exists()
+    assert "## crossrec against each model on the same queries" in text
+    assert len(pd.read_parquet(tmp_path / "report" / "ranks.parquet")) == len(result.ranks) > 0
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]
 
 

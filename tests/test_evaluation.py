@@ -7,7 +7,7 @@ import pytest
 from crossrec import schema
 from crossrec.evaluation import PopularityScorer, QuerySet, evaluate, target_ranks
 from crossrec.features import Catalogue, Examples
-from crossrec.metrics import bootstrap_intervals, per_query, ranking_metrics
+from crossrec.metrics import bootstrap_intervals, paired_difference, per_query, ranking_metrics
 
 
 def test_ranking_metrics_by_hand():
@@ -89,3 +89,16 @@ def test_bootstrap_intervals_surround_the_mean_and_narrow_with_more_queries():
     same = bootstrap_intervals(np.zeros(50, int))  # every target first: no spread at all
     assert same["ndcg@10_lo"] == same["ndcg@10_hi"] == 1.0
     assert np.isnan(bootstrap_intervals(np.zeros(0, int))["ndcg@10_lo"])
+
+
+def test_paired_difference_tells_a_consistent_win_from_noise():
+    rng = np.random.default_rng(2)
+    base = rng.integers(0, 40, 400)
+    better = np.maximum(base - 3, 0)  # every query ranked at least as high
+    d = paired_difference(better, base)
+    assert d["diff"] > 0 and d["diff_lo"] > 0 and d["a_ahead"] == 1.0
+    shuffled = rng.permutation(base)  # same distribution, unrelated per query: no real difference
+    n = paired_difference(shuffled, base)
+    assert n["diff_lo"] < 0 < n["diff_hi"]
+    with pytest.raises(ValueError, match="both must rank the same queries"):
+        paired_difference(base[:3], base)

@@ -25,7 +25,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
              "full-corpus ranking per target domain" + (", seen items excluded" if config.eval.exclude_seen else ""),
              "seconds per model: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items())]
     path = write_report(result.metrics, args.out, title="crossrec evaluation", notes=notes,
-                        histories=result.histories, extra={"seconds": result.seconds}, reranking=result.reranking)
+                        histories=result.histories, extra={"seconds": result.seconds}, reranking=result.reranking,
+                        paired=result.paired, ranks=result.ranks)
     print(f"\nNDCG@10 (report: {path})")
     print(ndcg_table(result.metrics).round(4).to_string())
     if result.reranking is not None:

@@ -30,7 +30,7 @@ from crossrec.data.dataset import Dataset
 from crossrec.data.loaders import load_dataset
 from crossrec.data.splits import COLD_START, SLICE, ZERO_SHOT
 from crossrec.errors import ConfigError
-from crossrec.evaluation import ItemKNNScorer, PopularityScorer, evaluate
+from crossrec.evaluation import ItemKNNScorer, PopularityScorer, evaluate, paired_comparisons
 from crossrec.features import Catalogue, Examples, training_examples
 from towers.inputs import RetrievalData, prepare_data, query_sets
 from towers.queries import query_embeddings, scorer_for
@@ -47,6 +47,8 @@ class Comparison:
     seconds: dict[str, float] = field(default_factory=dict)
     target_domain: str | None = None
     reranking: pd.DataFrame | None = None  # retrieval order vs ranker vs student, same lists
+    ranks: pd.DataFrame | None = None  # every query's rank per model (model, slice, domain, query, rank)
+    paired: pd.DataFrame | None = None  # crossrec minus each baseline on the same queries, with intervals
 
 
 class _PerDomainScorer:
@@ -136,10 +138,14 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
             result.histories[f"target_only:{domain}"] = run.history
         scorers.append(_PerDomainScorer(runs, data.catalogue))
     ks = tuple(config.eval.ks)
-    frames = [evaluate(scorers, data.test, data.catalogue, ks=ks, exclude_seen=config.eval.exclude_seen)]
+    ranks: list[pd.DataFrame] = []
+    frames = [evaluate(scorers, data.test, data.catalogue, ks=ks, exclude_seen=config.eval.exclude_seen,
+                       ranks_out=ranks)]
     if zero_shot_domain:
-        frames.append(timed("zero_shot", lambda: _zero_shot(config, data, zero_shot_domain, progress)))
+        frames.append(timed("zero_shot", lambda: _zero_shot(config, data, zero_shot_domain, progress, ranks)))
     result.metrics = pd.concat(frames, ignore_index=True)
+    result.ranks = pd.concat(ranks, ignore_index=True) if ranks else pd.DataFrame()
+    result.paired = paired_comparisons(result.ranks)
     return result
 
 
@@ -147,7 +153,8 @@ def _named(run, name):
     return scorer_for(run.model, name)
 
 
-def _zero_shot(config: Config, data: RetrievalData, domain: str, progress: bool) -> pd.DataFrame:
+def _zero_shot(config: Config, data: RetrievalData, domain: str, progress: bool,
+               ranks_out: list | None = None) -> pd.DataFrame:
     """crossrec trained without a single interaction of ``domain``, asked the cold-start queries of
     ``domain``: the same users, targets and histories (other domains only) as the ``cold_start``
     slice, so warm, cold-start and zero-shot numbers compare."""
@@ -173,4 +180,5 @@ def _zero_shot(config: Config, data: RetrievalData, domain: str, progress: bool)
     zero = RetrievalData(frame, catalogue, train, examples, validation, test, domain, data.dataset, data.split_kind)
     run = train_retrieval(config, data=zero, progress=progress)
     scorers = [_named(run, "crossrec"), PopularityScorer(train, catalogue)]
-    return evaluate(scorers, test, catalogue, ks=tuple(config.eval.ks), exclude_seen=config.eval.exclude_seen)
+    return evaluate(scorers, test, catalogue, ks=tuple(config.eval.ks), exclude_seen=config.eval.exclude_seen,
+                    ranks_out=ranks_out)
