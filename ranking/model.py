@@ -239,7 +239,8 @@ class RankingModel(tfrs.models.Model):
                 heads[RATING] = tf.keras.layers.Dense(1, name="rating_head",
                                                       bias_initializer=tf.keras.initializers.Constant(rating_mean))
         self.heads = heads
-        self.tasks = tasks or default_tasks(listwise)
+        # a task only for a head that exists: no rating metric (reported as 0.0) without ratings
+        self.tasks = {k: v for k, v in (tasks or default_tasks(listwise)).items() if k != RATING or RATING in heads}
         self.listwise = listwise
         self.distillation_weight = float(distillation_weight)
 

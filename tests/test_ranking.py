@@ -272,6 +272,7 @@ def test_data_without_ratings_trains_engagement_only(retrieval_run):
     assert result.data.rating_mean is None
     assert result.teacher.task_weights[RATING] == 0.0
     assert result.metrics["rmse"].isna().all()
+    assert not any("rating" in key for key in result.histories["ranker"])  # no rating_rmse of 0.0 printed
 
 
 def test_train_ranking_from_the_command_line_uses_the_towers_config(retrieval_run, tmp_path, capsys):
