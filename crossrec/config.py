@@ -126,6 +126,10 @@ class TowerConfig:
     use_item_ids: bool = True
     # Share of training examples whose item-ID embeddings are dropped, so text alone stays strong.
     item_id_dropout: float = 0.5
+    # Weight of a second loss on the same queries whose candidates are embedded from text alone
+    # (no item-ID part): trains the path new items take without dropping IDs from the hybrid
+    # (0 = off). With it, item_id_dropout can be 0: the hybrid always sees its IDs.
+    text_only_loss_weight: float = 0.0
     # false = an ID-only two-tower (no text): the baseline that shows what text adds.
     use_text: bool = True
     # Share of examples trained through the domain-agnostic adapter alone (what unseen domains use).
@@ -159,6 +163,10 @@ class TrainConfig:
     # In-batch negatives only from the query's target domain (as evaluation and serving rank
     # within a domain); false = every in-batch item is a negative.
     same_domain_negatives: bool = True
+    # Mixed negative sampling: this many extra negatives per step, drawn uniformly from the items
+    # seen in training and shared by the batch (0 = in-batch negatives only). With logQ correction,
+    # each candidate's sampling probability is that of the mixture (batch x popularity + uniform).
+    sampled_negatives: int = 0
     # Loss weight per domain (the cross-domain weighting alpha_i); missing domains weigh 1.
     domain_weights: dict[str, float] = field(default_factory=dict)
     # Sample batches so every domain is equally represented.

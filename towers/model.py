@@ -213,6 +213,9 @@ class RetrievalModel(keras.Model):
                                         initializer=keras.initializers.Constant(id_known))
         self.item_probability = self.add_weight(shape=(num_items,), trainable=False, name="item_probability",
                                                 initializer=keras.initializers.Constant(item_probability))
+        # Items that mixed negative sampling draws from: those seen in training (new items stay unseen).
+        known_rows = np.flatnonzero(np.asarray(id_known)).astype(np.int32)
+        self.negative_pool = tf.constant(known_rows if len(known_rows) else np.ones(1, np.int32))
         # One encoder shared by every domain, or one per text domain (index = text_domain).
         self.text_encoders = list(text_encoders or [])
         self.token_table = None
@@ -258,13 +261,16 @@ class RetrievalModel(keras.Model):
             vectors = ops.take(self.text_table, rows, axis=0)
         return vectors - ops.take(self.text_means, ops.take(self.text_domain, rows), axis=0)
 
-    def item_embeddings(self, rows, training=False, live_text=False):
-        """(n,) item rows -> (n, e); each distinct row goes through the tower once."""
+    def item_embeddings(self, rows, training=False, live_text=False, use_ids=True):
+        """(n,) item rows -> (n, e); each distinct row goes through the tower once. ``use_ids``
+        false embeds every item from its text alone (as a new item is)."""
         flat = ops.reshape(rows, [-1])
         unique, position = tf.unique(flat)
         text = self._text_vectors(unique, live=live_text)
-        embedded = self.item_tower(text, ops.take(self.item_domain, unique), unique,
-                                   ops.take(self.id_known, unique), training=training)
+        known = ops.take(self.id_known, unique)
+        if not use_ids:
+            known = ops.zeros_like(known)
+        embedded = self.item_tower(text, ops.take(self.item_domain, unique), unique, known, training=training)
         return tf.reshape(tf.gather(embedded, position), tf.concat([tf.shape(rows), [-1]], 0))
 
     # -- query side -------------------------------------------------------------------------
@@ -279,15 +285,35 @@ class RetrievalModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         target = ops.cast(x["target"], "int32")
-        candidates = self.item_embeddings(target, training=training, live_text=training)
-        probability = ops.take(self.item_probability, target) if self.train_config.logq_correction else None
+        candidates_rows = target
+        sampled = self.train_config.sampled_negatives if training else 0
+        if sampled:
+            # Mixed negatives: the batch's targets, then ``sampled`` items drawn uniformly from the pool.
+            pick = tf.random.uniform([sampled], 0, tf.shape(self.negative_pool)[0], dtype=tf.int32)
+            candidates_rows = tf.concat([target, tf.gather(self.negative_pool, pick)], axis=0)
+        candidates = self.item_embeddings(candidates_rows, training=training, live_text=training)
+        text_only = None
+        if training and self.towers_config.text_only_loss_weight > 0 and self.text_table is not None:
+            text_only = self.item_embeddings(candidates_rows, training=training, live_text=training, use_ids=False)
+        probability = None
+        if self.train_config.logq_correction:
+            probability = ops.take(self.item_probability, candidates_rows)
+            if sampled:  # expected draws of each candidate per step under the mixture
+                batch = ops.cast(ops.shape(target)[0], "float32")
+                pool = ops.cast(ops.shape(self.negative_pool)[0], "float32")
+                probability = batch * probability + sampled / pool
         weight = x["weight"] if "weight" in x else ops.ones_like(ops.cast(target, "float32"))
         mask = None
         if self.train_config.same_domain_negatives:
-            domain = ops.take(self.item_domain, target)  # (b,): query i asks for its target's domain
-            mask = ops.equal(domain[:, None], domain[None, :])  # (b, b) candidates of the same domain
+            # query i asks for its target's domain; only candidates of that domain compete
+            mask = ops.equal(ops.take(self.item_domain, target)[:, None],
+                             ops.take(self.item_domain, candidates_rows)[None, :])
         loss = self._task_loss(ops.cast(y_pred, "float32"), ops.cast(candidates, "float32"), weight,
-                               probability, target, mask)
+                               probability, candidates_rows, mask)
+        if text_only is not None:
+            loss = loss + self.towers_config.text_only_loss_weight * self._task_loss(
+                ops.cast(y_pred, "float32"), ops.cast(text_only, "float32"), weight, probability, candidates_rows,
+                mask)
         return loss + ops.sum(self.losses) if self.losses else loss
 
     def all_item_embeddings(self, batch_size: int = 8192) -> np.ndarray:
