@@ -201,3 +201,45 @@ def test_latest_where_picks_the_most_recent_masked_slot():
     seq = np.arange(2 * 4 * 1, dtype="float32").reshape(2, 4, 1)  # values = slot index (+4 for row 2)
     mask = np.array([[True, False, True, False], [False] * 4])
     np.testing.assert_allclose(np.asarray(latest_where(seq, mask)), [[2.0], [0.0]])  # slot 2; none -> 0
+
+
+def _softmax_loss(logits, mask, correction):
+    scores = np.where(mask, logits - correction[None, :], -np.inf)
+    return np.mean([np.log(np.exp(row[np.isfinite(row)]).sum()) - row[i] for i, row in enumerate(scores)])
+
+
+def test_mixed_negatives_add_sampled_items_with_the_mixtures_logq_correction():
+    import tensorflow as tf
+
+    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0)
+    model.train_config.sampled_negatives = 2
+    model.task._remove_accidental_hits = False
+    frequency = np.array([0, 0.1, 0.2, 0.3, 0.2, 0.2], np.float32)
+    model.item_probability.assign(frequency)
+    model.negative_pool = tf.constant([5], tf.int32)  # every draw is item 5 (domain 2)
+    feats = THREE_QUERIES
+    loss = float(model.compute_loss(feats, None, model(feats, training=True), training=True))
+    rows = np.array([1, 3, 4, 5, 5])
+    q = np.asarray(model(feats))
+    logits = q @ np.asarray(model.item_embeddings(rows)).T / 0.1
+    domain = np.array([0, 1, 1, 2, 2, 2])
+    mask = domain[feats["target"]][:, None] == domain[rows][None, :]
+    expected = _softmax_loss(logits, mask, np.log((3 * frequency[rows] + 2 / 1) / 5))  # (batch x f + draws / pool) / draws
+    assert loss == pytest.approx(expected, rel=1e-4)
+    assert float(model.compute_loss(feats, None, model(feats), training=False)) < loss  # evaluation: no draws
+
+
+def test_text_only_loss_adds_the_loss_of_candidates_embedded_from_text_alone():
+    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0, text_only_loss_weight=0.5)
+    model.train_config.logq_correction = False
+    model.task._remove_accidental_hits = False
+    feats = THREE_QUERIES
+    loss = float(model.compute_loss(feats, None, model(feats, training=True), training=True))
+    q = np.asarray(model(feats))
+    domain = np.array([0, 1, 1, 2, 2, 2])
+    mask = domain[feats["target"]][:, None] == domain[feats["target"]][None, :]
+    zero = np.zeros(3)
+    hybrid = q @ np.asarray(model.item_embeddings(feats["target"])).T / 0.1
+    text = q @ np.asarray(model.item_embeddings(feats["target"], use_ids=False)).T / 0.1
+    assert not np.allclose(hybrid, text)  # the ID part matters
+    assert loss == pytest.approx(_softmax_loss(hybrid, mask, zero) + 0.5 * _softmax_loss(text, mask, zero), rel=1e-4)

@@ -298,10 +298,10 @@ class RetrievalModel(keras.Model):
         probability = None
         if self.train_config.logq_correction:
             probability = ops.take(self.item_probability, candidates_rows)
-            if sampled:  # expected draws of each candidate per step under the mixture
+            if sampled:  # each candidate's share of a step's draws under the mixture (TFRS clips at 1)
                 batch = ops.cast(ops.shape(target)[0], "float32")
                 pool = ops.cast(ops.shape(self.negative_pool)[0], "float32")
-                probability = batch * probability + sampled / pool
+                probability = (batch * probability + sampled / pool) / (batch + sampled)
         weight = x["weight"] if "weight" in x else ops.ones_like(ops.cast(target, "float32"))
         mask = None
         if self.train_config.same_domain_negatives:
