@@ -139,6 +139,9 @@ class TowerConfig:
     # domains for transfer and zero-shot use.
     center_text_by_domain: bool = True
     history_length: int = 32
+    # Share of training queries asked as a cross-domain cold start: their history loses every item
+    # of the target's domain, so the other domains' path is trained the way cold-start users use it.
+    target_domain_history_dropout: float = 0.0
     # Self-attention blocks over the history before pooling (0 = attention pooling only, fastest).
     self_attention_layers: int = 0
     # Hashed user-id embedding buckets (0 = none: users are known by their history alone).

@@ -243,3 +243,11 @@ def test_text_only_loss_adds_the_loss_of_candidates_embedded_from_text_alone():
     text = q @ np.asarray(model.item_embeddings(feats["target"], use_ids=False)).T / 0.1
     assert not np.allclose(hybrid, text)  # the ID part matters
     assert loss == pytest.approx(_softmax_loss(hybrid, mask, zero) + 0.5 * _softmax_loss(text, mask, zero), rel=1e-4)
+
+
+def test_target_domain_history_dropout_asks_training_queries_as_cold_starts():
+    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0, target_domain_history_dropout=1.0)
+    feats = {"history": np.array([[0, 1, 3, 4], [0, 0, 1, 2]], np.int32), "target_domain": np.array([2, 1], np.int32)}
+    cold = {**feats, "history": np.array([[0, 1, 0, 0], [0, 0, 0, 0]], np.int32)}  # items 3, 4 / 1, 2 are in-domain
+    np.testing.assert_allclose(np.asarray(model(feats, training=True)), np.asarray(model(cold)), atol=1e-6)
+    assert not np.allclose(np.asarray(model(feats)), np.asarray(model(cold)))  # evaluation keeps the history

@@ -276,6 +276,11 @@ class RetrievalModel(keras.Model):
     # -- query side -------------------------------------------------------------------------
     def call(self, inputs, training=False):
         history = ops.cast(inputs["history"], "int32")
+        share = self.towers_config.target_domain_history_dropout
+        if training and share > 0:  # some queries become cross-domain cold starts
+            same = ops.equal(ops.take(self.item_domain, history), ops.cast(inputs["target_domain"], "int32")[:, None])
+            cold = keras.random.uniform(ops.shape(history)[:1]) < share
+            history = ops.where(ops.logical_and(same, cold[:, None]), ops.zeros_like(history), history)
         return self.query(self.item_embeddings(history, training=training), history, inputs["target_domain"],
                           inputs.get("user_id"), training=training)
 
