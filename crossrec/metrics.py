@@ -40,6 +40,19 @@ def per_query(ranks: np.ndarray, metric: str) -> np.ndarray:
     raise ValueError(f"unknown metric {metric!r}")
 
 
+def resampled_means(values: np.ndarray, *, samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """(samples, k) means of the k columns of ``values`` (n, k) over ``samples`` bootstrap resamples
+    of its n rows (the same resamples for every column); memory stays bounded for any n."""
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    means = np.empty((samples, values.shape[1]))
+    step = max(1, 2_000_000 // max(n, 1))
+    for start in range(0, samples, step):
+        index = rng.integers(0, n, size=(min(step, samples - start), n))
+        means[start:start + len(index)] = values[index].mean(axis=1)
+    return means
+
+
 def bootstrap_intervals(ranks: np.ndarray, metrics=INTERVAL_METRICS, *, samples: int = 1000, level: float = 0.95,
                         seed: int = 0) -> dict[str, float]:
     """Percentile bootstrap interval over queries of each metric: ``<metric>_lo`` and ``<metric>_hi``.
@@ -47,21 +60,13 @@ def bootstrap_intervals(ranks: np.ndarray, metrics=INTERVAL_METRICS, *, samples:
     The resamples depend only on the number of queries and ``seed``, so two models evaluated on the
     same queries are resampled identically (their intervals are paired)."""
     ranks = np.asarray(ranks)
-    n = len(ranks)
-    if n == 0:
+    if len(ranks) == 0:
         return {f"{m}_{side}": float("nan") for m in metrics for side in ("lo", "hi")}
-    values = {m: per_query(ranks, m) for m in metrics}
-    rng = np.random.default_rng(seed)
-    means = {m: np.empty(samples) for m in metrics}
-    step = max(1, 2_000_000 // n)  # resamples per chunk: bounded memory for many queries
-    for start in range(0, samples, step):
-        index = rng.integers(0, n, size=(min(step, samples - start), n))
-        for m in metrics:
-            means[m][start:start + len(index)] = values[m][index].mean(axis=1)
+    means = resampled_means(np.stack([per_query(ranks, m) for m in metrics], axis=1), samples=samples, seed=seed)
     tail = (1.0 - level) / 2 * 100
     out = {}
-    for m in metrics:
-        out[f"{m}_lo"], out[f"{m}_hi"] = (float(v) for v in np.percentile(means[m], [tail, 100 - tail]))
+    for i, m in enumerate(metrics):
+        out[f"{m}_lo"], out[f"{m}_hi"] = (float(v) for v in np.percentile(means[:, i], [tail, 100 - tail]))
     return out
 
 
@@ -76,9 +81,7 @@ def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, metric: str = "n
     if len(a) == 0:
         return {"diff": float("nan"), "diff_lo": float("nan"), "diff_hi": float("nan"), "a_ahead": float("nan")}
     delta = a - b
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([delta[rng.integers(0, len(delta), size=(min(100, samples - s), len(delta)))].mean(axis=1)
-                            for s in range(0, samples, 100)])
+    means = resampled_means(delta[:, None], samples=samples, seed=seed)[:, 0]
     tail = (1.0 - level) / 2 * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
     return {"diff": float(delta.mean()), "diff_lo": float(lo), "diff_hi": float(hi), "a_ahead": float(np.mean(means > 0))}
