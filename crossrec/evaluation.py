@@ -16,7 +16,14 @@ import pandas as pd
 
 from crossrec import schema
 from crossrec.features import Catalogue, Examples
-from crossrec.metrics import bootstrap_intervals, paired_difference, per_query, ranking_metrics
+from crossrec.metrics import (
+    INTERVAL_METRICS,
+    bootstrap_intervals,
+    paired_mean_difference,
+    per_query,
+    ranking_metrics,
+    resampled_means,
+)
 
 
 class Scorer(Protocol):
@@ -146,27 +153,58 @@ class EmbeddingScorer:
         return self.query_fn(queries) @ self.item_embeddings[candidate_rows].T
 
 
+def query_values(ranks: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Each (model, slice, query)'s value of ``metric``, averaged over training seeds when
+    ``ranks`` has a ``seed`` column (one run: the value itself); with the query's domain."""
+    frame = ranks.assign(value=per_query(ranks["rank"].to_numpy(), metric))
+    return (frame.groupby(["model", "slice", "query"], sort=True)
+            .agg(domain=("domain", "first"), value=("value", "mean")).reset_index())
+
+
+def pooled_metrics(ranks: pd.DataFrame, ks=(10, 50, 100)) -> pd.DataFrame:
+    """``evaluate``'s table from ranks collected over several training seeds (a ``seed`` column):
+    each query's value averaged over the seeds, then over queries; the intervals resample queries
+    (so they include the seeds' spread on each query). With one seed it equals ``evaluate``'s."""
+    names = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
+    values = {m: query_values(ranks, m) for m in dict.fromkeys(names + list(INTERVAL_METRICS))}
+    keys = values["mrr"][["model", "slice", "query", "domain"]]
+    seeds = ranks["seed"].nunique() if "seed" in ranks else 1
+    rows = []
+    for (model, slice_name), group in keys.groupby(["model", "slice"], sort=False):
+        for domain in sorted(group["domain"].unique()) + ["all"]:
+            index = group.index if domain == "all" else group.index[group["domain"] == domain]
+            row = {"model": model, "slice": slice_name, "domain": domain, "queries": len(index), "seeds": seeds}
+            row.update({m: float(values[m].loc[index, "value"].mean()) for m in names})
+            means = resampled_means(np.stack([values[m].loc[index, "value"].to_numpy() for m in INTERVAL_METRICS],
+                                             axis=1))
+            for i, m in enumerate(INTERVAL_METRICS):
+                row[f"{m}_lo"], row[f"{m}_hi"] = (float(v) for v in np.percentile(means[:, i], [2.5, 97.5]))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def paired_comparisons(ranks: pd.DataFrame, reference: str = "crossrec", metric: str = "ndcg@10") -> pd.DataFrame:
     """``reference`` against every other model on the same queries, per slice and domain (and
     "all"): the difference in ``metric`` with its paired 95% bootstrap interval, the relative
     difference, and the share of resamples in which ``reference`` is ahead. ``ranks`` is what
-    ``evaluate(..., ranks_out=...)`` collected, concatenated."""
+    ``evaluate(..., ranks_out=...)`` collected, concatenated (with a ``seed`` column when pooled
+    over training seeds: each query's value is then its mean over the seeds)."""
     rows = []
     if ranks.empty or reference not in set(ranks["model"]):
         return pd.DataFrame(rows)
-    for (slice_name, other), group in ranks[ranks["model"] != reference].groupby(["slice", "model"], sort=True):
-        ours = ranks[(ranks["model"] == reference) & (ranks["slice"] == slice_name)]
+    values = query_values(ranks, metric)
+    for (slice_name, other), group in values[values["model"] != reference].groupby(["slice", "model"], sort=True):
+        ours = values[(values["model"] == reference) & (values["slice"] == slice_name)]
         if ours.empty:
             continue
-        mine = ours.set_index("query")["rank"]
+        mine = ours.set_index("query")["value"]
         theirs = group.set_index("query")
         for domain in sorted(theirs["domain"].unique()) + ["all"]:
             part = theirs if domain == "all" else theirs[theirs["domain"] == domain]
-            a, b = mine.loc[part.index].to_numpy(), part["rank"].to_numpy()
-            result = paired_difference(a, b, metric)
-            base = float(np.mean(per_query(b, metric)))
+            a, b = mine.loc[part.index].to_numpy(), part["value"].to_numpy()
+            result = paired_mean_difference(a, b)
+            base = float(np.mean(b))
             rows.append({"model": reference, "versus": other, "slice": slice_name, "domain": domain,
                          "queries": len(part), "metric": metric, **result,
                          "relative": result["diff"] / base if base > 0 else float("nan")})
     return pd.DataFrame(rows)
-

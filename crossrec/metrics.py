@@ -75,7 +75,15 @@ def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, metric: str = "n
     """``metric`` of A minus that of B on the same queries (``ranks_a[i]`` and ``ranks_b[i]`` rank
     query i's target), with a paired percentile-bootstrap interval and the share of resamples in
     which A is ahead: ``diff``, ``diff_lo``, ``diff_hi``, ``a_ahead``."""
-    a, b = per_query(ranks_a, metric), per_query(ranks_b, metric)
+    return paired_mean_difference(per_query(ranks_a, metric), per_query(ranks_b, metric), samples=samples,
+                                  level=level, seed=seed)
+
+
+def paired_mean_difference(a: np.ndarray, b: np.ndarray, *, samples: int = 1000, level: float = 0.95,
+                           seed: int = 0) -> dict[str, float]:
+    """The mean of per-query values ``a`` minus that of ``b`` (same queries, same order), with a
+    paired percentile-bootstrap interval and the share of resamples in which ``a`` is ahead."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if len(a) != len(b):
         raise ValueError(f"paired_difference: {len(a)} vs {len(b)} queries; both must rank the same queries")
     if len(a) == 0:

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from crossrec.cli import main
+from crossrec.errors import ConfigError
 from crossrec.pipelines.compare import compare_models
 from crossrec.report import write_report
 
@@ -59,6 +60,28 @@ def test_cli_train_and_evaluate(tiny_config, tmp_path, capsys):
     assert load_config(tmp_path / "run" / "config.yaml").split.kind == "evaluation"  # the split that was used
     assert "trained on" in capsys.readouterr().out
     assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "rep"), "--quiet", "--epochs", "1",
-                 "--models", "crossrec,popularity"]) == 0
+                 "--models", "crossrec,popularity", "--seeds", "1"]) == 0
+    assert "training seeds: 1" in (tmp_path / "rep" / "report.md").read_text()
     assert (tmp_path / "rep" / "report.md").exists()
     assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "rep2"), "--models", "nope"]) == 2
+
+
+def test_several_training_seeds_are_pooled_per_query(tiny_config):
+    from dataclasses import replace
+
+    from crossrec.pipelines.compare import compare_over_seeds
+
+    config = replace(tiny_config, train=replace(tiny_config.train, epochs=1))
+    result = compare_over_seeds(config, 2, models=["crossrec", "popularity"], progress=False)
+    assert set(result.ranks["seed"]) == {0, 1}
+    assert (result.metrics["seeds"] == 2).all()
+    one = result.ranks[(result.ranks["model"] == "crossrec") & (result.ranks["slice"] == "warm")]
+    by_seed = one.pivot_table(index="query", columns="seed", values="rank")
+    assert not (by_seed[0] == by_seed[1]).all()  # another seed, another model
+    warm = result.metrics[(result.metrics["model"] == "crossrec") & (result.metrics["slice"] == "warm")
+                          & (result.metrics["domain"] == "all")].iloc[0]
+    hits = (by_seed < 10).mean(axis=1)  # each query's recall@10 averaged over the two seeds
+    assert warm["recall@10"] == pytest.approx(hits.mean())
+    assert set(result.paired["versus"]) == {"popularity"}
+    with pytest.raises(ConfigError, match="seeds: expected at least 1"):
+        compare_over_seeds(config, 0)

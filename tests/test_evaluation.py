@@ -102,3 +102,22 @@ def test_paired_difference_tells_a_consistent_win_from_noise():
     assert n["diff_lo"] < 0 < n["diff_hi"]
     with pytest.raises(ValueError, match="both must rank the same queries"):
         paired_difference(base[:3], base)
+
+
+def test_pooled_metrics_average_each_query_over_seeds_and_equal_evaluate_for_one_seed(catalogue):
+    from crossrec.evaluation import pooled_metrics
+
+    scorer = FixedScorer(np.array([0, 4, 3, 2, 1, 2, 1], float))  # b: a > b > c > d; m: x > y
+    qs = QuerySet("warm", queries([1, 3, 5], [[], [], []]).examples)
+    ranks: list = []
+    one = evaluate([scorer], [qs], catalogue, ks=(1, 2), ranks_out=ranks)
+    pooled = pooled_metrics(pd.concat(ranks), ks=(1, 2))
+    cols = ["queries", "recall@1", "recall@2", "ndcg@1", "ndcg@2", "mrr", "ndcg@10_lo", "ndcg@10_hi"]
+    pd.testing.assert_frame_equal(pooled[cols], one[cols])
+    # a second seed that ranks the first query's target second instead of first
+    second = pd.concat(ranks).assign(seed=1)
+    second.loc[second["query"] == 0, "rank"] = 1
+    two = pooled_metrics(pd.concat([pd.concat(ranks).assign(seed=0), second]), ks=(1, 2))
+    row = two[two["domain"] == "all"].iloc[0]
+    assert row["seeds"] == 2 and row["queries"] == 3
+    assert row["recall@1"] == pytest.approx(((1 + 0) / 2 + 0 + 1) / 3)  # query 0 averaged over the seeds

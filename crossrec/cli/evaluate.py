@@ -13,14 +13,16 @@ from crossrec.cli.flags import (
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from crossrec.pipelines.compare import compare_models
+    from crossrec.pipelines.compare import compare_over_seeds
     from crossrec.report import ndcg_table, write_report
 
     config = apply_overrides(config_from_args(args), args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    result = compare_models(config, models=models, zero_shot_domain=args.zero_shot_domain,
-                            progress=not args.quiet, model_out=args.model_out, ranking_out=args.ranking_out)
+    seeds = args.seeds if args.seeds is not None else config.eval.seeds
+    result = compare_over_seeds(config, seeds, models=models, zero_shot_domain=args.zero_shot_domain,
+                                progress=not args.quiet, model_out=args.model_out, ranking_out=args.ranking_out)
     notes = [f"data: {config.data.interactions or 'built-in synthetic data'}",
+             f"training seeds: {seeds}" + (" (each query's metric averaged over them)" if seeds > 1 else ""),
              f"cross-domain cold-start target domain: {result.target_domain}",
              "full-corpus ranking per target domain" + (", seen items excluded" if config.eval.exclude_seen else ""),
              "seconds per model: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items())]
@@ -52,6 +54,8 @@ def register(commands) -> None:
                                                      "it the cold-start queries of that domain (the zero_shot "
                                                      "slice; the domain is then the cold-start domain unless "
                                                      "split.target_domain says otherwise)")
+    evaluate.add_argument("--seeds", type=int, help="train every model this many times (train.seed, +1, ...) "
+                                                    "and pool each query's metric over them (default eval.seeds, 1)")
     evaluate.add_argument("--model-out", help="also keep the trained crossrec towers in this folder "
                                               "(as `crossrec train retrieval --out` writes them)")
     evaluate.add_argument("--ranking-out", help="also keep the trained rankers in this folder "

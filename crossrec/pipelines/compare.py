@@ -30,7 +30,13 @@ from crossrec.data.dataset import Dataset
 from crossrec.data.loaders import load_dataset
 from crossrec.data.splits import COLD_START, SLICE, ZERO_SHOT
 from crossrec.errors import ConfigError
-from crossrec.evaluation import ItemKNNScorer, PopularityScorer, evaluate, paired_comparisons
+from crossrec.evaluation import (
+    ItemKNNScorer,
+    PopularityScorer,
+    evaluate,
+    paired_comparisons,
+    pooled_metrics,
+)
 from crossrec.features import Catalogue, Examples, training_examples
 from towers.inputs import RetrievalData, prepare_data, query_sets
 from towers.queries import query_embeddings, scorer_for
@@ -146,6 +152,28 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
     result.metrics = pd.concat(frames, ignore_index=True)
     result.ranks = pd.concat(ranks, ignore_index=True) if ranks else pd.DataFrame()
     result.paired = paired_comparisons(result.ranks)
+    return result
+
+
+def compare_over_seeds(config: Config, seeds: int = 1, **kwargs) -> Comparison:
+    """``compare_models`` once per training seed (``train.seed``, ``+1``, ...; the split and so the
+    queries stay the same), pooled: each query's metric averaged over the seeds, intervals over
+    queries, paired comparisons on the averages. Kept models, the re-ranking table and training
+    histories are the first seed's."""
+    if seeds < 1:
+        raise ConfigError(f"seeds: expected at least 1, got {seeds}")
+    runs = []
+    for i in range(seeds):
+        seeded = replace(config, train=replace(config.train, seed=config.train.seed + i))
+        extra = kwargs if i == 0 else {**kwargs, "model_out": None, "ranking_out": None}
+        runs.append(compare_models(seeded, **extra))
+    if seeds == 1:
+        return runs[0]
+    result = runs[0]
+    result.ranks = pd.concat([r.ranks.assign(seed=i) for i, r in enumerate(runs)], ignore_index=True)
+    result.metrics = pooled_metrics(result.ranks, tuple(config.eval.ks))
+    result.paired = paired_comparisons(result.ranks)
+    result.seconds = {name: round(sum(r.seconds.get(name, 0.0) for r in runs), 1) for name in result.seconds}
     return result
 
 
