@@ -18,10 +18,8 @@ from crossrec import schema
 from crossrec.features import Catalogue, Examples
 from crossrec.metrics import (
     INTERVAL_METRICS,
-    bootstrap_intervals,
     paired_mean_difference,
     per_query,
-    ranking_metrics,
     resampled_means,
 )
 
@@ -80,22 +78,20 @@ def evaluate(scorers: list[Scorer], query_sets: list[QuerySet], catalogue: Catal
     """One row per (model, slice, domain) plus an "all" domain row per (model, slice), with 95%
     bootstrap intervals over queries (``ndcg@10_lo``/``_hi``...). ``ranks_out``, when given, gets
     one frame per (model, query set) with each query's rank."""
-    rows = []
+    frames = []
     for scorer in scorers:
         for queries in query_sets:
             if len(queries.examples) == 0:
                 continue
             ranks = target_ranks(scorer, queries, catalogue, exclude_seen=exclude_seen)
             domains = catalogue.item_domain_name[queries.examples.target]
-            if ranks_out is not None:  # every query's rank, for paired comparisons
-                ranks_out.append(pd.DataFrame({"model": scorer.name, "slice": queries.slice, "domain": domains,
-                                               "query": np.arange(len(ranks)), "rank": ranks}))
-            for domain in sorted(pd.unique(domains)) + ["all"]:
-                mask = np.ones(len(ranks), bool) if domain == "all" else domains == domain
-                rows.append({"model": scorer.name, "slice": queries.slice, "domain": domain,
-                             "queries": int(mask.sum()), **ranking_metrics(ranks[mask], ks),
-                             **bootstrap_intervals(ranks[mask])})
-    return pd.DataFrame(rows)
+            frames.append(pd.DataFrame({"model": scorer.name, "slice": queries.slice, "domain": domains,
+                                        "query": np.arange(len(ranks)), "rank": ranks}))
+    if ranks_out is not None:  # every query's rank, for paired comparisons
+        ranks_out.extend(frames)
+    if not frames:
+        return pd.DataFrame()
+    return pooled_metrics(pd.concat(frames, ignore_index=True), ks).drop(columns="seeds")
 
 
 class PopularityScorer:
