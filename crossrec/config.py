@@ -170,6 +170,11 @@ class TrainConfig:
     # seen in training and shared by the batch (0 = in-batch negatives only). With logQ correction,
     # each candidate's sampling probability is that of the mixture (batch x popularity + uniform).
     sampled_negatives: int = 0
+    # Which items every training query is scored against: in_batch (the batch's targets, TFRS
+    # in-batch softmax with the options above) or catalogue (a full softmax over every item seen in
+    # training, masked to the query's domain by same_domain_negatives: exact, no logQ needed; one
+    # (batch x catalogue) matmul a step, so larger batches amortise it; needs a frozen encoder).
+    negatives: Literal["in_batch", "catalogue"] = "in_batch"
     # Loss weight per domain (the cross-domain weighting alpha_i); missing domains weigh 1.
     domain_weights: dict[str, float] = field(default_factory=dict)
     # Sample batches so every domain is equally represented.

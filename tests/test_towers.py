@@ -247,6 +247,30 @@ def test_text_only_loss_adds_the_loss_of_candidates_embedded_from_text_alone():
     assert loss == pytest.approx(_softmax_loss(hybrid, mask, zero) + 0.5 * _softmax_loss(text, mask, zero), rel=1e-4)
 
 
+@pytest.mark.parametrize("same_domain", [True, False])
+def test_catalogue_negatives_are_a_full_softmax_over_the_items_seen_in_training(same_domain):
+    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0)
+    model.train_config.negatives = "catalogue"
+    model.train_config.same_domain_negatives = same_domain
+    known = np.array([False, True, True, True, True, False])  # item 5 is new: never a negative
+    model = RetrievalModel(text_table=np.asarray(model.text_table), item_domain=np.asarray(model.item_domain),
+                           id_known=known, text_domain=np.asarray(model.text_domain),
+                           text_means=np.asarray(model.text_means),
+                           item_probability=np.full(6, 1 / 6, np.float32), num_domains=3,
+                           towers=model.towers_config, train=model.train_config)
+    feats = {**THREE_QUERIES, "weight": np.array([1.0, 2.0, 0.5], np.float32)}
+    q = np.asarray(model(feats))
+    pool = np.array([1, 2, 3, 4])
+    logits = q @ np.asarray(model.item_embeddings(pool)).T / 0.1
+    domain = np.array([0, 1, 1, 2, 2, 2])
+    mask = (domain[feats["target"]][:, None] == domain[pool][None, :]) if same_domain else np.ones((3, 4), bool)
+    label = [0, 2, 3]  # the targets' positions in the pool
+    per_query = [np.log(np.exp(row[m]).sum()) - row[label[i]] for i, (row, m) in enumerate(zip(logits, mask, strict=True))]
+    expected = np.sum(np.array(per_query) * feats["weight"]) / 3
+    loss = float(model.compute_loss(feats, None, model(feats), training=False))
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
 def test_target_domain_history_dropout_asks_training_queries_as_cold_starts():
     model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0, target_domain_history_dropout=1.0)
     feats = {"history": np.array([[0, 1, 3, 4], [0, 0, 1, 2]], np.int32), "target_domain": np.array([2, 1], np.int32)}

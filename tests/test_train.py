@@ -130,6 +130,15 @@ def test_strategy_auto_is_the_default_strategy_on_cpu(monkeypatch):
         strategy_from_config(TrainConfig(strategy="multi_worker"))
 
 
+def test_catalogue_negatives_refuse_a_fine_tuned_encoder_before_any_work():
+    from crossrec.config import Config, EncoderConfig
+    from towers.train import train_retrieval
+
+    config = Config(encoder=EncoderConfig(freeze="top_layers"), train=TrainConfig(negatives="catalogue"))
+    with pytest.raises(ConfigError, match="would get no gradient"):
+        train_retrieval(config, dataset=object())  # never read: the check comes first
+
+
 def _examples(domains):
     from crossrec.features import Examples
 

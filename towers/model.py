@@ -215,7 +215,13 @@ class RetrievalModel(keras.Model):
                                                 initializer=keras.initializers.Constant(item_probability))
         # Items that mixed negative sampling draws from: those seen in training (new items stay unseen).
         known_rows = np.flatnonzero(np.asarray(id_known)).astype(np.int32)
-        self.negative_pool = tf.constant(known_rows if len(known_rows) else np.ones(1, np.int32))
+        known_rows = known_rows if len(known_rows) else np.ones(1, np.int32)
+        self.negative_pool = tf.constant(known_rows)
+        # Catalogue softmax: each row's position in the pool (the label of a query whose target it is).
+        position = np.zeros(num_items, np.int32)
+        position[known_rows] = np.arange(len(known_rows), dtype=np.int32)
+        self.pool_position = tf.constant(position)
+        self.pool_domain = tf.constant(np.asarray(item_domain, np.int32)[known_rows])
         # One encoder shared by every domain, or one per text domain (index = text_domain).
         self.text_encoders = list(text_encoders or [])
         self.token_table = None
@@ -289,6 +295,8 @@ class RetrievalModel(keras.Model):
                           target_domain, user_id, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self.train_config.negatives == "catalogue":
+            return self._catalogue_loss(x, y_pred, training)
         target = ops.cast(x["target"], "int32")
         candidates_rows = target
         sampled = self.train_config.sampled_negatives if training else 0
@@ -319,6 +327,33 @@ class RetrievalModel(keras.Model):
             loss = loss + self.towers_config.text_only_loss_weight * self._task_loss(
                 ops.cast(y_pred, "float32"), ops.cast(text_only, "float32"), weight, probability, candidates_rows,
                 mask)
+        return loss + ops.sum(self.losses) if self.losses else loss
+
+    def _catalogue_loss(self, x, y_pred, training):
+        """Full softmax: every query against every item seen in training (of its own domain when
+        ``same_domain_negatives``); the label is the target's position in that pool."""
+        target = ops.cast(x["target"], "int32")
+        query = ops.cast(y_pred, "float32")
+        weight = x["weight"] if "weight" in x else ops.ones_like(ops.cast(target, "float32"))
+        labels = ops.take(self.pool_position, target)
+        mask = None
+        if self.train_config.same_domain_negatives:
+            mask = ops.equal(ops.take(self.item_domain, target)[:, None], self.pool_domain[None, :])
+
+        def loss_against(use_ids):
+            pool = self.item_tower(self._text_vectors(self.negative_pool, live=False),
+                                   ops.take(self.item_domain, self.negative_pool), self.negative_pool,
+                                   ops.take(self.id_known, self.negative_pool) if use_ids
+                                   else ops.zeros_like(self.negative_pool, dtype="bool"), training=training)
+            logits = ops.matmul(query, ops.transpose(ops.cast(pool, "float32"))) / self.train_config.temperature
+            if mask is not None:
+                logits = ops.where(mask, logits, ops.full_like(logits, -1e9))
+            per_query = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            return ops.sum(per_query * weight) / ops.cast(ops.shape(target)[0], "float32")
+
+        loss = loss_against(use_ids=True)
+        if training and self.towers_config.text_only_loss_weight > 0 and self.text_table is not None:
+            loss = loss + self.towers_config.text_only_loss_weight * loss_against(use_ids=False)
         return loss + ops.sum(self.losses) if self.losses else loss
 
     def all_item_embeddings(self, batch_size: int = 8192) -> np.ndarray:

@@ -77,6 +77,10 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     BackupAndRestore backup in ``out_dir`` still wins, so an interrupted run resumes);
     ``callbacks`` are added to ``fit``'s."""
     started = time.perf_counter()
+    if config.train.negatives == "catalogue" and config.towers.use_text and config.encoder.freeze != "frozen":
+        raise ConfigError("train.negatives: catalogue scores every item each step from the cached text vectors, "
+                          f"so a fine-tuned encoder (encoder.freeze: {config.encoder.freeze}) would get no gradient; "
+                          "use encoder.freeze: frozen, or train.negatives: in_batch")
     keras.utils.set_random_seed(config.train.seed)
     data = data or prepare_data(config, dataset)
     config = replace(config, split=replace(config.split, kind=data.split_kind))  # what was used, when saved
