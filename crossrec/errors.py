@@ -48,3 +48,19 @@ class DataError(CrossrecInputError):
 
 class ConfigError(CrossrecInputError):
     """A configuration file or value that crossrec cannot use."""
+
+
+class TrainingDiverged(CrossrecInputError):
+    """A fit whose loss or outputs became NaN or infinite: nothing from it is saved or published."""
+
+
+def raise_if_diverged(history: dict, what: str) -> None:
+    """Raises ``TrainingDiverged`` if any logged loss of a Keras ``fit`` history is not finite."""
+    import math
+
+    for key, values in history.items():
+        if "loss" in key and any(not math.isfinite(v) for v in values):
+            epoch = next(i for i, v in enumerate(values) if not math.isfinite(v)) + 1
+            raise TrainingDiverged(
+                f"{what}: training diverged ({key} became {values[epoch - 1]} in epoch {epoch}); nothing was saved. "
+                "Check the data's weights and ratings for extreme values, or lower the learning rate")

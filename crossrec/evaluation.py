@@ -68,8 +68,13 @@ def target_ranks(scorer: Scorer, queries: QuerySet, catalogue: Catalogue, *, exc
                     cols = column[queries.seen[q]]
                     cols = cols[(cols >= 0) & (cols != target_col[i])]
                     scores[i, cols] = -np.inf
+            # a NaN score is the worst there is: a broken model must never rank a target first
+            broken = np.isnan(target_score)
+            scores[np.isnan(scores)] = -np.inf
+            target_score = np.where(broken, -np.inf, target_score)
             # ties count half, so a constant scorer ranks a target in the middle, not first
             ranks[part] = (scores > target_score[:, None]).sum(1) + ((scores == target_score[:, None]).sum(1) - 1) // 2
+            ranks[part[broken]] = len(candidates) - 1
     return ranks
 
 

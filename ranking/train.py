@@ -24,7 +24,7 @@ from crossrec import schema
 from crossrec.config import Config, RankerConfig, load_config, save_config
 from crossrec.data.dataset import Dataset
 from crossrec.data.splits import NEW_ITEM
-from crossrec.errors import ConfigError
+from crossrec.errors import ConfigError, raise_if_diverged
 from crossrec.features import Catalogue
 from crossrec.metrics import ranking_metrics
 from crossrec.progress import fit_verbosity
@@ -178,6 +178,7 @@ def fit_ranker(model: RankingModel, data: RankingData, config: Config, *, out: P
         monitor, mode = MONITOR, "max"
     callbacks.append(tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
                                                       patience=ranking.early_stopping_patience))
+    callbacks.append(tf.keras.callbacks.TerminateOnNaN())
     if out is not None:
         callbacks += [
             tf.keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / f"{name}.best.h5"), monitor=monitor,
@@ -187,6 +188,7 @@ def fit_ranker(model: RankingModel, data: RankingData, config: Config, *, out: P
         ]
     dataset = make_list_dataset(data.train, ranking.batch_size, seed=ranking.seed, teacher=teacher)
     history = model.fit(dataset, epochs=ranking.epochs, callbacks=callbacks, verbose=fit_verbosity(progress))
+    raise_if_diverged(history.history, f"ranker {name!r}")
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 

@@ -55,6 +55,13 @@ def test_ties_rank_in_the_middle(catalogue):
     assert target_ranks(scorer, queries([1], [[]]), catalogue).tolist() == [1]  # 4 tied items -> (4-1)//2
 
 
+def test_nan_scores_rank_worst_never_first(catalogue):
+    # a model whose training diverged scores NaN: before, every target ranked 0 (Recall 1.0)
+    assert target_ranks(FixedScorer(np.full(7, np.nan)), queries([1, 2], [[], []]), catalogue).tolist() == [3, 3]
+    scores = np.array([0, np.nan, 3.0, 2.0, 1.0, 0, 0])  # one NaN non-target: below every real score
+    assert target_ranks(FixedScorer(scores), queries([4], [[]]), catalogue).tolist() == [2]
+
+
 def test_evaluate_reports_per_domain_and_all(catalogue):
     train = pd.DataFrame({schema.USER_ID: ["u"] * 3, schema.ITEM_ID: ["a", "a", "x"], schema.DOMAIN: ["b", "b", "m"]})
     frame = evaluate([PopularityScorer(train, catalogue)], [queries([1, 6], [[], []])], catalogue, ks=(1,))

@@ -234,6 +234,9 @@ def test_the_gate_keeps_the_served_version_when_the_retrained_model_is_worse(ser
 def test_gate_threshold_is_relative_to_the_served_metric():
     assert Gate(0.50, 0.49, 0.02).publish and not Gate(0.50, 0.489, 0.02).publish
     assert Gate(0.0, 0.0, 0.02).publish
+    # a model with a NaN anywhere never publishes, whatever its metric says
+    assert not Gate(0.50, float("nan"), 0.02).publish and not Gate(0.50, 1.0, 0.02, finite=False).publish
+    assert "never publishes" in Gate(0.50, 1.0, 0.02, finite=False).reason(3)
 
 
 def test_retraining_from_a_folder_without_training_state_is_a_clear_error(tmp_path):

@@ -120,6 +120,17 @@ def test_given_split_asks_cold_start_of_users_whose_target_domain_left_training(
     assert data.split_kind == "given"
 
 
+def test_a_diverged_fit_stops_and_saves_nothing(tiny_config, tmp_path):
+    from crossrec.errors import TrainingDiverged, raise_if_diverged
+
+    with pytest.raises(TrainingDiverged, match=r"loss became inf in epoch 2"):
+        raise_if_diverged({"loss": [1.0, float("inf")], "val_recall_at_50": [0.1, 0.2]}, "towers")
+    config = replace(tiny_config, train=replace(tiny_config.train, learning_rate=1e38, epochs=3))
+    with pytest.raises(TrainingDiverged, match="retrieval towers"):
+        train_retrieval(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "towers.weights.h5").exists()
+
+
 def test_strategy_auto_is_the_default_strategy_on_cpu(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert resolve_kind(TrainConfig()) == "default"

@@ -119,6 +119,45 @@ def test_unparsable_timestamp(write):
     assert "fix: use epoch seconds (e.g. 1700000000) or ISO 8601" in msg
 
 
+@pytest.mark.parametrize("row, column, message", [
+    ("u3,b1,books,inf,4", "timestamp", "timestamp 'inf' is not a finite time"),
+    ("u3,b1,books,1e300,4", "timestamp", "timestamp '1e300' is not a finite time"),
+    ("u3,b1,books,1700000200,inf", "rating", "rating 'inf' is not a finite number"),
+    ("u3,b1,books,1700000200,-1e300", "rating", "rating '-1e300' is not a finite number"),
+])
+def test_non_finite_or_absurd_numbers_name_their_cell(write, row, column, message):
+    (msg,) = problems(write, interactions=GOOD_INTERACTIONS + row + "\n")
+    assert f"row 4 (line 5), column '{column}': {message}" in msg
+
+
+@pytest.mark.parametrize("weight", ["1e300", "inf", "nan"])
+def test_absurd_weights_are_refused_before_they_reach_training(write, weight):
+    text = "user_id,item_id,domain,timestamp,weight\nu1,b1,books,1,1\nu1,m1,movies,2," + weight + "\n"
+    msgs = problems(write, interactions=text)
+    assert any("row 2 (line 3), column 'weight'" in m for m in msgs), msgs
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path, write):
+    import gzip
+
+    whole = gzip.compress((GOOD_INTERACTIONS * 50).encode())
+    (tmp_path / "interactions.csv.gz").write_bytes(whole[:len(whole) // 2])
+    items = write("items.csv", GOOD_ITEMS)
+    with pytest.raises(DataError, match="cannot read interactions file: Compressed file ended"):
+        load_dataset(DataConfig(interactions=str(tmp_path / "interactions.csv.gz"), items=str(items)))
+
+
+def test_a_json_file_may_hold_one_array_of_objects(write):
+    rows = '[{"user_id": "u1", "item_id": "b1", "domain": "books", "timestamp": 1}, ' \
+           '{"user_id": "u1", "item_id": "m1", "domain": "movies", "timestamp": 2}]'
+    data = load_dataset(DataConfig(interactions=str(write("interactions.json", rows)),
+                                   items=str(write("items.csv", GOOD_ITEMS))))
+    assert data.interactions[schema.ITEM_ID].tolist() == ["b1", "m1"]
+    bad = write("bad.json", '[{"user_id": "u1"}, 7]')
+    with pytest.raises(DataError, match="row 2: interactions file: element 2 of the JSON array is not an object"):
+        load_dataset(DataConfig(interactions=str(bad), items=str(write("items.csv", GOOD_ITEMS))))
+
+
 def test_domain_with_interactions_but_no_items(write):
     text = GOOD_INTERACTIONS + "u3,k1,kitchen,1700000200,4\n"
     (msg,) = problems(write, interactions=text)

@@ -24,7 +24,7 @@ from crossrec import schema
 from crossrec.config import Config, load_config, save_config
 from crossrec.data.dataset import Dataset
 from crossrec.distribute import set_precision, strategy_from_config
-from crossrec.errors import ConfigError
+from crossrec.errors import ConfigError, TrainingDiverged, raise_if_diverged
 from crossrec.evaluation import PopularityScorer, evaluate
 from crossrec.features import Catalogue, Examples
 from crossrec.progress import fit_verbosity
@@ -107,6 +107,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
         monitor, mode = MONITOR, "max"
     callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
                                                    patience=config.train.early_stopping_patience))
+    callbacks.append(keras.callbacks.TerminateOnNaN())
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         callbacks += [
@@ -122,6 +123,10 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     history = model.fit(dataset_, epochs=config.train.epochs, callbacks=callbacks,
                         shuffle=False, verbose=fit_verbosity(progress))  # tf.data already shuffles
     fit_seconds = time.perf_counter() - fit_started
+    raise_if_diverged(history.history, "retrieval towers")
+    if not np.isfinite(model.all_item_embeddings()).all():
+        raise TrainingDiverged("retrieval towers: some item embeddings are NaN or infinite; nothing was saved. "
+                               "Check the data's weights for extreme values, or lower train.learning_rate")
     scorers = [scorer_for(model, "crossrec")]
     if baselines:
         scorers.append(PopularityScorer(data.train, data.catalogue))

@@ -19,8 +19,12 @@ def cmd_train_retrieval(args: argparse.Namespace) -> int:
 
     config = apply_overrides(config_from_args(args), args)
     run = train_retrieval(config, args.out, progress=not args.quiet, baselines=True)
-    overall = run.metrics[run.metrics["domain"] == "all"].set_index(["slice", "model"])
     print(f"\ntrained on {len(run.data.examples)} examples in {run.seconds:.0f} s; outputs in {args.out}/")
+    if run.metrics.empty:
+        print("no test queries to evaluate: the split held out no interaction (a user needs at least three "
+              "interactions for split.kind leave_last_out to hold one out for validation and one for test)")
+        return 0
+    overall = run.metrics[run.metrics["domain"] == "all"].set_index(["slice", "model"])
     print(overall[["queries", "recall@10", "recall@50", "ndcg@10", "mrr"]].round(4).to_string())
     return 0
 

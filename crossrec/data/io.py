@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,15 +58,15 @@ def read_table(path: str | Path, *, what: str, **csv_options) -> pd.DataFrame:
             header_lines = 0 if options.get("header", "infer") is None else 1
             frame = pd.read_csv(path, **options)
         elif suffix in (".jsonl", ".jsonl.gz", ".json", ".json.gz"):
-            frame = pd.read_json(path, lines=True, dtype=False)
+            frame = _read_json(path, what)
         else:
             raise DataError(Problem(
                 f"unsupported {what} file type '{suffix or path.name}'", file=str(path),
                 fix="use .parquet, .csv, .csv.gz, .tsv or .jsonl (optionally .gz)"))
     except DataError:
         raise
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError,
-            pa.ArrowException, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError, EOFError, zlib.error,
+            pa.ArrowException, UnicodeDecodeError) as exc:  # EOFError, zlib.error: a truncated .gz
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(Problem(f"cannot read {what} file: {reason}", file=str(path),
                                 fix="check that the file is complete and in the format its name says")) from None
@@ -71,11 +74,33 @@ def read_table(path: str | Path, *, what: str, **csv_options) -> pd.DataFrame:
         raise DataError(Problem(f"{what} file has no data rows", file=str(path),
                                 fix="add at least one row below the header"))
     frame = frame.reset_index(drop=True)
+    frame.columns = [str(c) for c in frame.columns]
     rows = pd.RangeIndex(1, len(frame) + 1)
     frame[schema.SOURCE_FILE] = pd.Categorical([str(path)] * len(frame))
     frame[schema.SOURCE_ROW] = rows
     if suffix != ".parquet":
         frame[schema.SOURCE_LINE] = rows + header_lines
+    return frame
+
+
+def _read_json(path: Path, what: str) -> pd.DataFrame:
+    """JSON Lines (one object per line), or one JSON array of objects (a ``.json`` file)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        first = handle.read(4096).lstrip()[:1]
+    if first == "[":
+        with opener(path, "rt", encoding="utf-8") as handle:
+            records = json.load(handle)
+        bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise DataError(Problem(f"{what} file: element {bad + 1} of the JSON array is not an object",
+                                    file=str(path), row=bad + 1,
+                                    fix="write one object per row, e.g. [{\"user_id\": \"u1\", ...}, ...]"))
+        return pd.DataFrame.from_records(records).astype(object)
+    frame = pd.read_json(path, lines=True, dtype=False)
+    if len(frame.columns) and not all(isinstance(c, str) for c in frame.columns):
+        raise DataError(Problem(f"{what} file: each line must be a JSON object naming its columns",
+                                file=str(path), fix="write one object per line, e.g. {\"user_id\": \"u1\", ...}"))
     return frame
 
 

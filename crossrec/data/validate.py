@@ -107,6 +107,18 @@ def _clean_ids(frame: pd.DataFrame, columns, what: str) -> tuple[pd.DataFrame, l
     return frame, problems
 
 
+# The largest magnitude a rating or weight may have: beyond it a loss overflows float32 (a weight
+# of 1e300 made every embedding NaN). Timestamps may be seconds or milliseconds; beyond 2^53 they
+# are no longer exact integers.
+MAX_MAGNITUDE = 1e6
+MAX_TIMESTAMP = 2.0 ** 53
+
+
+def _out_of_range(values: pd.Series, limit: float) -> pd.Series:
+    """Numbers that are not finite or beyond ``limit`` in magnitude (NaN = blank is not flagged)."""
+    return values.notna() & ~(values.abs() <= limit)
+
+
 def _numeric(frame: pd.DataFrame, column: str, what: str, *, fix: str) -> list[Problem]:
     raw = frame[column]
     values = pd.to_numeric(raw, errors="coerce")
@@ -115,7 +127,12 @@ def _numeric(frame: pd.DataFrame, column: str, what: str, *, fix: str) -> list[P
     if bad.any():
         problems = _row_problems(frame, bad, what=what, column=column,
                                  message=lambda r: f"{column} {r[column]!r} is not a number", fix=fix)
-    frame[column] = values.astype("float64")
+    absurd = _out_of_range(values, MAX_MAGNITUDE)
+    if absurd.any():
+        problems += _row_problems(frame, absurd, what=what, column=column,
+                                  message=lambda r: f"{column} {r[column]!r} is not a finite number of at most "
+                                                    f"{MAX_MAGNITUDE:g} in magnitude", fix=fix)
+    frame[column] = values.where(~absurd).astype("float64")
     return problems
 
 
@@ -131,8 +148,14 @@ def _timestamps(frame: pd.DataFrame, what: str) -> list[Problem]:
         parsed = pd.to_datetime(raw[text].astype(str), errors="coerce", utc=True, format="ISO8601")
         ok = parsed.notna()
         seconds[parsed.index[ok]] = (parsed[ok] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    bad = seconds.isna()
+    absurd = _out_of_range(seconds, MAX_TIMESTAMP)
     problems = []
+    if absurd.any():
+        problems += _row_problems(frame, absurd, what=what, column=schema.TIMESTAMP,
+                                  message=lambda r: f"timestamp {r[schema.TIMESTAMP]!r} is not a finite time",
+                                  fix="use epoch seconds (e.g. 1700000000), epoch milliseconds or ISO 8601")
+        seconds = seconds.where(~absurd, 0.0)
+    bad = seconds.isna()
     if bad.any():
         problems = _row_problems(
             frame, bad, what=what, column=schema.TIMESTAMP,
@@ -145,7 +168,8 @@ def _timestamps(frame: pd.DataFrame, what: str) -> list[Problem]:
 
 def _seq_pos(frame: pd.DataFrame, what: str) -> list[Problem]:
     values = pd.to_numeric(frame[schema.SEQ_POS], errors="coerce")
-    bad = values.isna() | (values != values.round())
+    bad = values.isna() | (values != values.round()) | _out_of_range(values, MAX_TIMESTAMP)
+    values = values.where(~bad)
     problems = []
     if bad.any():
         problems = _row_problems(frame, bad, what=what, column=schema.SEQ_POS,
@@ -225,10 +249,10 @@ def validate(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFram
         problems += _seq_pos(interactions, "interactions")
     if schema.RATING in interactions.columns:
         problems += _numeric(interactions, schema.RATING, "interactions",
-                             fix="ratings must be numbers (e.g. 4 or 4.5); leave the cell empty if unknown")
+                             fix="ratings must be finite numbers (e.g. 4 or 4.5); leave the cell empty if unknown")
     if schema.WEIGHT in interactions.columns:
         problems += _numeric(interactions, schema.WEIGHT, "interactions",
-                             fix="weights must be non-negative numbers")
+                             fix=f"weights must be non-negative numbers up to {MAX_MAGNITUDE:g} (e.g. 1)")
         negative = interactions[schema.WEIGHT] < 0
         if negative.any():
             problems += _row_problems(interactions, negative, what="interactions", column=schema.WEIGHT,

@@ -102,6 +102,10 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
     if zero_shot_domain and not config.split.target_domain:  # zero-shot asks the cold-start queries
         config = replace(config, split=replace(config.split, target_domain=zero_shot_domain))
     data = prepare_data(config, dataset)
+    if not any(len(q.examples) for q in data.test):
+        raise ConfigError("nothing to evaluate: the split held out no test interaction (with split.kind "
+                          "leave_last_out a user needs at least three interactions: one each for training, "
+                          "validation and test)")
     result = Comparison(pd.DataFrame(), target_domain=data.target_domain)
     scorers = []
 

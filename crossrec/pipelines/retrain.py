@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -78,6 +79,8 @@ class Gate:
     retrained: float
     max_regression: float
     metric: str = "recall_at_50"
+    # every item embedding of the retrained towers is a finite number (a NaN model never publishes)
+    finite: bool = True
 
     @property
     def threshold(self) -> float:
@@ -85,9 +88,12 @@ class Gate:
 
     @property
     def publish(self) -> bool:
-        return self.retrained >= self.threshold
+        return self.finite and math.isfinite(self.retrained) and self.retrained >= self.threshold
 
     def reason(self, version: int) -> str:
+        if not (self.finite and math.isfinite(self.retrained)):
+            return (f"the retrained towers are not finite (validation {self.metric} {self.retrained}, "
+                    f"embeddings finite: {self.finite}); a model with NaN or infinite values never publishes")
         verdict = "at least" if self.publish else "below"
         return (f"validation {self.metric} {self.retrained:.4f} of the retrained towers is {verdict} the served "
                 f"version {version}'s {self.served:.4f} x (1 - {self.max_regression}) = {self.threshold:.4f}")
@@ -281,7 +287,9 @@ class _Stages:
         served = self.served_metric()
         model = self.towers()
         self.model = model
-        return Gate(served, self._metric(model), self.config.retrain.max_regression, self.config.retrain.metric)
+        finite = bool(np.isfinite(model.all_item_embeddings()).all())
+        return Gate(served, self._metric(model), self.config.retrain.max_regression, self.config.retrain.metric,
+                    finite)
 
     def rankers(self) -> None:
         from ranking.train import load_ranking, train_ranking
