@@ -26,7 +26,6 @@ metrics and the index's parameters and measured recall.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,15 +38,13 @@ import crossrec
 from crossrec.config import Config
 from crossrec.errors import ConfigError
 from crossrec.typed import to_dict
+from serving import training_state
 from serving.index import DomainIndex
-from serving.layout import METADATA_FILE, TRAINING_STATE, new_version
+from serving.layout import METADATA_FILE, new_version, write_file_atomically
 from serving.parts import index_recall, load_parts
 from serving.signatures import ItemEncoderModule, RankingModule, RecommenderModule, RetrievalModule
 
 MODELS = ("retrieval", "ranking", "recommender", "item_encoder")
-# What each retrieval version carries for `crossrec retrain` (see serving.layout.TRAINING_STATE).
-TOWER_STATE = ("towers.weights.h5", "catalogue.parquet", "model_spec.json", "config.yaml", "run_summary.json", "data")
-RANKING_STATE = ("teacher.weights.h5", "student.weights.h5", "ranking_spec.json", "config.yaml", "run_summary.json")
 
 
 @dataclass
@@ -89,6 +86,8 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
                 "item_encoder": ItemEncoderModule}
     result = ExportResult({}, {}, {}, 0.0)
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if export.index == "scann" else None)
+    # retraining's state (user histories) goes beside the serving folder, never into it
+    state = training_state.store(out, retrieval_dir, ranking_dir) if "retrieval" in models else None
     for name in models:
         if progress:
             print(f"exporting {name}", flush=True)
@@ -101,37 +100,22 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
                         "zero_shot_domains": parts.lookups.zero_shot,
                         "history_length": config.towers.history_length,
                         "index": index_info if name in ("retrieval", "recommender") else None,
-                        **parts.metadata, "config": to_dict(config)}
+                        **parts.metadata, "config": to_dict(config),
+                        **({"training_state": state} if name == "retrieval" else {})}
             with tempfile.TemporaryDirectory() as scratch:
                 path = Path(scratch) / METADATA_FILE
                 path.write_text(json.dumps(metadata, indent=2, default=str))
                 module.metadata = tf.saved_model.Asset(str(path))
                 tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve}, options=options)
-            if name == "retrieval":
-                copy_training_state(tmp, retrieval_dir, ranking_dir)
         result.versions[name] = number
         result.paths[name] = Path(out) / name / str(number)
         result.metadata[name] = metadata
         if on_published is not None:
             on_published(name, number)
+    if state is not None:
+        training_state.prune(out)
     result.seconds = time.perf_counter() - started
     return result
-
-
-def copy_training_state(version_dir: Path, retrieval_dir: str | Path, ranking_dir: str | Path | None) -> None:
-    """The training run(s) behind a version, inside it, so retraining can warm-start from exactly
-    what is served."""
-    for source, names, sub in ((retrieval_dir, TOWER_STATE, "towers"), (ranking_dir, RANKING_STATE, "ranking")):
-        if source is None:
-            continue
-        target = Path(version_dir) / TRAINING_STATE / sub
-        target.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            path = Path(source) / name
-            if path.is_dir():
-                shutil.copytree(path, target / name)
-            elif path.exists():
-                shutil.copy2(path, target / name)
 
 
 def signature_description(function) -> dict:
@@ -156,7 +140,7 @@ def write_model_config(base: str | Path, serving_root: str = "/models") -> Path:
         entries.append(f'  config {{\n    name: "{model.name}"\n    base_path: "{serving_root}/{model.name}"\n'
                        f'    model_platform: "tensorflow"\n  }}')
     path = base / "models.config"
-    path.write_text("# For tensorflow/serving (see README: Serving). item_encoder is served by `crossrec serve`:\n"
-                    "# its tokenizer needs TF Text ops that stock TF Serving does not have.\n"
-                    "model_config_list {\n" + "\n".join(entries) + "\n}\n")
+    write_file_atomically(path, "# For tensorflow/serving (see README: Serving). item_encoder is served by "
+                                "`crossrec serve`:\n# its tokenizer needs TF Text ops that stock TF Serving does "
+                                "not have.\nmodel_config_list {\n" + "\n".join(entries) + "\n}\n")
     return path

@@ -13,6 +13,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving.errors import invalid
 from serving.models import ModelManager
 from serving.predictor import DEFAULT_SIGNATURE, Predictor, ServingError, version_status
 
@@ -38,10 +39,18 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             version, label = _spec_version(request.model_spec)
             model = self.predictor.model(request.model_spec.name, version, label)
-            try:
-                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            except Exception as exc:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs: not valid TensorProtos ({exc})") from None
+            inputs = {}
+            for key, proto in request.inputs.items():
+                if proto.tensor_shape.unknown_rank:
+                    raise invalid(f"input {key!r}: the tensor's shape must be given (unknown_rank is set)")
+                # before make_ndarray, which would fill a declared shape of 10^9 from one value
+                self.predictor.limits.check_shape(key, [d.size for d in proto.tensor_shape.dim])
+                try:
+                    inputs[key] = tf.make_ndarray(proto)
+                except Exception as exc:
+                    raise invalid(f"input {key!r}: not a valid TensorProto ({type(exc).__name__}: {exc})") from None
+            if not context.is_active():  # the client gave up (deadline or cancel): skip the work
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline expired before it ran")
             outputs = self.predictor.predict(model, request.model_spec.signature_name, inputs,
                                              tuple(request.output_filter))
         except ServingError as error:
@@ -80,8 +89,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def GetModelStatus(self, request, context):  # noqa: N802
         try:
-            version, _ = _spec_version(request.model_spec)
-            statuses = version_status(self.manager, request.model_spec.name, version)
+            version, label = _spec_version(request.model_spec)
+            statuses = version_status(self.manager, request.model_spec.name, version, label)
         except ServingError as error:
             return _abort(context, error)
         response = get_model_status_pb2.GetModelStatusResponse()

@@ -12,13 +12,13 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 METADATA_FILE = "crossrec_metadata.json"  # inside each version's assets/
-# Inside each ``retrieval`` version: the training state that ``crossrec retrain`` warm-starts from
-# (``towers/``: weights, catalogue, config, data; ``ranking/``: the rankers). TF Serving reads
-# only ``assets.extra/tf_serving_warmup_requests`` there and ignores the rest.
+# Where retrieval versions exported before the training-state store (serving.training_state)
+# carried their training state; read, never written, so those versions can still be retrained.
 TRAINING_STATE = Path("assets.extra") / "crossrec"
 
 
@@ -46,6 +46,51 @@ def next_version(model_dir: str | Path) -> int:
     return max(taken, default=0) + 1
 
 
+TMP_PREFIX = ".tmp-"
+ABANDONED_SECONDS = 24 * 3600  # a temporary folder of another machine's export this old is abandoned
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_abandoned(model_dir: Path) -> list[Path]:
+    """Removes the temporary folders of exports that were killed (their process is gone, or the
+    folder is older than a day): an interrupted export leaves nothing behind for long."""
+    removed = []
+    for child in model_dir.glob(TMP_PREFIX + "*"):
+        parts = child.name[len(TMP_PREFIX):].split("-")
+        pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+        try:
+            age = time.time() - child.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if (pid is not None and pid != os.getpid() and not _alive(pid)) or age > ABANDONED_SECONDS:
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` so a reader sees the old file or the new one, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @contextlib.contextmanager
 def new_version(model_dir: str | Path, version: int | None = None) -> Iterator[tuple[Path, int]]:
     """Yields (temporary folder, version); on success renames the folder to ``<model_dir>/<version>``.
@@ -61,7 +106,8 @@ def new_version(model_dir: str | Path, version: int | None = None) -> Iterator[t
     if final.exists():
         raise FileExistsError(f"{final} already exists; versions are immutable (leave --version out to take the "
                               "next free one)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    remove_abandoned(model_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{version}-{os.getpid()}-", dir=model_dir))
     try:
         yield tmp, version
         os.rename(tmp, final)  # atomic on one file system

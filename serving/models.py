@@ -4,13 +4,18 @@
 version policy aspires to (default: the latest one), and switches to a new version only once it
 has loaded; the old one is unloaded after the switch. Requests already running keep the
 ``LoadedModel`` they started with, so a switch never fails one. A version that fails to load is
-logged, reported in its status, and never replaces a good one; it is not retried until its
-folder changes.
+logged (with paths relative to the model's base, never the server's absolute ones), reported in
+its status, and never replaces a good one; it is retried as soon as any of its files changes (a
+copy filled in place loads once complete), and otherwise every ``retry_seconds`` up to
+``max_load_retries`` times (TF Serving's ``--load_retry_interval_micros`` and
+``--max_num_load_retries``). Versions deleted from disk leave the status too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,7 +27,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from crossrec.errors import ConfigError
-from serving.layout import versions
+from serving.layout import METADATA_FILE, versions
 
 log = logging.getLogger("crossrec.serving")
 
@@ -54,6 +59,7 @@ class LoadedModel:
     module: object  # what tf.saved_model.load returned (keeps its variables alive)
     signatures: dict  # name -> ConcreteFunction
     signature_defs: dict  # name -> tensorflow.core.protobuf.meta_graph_pb2.SignatureDef
+    metadata: dict = field(default_factory=dict)  # crossrec's assets/crossrec_metadata.json ({} if none)
 
 
 @dataclass
@@ -79,7 +85,23 @@ def load_saved_model(name: str, version: int, path: Path) -> LoadedModel:
     proto.ParseFromString((path / "saved_model.pb").read_bytes())
     signature_defs = dict(proto.meta_graphs[0].signature_def)
     signature_defs.pop("__saved_model_init_op", None)
-    return LoadedModel(name, version, path, module, dict(module.signatures), signature_defs)
+    metadata_file = path / "assets" / METADATA_FILE
+    metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+    return LoadedModel(name, version, path, module, dict(module.signatures), signature_defs,
+                       metadata if isinstance(metadata, dict) else {})
+
+
+def _files_stamp(path: Path) -> tuple:
+    """(name, size, mtime) of every file in a version folder: changes whenever a file is written."""
+    stamp = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                info = os.stat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            stamp.append((os.path.relpath(os.path.join(root, name), path), info.st_size, info.st_mtime_ns))
+    return tuple(sorted(stamp))
 
 
 def specs_from_config_file(path: str | Path) -> list[ModelSpec]:
@@ -112,7 +134,8 @@ def specs_from_config_file(path: str | Path) -> list[ModelSpec]:
 class ModelManager:
     """Loads, serves and unloads model versions; ``poll()`` once, or ``start()`` a watcher thread."""
 
-    def __init__(self, specs: list[ModelSpec], *, loader=load_saved_model):
+    def __init__(self, specs: list[ModelSpec], *, loader=load_saved_model, retry_seconds: float = 60.0,
+                 max_load_retries: int = 5):
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ConfigError(f"model names must be unique, got {names}")
@@ -121,7 +144,10 @@ class ModelManager:
         self._lock = threading.Lock()
         self._served: dict[str, dict[int, LoadedModel]] = {s.name: {} for s in specs}
         self._status: dict[str, dict[int, VersionStatus]] = {s.name: {} for s in specs}
-        self._failed: dict[tuple[str, int], float] = {}  # (name, version) -> folder mtime when it failed
+        # (name, version) -> (the files' stamp when it failed, when, retries so far)
+        self._failed: dict[tuple[str, int], tuple[tuple, float, int]] = {}
+        self.retry_seconds = retry_seconds
+        self.max_load_retries = max_load_retries
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -150,6 +176,15 @@ class ModelManager:
                 raise KeyError(f"Could not find any versions of model {name}")
             return dict(self._status[name])
 
+    def label_version(self, name: str, label: str) -> int:
+        """The version a label names (KeyError with TF Serving's message if none)."""
+        spec = self.specs.get(name)
+        if spec is None:
+            raise KeyError(f"Could not find any versions of model {name}")
+        if label not in spec.labels:
+            raise KeyError(f"Unrecognized servable version label: {label}")
+        return spec.labels[label]
+
     def ready(self) -> bool:
         with self._lock:
             return all(self._served[name] for name in self.specs)
@@ -166,19 +201,27 @@ class ModelManager:
             if version in self._served[spec.name]:
                 continue
             path = spec.base_path / str(version)
-            mtime = path.stat().st_mtime if path.exists() else 0.0
-            if self._failed.get((spec.name, version)) == mtime:
-                continue
+            stamp = _files_stamp(path)
+            failed = self._failed.get((spec.name, version))
+            retries = 0
+            if failed is not None:
+                same, since, retries = failed[0] == stamp, time.monotonic() - failed[1], failed[2]
+                if same and (since < self.retry_seconds or retries >= self.max_load_retries):
+                    continue
+                retries = retries + 1 if same else 0
             self._set_status(spec.name, version, VersionStatus(LOADING))
             try:
                 loaded = self.loader(spec.name, version, path)
             except Exception as exc:  # a broken version never replaces a good one
-                message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                text = str(exc).strip().replace(str(spec.base_path.resolve()), spec.name)
+                text = text.replace(str(spec.base_path), spec.name)
+                message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
                 log.error("model %s version %s failed to load, keeping the versions already served: %s",
                           spec.name, version, message)
-                self._failed[(spec.name, version)] = mtime
+                self._failed[(spec.name, version)] = (stamp, time.monotonic(), retries)
                 self._set_status(spec.name, version, VersionStatus(END, message))
                 continue
+            self._failed.pop((spec.name, version), None)
             with self._lock:
                 self._served[spec.name][version] = loaded
                 self._status[spec.name][version] = VersionStatus(AVAILABLE)
@@ -186,6 +229,9 @@ class ModelManager:
         # unload what is no longer aspired, but only once something newer serves in its place
         with self._lock:
             served = self._served[spec.name]
+            for version in [v for v in self._status[spec.name] if v not in present and v not in served]:
+                del self._status[spec.name][version]  # deleted from disk: no status left behind
+                self._failed.pop((spec.name, version), None)
             keep = {v for v in aspired if v in served}
             if keep:
                 for version in [v for v in served if v not in keep]:

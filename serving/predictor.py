@@ -5,28 +5,17 @@ the field. Shared by the gRPC and REST front ends."""
 from __future__ import annotations
 
 import re
-from http import HTTPStatus
 
 import grpc
 import numpy as np
 import tensorflow as tf
 
+from serving.errors import HTTP_STATUS, ServingError, invalid
+from serving.limits import RequestLimits
 from serving.models import LoadedModel, ModelManager
 
 DEFAULT_SIGNATURE = "serving_default"
-
-
-class ServingError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-HTTP_STATUS = {grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
-               grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
-               grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-               grpc.StatusCode.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR}
+__all__ = ["DEFAULT_SIGNATURE", "HTTP_STATUS", "Predictor", "ServingError", "version_status"]
 
 
 def _assertion_message(error: tf.errors.OpError) -> str:
@@ -41,8 +30,9 @@ def _assertion_message(error: tf.errors.OpError) -> str:
 class Predictor:
     """Runs a signature of a served model on numpy inputs, checking them first."""
 
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, limits: RequestLimits | None = None):
         self.manager = manager
+        self.limits = limits or RequestLimits()
 
     def model(self, name: str, version: int | None = None, label: str | None = None) -> LoadedModel:
         try:
@@ -82,12 +72,13 @@ class Predictor:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"input {name!r}: expects shape {spec.shape.as_list()} (None = any), got "
                                    f"{list(array.shape)}")
-            tensors[name] = tf.constant(array, dtype=spec.dtype)
-        batch = {t.shape[0] for t in tensors.values() if t.shape.rank}
+            tensors[name] = array
+        batch = {a.shape[0] for a in tensors.values() if a.ndim}
         if len(batch) > 1:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"inputs disagree on the batch size (first dimension): "
-                               f"{ {k: t.shape[0] for k, t in tensors.items() if t.shape.rank} }")
+            raise invalid("inputs disagree on the batch size (first dimension): "
+                          f"{ {k: a.shape[0] for k, a in tensors.items() if a.ndim} }")
+        self.limits.check_request(model.name, tensors, model.metadata.get("max_k"))
+        tensors = {name: tf.constant(array, dtype=specs[name].dtype) for name, array in tensors.items()}
         try:
             outputs = function(**tensors)
         except tf.errors.InvalidArgumentError as exc:
@@ -103,8 +94,10 @@ class Predictor:
         return {k: v.numpy() for k, v in outputs.items()}
 
 
-def version_status(manager: ModelManager, name: str, version: int | None):
+def version_status(manager: ModelManager, name: str, version: int | None, label: str | None = None):
     try:
+        if label:
+            version = manager.label_version(name, label)
         statuses = manager.status(name)
     except KeyError as exc:
         raise ServingError(grpc.StatusCode.NOT_FOUND, exc.args[0]) from None

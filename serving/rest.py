@@ -1,125 +1,63 @@
-"""TF Serving's REST API over a ``Predictor``: ``POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict``
-(``instances`` or ``inputs``), ``GET /v1/models/<name>[/versions/<v>]`` and
-``GET /v1/models/<name>/metadata``, with TF Serving's JSON encodings and error bodies."""
+"""TF Serving's REST API over a ``Predictor``, as an ASGI app (Starlette) served by uvicorn:
+``POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict``, ``GET /v1/models/<name>[/versions/<v>
+|/labels/<l>]`` and ``GET /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata``.
+
+The HTTP stack (uvicorn + h11) owns connections, keep-alive, header limits, malformed framing and
+TLS handshakes (in its event loop, so an idle client blocks nobody); this module owns the body
+cap (checked on the declared length, then while streaming), a read timeout, and errors: every
+failure is a JSON ``{"error": ...}`` with TF Serving's status code, never a traceback.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 
 import grpc
-import numpy as np
-import tensorflow as tf
 from google.protobuf import json_format
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from serving.errors import HTTP_STATUS, ServingError, invalid
 from serving.models import LoadedModel
-from serving.predictor import (
-    DEFAULT_SIGNATURE,
-    HTTP_STATUS,
-    Predictor,
-    ServingError,
-    version_status,
-)
+from serving.predictor import DEFAULT_SIGNATURE, Predictor, version_status
+from serving.rest_json import columns_of, json_value, to_array
 
 log = logging.getLogger("crossrec.serving")
 
-
-_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                    r"(?P<verb>:predict|/metadata)?$")
-
-
-def _json_value(value):
-    if isinstance(value, np.ndarray):
-        return [_json_value(v) for v in value] if value.ndim else _json_value(value.item())
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            import base64
-
-            return {"b64": base64.b64encode(value).decode()}
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
-
-
-def _to_array(value, spec: tf.TensorSpec, name: str) -> np.ndarray:
-    try:
-        if spec.dtype == tf.string:
-            def encode(v):
-                if isinstance(v, list):
-                    return [encode(x) for x in v]
-                if isinstance(v, dict) and "b64" in v:
-                    import base64
-
-                    return base64.b64decode(v["b64"])
-                if not isinstance(v, str):
-                    raise TypeError(f"expected text, got {v!r}")
-                return v.encode("utf-8")
-            array = np.array(encode(value), dtype=object)
-        elif spec.dtype == tf.bool:
-            array = np.asarray(value)
-            if array.dtype != np.bool_:
-                raise TypeError(f"expected true/false, got {value!r}")
-        else:
-            array = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
-    except (TypeError, ValueError) as exc:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {name!r}: cannot be read as {spec.dtype.name} ({exc})") from None
-    if array.dtype == object and array.ndim and array.size and isinstance(array.flat[0], list):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r}: rows of different lengths")
-    return array
+BODY_READ_SECONDS = 30.0
 
 
 def rest_predict(predictor: Predictor, model: LoadedModel, body: dict) -> dict:
-    signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
+    signature_name = body.get("signature_name", "") or DEFAULT_SIGNATURE
+    if not isinstance(signature_name, str):
+        raise invalid(f'"signature_name" must be text, got {type(signature_name).__name__}')
     function = model.signatures.get(signature_name)
     if function is None:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f'Serving signature key "{signature_name}" not found')
+        raise invalid(f'Serving signature key "{signature_name}" not found; the model has {sorted(model.signatures)}')
     specs = function.structured_input_signature[1]
-    if ("instances" in body) == ("inputs" in body):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           'the request body needs exactly one of "instances" (row format) or "inputs" (columnar)')
-    if "instances" in body:
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, '"instances" must be a non-empty list')
-        if len(specs) == 1 and not isinstance(instances[0], dict):
-            columns = {next(iter(specs)): instances}
-        else:
-            if not all(isinstance(i, dict) for i in instances):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   '"instances" must be objects naming each input, e.g. {"target_domain": "books", ...}')
-            names = set().union(*instances)
-            columns = {}
-            for name in names:
-                missing = [i for i, row in enumerate(instances) if name not in row]
-                if missing:
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"input {name!r} is missing from instance(s) {missing[:5]}")
-                columns[name] = [row[name] for row in instances]
-    else:
-        columns = body["inputs"]
-        if not isinstance(columns, dict):
-            columns = {next(iter(specs)): columns} if len(specs) == 1 else None
-        if columns is None:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, '"inputs" must be an object naming each input')
-    arrays = {k: _to_array(v, specs[k], k) if k in specs else np.asarray(v, dtype=object) for k, v in columns.items()}
+    columns, rows = columns_of(body, specs)
+    unknown = sorted(set(columns) - set(specs))
+    if unknown:
+        raise invalid(f"unexpected input(s) {unknown}; signature {signature_name!r} expects {sorted(specs)}")
+    arrays = {k: to_array(v, specs[k], k) for k, v in columns.items()}
     outputs = predictor.predict(model, signature_name, arrays)
-    if "instances" in body:
-        n = len(body["instances"])
-        if len(outputs) == 1:
-            return {"predictions": _json_value(next(iter(outputs.values())))}
-        return {"predictions": [{k: _json_value(v[i]) for k, v in outputs.items()} for i in range(n)]}
+    key = "predictions" if rows else "outputs"
     if len(outputs) == 1:
-        return {"outputs": _json_value(next(iter(outputs.values())))}
-    return {"outputs": {k: _json_value(v) for k, v in outputs.items()}}
+        return {key: json_value(next(iter(outputs.values())))}
+    if rows:
+        n = len(body["instances"])
+        return {key: [{k: json_value(v[i]) for k, v in outputs.items()} for i in range(n)]}
+    return {key: {k: json_value(v) for k, v in outputs.items()}}
 
 
 def _status_json(statuses) -> dict:
@@ -129,74 +67,99 @@ def _status_json(statuses) -> dict:
         for v, s in sorted(statuses.items())]}
 
 
-def make_rest_handler(predictor: Predictor, max_request_bytes: int):
+def _route(path: str):
+    match = _PATH.match(path)
+    if not match:
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"no such endpoint: {path[:200]}")
+    version = match["version"]
+    if version is not None:
+        if not version.isdigit() or len(version) > 18:
+            raise invalid(f"version: expected a whole number, got {version[:40]!r}")
+        version = int(version)
+    return match["name"], version, match["label"], match["verb"]
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and int(declared) > limit:  # h11 has already refused a malformed one
+        raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"request of {declared} bytes exceeds the limit of {limit} (--max_request_bytes)")
+    body = bytearray()
+
+    async def read():
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"request body exceeds the limit of {limit} bytes (--max_request_bytes)")
+
+    try:
+        await asyncio.wait_for(read(), BODY_READ_SECONDS)
+    except TimeoutError:
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"the request body did not arrive within {BODY_READ_SECONDS:.0f} s") from None
+    return bytes(body)
+
+
+def _parse(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw.decode("utf-8") or "{}")
+    except UnicodeDecodeError as exc:
+        raise invalid(f"the request body is not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise invalid(f"the request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise invalid("the request body nests too deeply") from None
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    return body
+
+
+def make_rest_app(predictor: Predictor, max_request_bytes: int) -> Starlette:
     manager = predictor.manager
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def metadata(model: LoadedModel) -> dict:
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in model.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(signature)
+        return {"model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
+                "metadata": {"signature_def": json_format.MessageToDict(signature_map,
+                                                                         preserving_proto_field_name=True)}}
 
-        def log_message(self, fmt, *args):  # route through logging, not stderr
-            log.debug("rest: " + fmt, *args)
+    def get(name, version, label, verb) -> dict:
+        if verb == ":predict":
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "predict needs POST")
+        if verb == "/metadata":
+            return metadata(predictor.model(name, version, label))
+        return _status_json(version_status(manager, name, version, label))
 
-        def _send(self, status: int, payload: dict):
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    async def endpoint(request: Request) -> JSONResponse:
+        try:
+            name, version, label, verb = _route(request.url.path)
+            if request.method == "GET":
+                return JSONResponse(await run_in_threadpool(get, name, version, label, verb))
+            if verb != ":predict":
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"no such endpoint: POST {request.url.path[:200]}")
+            raw = await _read_body(request, max_request_bytes)
+            body = await run_in_threadpool(_parse, raw)
+            model = predictor.model(name, version, label)
+            return JSONResponse(await run_in_threadpool(rest_predict, predictor, model, body))
+        except ServingError as error:
+            return JSONResponse({"error": error.message},
+                                status_code=HTTP_STATUS.get(error.code, HTTPStatus.INTERNAL_SERVER_ERROR))
+        except Exception as exc:  # never a traceback to the client, never a dead server
+            log.exception("REST request failed")
+            return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
-        def _error(self, error: ServingError):
-            self._send(HTTP_STATUS.get(error.code, HTTPStatus.INTERNAL_SERVER_ERROR), {"error": error.message})
+    async def not_allowed(request: Request) -> JSONResponse:
+        return JSONResponse({"error": f"method {request.method} is not allowed; use GET or POST"}, status_code=405,
+                            headers={"Allow": "GET, POST"})
 
-        def _route(self):
-            match = _PATH.match(self.path.split("?")[0])
-            if not match:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"no such endpoint: {self.path}")
-            version = int(match["version"]) if match["version"] else None
-            return match["name"], version, match["label"], match["verb"]
+    async def not_found(request: Request, exc) -> JSONResponse:
+        return JSONResponse({"error": f"no such endpoint: {request.url.path[:200]}"}, status_code=404)
 
-        def do_GET(self):  # noqa: N802
-            try:
-                name, version, label, verb = self._route()
-                if verb == ":predict":
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "predict needs POST")
-                if verb == "/metadata":
-                    model = predictor.model(name, version, label)
-                    signature_map = get_model_metadata_pb2.SignatureDefMap()
-                    for key, signature in model.signature_defs.items():
-                        signature_map.signature_def[key].CopyFrom(signature)
-                    self._send(200, {"model_spec": {"name": name, "signature_name": "", "version": str(model.version)},
-                                     "metadata": {"signature_def": json_format.MessageToDict(
-                                         signature_map, preserving_proto_field_name=True)}})
-                    return
-                self._send(200, _status_json(version_status(manager, name, version)))
-            except ServingError as error:
-                self._error(error)
+    async def method_not_allowed(request: Request, exc) -> JSONResponse:
+        return await not_allowed(request)
 
-        def do_POST(self):  # noqa: N802
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > max_request_bytes:
-                    self.rfile.read(length)
-                    raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                       f"request of {length} bytes exceeds the limit of {max_request_bytes}")
-                raw = self.rfile.read(length)
-                name, version, label, verb = self._route()
-                if verb != ":predict":
-                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"no such endpoint: POST {self.path}")
-                try:
-                    body = json.loads(raw or b"{}")
-                except json.JSONDecodeError as exc:
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"the request body is not JSON: {exc}") from None
-                if not isinstance(body, dict):
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "the request body must be a JSON object")
-                model = predictor.model(name, version, label)
-                self._send(200, rest_predict(predictor, model, body))
-            except ServingError as error:
-                self._error(error)
-            except Exception as exc:  # never let a request take the server down
-                log.exception("REST request failed")
-                self._error(ServingError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
-
-    return Handler
+    return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])],
+                     exception_handlers={404: not_found, 405: method_not_allowed})

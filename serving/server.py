@@ -18,24 +18,27 @@ difference:
 
 from __future__ import annotations
 
-import ssl
+import socket
 import threading
 from concurrent import futures
-from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from crossrec.errors import ConfigError
 from serving.grpc_api import ModelService, PredictionService
+from serving.limits import RequestLimits
 from serving.models import AVAILABLE, ModelManager
 from serving.predictor import Predictor
-from serving.rest import make_rest_handler
+from serving.rest import make_rest_app
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+KEEP_ALIVE_SECONDS = 5
 
 
 @dataclass
@@ -45,9 +48,35 @@ class ServerOptions:
     rest_api_port: int = 8501  # 0 = no REST (as tensorflow_model_server)
     poll_seconds: float = 1.0
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    limits: RequestLimits = field(default_factory=RequestLimits)
     workers: int = 8
     ssl_cert_file: str | None = None
     ssl_key_file: str | None = None
+
+    def check_tls(self) -> None:
+        """Both files or neither, and both readable: never a silent plaintext fallback."""
+        cert, key = self.ssl_cert_file, self.ssl_key_file
+        if bool(cert) != bool(key):
+            given, missing = ("--ssl_cert_file", "--ssl_key_file") if cert else ("--ssl_key_file", "--ssl_cert_file")
+            raise ConfigError(f"{given} needs {missing} too (TLS needs both the certificate and its private key)")
+        for flag, path in (("--ssl_cert_file", cert), ("--ssl_key_file", key)):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{flag} {path}: file not found")
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    """A listening socket, refusing a port another process already holds (no SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"{what} port {host}:{port} is not available ({exc.strerror}); "
+                          "is another server running? choose another port") from None
+    sock.listen(128)
+    return sock
 
 
 class Server:
@@ -56,9 +85,10 @@ class Server:
     def __init__(self, manager: ModelManager, options: ServerOptions | None = None):
         self.manager = manager
         self.options = options or ServerOptions()
-        self.predictor = Predictor(manager)
+        self.predictor = Predictor(manager, self.options.limits)
         self.grpc_server = None
-        self.http_server = None
+        self.http_server: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
         self.health = health.HealthServicer()
         self.port = None
         self.rest_port = None
@@ -67,10 +97,11 @@ class Server:
 
     def start(self) -> Server:
         o = self.options
-        self.manager.start(o.poll_seconds)
+        o.check_tls()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=o.workers),
                              options=[("grpc.max_receive_message_length", o.max_request_bytes),
-                                      ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+                                      ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                                      ("grpc.so_reuseport", 0)])  # a port in use is an error, not shared
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.predictor), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -78,34 +109,47 @@ class Server:
             "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
         address = f"{o.host}:{o.port}"
-        if o.ssl_cert_file:
-            credentials = grpc.ssl_server_credentials([(Path(o.ssl_key_file).read_bytes(),
-                                                        Path(o.ssl_cert_file).read_bytes())])
-            self.port = server.add_secure_port(address, credentials)
-        else:
-            self.port = server.add_insecure_port(address)
+        try:
+            if o.ssl_cert_file:
+                credentials = grpc.ssl_server_credentials([(Path(o.ssl_key_file).read_bytes(),
+                                                            Path(o.ssl_cert_file).read_bytes())])
+                self.port = server.add_secure_port(address, credentials)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen on {address} (in use?)")
+            raise ConfigError(f"gRPC port {address} is not available; is another server running? choose another port")
+        try:
+            rest_socket = _bind(o.host, o.rest_api_port, "REST") if o.rest_api_port else None
+        except ConfigError:
+            server.stop(None)
+            raise
+        self.manager.start(o.poll_seconds)
         server.start()
         self.grpc_server = server
-        if o.rest_api_port:
-            self._start_rest()
+        if rest_socket is not None:
+            self._start_rest(rest_socket)
         self._update_health()
         self._health_thread = threading.Thread(target=self._watch_health, daemon=True, name="health")
         self._health_thread.start()
         return self
 
-    def _start_rest(self):
+    def _start_rest(self, sock: socket.socket):
         o = self.options
-        handler = make_rest_handler(self.predictor, o.max_request_bytes)
-        self.http_server = ThreadingHTTPServer((o.host, o.rest_api_port), handler)
-        self.http_server.daemon_threads = True
-        if o.ssl_cert_file:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(o.ssl_cert_file, o.ssl_key_file)
-            self.http_server.socket = context.wrap_socket(self.http_server.socket, server_side=True)
-        self.rest_port = self.http_server.server_address[1]
-        threading.Thread(target=self.http_server.serve_forever, daemon=True, name="rest").start()
+        config = uvicorn.Config(make_rest_app(self.predictor, o.max_request_bytes), log_level="warning",
+                                timeout_keep_alive=KEEP_ALIVE_SECONDS, ssl_certfile=o.ssl_cert_file,
+                                ssl_keyfile=o.ssl_key_file, access_log=False, lifespan="off",
+                                log_config=None)  # crossrec's logging, not handlers of uvicorn's own
+        self.http_server = uvicorn.Server(config)
+        self.rest_port = sock.getsockname()[1]
+        self._http_thread = threading.Thread(target=self.http_server.run, kwargs={"sockets": [sock]},
+                                             daemon=True, name="rest")
+        self._http_thread.start()
+        while not self.http_server.started and self._http_thread.is_alive():
+            threading.Event().wait(0.01)
+        if not self.http_server.started:
+            raise ConfigError("the REST server failed to start (see the log)")
 
     def _update_health(self):
         for name in self.manager.specs:
@@ -123,8 +167,8 @@ class Server:
         self._stopping.set()
         self.health.enter_graceful_shutdown()
         if self.http_server is not None:
-            self.http_server.shutdown()
-            self.http_server.server_close()
+            self.http_server.should_exit = True
+            self._http_thread.join(timeout=grace + 5)
         if self.grpc_server is not None:
             self.grpc_server.stop(grace).wait()
         self.manager.stop()

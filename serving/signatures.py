@@ -28,6 +28,18 @@ class QueryModule(tf.Module):
         self.user_tower = parts.retrieval_model.user_tower
         self.user_hashing = parts.retrieval_model.user_hashing
 
+    @staticmethod
+    def _history_checks(history_item_ids, history_domains, target_domain):
+        return [
+            tf.debugging.assert_positive(tf.size(target_domain), message="target_domain: the batch is empty; "
+                                         "send at least one row"),
+            tf.debugging.assert_equal(tf.shape(history_item_ids), tf.shape(history_domains),
+                                      message="history_item_ids and history_domains: must have the same shape "
+                                              "(one domain per history item, \"\" for padding)"),
+            tf.debugging.assert_equal(tf.shape(history_item_ids)[0], tf.shape(target_domain)[0],
+                                      message="history_item_ids and target_domain: must have one row per query"),
+        ]
+
     def _query(self, history_item_ids, history_domains, target_domain):
         rows = self.lookups.history_rows(history_item_ids, history_domains)
         target = self.lookups.domain_index(target_domain)  # served position: the index partition
@@ -44,9 +56,23 @@ class QueryModule(tf.Module):
         return {"history_known": tf.reduce_sum(tf.cast(known, tf.int32), axis=1),
                 "history_in_domain": tf.reduce_sum(tf.cast(in_domain, tf.int32), axis=1)}
 
+    @staticmethod
+    def _per_query_checks(target_domain, k, exclude_history):
+        return [tf.debugging.assert_equal(tf.shape(k), tf.shape(target_domain),
+                                          message="k: must have one value per query (as target_domain)"),
+                tf.debugging.assert_equal(tf.shape(exclude_history), tf.shape(target_domain),
+                                          message="exclude_history: must have one value per query (as target_domain)")]
+
     def _retrieve(self, query, rows, target, exclude_history, k: int):
         exclude = tf.where(exclude_history[:, None], rows, tf.zeros_like(rows))
         return self.index.search(query, target, exclude, k)
+
+
+def checked(checks, *tensors):
+    """``tensors`` again, each depending on every check: no op of a signature runs (or fails with
+    a message that names nothing) before the request's checks have passed."""
+    with tf.control_dependencies(checks):
+        return [tf.identity(t) for t in tensors]
 
 
 class RetrievalModule(QueryModule):
@@ -58,13 +84,17 @@ class RetrievalModule(QueryModule):
             tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")])
 
     def _serve(self, history_item_ids, history_domains, target_domain, k, exclude_history):
-        checks = [tf.debugging.assert_positive(k, message="k: must be at least 1"),
-                  tf.debugging.assert_less_equal(k, self.max_k, message=f"k: must be at most {self.max_k} "
-                                                                         "(max_k fixed at export)")]
-        with tf.control_dependencies(checks):
-            query, rows, target = self._query(history_item_ids, history_domains, target_domain)
+        checks = self._history_checks(history_item_ids, history_domains, target_domain) + \
+            self._per_query_checks(target_domain, k, exclude_history) + [
+                tf.debugging.assert_positive(k, message="k: must be at least 1"),
+                tf.debugging.assert_less_equal(k, self.max_k, message=f"k: must be at most {self.max_k} "
+                                                                       "(max_k fixed at export)")]
+        history_item_ids, history_domains, target_domain, k, exclude_history = checked(
+            checks, history_item_ids, history_domains, target_domain, k, exclude_history)
+        query, rows, target = self._query(history_item_ids, history_domains, target_domain)
+        # bounded by max_k whatever k says, so no allocation ever follows an absurd k
+        width = tf.minimum(tf.reduce_max(k), self.max_k)
         scores, found = self._retrieve(query, rows, target, exclude_history, self.max_k)
-        width = tf.reduce_max(k)
         beyond = tf.range(width)[None, :] >= k[:, None]
         ids = tf.gather(self.lookups.item_ids, found[:, :width])
         return {"item_ids": tf.where(beyond, tf.constant(b""), ids),
@@ -86,6 +116,11 @@ class RankingModule(QueryModule):
                 "rating": tf.where(known, rating, 0.0)}
 
     def _serve(self, history_item_ids, history_domains, target_domain, candidate_item_ids):
+        checks = self._history_checks(history_item_ids, history_domains, target_domain) + [
+            tf.debugging.assert_equal(tf.shape(candidate_item_ids)[0], tf.shape(target_domain)[0],
+                                      message="candidate_item_ids: must have one row per query (as target_domain)")]
+        history_item_ids, history_domains, target_domain, candidate_item_ids = checked(
+            checks, history_item_ids, history_domains, target_domain, candidate_item_ids)
         query, rows, _ = self._query(history_item_ids, history_domains, target_domain)
         domains = tf.broadcast_to(target_domain[:, None], tf.shape(candidate_item_ids))
         candidates = self.lookups.rows.lookup(item_keys(domains, candidate_item_ids))
@@ -104,14 +139,17 @@ class RecommenderModule(RankingModule):
 
     def _serve_top(self, history_item_ids, history_domains, target_domain, k, exclude_history):
         limit = min(self.max_k, self.candidates)
-        checks = [tf.debugging.assert_positive(k, message="k: must be at least 1"),
-                  tf.debugging.assert_less_equal(k, limit, message=f"k: must be at most {limit} (the recommender "
-                                                                   "re-ranks that many retrieved candidates)")]
-        with tf.control_dependencies(checks):
-            query, rows, target = self._query(history_item_ids, history_domains, target_domain)
+        checks = self._history_checks(history_item_ids, history_domains, target_domain) + \
+            self._per_query_checks(target_domain, k, exclude_history) + [
+                tf.debugging.assert_positive(k, message="k: must be at least 1"),
+                tf.debugging.assert_less_equal(k, limit, message=f"k: must be at most {limit} (the recommender "
+                                                                 "re-ranks that many retrieved candidates)")]
+        history_item_ids, history_domains, target_domain, k, exclude_history = checked(
+            checks, history_item_ids, history_domains, target_domain, k, exclude_history)
+        query, rows, target = self._query(history_item_ids, history_domains, target_domain)
+        width = tf.minimum(tf.reduce_max(k), limit)
         retrieval_scores, found = self._retrieve(query, rows, target, exclude_history, self.candidates)
         ranked = self._rank(query, rows, found)["engagement"]
-        width = tf.reduce_max(k)
         scores, order = tf.math.top_k(ranked, k=width)
         picked = tf.gather(found, order, batch_dims=1)
         beyond = (tf.range(width)[None, :] >= k[:, None]) | (picked == 0)
@@ -149,6 +187,10 @@ class ItemEncoderModule(tf.Module):
                                                                tf.TensorSpec([None], tf.string, name="domain")])
 
     def _serve(self, text, domain):
+        checks = [tf.debugging.assert_positive(tf.size(text), message="text: the batch is empty; send at least one item"),
+                  tf.debugging.assert_equal(tf.shape(text), tf.shape(domain),
+                                            message="text and domain: must have one domain per text")]
+        text, domain = checked(checks, text, domain)
         tokens = self.packer(self.tokenizer(text))
         vectors = tf.cast(self.encoder(tokens, training=False), tf.float32)
         vectors = vectors - tf.gather(self.text_means, self.text_domain.lookup(domain))

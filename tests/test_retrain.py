@@ -23,6 +23,7 @@ from crossrec.errors import ConfigError
 from crossrec.pipelines.retrain import Gate, retrain
 from crossrec.pipelines.served_data import read_training_data, served_state
 from serving.layout import TRAINING_STATE, versions
+from serving.training_state import state_root
 
 NEW_BOOKS = [("BO90001", "The Lighthouse Keeper's Almanac"), ("BO90002", "Tides of the Northern Sea")]
 ZERO_SHOT = [("MU00001", "Ocean Waves: Ambient Sounds of the Sea"), ("MU00002", "Space Odyssey Synth Suite"),
@@ -34,6 +35,7 @@ def served(tiny_exported, tmp_path):
     """A private copy of the exported tiny pipeline (version 1 of every model)."""
     base = tmp_path / "saved_models"
     shutil.copytree(tiny_exported[2], base)
+    shutil.copytree(state_root(tiny_exported[2]), state_root(base))  # retraining's state, beside it
     return base
 
 
@@ -170,7 +172,13 @@ def test_retrain_publishes_new_items_removes_old_ones_and_serves_a_zero_shot_dom
     assert sorted(music) == sorted(i for i, _ in ZERO_SHOT)
     assert metadata["zero_shot_domains"] == ["music"]
     # the next retrain starts from what was published
-    assert (served / "retrieval" / "2" / TRAINING_STATE / "towers" / "towers.weights.h5").exists()
+    state = served_state(served)
+    assert (state.towers_dir / "towers.weights.h5").exists()
+    # ... kept beside the serving folder: nothing served holds a user id
+    assert not (served / "retrieval" / "2" / TRAINING_STATE).exists()
+    assert served not in state.towers_dir.parents and state_root(served) in state.towers_dir.parents
+    for table in served.rglob("*.parquet"):
+        assert schema.USER_ID not in pd.read_parquet(table).columns, table
     assert served_state(served).version == 2
     log = [json.loads(line) for line in (result.work_dir / "run_log.jsonl").read_text().splitlines()]
     events = [r["event"] for r in log]
@@ -237,6 +245,23 @@ def test_gate_threshold_is_relative_to_the_served_metric():
     # a model with a NaN anywhere never publishes, whatever its metric says
     assert not Gate(0.50, float("nan"), 0.02).publish and not Gate(0.50, 1.0, 0.02, finite=False).publish
     assert "never publishes" in Gate(0.50, 1.0, 0.02, finite=False).reason(3)
+
+
+def test_the_training_state_is_checked_and_unreferenced_states_are_pruned(served):
+    from serving.training_state import locate, prune
+
+    folder = locate(served, 1)
+    assert folder.parent == state_root(served) and (folder / "towers" / "data").is_dir()
+    stale = state_root(served) / "0123456789abcdef01234567"
+    (stale / "towers").mkdir(parents=True)
+    assert prune(served) == [stale] and folder.exists()
+    with open(folder / "towers" / "config.yaml", "a") as handle:
+        handle.write("# edited\n")
+    with pytest.raises(ConfigError, match="do not match the fingerprint"):
+        served_state(served)
+    shutil.rmtree(state_root(served))
+    with pytest.raises(ConfigError, match="training state .* is missing"):
+        served_state(served)
 
 
 def test_retraining_from_a_folder_without_training_state_is_a_clear_error(tmp_path):

@@ -25,7 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     manager = ModelManager(_serving_specs(args))
     options = ServerOptions(host=args.host, port=args.port, rest_api_port=args.rest_api_port,
                             poll_seconds=args.file_system_poll_wait_seconds, max_request_bytes=args.max_request_bytes,
-                            ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file)
+                            limits=_limits(args), ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file)
     server = Server(manager, options).start()
     if not wait_until_ready(manager, timeout=args.load_timeout):
         print("warning: some models have no loadable version yet (see the log); serving the others",
@@ -39,6 +39,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         server.stop()
     return 0
+
+
+def _limits(args: argparse.Namespace):
+    from serving.limits import DEFAULT_MAX_BATCH_SIZE, RequestLimits
+
+    default, per_model = DEFAULT_MAX_BATCH_SIZE, {}
+    for value in args.max_batch_size or []:
+        name, _, number = value.rpartition("=")
+        if not number.isdigit() or int(number) < 1:
+            raise ConfigError(f"--max_batch_size {value!r}: expected N or MODEL=N with N a whole number of at least 1")
+        if name:
+            per_model[name] = int(number)
+        else:
+            default = int(number)
+    for flag, value in (("--max_request_elements", args.max_request_elements),
+                        ("--max_string_bytes", args.max_string_bytes)):
+        if value < 1:
+            raise ConfigError(f"{flag}: expected at least 1, got {value}")
+    return RequestLimits(default, per_model, args.max_request_elements, args.max_string_bytes)
 
 
 def _serving_specs(args: argparse.Namespace):
@@ -82,6 +101,14 @@ def register(commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--max_request_bytes", type=int, default=16 * 1024 * 1024,
                        help="largest accepted request (default 16 MiB)")
+    serve.add_argument("--max_batch_size", action="append", metavar="N|MODEL=N",
+                       help="most rows (queries, texts) one request may carry, for every model (N) or one "
+                            "(MODEL=N; repeat the flag); default 1024. Larger requests get INVALID_ARGUMENT")
+    serve.add_argument("--max_request_elements", type=int, default=1_000_000,
+                       help="most values over all inputs of one request, checked on the declared shapes "
+                            "before anything is allocated (default 1000000)")
+    serve.add_argument("--max_string_bytes", type=int, default=64 * 1024,
+                       help="longest string value (an id, a domain, an item text) in bytes (default 65536)")
     serve.add_argument("--ssl_cert_file", help="PEM certificate: serve gRPC and REST over TLS")
     serve.add_argument("--ssl_key_file", help="PEM private key for --ssl_cert_file")
     serve.add_argument("--load_timeout", type=float, default=120.0, help="seconds to wait for the first load")

@@ -30,19 +30,20 @@ class ServedState:
 
 def served_state(base: str | Path) -> ServedState:
     from serving.export import MODELS
-    from serving.layout import TRAINING_STATE, latest_version
+    from serving.layout import latest_version
+    from serving.training_state import locate
 
     base = Path(base)
     version = latest_version(base / "retrieval")
     if version is None:
         raise ConfigError(f"{base}/retrieval has no version to retrain from; train and export one first "
                           f"(`crossrec train retrieval`, `crossrec export --out {base}`)")
-    state = base / "retrieval" / str(version) / TRAINING_STATE
+    state = locate(base, version)
     towers = state / "towers"
     if not (towers / "towers.weights.h5").exists() or not (towers / "data").is_dir():
-        raise ConfigError(f"{base}/retrieval/{version} carries no training state ({TRAINING_STATE}/towers with "
-                          "weights and data); it was exported by an older crossrec. Export the training run "
-                          "again with this version of `crossrec export`, then retrain")
+        raise ConfigError(f"{base}/retrieval/{version} carries no training state (towers with weights and data, "
+                          "beside the serving folder); it was exported by an older crossrec. Export the training "
+                          "run again with this version of `crossrec export`, then retrain")
     ranking = state / "ranking" if (state / "ranking" / "teacher.weights.h5").exists() else None
     models = [m for m in MODELS if latest_version(base / m) is not None]
     return ServedState(base, version, towers, ranking, models)
