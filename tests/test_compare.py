@@ -85,3 +85,14 @@ def test_several_training_seeds_are_pooled_per_query(tiny_config):
     assert set(result.paired["versus"]) == {"popularity"}
     with pytest.raises(ConfigError, match="seeds: expected at least 1"):
         compare_over_seeds(config, 0)
+
+
+def test_data_too_short_to_hold_anything_out_is_a_clear_error(write):
+    from crossrec.config import Config, DataConfig
+
+    interactions = write("i.csv", "user_id,item_id,domain,timestamp\nu1,b1,books,1\nu1,m1,movies,2\n")
+    items = write("t.csv", "item_id,domain,title\nb1,books,A book\nm1,movies,A film\n")
+    config = Config(data=DataConfig(interactions=str(interactions), items=str(items)))
+    # before: a KeyError traceback from the empty metrics table; now a ConfigError that says why
+    with pytest.raises(ConfigError, match="nothing to evaluate|no training examples: every user needs"):
+        compare_models(config, models=("crossrec",), progress=False)
