@@ -130,6 +130,9 @@ class TowerConfig:
     # (no item-ID part): trains the path new items take without dropping IDs from the hybrid
     # (0 = off). With it, item_id_dropout can be 0: the hybrid always sees its IDs.
     text_only_loss_weight: float = 0.0
+    # How the hybrid's item-ID embeddings start: random (small normal noise), or zeros, so an
+    # item's ID part is only what its interactions taught it (rare items stay near their text).
+    id_embedding_init: Literal["random", "zeros"] = "random"
     # false = an ID-only two-tower (no text): the baseline that shows what text adds.
     use_text: bool = True
     # Share of examples trained through the domain-agnostic adapter alone (what unseen domains use).
@@ -175,6 +178,11 @@ class TrainConfig:
     # training, masked to the query's domain by same_domain_negatives: exact, no logQ needed; one
     # (batch x catalogue) matmul a step, so larger batches amortise it; needs a frozen encoder).
     negatives: Literal["in_batch", "catalogue"] = "in_batch"
+    # How training examples are fed. windows: one history window per target interaction.
+    # sequences: each user's sequence once, a query at every position (SASRec-style; the same
+    # function, many times cheaper per target, memory per user instead of per interaction);
+    # batch_size still counts targets (about that many per batch).
+    examples: Literal["windows", "sequences"] = "windows"
     # Loss weight per domain (the cross-domain weighting alpha_i); missing domains weigh 1.
     domain_weights: dict[str, float] = field(default_factory=dict)
     # Sample batches so every domain is equally represented.

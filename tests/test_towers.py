@@ -35,6 +35,18 @@ def test_item_tower_ids_apply_only_to_known_items():
     np.testing.assert_allclose(unknown[0], unknown[1], atol=1e-6)  # text only: equal texts, equal vectors
 
 
+def test_zero_initialised_ids_leave_an_untrained_item_at_its_text():
+    tower = ItemTower(num_items=5, num_domains=2, text_dim=8, embedding_dim=4, dropout=0.0, id_embedding_init="zeros")
+    text = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
+    known = np.asarray(tower(text, np.array([1, 1]), np.array([1, 2]), np.array([True, True])))
+    text_only = np.asarray(tower(text, np.array([1, 1]), np.array([1, 2]), np.array([False, False])))
+    np.testing.assert_allclose(known, text_only, atol=1e-6)
+    random = ItemTower(num_items=5, num_domains=2, text_dim=8, embedding_dim=4, dropout=0.0)
+    assert np.abs(np.asarray(random.id_embedding(np.array([1, 2])))).max() > 0  # the default: noise
+    id_only = ItemTower(5, 2, 0, embedding_dim=4, use_text=False, id_embedding_init="zeros")
+    assert np.abs(np.asarray(id_only.id_embedding(np.array([1, 2])))).max() > 0  # needs symmetry broken
+
+
 def test_id_only_tower_needs_no_text():
     tower = ItemTower(num_items=5, num_domains=2, text_dim=0, embedding_dim=4, use_text=False)
     out = np.asarray(tower(None, np.array([1]), np.array([3]), np.array([True])))
@@ -269,6 +281,60 @@ def test_catalogue_negatives_are_a_full_softmax_over_the_items_seen_in_training(
     expected = np.sum(np.array(per_query) * feats["weight"]) / 3
     loss = float(model.compute_loss(feats, None, model(feats), training=False))
     assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_all_positions_give_every_prefix_the_query_call_gives_it():
+    h, e = 6, 8
+    tower = UserTower(num_domains=3, history_length=h, embedding_dim=e, dropout=0.0, domain_dropout=0.0,
+                      user_id_buckets=4)
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3, h, e)).astype("float32")
+    mask = np.array([[False, False, True, True, True, True], [True] * 6, [False] * 5 + [True]])
+    dom, nxt = (rng.integers(1, 3, size=(3, h)).astype("int32") for _ in range(2))
+    bucket = np.array([0, 1, 2])
+    every = np.asarray(tower.all_positions(emb, mask, dom, nxt, bucket))
+    for t in range(h):  # the prefix 0..t, right-aligned in a window of h, as serving sends it
+        pe, pm, pd = np.zeros_like(emb), np.zeros_like(mask), np.zeros_like(dom)
+        pe[:, h - 1 - t:], pm[:, h - 1 - t:], pd[:, h - 1 - t:] = emb[:, :t + 1], mask[:, :t + 1], dom[:, :t + 1]
+        one = np.asarray(tower(pe * pm[..., None], pm, pd, nxt[:, t], bucket))
+        has = pm.any(axis=1)
+        np.testing.assert_allclose(every[has, t], one[has], atol=1e-5)
+
+
+def test_training_sequences_make_each_interaction_but_the_first_one_target():
+    from crossrec.features import training_sequences
+
+    items = pd.DataFrame({schema.ITEM_ID: list("abcdefg"), schema.DOMAIN: ["x"] * 4 + ["y"] * 3,
+                          schema.TEXT: list("abcdefg")})
+    catalogue = Catalogue.build(items, ["x", "y"])  # rows a1 .. g7
+    inter = pd.DataFrame({schema.USER_ID: ["u"] * 6 + ["v"] * 2, schema.ITEM_ID: list("abcdefab"),
+                          schema.DOMAIN: ["x"] * 4 + ["y"] * 2 + ["x"] * 2, schema.TIMESTAMP: [*range(6), 0, 1]})
+    seq = training_sequences(inter, catalogue, 3)
+    np.testing.assert_array_equal(seq.history, [[3, 4, 5], [0, 1, 2], [0, 0, 1]])
+    np.testing.assert_array_equal(seq.target, [[4, 5, 6], [0, 2, 3], [0, 0, 2]])
+    np.testing.assert_array_equal(seq.target_domain, [[1, 2, 2], [0, 1, 1], [0, 0, 1]])
+    assert seq.user_id.tolist() == ["u", "u", "v"]
+    assert seq.targets == len(training_examples(inter, catalogue, 3)) == 6
+
+
+def test_a_batch_of_sequences_has_the_loss_of_its_windows():
+    from crossrec.features import training_sequences
+
+    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0)
+    model.task._remove_accidental_hits = False
+    items = pd.DataFrame({schema.ITEM_ID: list("abcde"), schema.DOMAIN: ["x", "x", "y", "y", "y"],
+                          schema.TEXT: list("abcde")})
+    catalogue = Catalogue.build(items, ["x", "y"])  # rows 1..5; domains as _model's item_domain
+    inter = pd.DataFrame({schema.USER_ID: ["u"] * 4 + ["v"] * 3, schema.ITEM_ID: list("acdbbea"),
+                          schema.DOMAIN: ["x", "y", "y", "x", "x", "y", "x"], schema.TIMESTAMP: [*range(4), *range(3)]})
+    windows, seq = training_examples(inter, catalogue, 4), training_sequences(inter, catalogue, 4)
+    as_windows = {"history": windows.history, "target": windows.target, "target_domain": windows.target_domain,
+                  "weight": windows.weight}
+    as_sequences = {"history": seq.history, "target": seq.target, "target_domain": seq.target_domain,
+                    "weight": seq.weight}
+    expected = float(model.compute_loss(as_windows, None, model(as_windows), training=False))
+    assert float(model.compute_loss(as_sequences, None, model(as_sequences), training=False)) == pytest.approx(
+        expected, rel=1e-5)
 
 
 def test_target_domain_history_dropout_asks_training_queries_as_cold_starts():

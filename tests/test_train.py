@@ -131,6 +131,22 @@ def test_a_diverged_fit_stops_and_saves_nothing(tiny_config, tmp_path):
     assert not (tmp_path / "run" / "towers.weights.h5").exists()
 
 
+def test_user_sequences_train_the_towers_with_fewer_rows(tiny_config, tmp_path):
+    from towers.train import training_input
+
+    config = replace(tiny_config, train=replace(tiny_config.train, examples="sequences"))
+    data = prepare_data(config)
+    sequences, rows = training_input(config, data)
+    assert sequences.targets == len(data.examples) and len(sequences) < len(data.examples) / 5
+    run = train_retrieval(config, tmp_path / "run", data=data, progress=False)
+    assert np.isfinite(run.history["loss"]).all() and run.history["loss"][-1] < run.history["loss"][0]
+    model, _, _ = load_trained(tmp_path / "run")  # the same towers as windows train: serving is unchanged
+    np.testing.assert_allclose(model.all_item_embeddings(), run.model.all_item_embeddings(), atol=1e-5)
+    balanced = replace(config, train=replace(config.train, balance_domains=True))
+    with pytest.raises(ConfigError, match="does not support train.balance_domains"):
+        train_retrieval(balanced, None, data=data, progress=False)
+
+
 def test_strategy_auto_is_the_default_strategy_on_cpu(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert resolve_kind(TrainConfig()) == "default"

@@ -26,6 +26,7 @@ from crossrec.evaluation import QuerySet, seen_rows
 from crossrec.features import (
     Catalogue,
     Examples,
+    Sequences,
     query_examples,
     training_examples,
 )
@@ -95,11 +96,14 @@ def prepare_data(config: Config, dataset: Dataset | None = None) -> RetrievalDat
                          query_sets(schema.TEST, frame, train, catalogue, h), target, dataset, kind)
 
 
-def make_dataset(examples: Examples, batch_size: int, *, seed: int = 0, balance_domains: bool = False,
+def make_dataset(examples: Examples | Sequences, batch_size: int, *, seed: int = 0, balance_domains: bool = False,
                  shuffle: bool = True, with_user_ids: bool = False) -> tf.data.Dataset:
-    """Batches of training features. Whole batches are gathered from in-memory tensors by a
-    shuffled index (one shuffle per epoch), which is several times faster than slicing examples
-    one by one; ``balance_domains`` draws every domain's examples equally often instead."""
+    """Batches of training features (windows, or user sequences: the same columns, one more
+    axis). Whole batches are gathered from in-memory tensors by a shuffled index (one shuffle per
+    epoch), which is several times faster than slicing examples one by one; ``balance_domains``
+    draws every domain's examples equally often instead (windows only)."""
+    if balance_domains and isinstance(examples, Sequences):
+        raise ConfigError("train.balance_domains needs train.examples: windows")
     columns = {"history": examples.history, "target": examples.target, "target_domain": examples.target_domain,
                "weight": examples.weight}
     if with_user_ids:

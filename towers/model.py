@@ -33,8 +33,9 @@ from crossrec.config import TowerConfig, TrainConfig
 class ItemTower(keras.layers.Layer):
     def __init__(self, num_items: int, num_domains: int, text_dim: int, embedding_dim: int = 64,
                  use_text: bool = True, use_item_ids: bool = True, item_id_dropout: float = 0.5,
-                 domain_dropout: float = 0.2, dropout: float = 0.1, **kwargs):
+                 domain_dropout: float = 0.2, dropout: float = 0.1, id_embedding_init: str = "random", **kwargs):
         super().__init__(**kwargs)
+        self.id_embedding_init = id_embedding_init
         if not use_text and not use_item_ids:
             raise ValueError("ItemTower needs text, item ids, or both (use_text and use_item_ids are both false)")
         self.num_items = num_items
@@ -55,8 +56,13 @@ class ItemTower(keras.layers.Layer):
                 kernel_initializer="zeros")
             self.text_dropout = keras.layers.Dropout(dropout)
         if use_item_ids:
+            # In the hybrid the ID part starts at zero, so an item's ID embedding is only what its
+            # interactions taught it: rare items stay close to their text instead of carrying
+            # random noise (ID-only towers need a random start to break symmetry).
+            init = (keras.initializers.Zeros() if use_text and id_embedding_init == "zeros"
+                    else keras.initializers.RandomNormal(0, 0.05))
             self.id_embedding = keras.layers.Embedding(num_items, embedding_dim, name="item_id_embedding",
-                                                       embeddings_initializer=keras.initializers.RandomNormal(0, 0.05))
+                                                       embeddings_initializer=init)
 
     def call(self, text, domain, row, id_known, training=False):
         # text: (b, text_dim) float; domain, row: (b,) int; id_known: (b,) bool
@@ -82,7 +88,7 @@ class ItemTower(keras.layers.Layer):
         config = super().get_config()
         config.update({k: getattr(self, k) for k in (
             "num_items", "num_domains", "text_dim", "embedding_dim", "use_text", "use_item_ids",
-            "item_id_dropout", "domain_dropout", "dropout")})
+            "item_id_dropout", "domain_dropout", "dropout", "id_embedding_init")})
         return config
 
 
@@ -171,6 +177,49 @@ class UserTower(keras.layers.Layer):
         mean = ops.sum(history_embeddings * mask_f, axis=1) / ops.maximum(ops.sum(mask_f, axis=1), 1.0)
         return ops.normalize(self.out(hidden) + mean + same_mean, axis=-1)
 
+    def all_positions(self, history_embeddings, history_mask, history_domain, next_domain, user_bucket=None,
+                      training=False):
+        """Every prefix of a sequence at once: query ``t`` is what ``call`` gives for the items up
+        to position ``t`` (right-aligned, so the item at ``t`` is the most recent) asking for
+        ``next_domain[:, t]``. (b, H, e) in, (b, H, e) out: one pass trains on every position of
+        a user's sequence (SASRec-style) instead of one history window per target."""
+        if self.blocks:
+            raise ValueError("all_positions needs towers.self_attention_layers: 0")
+        h, e = self.history_length, self.embedding_dim
+        if training and self.domain_dropout > 0:
+            drop = keras.random.uniform(ops.shape(next_domain)) < self.domain_dropout
+            next_domain = ops.where(drop, ops.zeros_like(next_domain), next_domain)
+        slots = ops.arange(h)
+        causal = slots[None, :] <= slots[:, None]  # (t, j): item j is in prefix t
+        valid = ops.logical_and(causal[None], history_mask[:, None, :])  # (b, t, j)
+        valid_f = ops.cast(valid, "float32")
+        # item j seen from position t sits where call() would put it: slot H-1-(t-j)
+        recency = self.recency(ops.clip(h - 1 - (slots[:, None] - slots[None, :]), 0, h - 1))  # (t, j, e)
+        base = history_embeddings + self.history_domain(history_domain)  # (b, j, e)
+        x = (base[:, None, :, :] + recency[None]) * valid_f[..., None]  # (b, t, j, e)
+        wanted = self.target_domain(next_domain)  # (b, t, e)
+        probe = ops.matmul(self.query(wanted), ops.transpose(self.key.kernel))
+        scores = ops.einsum("btje,bte->btj", x, probe) / np.sqrt(e)
+        scores = ops.where(valid, scores, ops.full_like(scores, -1e9))
+        weights = ops.softmax(scores, axis=-1) * valid_f
+        pooled = ops.einsum("btj,btje->bte", weights, x)
+        # the most recent item of prefix t is item t itself (zeros where the slot is padding)
+        last = (base + recency[h - 1, h - 1][None, None, :]) * ops.cast(history_mask, "float32")[..., None]
+        same = ops.logical_and(valid, ops.equal(history_domain[:, None, :], next_domain[:, :, None]))  # (b, t, j)
+        same_f = ops.cast(same, "float32")
+        same_mean = ops.einsum("btj,bje->bte", same_f, history_embeddings) / ops.maximum(
+            ops.sum(same_f, axis=-1, keepdims=True), 1.0)
+        latest = ops.argmax(ops.cast(same, "int32") * (slots[None, None, :] + 1), axis=-1)  # (b, t)
+        same_last = ops.take_along_axis(history_embeddings, latest[..., None], axis=1) * ops.cast(
+            ops.any(same, axis=-1), "float32")[..., None]
+        parts = [pooled, last, wanted, same_mean, same_last]
+        if self.user_embedding is not None and user_bucket is not None:
+            parts.append(ops.broadcast_to(self.user_embedding(user_bucket)[:, None, :], ops.shape(pooled)))
+        hidden = self.drop(self.hidden(ops.concatenate(parts, axis=-1)), training=training)
+        mean = ops.einsum("btj,bje->bte", valid_f, history_embeddings) / ops.maximum(
+            ops.sum(valid_f, axis=-1, keepdims=True), 1.0)
+        return ops.normalize(self.out(hidden) + mean + same_mean, axis=-1)
+
     def get_config(self):
         config = super().get_config()
         config.update({k: getattr(self, k) for k in (
@@ -231,7 +280,8 @@ class RetrievalModel(keras.Model):
         self.item_tower = ItemTower(num_items, num_domains, text_dim, towers.embedding_dim,
                                     use_text=towers.use_text, use_item_ids=towers.use_item_ids,
                                     item_id_dropout=towers.item_id_dropout, domain_dropout=towers.domain_dropout,
-                                    dropout=towers.dropout, name="item_tower")
+                                    dropout=towers.dropout, id_embedding_init=towers.id_embedding_init,
+                                    name="item_tower")
         self.user_tower = UserTower(num_domains, towers.history_length, towers.embedding_dim,
                                     self_attention_layers=towers.self_attention_layers,
                                     user_id_buckets=towers.user_id_buckets, dropout=towers.dropout,
@@ -281,6 +331,8 @@ class RetrievalModel(keras.Model):
 
     # -- query side -------------------------------------------------------------------------
     def call(self, inputs, training=False):
+        if len(inputs["target_domain"].shape) == 2:  # a batch of sequences: a query at every position
+            return self._sequence_queries(inputs, training)
         history = ops.cast(inputs["history"], "int32")
         share = self.towers_config.target_domain_history_dropout
         if training and share > 0:  # some queries become cross-domain cold starts
@@ -290,14 +342,32 @@ class RetrievalModel(keras.Model):
         return self.query(self.item_embeddings(history, training=training), history, inputs["target_domain"],
                           inputs.get("user_id"), training=training)
 
+    def _sequence_queries(self, inputs, training):
+        history = ops.cast(inputs["history"], "int32")
+        bucket = self.user_hashing(inputs["user_id"]) if self.user_hashing is not None and "user_id" in inputs else None
+        return self.user_tower.all_positions(self.item_embeddings(history, training=training), history > 0,
+                                             ops.take(self.item_domain, history),
+                                             ops.cast(inputs["target_domain"], "int32"), bucket, training=training)
+
+    @staticmethod
+    def _flat_targets(x, y_pred):
+        """(queries, target rows, weights) of a batch: of every position that has a target when
+        the batch holds sequences."""
+        query, target = ops.cast(y_pred, "float32"), ops.cast(x["target"], "int32")
+        weight = ops.cast(x["weight"], "float32") if "weight" in x else ops.ones_like(ops.cast(target, "float32"))
+        if len(target.shape) == 2:
+            keep = ops.logical_and(target > 0, ops.cast(x["history"], "int32") > 0)
+            query, target, weight = (tf.boolean_mask(t, keep) for t in (query, target, weight))
+        return query, target, weight
+
     def query(self, history_embeddings, history, target_domain, user_id=None, training=False):
         return user_query(self.user_tower, self.item_domain, self.user_hashing, history_embeddings, history,
                           target_domain, user_id, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        query, target, weight = self._flat_targets(x, y_pred)
         if self.train_config.negatives == "catalogue":
-            return self._catalogue_loss(x, y_pred, training)
-        target = ops.cast(x["target"], "int32")
+            return self._catalogue_loss(query, target, weight, training)
         candidates_rows = target
         sampled = self.train_config.sampled_negatives if training else 0
         if sampled:
@@ -315,26 +385,20 @@ class RetrievalModel(keras.Model):
                 batch = ops.cast(ops.shape(target)[0], "float32")
                 pool = ops.cast(ops.shape(self.negative_pool)[0], "float32")
                 probability = (batch * probability + sampled / pool) / (batch + sampled)
-        weight = x["weight"] if "weight" in x else ops.ones_like(ops.cast(target, "float32"))
         mask = None
         if self.train_config.same_domain_negatives:
             # query i asks for its target's domain; only candidates of that domain compete
             mask = ops.equal(ops.take(self.item_domain, target)[:, None],
                              ops.take(self.item_domain, candidates_rows)[None, :])
-        loss = self._task_loss(ops.cast(y_pred, "float32"), ops.cast(candidates, "float32"), weight,
-                               probability, candidates_rows, mask)
+        loss = self._task_loss(query, ops.cast(candidates, "float32"), weight, probability, candidates_rows, mask)
         if text_only is not None:
             loss = loss + self.towers_config.text_only_loss_weight * self._task_loss(
-                ops.cast(y_pred, "float32"), ops.cast(text_only, "float32"), weight, probability, candidates_rows,
-                mask)
+                query, ops.cast(text_only, "float32"), weight, probability, candidates_rows, mask)
         return loss + ops.sum(self.losses) if self.losses else loss
 
-    def _catalogue_loss(self, x, y_pred, training):
+    def _catalogue_loss(self, query, target, weight, training):
         """Full softmax: every query against every item seen in training (of its own domain when
         ``same_domain_negatives``); the label is the target's position in that pool."""
-        target = ops.cast(x["target"], "int32")
-        query = ops.cast(y_pred, "float32")
-        weight = x["weight"] if "weight" in x else ops.ones_like(ops.cast(target, "float32"))
         labels = ops.take(self.pool_position, target)
         mask = None
         if self.train_config.same_domain_negatives:

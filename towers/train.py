@@ -26,7 +26,7 @@ from crossrec.data.dataset import Dataset
 from crossrec.distribute import set_precision, strategy_from_config
 from crossrec.errors import ConfigError, TrainingDiverged, raise_if_diverged
 from crossrec.evaluation import PopularityScorer, evaluate
-from crossrec.features import Catalogue, Examples
+from crossrec.features import Catalogue, Examples, training_sequences
 from crossrec.progress import fit_verbosity
 from crossrec.typed import to_dict
 from towers.callbacks import RefreshTextTable, ResumableBackup, RetrievalEvaluation
@@ -55,6 +55,17 @@ def build_model(config: Config, data: RetrievalData, text: TextVectors) -> Retri
     model({"history": np.zeros((1, h), np.int32), "target_domain": np.zeros(1, np.int32),
            "user_id": np.array(["u"])})
     return model
+
+
+def training_input(config: Config, data: RetrievalData):
+    """(examples, batch size in rows): one window per target, or user sequences with as many
+    sequences per batch as give about ``train.batch_size`` targets."""
+    if config.train.examples == "windows":
+        return data.examples, config.train.batch_size
+    sequences = training_sequences(data.train, data.catalogue, config.towers.history_length,
+                                   config.train.domain_weights)
+    per_sequence = sequences.targets / max(len(sequences), 1)
+    return sequences, max(1, round(config.train.batch_size / max(per_sequence, 1.0)))
 
 
 @dataclass
@@ -86,6 +97,14 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     config = replace(config, split=replace(config.split, kind=data.split_kind))  # what was used, when saved
     if len(data.examples) == 0:
         raise ConfigError("no training examples: every user needs at least two training interactions")
+    if config.train.examples == "sequences":
+        unsupported = {"train.balance_domains": config.train.balance_domains,
+                       "towers.self_attention_layers": config.towers.self_attention_layers,
+                       "towers.target_domain_history_dropout": config.towers.target_domain_history_dropout}
+        on = [k for k, v in unsupported.items() if v]
+        if on:
+            raise ConfigError(f"train.examples: sequences does not support {', '.join(on)} yet; "
+                              "turn them off or use train.examples: windows")
     text = text_vectors(config, data.catalogue, progress=progress)
     set_precision(config.train)
     strategy = strategy_from_config(config.train)
@@ -116,7 +135,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
             ResumableBackup(str(out / "backup")),
             keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
         ]
-    dataset_ = make_dataset(data.examples, config.train.batch_size, seed=config.train.seed,
+    dataset_ = make_dataset(*training_input(config, data), seed=config.train.seed,
                             balance_domains=config.train.balance_domains,
                             with_user_ids=config.towers.user_id_buckets > 0)
     fit_started = time.perf_counter()
