@@ -1,7 +1,7 @@
 """``crossrec candidates``: top-K candidates for every user of a table, on Apache Beam.
 
-The same code runs on one machine (DirectRunner, the default) and on a cluster (Dataflow, Flink,
-Spark: Beam pipeline options pass through). It reads
+The same code runs on one machine (Beam's local FnApiRunner, chosen explicitly, one thread per
+core) and on a cluster (``--runner`` Dataflow, Flink, Spark: Beam pipeline options pass through). It reads
 
 - a users table (Parquet): ``user_id``, ``history_item_ids`` and ``history_domains`` (lists, oldest
   first) and optionally ``domain`` (the domain to recommend from; without it, every ``--domains``);
@@ -21,6 +21,7 @@ item it knows) and dead letters.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -303,9 +304,10 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     output = str(output)
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
-    options = PipelineOptions(pipeline_args or [], save_main_session=False)
+    runner, runner_name, pipeline_args = local_runner(list(pipeline_args or []))
+    options = PipelineOptions(pipeline_args, save_main_session=False)
     started = time.perf_counter()
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(runner=runner, options=options)
     if users is not None:
         rows = pipeline | "ReadUsers" >> beam.io.ReadFromParquet(str(source))
     else:
@@ -340,12 +342,30 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     result = pipeline.run()
     result.wait_until_finish()
     counts = _counts(result)
-    summary = {"input": str(source), "retrieval": f"{retrieval.name}/{retrieval.version}",
+    summary = {"input": str(source), "runner": runner_name, "retrieval": f"{retrieval.name}/{retrieval.version}",
                "ranking": f"{ranking.name}/{ranking.version}" if ranking else None, "k": k, "rank_top": rank_top,
                "exclude_seen": exclude_seen, "counts": counts, "seconds": round(time.perf_counter() - started, 2)}
     with FileSystems.create(FileSystems.join(output, "summary.json")) as f:
         f.write(json.dumps(summary, indent=2).encode())
     return CandidatesResult(output, counts, time.perf_counter() - started)
+
+
+def local_runner(pipeline_args: list[str]):
+    """(runner, its name, pipeline args). Without ``--runner``: Beam's FnApiRunner, chosen
+    explicitly, with one worker thread per core. (Beam >= 2.68's DirectRunner first tries to
+    download and start the Prism runner and falls back when offline, so the same command would run
+    on different runners depending on the network.) With ``--runner``, Beam's choice."""
+    if any(a == "--runner" or a.startswith("--runner=") for a in pipeline_args):
+        name = next(a.split("=", 1)[1] if "=" in a else pipeline_args[i + 1]
+                    for i, a in enumerate(pipeline_args) if a.startswith("--runner"))
+        return None, name, pipeline_args
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    if not any(a.startswith("--direct_num_workers") for a in pipeline_args):
+        pipeline_args += ["--direct_num_workers", str(os.cpu_count() or 1)]
+    if not any(a.startswith("--direct_running_mode") for a in pipeline_args):
+        pipeline_args += ["--direct_running_mode", "multi_threading"]
+    return FnApiRunner(), "FnApiRunner", pipeline_args
 
 
 def _counts(result) -> dict[str, int]:

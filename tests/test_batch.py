@@ -1,5 +1,7 @@
-"""Offline candidates on Apache Beam (DirectRunner): same answers as the SavedModel, bad rows
+"""Offline candidates on Apache Beam (the local FnApiRunner): same answers as the SavedModel, bad rows
 dead-lettered, seen items left out, cold-start and unknown users counted."""
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -62,7 +64,21 @@ def test_candidates_equal_the_saved_model_called_for_each_user(tiny_exported, tm
                 if d == user[schema.DOMAIN]}
         assert not seen & set(mine["item_id"])
     assert set(out["model_name"]) == {"retrieval"} and set(out["model_version"]) == {1}
-    assert (tmp_path / "out" / "summary.json").exists()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["runner"] == "FnApiRunner"  # chosen explicitly: never a Prism download attempt
+
+
+def test_the_local_runner_is_explicit_and_uses_every_core():
+    import os
+
+    from serving.batch import local_runner
+
+    runner, name, args = local_runner([])
+    assert type(runner).__name__ == "FnApiRunner" and name == "FnApiRunner"
+    assert args == ["--direct_num_workers", str(os.cpu_count()), "--direct_running_mode", "multi_threading"]
+    assert local_runner(["--direct_num_workers", "1"])[2][:2] == ["--direct_num_workers", "1"]
+    assert local_runner(["--runner=DataflowRunner", "--project=p"]) == (None, "DataflowRunner",
+                                                                         ["--runner=DataflowRunner", "--project=p"])
 
 
 def test_bad_rows_go_to_the_dead_letter_output_and_the_run_goes_on(tiny_exported, tmp_path):

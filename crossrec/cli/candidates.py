@@ -47,5 +47,6 @@ def register(commands) -> None:
                                               "domain column (default: every domain of the model)")
     candidates.add_argument("--keep-seen", action="store_true", help="allow items the user already has")
     candidates.add_argument("--batch-size", type=int, default=1024, help="users per model call (default 1024)")
-    candidates.add_argument("--runner", help="Beam runner (default DirectRunner)")
+    candidates.add_argument("--runner", help="Beam runner (default: the local FnApiRunner, one thread per core; "
+                                             "DirectRunner would first try to download Prism)")
     candidates.set_defaults(func=cmd_candidates, pipeline_args=[])
