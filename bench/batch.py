@@ -1,9 +1,9 @@
-"""Batch candidates benchmark: Beam DirectRunner vs a plain in-process loop, same SavedModel.
+"""Batch candidates benchmark: Beam (the local FnApiRunner; row "Beam DirectRunner") vs a plain loop, same SavedModel.
 
     python -m bench.batch [--quick]
 
 Top-100 candidates over 100k items for every user of a users table (histories of 20 items),
-through ``crossrec candidates`` (Beam DirectRunner, reading and writing Parquet) and through a
+through ``crossrec candidates`` (Beam's local FnApiRunner, reading and writing Parquet) and through a
 plain ``tf.data`` loop over the same ``retrieval`` SavedModel (reading the same Parquet, calling
 the same handler, writing one Parquet file). Targets from issue 6: Beam >= 0.8x the loop, and
 >= 15,000 users/s on 2 cores.
