@@ -133,6 +133,9 @@ class TowerConfig:
     # How the hybrid's item-ID embeddings start: random (small normal noise), or zeros, so an
     # item's ID part is only what its interactions taught it (rare items stay near their text).
     id_embedding_init: Literal["random", "zeros"] = "random"
+    # The shared text path: 0 = a two-layer MLP over the text vector; K > 0 = UniSRec's
+    # mixture-of-experts adapter (K parametric-whitening experts and a softmax gate).
+    text_experts: int = 0
     # false = an ID-only two-tower (no text): the baseline that shows what text adds.
     use_text: bool = True
     # Share of examples trained through the domain-agnostic adapter alone (what unseen domains use).

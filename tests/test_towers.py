@@ -47,6 +47,23 @@ def test_zero_initialised_ids_leave_an_untrained_item_at_its_text():
     assert np.abs(np.asarray(id_only.id_embedding(np.array([1, 2])))).max() > 0  # needs symmetry broken
 
 
+def test_the_mixture_of_experts_adapter_is_a_gated_sum_of_whitened_projections():
+    tower = ItemTower(num_items=5, num_domains=2, text_dim=6, embedding_dim=4, use_item_ids=False, dropout=0.0,
+                      text_experts=3)
+    text = np.random.default_rng(0).normal(size=(2, 6)).astype("float32")
+    out = np.asarray(tower(text, np.array([0, 0]), np.array([1, 2]), np.array([False, False])))  # agnostic path
+    bias = np.random.default_rng(1).normal(size=(3, 6)).astype("float32")
+    tower.expert_bias.assign(bias)
+    kernel, gate = np.asarray(tower.expert_kernel), np.asarray(tower.expert_gate(text))
+    weights = np.exp(gate) / np.exp(gate).sum(axis=1, keepdims=True)
+    experts = np.stack([(text - bias[k]) @ kernel[k] for k in range(3)], axis=1)  # (b, k, e)
+    expected = np.einsum("bk,bke->be", weights, experts)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(tower(text, np.array([0, 0]), np.array([1, 2]),
+                                                np.array([False, False]))), expected, atol=1e-5)
+    assert not np.allclose(out, expected)  # the biases (whitening centres) moved it
+
+
 def test_id_only_tower_needs_no_text():
     tower = ItemTower(num_items=5, num_domains=2, text_dim=0, embedding_dim=4, use_text=False)
     out = np.asarray(tower(None, np.array([1]), np.array([3]), np.array([True])))

@@ -1,17 +1,10 @@
 """The retrieval model: item towers, one shared user tower, and the TFRS retrieval task.
 
-Named parts (each tested alone):
-- ``ItemTower``: an item's text vector -> the shared embedding space, through a domain-agnostic
-  adapter plus a per-domain residual adapter, plus an optional item-ID embedding (hybrid). The
-  domain adapter is dropped for a share of training items (``domain_dropout``), so the agnostic
-  path alone is trained too: a domain never seen in training (domain index 0) uses only it. The
-  ID embedding is dropped for a share of items (``item_id_dropout``) so text alone stays strong;
-  items unseen in training have no ID embedding at all (row marked in ``id_known``).
-- ``UserTower``: a user's history (item embeddings from the item towers, plus domain and recency
-  embeddings), optional self-attention blocks, attention pooling whose query is the *target
-  domain*, the most recent item, and an optional hashed user id -> one L2-normalised query.
-- ``RetrievalModel``: a Keras 3 model whose ``compute_loss`` calls ``tfrs.tasks.Retrieval``
-  (in-batch softmax with temperature, logQ correction, accidental-hit removal, hard negatives).
+Named parts (each tested alone): ``ItemTower`` (``towers.item_tower``), ``UserTower``
+(``towers.user_tower``), and here ``RetrievalModel``: a Keras 3 model whose ``compute_loss``
+calls ``tfrs.tasks.Retrieval`` (in-batch softmax with temperature, logQ correction,
+accidental-hit removal, hard negatives, mixed negatives) or a full softmax over the training
+catalogue, on one history window per target or on whole user sequences.
 
 Text vectors come from a non-trainable table (the frozen encoder's cached output). When the
 encoder is fine-tuned, the batch's candidate items are encoded live from their token ids, and the
@@ -27,205 +20,10 @@ import tensorflow_recommenders as tfrs
 from keras import ops
 
 from crossrec.config import TowerConfig, TrainConfig
+from towers.item_tower import ItemTower
+from towers.user_tower import UserTower, latest_where, user_query
 
-
-@keras.saving.register_keras_serializable(package="crossrec")
-class ItemTower(keras.layers.Layer):
-    def __init__(self, num_items: int, num_domains: int, text_dim: int, embedding_dim: int = 64,
-                 use_text: bool = True, use_item_ids: bool = True, item_id_dropout: float = 0.5,
-                 domain_dropout: float = 0.2, dropout: float = 0.1, id_embedding_init: str = "random", **kwargs):
-        super().__init__(**kwargs)
-        self.id_embedding_init = id_embedding_init
-        if not use_text and not use_item_ids:
-            raise ValueError("ItemTower needs text, item ids, or both (use_text and use_item_ids are both false)")
-        self.num_items = num_items
-        self.num_domains = num_domains
-        self.text_dim = text_dim
-        self.embedding_dim = embedding_dim
-        self.use_text = use_text
-        self.use_item_ids = use_item_ids
-        self.item_id_dropout = item_id_dropout
-        self.domain_dropout = domain_dropout
-        self.dropout = dropout
-        if use_text:
-            self.shared_hidden = keras.layers.Dense(2 * embedding_dim, activation="gelu", name="shared_hidden")
-            self.shared_out = keras.layers.Dense(embedding_dim, name="shared_out")
-            # One residual adapter per domain on the shared hidden layer, all computed together.
-            self.domain_adapters = keras.layers.EinsumDense(
-                "bh,hde->bde", output_shape=(num_domains, embedding_dim), name="domain_adapters",
-                kernel_initializer="zeros")
-            self.text_dropout = keras.layers.Dropout(dropout)
-        if use_item_ids:
-            # In the hybrid the ID part starts at zero, so an item's ID embedding is only what its
-            # interactions taught it: rare items stay close to their text instead of carrying
-            # random noise (ID-only towers need a random start to break symmetry).
-            init = (keras.initializers.Zeros() if use_text and id_embedding_init == "zeros"
-                    else keras.initializers.RandomNormal(0, 0.05))
-            self.id_embedding = keras.layers.Embedding(num_items, embedding_dim, name="item_id_embedding",
-                                                       embeddings_initializer=init)
-
-    def call(self, text, domain, row, id_known, training=False):
-        # text: (b, text_dim) float; domain, row: (b,) int; id_known: (b,) bool
-        parts = []
-        if self.use_text:
-            hidden = self.shared_hidden(self.text_dropout(text, training=training))  # (b, 2e)
-            shared = self.shared_out(hidden)  # (b, e)
-            if training and self.domain_dropout > 0:
-                drop = keras.random.uniform(ops.shape(domain)) < self.domain_dropout
-                domain = ops.where(drop, ops.zeros_like(domain), domain)
-            per_domain = self.domain_adapters(hidden)  # (b, domains, e)
-            pick = ops.one_hot(domain, self.num_domains)[..., None]  # (b, domains, 1); domain 0 = agnostic only
-            pick = pick * ops.cast(ops.arange(self.num_domains) > 0, pick.dtype)[None, :, None]
-            parts.append(shared + ops.sum(per_domain * pick, axis=1))
-        if self.use_item_ids:
-            keep = ops.cast(id_known, "float32")
-            if training and self.item_id_dropout > 0 and self.use_text:
-                keep = keep * ops.cast(keras.random.uniform(ops.shape(keep)) >= self.item_id_dropout, "float32")
-            parts.append(self.id_embedding(row) * keep[:, None])
-        return ops.normalize(ops.sum(ops.stack(parts), axis=0), axis=-1)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({k: getattr(self, k) for k in (
-            "num_items", "num_domains", "text_dim", "embedding_dim", "use_text", "use_item_ids",
-            "item_id_dropout", "domain_dropout", "dropout", "id_embedding_init")})
-        return config
-
-
-def latest_where(sequence, mask):
-    """The last position of ``sequence`` (b, H, e) where ``mask`` (b, H) is true; zeros where none."""
-    slots = ops.arange(ops.shape(mask)[1])
-    latest = ops.argmax(ops.cast(mask, "int32") * (slots[None, :] + 1), axis=1)  # (b,)
-    picked = ops.take_along_axis(sequence, latest[:, None, None], axis=1)[:, 0, :]
-    return picked * ops.cast(ops.any(mask, axis=1), sequence.dtype)[:, None]
-
-
-def user_query(user_tower, item_domain, user_hashing, history_embeddings, history, target_domain, user_id=None,
-               training=False):
-    """The query embedding from already-embedded history items: what ``RetrievalModel`` computes,
-    and what an export computes from its item embedding table without the text path."""
-    history = ops.cast(history, "int32")  # (b, H) item rows, right-aligned
-    bucket = user_hashing(user_id) if user_hashing is not None and user_id is not None else None
-    return user_tower(history_embeddings, history > 0, ops.take(item_domain, history),
-                      ops.cast(target_domain, "int32"), bucket, training=training)
-
-
-@keras.saving.register_keras_serializable(package="crossrec")
-class UserTower(keras.layers.Layer):
-    def __init__(self, num_domains: int, history_length: int, embedding_dim: int = 64,
-                 self_attention_layers: int = 0, user_id_buckets: int = 0, dropout: float = 0.1,
-                 domain_dropout: float = 0.2, **kwargs):
-        super().__init__(**kwargs)
-        self.num_domains = num_domains
-        self.history_length = history_length
-        self.embedding_dim = embedding_dim
-        self.self_attention_layers = self_attention_layers
-        self.user_id_buckets = user_id_buckets
-        self.dropout = dropout
-        self.domain_dropout = domain_dropout
-        e = embedding_dim
-        self.history_domain = keras.layers.Embedding(num_domains, e, name="history_domain")
-        self.recency = keras.layers.Embedding(history_length, e, name="recency")  # slot H-1 = most recent
-        self.target_domain = keras.layers.Embedding(num_domains, e, name="target_domain")
-        self.blocks = [keras.layers.MultiHeadAttention(2, e // 2, dropout=dropout, name=f"self_attention_{i}")
-                       for i in range(self_attention_layers)]
-        self.block_norms = [keras.layers.LayerNormalization(name=f"self_attention_norm_{i}")
-                            for i in range(self_attention_layers)]
-        self.key = keras.layers.Dense(e, use_bias=False, name="pool_key")
-        self.key.build((None, e))
-        self.query = keras.layers.Dense(e, use_bias=False, name="pool_query")
-        self.user_embedding = (keras.layers.Embedding(user_id_buckets, e, name="user_id_embedding")
-                               if user_id_buckets else None)
-        self.hidden = keras.layers.Dense(2 * e, activation="gelu", name="hidden")
-        self.drop = keras.layers.Dropout(dropout)
-        self.out = keras.layers.Dense(e, name="out")
-
-    def call(self, history_embeddings, history_mask, history_domain, target_domain, user_bucket=None,
-             training=False):
-        # history_embeddings: (b, H, e); history_mask: (b, H) bool; history_domain: (b, H) int
-        # target_domain: (b,) int; user_bucket: (b,) int or None
-        if training and self.domain_dropout > 0:
-            drop = keras.random.uniform(ops.shape(target_domain)) < self.domain_dropout
-            target_domain = ops.where(drop, ops.zeros_like(target_domain), target_domain)
-        mask_f = ops.cast(history_mask, "float32")[..., None]  # (b, H, 1)
-        slots = ops.arange(self.history_length)
-        x = (history_embeddings + self.history_domain(history_domain) + self.recency(slots)[None]) * mask_f
-        for attention, norm in zip(self.blocks, self.block_norms, strict=True):
-            pair_mask = ops.logical_and(history_mask[:, None, :], history_mask[:, :, None])
-            x = norm(x + attention(x, x, attention_mask=pair_mask, training=training)) * mask_f
-        wanted = self.target_domain(target_domain)  # (b, e)
-        # key(x_i) . query(w) == x_i . (query(w) K^T): project the one query, not every history slot.
-        probe = ops.matmul(self.query(wanted), ops.transpose(self.key.kernel))  # (b, e)
-        scores = ops.einsum("bhe,be->bh", x, probe) / np.sqrt(self.embedding_dim)
-        scores = ops.where(history_mask, scores, ops.full_like(scores, -1e9))
-        weights = ops.softmax(scores, axis=-1) * ops.cast(history_mask, "float32")  # all-padding -> 0
-        pooled = ops.einsum("bh,bhe->be", weights, x)
-        last = x[:, -1, :]  # right-aligned: the most recent item (zeros if none)
-        # The history inside the target domain: what a single-domain model would see. Its mean and
-        # its most recent item keep warm users' same-domain signal from being diluted by the other
-        # domains (which still carry cold-start users through `pooled`).
-        same = ops.logical_and(history_mask, ops.equal(history_domain, target_domain[:, None]))  # (b, H)
-        same_f = ops.cast(same, "float32")[..., None]
-        same_mean = ops.sum(history_embeddings * same_f, axis=1) / ops.maximum(ops.sum(same_f, axis=1), 1.0)
-        same_last = latest_where(history_embeddings, same)
-        parts = [pooled, last, wanted, same_mean, same_last]
-        if self.user_embedding is not None and user_bucket is not None:
-            parts.append(self.user_embedding(user_bucket))
-        hidden = self.drop(self.hidden(ops.concatenate(parts, axis=-1)), training=training)
-        # Residual: the mean of the history's item embeddings, so the query starts from "items like
-        # the ones this user had" (the two-tower form of item-kNN) and the MLP learns corrections.
-        mean = ops.sum(history_embeddings * mask_f, axis=1) / ops.maximum(ops.sum(mask_f, axis=1), 1.0)
-        return ops.normalize(self.out(hidden) + mean + same_mean, axis=-1)
-
-    def all_positions(self, history_embeddings, history_mask, history_domain, next_domain, user_bucket=None,
-                      training=False):
-        """Every prefix of a sequence at once: query ``t`` is what ``call`` gives for the items up
-        to position ``t`` (right-aligned, so the item at ``t`` is the most recent) asking for
-        ``next_domain[:, t]``. (b, H, e) in, (b, H, e) out: one pass trains on every position of
-        a user's sequence (SASRec-style) instead of one history window per target."""
-        if self.blocks:
-            raise ValueError("all_positions needs towers.self_attention_layers: 0")
-        h, e = self.history_length, self.embedding_dim
-        if training and self.domain_dropout > 0:
-            drop = keras.random.uniform(ops.shape(next_domain)) < self.domain_dropout
-            next_domain = ops.where(drop, ops.zeros_like(next_domain), next_domain)
-        slots = ops.arange(h)
-        causal = slots[None, :] <= slots[:, None]  # (t, j): item j is in prefix t
-        valid = ops.logical_and(causal[None], history_mask[:, None, :])  # (b, t, j)
-        valid_f = ops.cast(valid, "float32")
-        # item j seen from position t sits where call() would put it: slot H-1-(t-j)
-        recency = self.recency(ops.clip(h - 1 - (slots[:, None] - slots[None, :]), 0, h - 1))  # (t, j, e)
-        base = history_embeddings + self.history_domain(history_domain)  # (b, j, e)
-        x = (base[:, None, :, :] + recency[None]) * valid_f[..., None]  # (b, t, j, e)
-        wanted = self.target_domain(next_domain)  # (b, t, e)
-        probe = ops.matmul(self.query(wanted), ops.transpose(self.key.kernel))
-        scores = ops.einsum("btje,bte->btj", x, probe) / np.sqrt(e)
-        scores = ops.where(valid, scores, ops.full_like(scores, -1e9))
-        weights = ops.softmax(scores, axis=-1) * valid_f
-        pooled = ops.einsum("btj,btje->bte", weights, x)
-        # the most recent item of prefix t is item t itself (zeros where the slot is padding)
-        last = (base + recency[h - 1, h - 1][None, None, :]) * ops.cast(history_mask, "float32")[..., None]
-        same = ops.logical_and(valid, ops.equal(history_domain[:, None, :], next_domain[:, :, None]))  # (b, t, j)
-        same_f = ops.cast(same, "float32")
-        same_mean = ops.einsum("btj,bje->bte", same_f, history_embeddings) / ops.maximum(
-            ops.sum(same_f, axis=-1, keepdims=True), 1.0)
-        latest = ops.argmax(ops.cast(same, "int32") * (slots[None, None, :] + 1), axis=-1)  # (b, t)
-        same_last = ops.take_along_axis(history_embeddings, latest[..., None], axis=1) * ops.cast(
-            ops.any(same, axis=-1), "float32")[..., None]
-        parts = [pooled, last, wanted, same_mean, same_last]
-        if self.user_embedding is not None and user_bucket is not None:
-            parts.append(ops.broadcast_to(self.user_embedding(user_bucket)[:, None, :], ops.shape(pooled)))
-        hidden = self.drop(self.hidden(ops.concatenate(parts, axis=-1)), training=training)
-        mean = ops.einsum("btj,bje->bte", valid_f, history_embeddings) / ops.maximum(
-            ops.sum(valid_f, axis=-1, keepdims=True), 1.0)
-        return ops.normalize(self.out(hidden) + mean + same_mean, axis=-1)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({k: getattr(self, k) for k in (
-            "num_domains", "history_length", "embedding_dim", "self_attention_layers", "user_id_buckets",
-            "dropout", "domain_dropout")})
-        return config
+__all__ = ["ItemTower", "RetrievalModel", "UserTower", "latest_where", "user_query"]
 
 
 class RetrievalModel(keras.Model):
@@ -281,7 +79,7 @@ class RetrievalModel(keras.Model):
                                     use_text=towers.use_text, use_item_ids=towers.use_item_ids,
                                     item_id_dropout=towers.item_id_dropout, domain_dropout=towers.domain_dropout,
                                     dropout=towers.dropout, id_embedding_init=towers.id_embedding_init,
-                                    name="item_tower")
+                                    text_experts=towers.text_experts, name="item_tower")
         self.user_tower = UserTower(num_domains, towers.history_length, towers.embedding_dim,
                                     self_attention_layers=towers.self_attention_layers,
                                     user_id_buckets=towers.user_id_buckets, dropout=towers.dropout,

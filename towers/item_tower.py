@@ -1,0 +1,91 @@
+"""``ItemTower``: an item's text vector -> the shared embedding space, through a domain-agnostic
+text path (a two-layer MLP, or UniSRec's mixture of whitening experts) plus a per-domain residual
+adapter, plus an optional item-ID embedding (hybrid). The domain adapter is dropped for a share of
+training items (``domain_dropout``), so the agnostic path alone is trained too: a domain never seen
+in training (domain index 0) uses only it. The ID embedding is dropped for a share of items
+(``item_id_dropout``) so text alone stays strong; items unseen in training have no ID embedding at
+all (row marked in ``id_known``)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="crossrec")
+class ItemTower(keras.layers.Layer):
+    def __init__(self, num_items: int, num_domains: int, text_dim: int, embedding_dim: int = 64,
+                 use_text: bool = True, use_item_ids: bool = True, item_id_dropout: float = 0.5,
+                 domain_dropout: float = 0.2, dropout: float = 0.1, id_embedding_init: str = "random",
+                 text_experts: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.id_embedding_init = id_embedding_init
+        self.text_experts = text_experts
+        if not use_text and not use_item_ids:
+            raise ValueError("ItemTower needs text, item ids, or both (use_text and use_item_ids are both false)")
+        self.num_items = num_items
+        self.num_domains = num_domains
+        self.text_dim = text_dim
+        self.embedding_dim = embedding_dim
+        self.use_text = use_text
+        self.use_item_ids = use_item_ids
+        self.item_id_dropout = item_id_dropout
+        self.domain_dropout = domain_dropout
+        self.dropout = dropout
+        if use_text:
+            self.shared_hidden = keras.layers.Dense(2 * embedding_dim, activation="gelu", name="shared_hidden")
+            self.shared_out = keras.layers.Dense(embedding_dim, name="shared_out")
+            # One residual adapter per domain on the shared hidden layer, all computed together.
+            self.domain_adapters = keras.layers.EinsumDense(
+                "bh,hde->bde", output_shape=(num_domains, embedding_dim), name="domain_adapters",
+                kernel_initializer="zeros")
+            self.text_dropout = keras.layers.Dropout(dropout)
+            if text_experts:
+                # UniSRec's MoE adapter: K parametric-whitening experts (x - b_k) W_k, mixed by a
+                # softmax gate on the text vector; it replaces shared_out as the shared text path.
+                self.expert_bias = self.add_weight(shape=(text_experts, text_dim), initializer="zeros",
+                                                   name="expert_bias")
+                self.expert_kernel = self.add_weight(shape=(text_experts, text_dim, embedding_dim),
+                                                     initializer="glorot_uniform", name="expert_kernel")
+                self.expert_gate = keras.layers.Dense(text_experts, name="expert_gate")
+        if use_item_ids:
+            # In the hybrid the ID part starts at zero, so an item's ID embedding is only what its
+            # interactions taught it: rare items stay close to their text instead of carrying
+            # random noise (ID-only towers need a random start to break symmetry).
+            init = (keras.initializers.Zeros() if use_text and id_embedding_init == "zeros"
+                    else keras.initializers.RandomNormal(0, 0.05))
+            self.id_embedding = keras.layers.Embedding(num_items, embedding_dim, name="item_id_embedding",
+                                                       embeddings_initializer=init)
+
+    def call(self, text, domain, row, id_known, training=False):
+        # text: (b, text_dim) float; domain, row: (b,) int; id_known: (b,) bool
+        parts = []
+        if self.use_text:
+            text = self.text_dropout(text, training=training)
+            hidden = self.shared_hidden(text)  # (b, 2e)
+            if self.text_experts:
+                experts = (ops.einsum("bd,kde->bke", text, self.expert_kernel)
+                           - ops.einsum("kd,kde->ke", self.expert_bias, self.expert_kernel)[None])
+                shared = ops.einsum("bk,bke->be", ops.softmax(self.expert_gate(text), axis=-1), experts)
+            else:
+                shared = self.shared_out(hidden)  # (b, e)
+            if training and self.domain_dropout > 0:
+                drop = keras.random.uniform(ops.shape(domain)) < self.domain_dropout
+                domain = ops.where(drop, ops.zeros_like(domain), domain)
+            per_domain = self.domain_adapters(hidden)  # (b, domains, e)
+            pick = ops.one_hot(domain, self.num_domains)[..., None]  # (b, domains, 1); domain 0 = agnostic only
+            pick = pick * ops.cast(ops.arange(self.num_domains) > 0, pick.dtype)[None, :, None]
+            parts.append(shared + ops.sum(per_domain * pick, axis=1))
+        if self.use_item_ids:
+            keep = ops.cast(id_known, "float32")
+            if training and self.item_id_dropout > 0 and self.use_text:
+                keep = keep * ops.cast(keras.random.uniform(ops.shape(keep)) >= self.item_id_dropout, "float32")
+            parts.append(self.id_embedding(row) * keep[:, None])
+        return ops.normalize(ops.sum(ops.stack(parts), axis=0), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({k: getattr(self, k) for k in (
+            "num_items", "num_domains", "text_dim", "embedding_dim", "use_text", "use_item_ids",
+            "item_id_dropout", "domain_dropout", "dropout", "id_embedding_init", "text_experts")})
+        return config
