@@ -14,6 +14,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -80,14 +81,7 @@ class CrossrecClient:
     # -- the protocol ------------------------------------------------------------------------------
     def predict(self, model: str, inputs: dict[str, np.ndarray], *, version: int | None = None,
                 signature: str = "serving_default") -> dict[str, np.ndarray]:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model
-        request.model_spec.signature_name = signature
-        if version is not None:
-            request.model_spec.version.value = version
-        for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        response = self.predictions.Predict(request, timeout=self.timeout)
+        response = self.predictions.Predict(predict_request(model, inputs, version, signature), timeout=self.timeout)
         return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
     def status(self, model: str) -> list[dict]:
@@ -129,3 +123,15 @@ def _rows(out: dict[str, np.ndarray], i: int, extra=()) -> list[dict]:
             row[name.rstrip("s")] = float(out[name][i, j])
         rows.append(row)
     return rows
+
+
+def predict_request(model: str, inputs: dict, version: int | None = None, signature: str = ""):
+    """A ``PredictRequest``: each input a numpy array (converted) or a ready ``TensorProto``."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value))
+    return request

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from crossrec import schema
 from crossrec.config import DataConfig
 from crossrec.data.loaders import load_dataset
 from crossrec.errors import CrossrecInputError
+from serving.client import predict_request
 from serving.models import ModelManager, ModelSpec, wait_until_ready
 from serving.server import Server, ServerOptions, free_port
 
@@ -115,14 +116,7 @@ def mutate(inputs: dict, rng: random.Random):
 
 
 def grpc_predict(stub, model, inputs, version=None, signature=""):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = version
-    for key, value in inputs.items():
-        request.inputs[key].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value))
-    return stub.Predict(request, timeout=30)
+    return stub.Predict(predict_request(model, inputs, version, signature), timeout=30)
 
 
 def test_malformed_grpc_requests_never_fail_inside_the_server(fuzz_server):

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from crossrec import schema
 from crossrec.errors import ConfigError
+from serving.client import predict_request
 from serving.layout import new_version, versions
 from serving.limits import RequestLimits
 from serving.models import AVAILABLE, END, ModelManager, ModelSpec, wait_until_ready
@@ -53,12 +54,9 @@ def retrieval_inputs(item, rows=1, k=5):
 
 
 def predict(server, model, inputs, timeout=30):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    for key, value in inputs.items():
-        request.inputs[key].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value))
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(predict_request(model, inputs),
+                                                                                  timeout=timeout)
 
 
 def grpc_error(server, model, inputs) -> tuple[grpc.StatusCode, str]:
