@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from crossrec import schema
 from crossrec.errors import ConfigError
@@ -355,10 +355,9 @@ def local_runner(pipeline_args: list[str]):
     explicitly, with one worker thread per core. (Beam >= 2.68's DirectRunner first tries to
     download and start the Prism runner and falls back when offline, so the same command would run
     on different runners depending on the network.) With ``--runner``, Beam's choice."""
-    if any(a == "--runner" or a.startswith("--runner=") for a in pipeline_args):
-        name = next(a.split("=", 1)[1] if "=" in a else pipeline_args[i + 1]
-                    for i, a in enumerate(pipeline_args) if a.startswith("--runner"))
-        return None, name, pipeline_args
+    given = PipelineOptions(pipeline_args).view_as(StandardOptions).runner
+    if given:
+        return None, given, pipeline_args
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     if not any(a.startswith("--direct_num_workers") for a in pipeline_args):

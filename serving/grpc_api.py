@@ -67,8 +67,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             fields = list(request.metadata_field)
             if fields != ["signature_def"]:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"metadata_field must be ['signature_def'], got {fields}")
+                raise invalid(f"metadata_field must be ['signature_def'], got {fields}")
             version, label = _spec_version(request.model_spec)
             model = self.predictor.model(request.model_spec.name, version, label)
         except ServingError as error:

@@ -44,9 +44,8 @@ class Predictor:
         signature_name = signature_name or DEFAULT_SIGNATURE
         function = model.signatures.get(signature_name)
         if function is None:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f'Serving signature key "{signature_name}" not found; the model has '
-                               f"{sorted(model.signatures)}")
+            raise invalid(f'Serving signature key "{signature_name}" not found; the model has '
+                          f"{sorted(model.signatures)}")
         specs = function.structured_input_signature[1]
         missing = sorted(set(specs) - set(inputs))
         extra = sorted(set(inputs) - set(specs))
@@ -56,8 +55,7 @@ class Predictor:
                 parts.append(f"missing input(s) {missing}")
             if extra:
                 parts.append(f"unexpected input(s) {extra}")
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"{'; '.join(parts)}; signature {signature_name!r} expects {sorted(specs)}")
+            raise invalid(f"{'; '.join(parts)}; signature {signature_name!r} expects {sorted(specs)}")
         tensors = {}
         for name, spec in specs.items():
             value = inputs[name]
@@ -66,12 +64,10 @@ class Predictor:
             if dtype is None:
                 dtype = tf.string if array.dtype.kind in "OSU" else tf.as_dtype(array.dtype)
             if dtype != spec.dtype:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input {name!r}: expects dtype {spec.dtype.name}, got {dtype.name}")
+                raise invalid(f"input {name!r}: expects dtype {spec.dtype.name}, got {dtype.name}")
             if not spec.shape.is_compatible_with(array.shape):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input {name!r}: expects shape {spec.shape.as_list()} (None = any), got "
-                                   f"{list(array.shape)}")
+                raise invalid(f"input {name!r}: expects shape {spec.shape.as_list()} (None = any), got "
+                              f"{list(array.shape)}")
             tensors[name] = array
         batch = {a.shape[0] for a in tensors.values() if a.ndim}
         if len(batch) > 1:
@@ -82,14 +78,13 @@ class Predictor:
         try:
             outputs = function(**tensors)
         except tf.errors.InvalidArgumentError as exc:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _assertion_message(exc)) from None
+            raise invalid(_assertion_message(exc)) from None
         except tf.errors.OpError as exc:
             raise ServingError(grpc.StatusCode.INTERNAL, _assertion_message(exc)) from None
         if output_filter:
             unknown = sorted(set(output_filter) - set(outputs))
             if unknown:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"output_filter: unknown output(s) {unknown}; the signature has {sorted(outputs)}")
+                raise invalid(f"output_filter: unknown output(s) {unknown}; the signature has {sorted(outputs)}")
             outputs = {k: v for k, v in outputs.items() if k in output_filter}
         return {k: v.numpy() for k, v in outputs.items()}
 

@@ -128,7 +128,7 @@ def make_rest_app(predictor: Predictor, max_request_bytes: int) -> Starlette:
 
     def get(name, version, label, verb) -> dict:
         if verb == ":predict":
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "predict needs POST")
+            raise invalid("predict needs POST")
         if verb == "/metadata":
             return metadata(predictor.model(name, version, label))
         return _status_json(version_status(manager, name, version, label))
@@ -151,15 +151,12 @@ def make_rest_app(predictor: Predictor, max_request_bytes: int) -> Starlette:
             log.exception("REST request failed")
             return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
-    async def not_allowed(request: Request) -> JSONResponse:
-        return JSONResponse({"error": f"method {request.method} is not allowed; use GET or POST"}, status_code=405,
-                            headers={"Allow": "GET, POST"})
-
     async def not_found(request: Request, exc) -> JSONResponse:
         return JSONResponse({"error": f"no such endpoint: {request.url.path[:200]}"}, status_code=404)
 
     async def method_not_allowed(request: Request, exc) -> JSONResponse:
-        return await not_allowed(request)
+        return JSONResponse({"error": f"method {request.method} is not allowed; use GET or POST"}, status_code=405,
+                            headers={"Allow": "GET, POST"})
 
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])],
                      exception_handlers={404: not_found, 405: method_not_allowed})
