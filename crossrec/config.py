@@ -136,6 +136,9 @@ class TowerConfig:
     # The shared text path: 0 = a two-layer MLP over the text vector; K > 0 = UniSRec's
     # mixture-of-experts adapter (K parametric-whitening experts and a softmax gate).
     text_experts: int = 0
+    # How the text and ID parts of a seen item combine: sum (their norms decide), or gate (a learned
+    # per-item gate on the item's training count and text mixes the two unit vectors).
+    fusion: Literal["sum", "gate"] = "sum"
     # false = an ID-only two-tower (no text): the baseline that shows what text adds.
     use_text: bool = True
     # Share of examples trained through the domain-agnostic adapter alone (what unseen domains use).

@@ -64,6 +64,26 @@ def test_the_mixture_of_experts_adapter_is_a_gated_sum_of_whitened_projections()
     assert not np.allclose(out, expected)  # the biases (whitening centres) moved it
 
 
+def test_the_fusion_gate_mixes_unit_text_and_id_vectors_by_training_count():
+    tower = ItemTower(num_items=5, num_domains=2, text_dim=6, embedding_dim=4, dropout=0.0, fusion="gate")
+    text = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    domain, rows = np.array([1, 1, 1]), np.array([1, 2, 3])
+    log_count = np.log1p(np.array([0.0, 3.0, 200.0], np.float32))
+    text_only = np.asarray(tower(text, domain, rows, np.array([False] * 3), log_count=log_count))
+    out = np.asarray(tower(text, domain, rows, np.array([True] * 3), log_count=log_count))
+    ids = np.asarray(tower.id_embedding(rows))
+    unit_ids = ids / np.linalg.norm(ids, axis=1, keepdims=True)
+    gate = 1 / (1 + np.exp(-(log_count - 2.0)))[:, None]  # the starting gate: sigmoid(log(1 + n) - 2)
+    expected = (1 - gate) * text_only + gate * unit_ids
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    # the more an item was seen, the closer it sits to its ID vector
+    closeness = (out * unit_ids).sum(axis=1)
+    assert closeness[0] < closeness[1] < closeness[2]
+    with pytest.raises(ValueError, match="fusion"):
+        ItemTower(5, 2, 6, fusion="concat")
+
+
 def test_id_only_tower_needs_no_text():
     tower = ItemTower(num_items=5, num_domains=2, text_dim=0, embedding_dim=4, use_text=False)
     out = np.asarray(tower(None, np.array([1]), np.array([3]), np.array([True])))

@@ -89,6 +89,22 @@ def test_id_only_two_tower_trains_without_an_encoder(tiny_config):
     assert run.text.table is None and np.isfinite(run.history["loss"]).all()
 
 
+def test_gated_fusion_reads_each_items_training_count_and_reloads(tiny_config, tmp_path):
+    config = replace(tiny_config, towers=replace(tiny_config.towers, fusion="gate"),
+                     train=replace(tiny_config.train, epochs=2))
+    data = prepare_data(config)
+    run = train_retrieval(config, tmp_path / "run", data=data, progress=False)
+    assert np.isfinite(run.history["loss"]).all()
+    counts = np.bincount(data.catalogue.rows(data.train[schema.DOMAIN], data.train[schema.ITEM_ID]),
+                         minlength=data.catalogue.size)
+    counts[0] = 0
+    np.testing.assert_allclose(np.asarray(run.model.item_log_count), np.log1p(counts), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(run.model.id_known), counts > 0)
+    assert float(run.model.item_tower.gate_bias) != -2.0  # the gate trained
+    model, _, _ = load_trained(tmp_path / "run")
+    np.testing.assert_allclose(model.all_item_embeddings(), run.model.all_item_embeddings(), atol=1e-5)
+
+
 def test_given_split_asks_cold_start_of_users_whose_target_domain_left_training(tiny_config):
     rows = []
     for u in range(30):

@@ -37,7 +37,7 @@ class RetrievalModel(keras.Model):
                  text_domain: np.ndarray, text_means: np.ndarray | None,
                  item_probability: np.ndarray, num_domains: int, towers: TowerConfig, train: TrainConfig,
                  text_encoders: list[keras.layers.Layer] | None = None, token_table: np.ndarray | None = None,
-                 **kwargs):
+                 item_counts: np.ndarray | None = None, **kwargs):
         super().__init__(**kwargs)
         num_items = len(item_domain)
         text_dim = 0 if text_table is None else int(text_table.shape[1])
@@ -58,6 +58,10 @@ class RetrievalModel(keras.Model):
                                            initializer=keras.initializers.Constant(item_domain))
         self.id_known = self.add_weight(shape=(num_items,), dtype="bool", trainable=False, name="id_known",
                                         initializer=keras.initializers.Constant(id_known))
+        # log(1 + training interactions) per row: what the fusion gate reads.
+        counts = np.zeros(num_items, np.float32) if item_counts is None else np.asarray(item_counts, np.float32)
+        self.item_log_count = self.add_weight(shape=(num_items,), trainable=False, name="item_log_count",
+                                              initializer=keras.initializers.Constant(np.log1p(counts)))
         self.item_probability = self.add_weight(shape=(num_items,), trainable=False, name="item_probability",
                                                 initializer=keras.initializers.Constant(item_probability))
         # Items that mixed negative sampling draws from: those seen in training (new items stay unseen).
@@ -79,7 +83,7 @@ class RetrievalModel(keras.Model):
                                     use_text=towers.use_text, use_item_ids=towers.use_item_ids,
                                     item_id_dropout=towers.item_id_dropout, domain_dropout=towers.domain_dropout,
                                     dropout=towers.dropout, id_embedding_init=towers.id_embedding_init,
-                                    text_experts=towers.text_experts, name="item_tower")
+                                    text_experts=towers.text_experts, fusion=towers.fusion, name="item_tower")
         self.user_tower = UserTower(num_domains, towers.history_length, towers.embedding_dim,
                                     self_attention_layers=towers.self_attention_layers,
                                     user_id_buckets=towers.user_id_buckets, dropout=towers.dropout,
@@ -124,7 +128,8 @@ class RetrievalModel(keras.Model):
         known = ops.take(self.id_known, unique)
         if not use_ids:
             known = ops.zeros_like(known)
-        embedded = self.item_tower(text, ops.take(self.item_domain, unique), unique, known, training=training)
+        embedded = self.item_tower(text, ops.take(self.item_domain, unique), unique, known,
+                                   log_count=ops.take(self.item_log_count, unique), training=training)
         return tf.reshape(tf.gather(embedded, position), tf.concat([tf.shape(rows), [-1]], 0))
 
     # -- query side -------------------------------------------------------------------------
@@ -206,7 +211,8 @@ class RetrievalModel(keras.Model):
             pool = self.item_tower(self._text_vectors(self.negative_pool, live=False),
                                    ops.take(self.item_domain, self.negative_pool), self.negative_pool,
                                    ops.take(self.id_known, self.negative_pool) if use_ids
-                                   else ops.zeros_like(self.negative_pool, dtype="bool"), training=training)
+                                   else ops.zeros_like(self.negative_pool, dtype="bool"),
+                                   log_count=ops.take(self.item_log_count, self.negative_pool), training=training)
             logits = ops.matmul(query, ops.transpose(ops.cast(pool, "float32"))) / self.train_config.temperature
             if mask is not None:
                 logits = ops.where(mask, logits, ops.full_like(logits, -1e9))

@@ -41,16 +41,17 @@ MONITOR = "val_recall_at_50"
 
 def build_model(config: Config, data: RetrievalData, text: TextVectors) -> RetrievalModel:
     catalogue = data.catalogue
-    id_known = np.zeros(catalogue.size, bool)
-    id_known[np.unique(catalogue.rows(data.train[schema.DOMAIN], data.train[schema.ITEM_ID]))] = True
-    id_known[0] = False
+    counts = np.bincount(catalogue.rows(data.train[schema.DOMAIN], data.train[schema.ITEM_ID]),
+                         minlength=catalogue.size)
+    counts[0] = 0
+    id_known = counts > 0
     model = RetrievalModel(
         text_table=text.table, item_domain=catalogue.item_domain, id_known=id_known,
         text_domain=catalogue.text_domain,
         text_means=None if text.table is None else catalogue.text_means(text.table),
         item_probability=catalogue.frequencies(data.train), num_domains=len(catalogue.domains),
         towers=config.towers, train=config.train,
-        text_encoders=[e.layer for e in text.encoders], token_table=text.tokens)
+        text_encoders=[e.layer for e in text.encoders], token_table=text.tokens, item_counts=counts)
     h = config.towers.history_length
     model({"history": np.zeros((1, h), np.int32), "target_domain": np.zeros(1, np.int32),
            "user_id": np.array(["u"])})
