@@ -6,7 +6,9 @@ Works against the embedded server (``crossrec serve``) and a real ``tensorflow_m
     client.recommend(history=[("books", "BO00012"), ("movies", "MO00041")], domain="movies", k=10)
 
 A history is a list of ``(domain, item_id)`` pairs, oldest first. Each call returns plain Python
-values: a list of ``{"item_id", "score", ...}`` dicts, best first.
+values: a list of ``{"item_id", "score", ...}`` dicts, best first; where the export explains its
+answer (``because_*`` outputs), each dict also has ``"because": {"item_id", "domain", "weight"}``
+(the history item that most drove it and its share; None where the history had no known item).
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ def _rows(out: dict[str, np.ndarray], i: int, extra=()) -> list[dict]:
         row = {"item_id": item.decode(), "score": float(out["scores"][i, j])}
         for name in extra:
             row[name.rstrip("s")] = float(out[name][i, j])
+        if "because_item_ids" in out:
+            because = out["because_item_ids"][i, j]
+            row["because"] = {"item_id": because.decode(), "domain": out["because_domains"][i, j].decode(),
+                              "weight": float(out["because_weights"][i, j])} if because else None
         rows.append(row)
     return rows
 

@@ -6,11 +6,13 @@ input/output names, written to ``<base>/<model>/<version>/`` (see ``serving.layo
 ``retrieval``     history_item_ids [b, h] string, history_domains [b, h] string (oldest first,
                   "" = padding), target_domain [b] string, k [b] int32 (<= max_k),
                   exclude_history [b] bool  ->  item_ids [b, k] string, scores [b, k] float32,
-                  history_known [b], history_in_domain [b] int32 (history items the model used)
+                  history_known [b], history_in_domain [b] int32 (history items the model used),
+                  because_item_ids, because_domains [b, k] string, because_weights [b, k] float32
+                  (the history item that most drove each answer, and its share)
 ``ranking``       history_item_ids, history_domains, target_domain, candidate_item_ids [b, c]
                   string  ->  engagement [b, c] (logit; unknown candidates get -1e9), rating [b, c]
 ``recommender``   the retrieval inputs -> retrieve ``ranking.candidates`` -> rank -> top k:
-                  item_ids [b, k], scores [b, k] (ranker), retrieval_scores [b, k], history counts
+                  item_ids [b, k], scores [b, k] (ranker), retrieval_scores [b, k], history counts, because_*
 ``item_encoder``  text [b] string, domain [b] string -> embedding [b, e]: index a new item from
                   its text without retraining (the only model with TF Text ops: its tokenizer)
 

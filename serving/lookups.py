@@ -41,6 +41,8 @@ class Lookups(tf.Module):
         # served position -> the towers' domain index (0 for zero-shot domains)
         self.model_domain = tf.constant([0] + [catalogue.domain_index(d) for d in self.served], tf.int32)
         self.item_ids = tf.constant(np.concatenate([[""], items[schema.ITEM_ID].astype(str).to_numpy()]).astype(bytes))
+        self.row_domain_names = tf.constant(
+            np.concatenate([[""], items[schema.DOMAIN].astype(str).to_numpy()]).astype(bytes))
         self.item_domain = tf.Variable(catalogue.item_domain, trainable=False, name="item_domain")
         self.item_served = tf.Variable(catalogue.served_domain, trainable=False, name="item_served_domain")
         self.embeddings = tf.Variable(item_embeddings.astype(np.float32), trainable=False, name="item_embeddings")

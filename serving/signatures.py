@@ -27,6 +27,7 @@ class QueryModule(tf.Module):
         self.lookups = parts.lookups
         self.user_tower = parts.retrieval_model.user_tower
         self.user_hashing = parts.retrieval_model.user_hashing
+        self.temperature = float(parts.config.train.temperature)
 
     @staticmethod
     def _history_checks(history_item_ids, history_domains, target_domain):
@@ -63,6 +64,25 @@ class QueryModule(tf.Module):
                 tf.debugging.assert_equal(tf.shape(exclude_history), tf.shape(target_domain),
                                           message="exclude_history: must have one value per query (as target_domain)")]
 
+    def _because(self, found, rows, beyond):
+        """Per recommended item (``found`` rows, (b, w)), the history item that most drove it:
+        the known history item (``rows``, (b, H)) whose embedding is closest to the item's, and
+        its share of the item's similarity to the whole history (a softmax over the known history
+        items at the towers' training temperature; shares over the history sum to 1). Empty and 0
+        where the slot is empty or the history has no known item."""
+        item = tf.gather(self.lookups.embeddings, found)  # (b, w, e), unit vectors
+        history = tf.gather(self.lookups.embeddings, rows)  # (b, H, e)
+        known = (rows > 0)[:, None, :]
+        logits = tf.where(known, tf.einsum("bwe,bhe->bwh", item, history) / self.temperature, -1e9)
+        best = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (b, w)
+        share = tf.gather(tf.nn.softmax(logits, axis=-1), best, batch_dims=2)
+        because = tf.gather(rows, best, batch_dims=1)
+        empty = beyond | (found == 0) | (because == 0)
+        return {"because_item_ids": tf.where(empty, tf.constant(b""), tf.gather(self.lookups.item_ids, because)),
+                "because_domains": tf.where(empty, tf.constant(b""),
+                                            tf.gather(self.lookups.row_domain_names, because)),
+                "because_weights": tf.where(empty, 0.0, share)}
+
     def _retrieve(self, query, rows, target, exclude_history, k: int):
         exclude = tf.where(exclude_history[:, None], rows, tf.zeros_like(rows))
         return self.index.search(query, target, exclude, k)
@@ -98,7 +118,8 @@ class RetrievalModule(QueryModule):
         beyond = tf.range(width)[None, :] >= k[:, None]
         ids = tf.gather(self.lookups.item_ids, found[:, :width])
         return {"item_ids": tf.where(beyond, tf.constant(b""), ids),
-                "scores": tf.where(beyond, UNKNOWN_SCORE, scores[:, :width]), **self._history_counts(rows, target)}
+                "scores": tf.where(beyond, UNKNOWN_SCORE, scores[:, :width]), **self._history_counts(rows, target),
+                **self._because(found[:, :width], rows, beyond)}
 
 
 class RankingModule(QueryModule):
@@ -157,7 +178,7 @@ class RecommenderModule(RankingModule):
                 "scores": tf.where(beyond, UNKNOWN_SCORE, scores),
                 "retrieval_scores": tf.where(beyond, UNKNOWN_SCORE,
                                              tf.gather(retrieval_scores, order, batch_dims=1)),
-                **self._history_counts(rows, target)}
+                **self._history_counts(rows, target), **self._because(picked, rows, beyond)}
 
 
 class ItemEncoderModule(tf.Module):

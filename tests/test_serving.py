@@ -66,7 +66,8 @@ def test_export_writes_each_model_as_version_1_with_metadata_and_named_signature
     retrieval = json.loads((out / "retrieval" / "1" / "assets" / METADATA_FILE).read_text())
     assert set(retrieval["signature"]["inputs"]) == {"history_item_ids", "history_domains", "target_domain", "k",
                                                      "exclude_history"}
-    assert set(retrieval["signature"]["outputs"]) == {"item_ids", "scores", "history_known", "history_in_domain"}
+    assert set(retrieval["signature"]["outputs"]) == {"item_ids", "scores", "history_known", "history_in_domain",
+                                                      "because_item_ids", "because_domains", "because_weights"}
     assert retrieval["domains"] == ["books", "kitchen", "movies"]
     assert retrieval["index"]["kind"] == "brute_force" and retrieval["index"]["recall@10"] == 1.0
     assert retrieval["retrieval_metrics"]
@@ -91,8 +92,9 @@ def test_exporting_the_recommender_without_a_ranker_is_a_clear_error(tiny_pipeli
 def test_retrieval_signature_returns_the_exact_top_k_of_the_target_domain(exported):
     from towers.queries import query_embeddings
 
-    _, run, out, _ = exported
-    examples, histories, domains = history_of(run)
+    config, run, out, _ = exported
+    examples, histories, domains = history_of(run, 6)
+    assert sum(1 for h in histories if h) >= 3
     serve = tf.saved_model.load(str(out / "retrieval" / "1")).signatures["serving_default"]
     result = serve(**{k: tf.constant(v) for k, v in _history_inputs(histories, domains).items()},
                    k=tf.constant([5] * len(domains)), exclude_history=tf.constant([True] * len(domains)))
@@ -110,6 +112,23 @@ def test_retrieval_signature_returns_the_exact_top_k_of_the_target_domain(export
         assert result["history_in_domain"][i] == (catalogue.item_domain_name[history] == domain).sum()
         np.testing.assert_allclose(result["scores"][i].numpy(), np.sort(embeddings[best] @ queries[i])[::-1],
                                    rtol=1e-4, atol=1e-5)
+        # the explanation: the history item closest to each recommended one, and its softmax share
+        if not len(history):
+            assert set(result["because_item_ids"][i].numpy()) == {b""}
+            continue
+        logits = embeddings[best] @ embeddings[history].T / config.train.temperature  # (k, h)
+        closest = history[logits.argmax(axis=1)]
+        share = np.exp(logits - logits.max(axis=1, keepdims=True))
+        share = share.max(axis=1) / share.sum(axis=1)
+        items = catalogue.items.set_index("row")
+        assert [b.decode() for b in result["because_item_ids"][i].numpy()] == items.loc[closest, schema.ITEM_ID].tolist()
+        assert [b.decode() for b in result["because_domains"][i].numpy()] == items.loc[closest, schema.DOMAIN].tolist()
+        np.testing.assert_allclose(result["because_weights"][i].numpy(), share, rtol=1e-4, atol=1e-5)
+    # a history of unknown items explains nothing
+    unknown = serve(**{k: tf.constant(v) for k, v in _history_inputs([[("books", "nope")]], domains[:1]).items()},
+                    k=tf.constant([3]), exclude_history=tf.constant([True]))
+    assert unknown["because_item_ids"].numpy().tolist() == [[b"", b"", b""]]
+    assert unknown["because_weights"].numpy().tolist() == [[0.0, 0.0, 0.0]]
 
 
 def test_brute_force_exports_load_with_tensorflow_alone(exported, tmp_path):
@@ -137,9 +156,11 @@ print(json.dumps({{"outputs": results, "loaded": loaded}}))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["loaded"] == []
+    because = ["because_domains", "because_item_ids", "because_weights"]
     counts = ["history_in_domain", "history_known"]
-    assert report["outputs"] == {"retrieval": [*counts, "item_ids", "scores"], "ranking": ["engagement", "rating"],
-                                 "recommender": [*counts, "item_ids", "retrieval_scores", "scores"]}
+    assert report["outputs"] == {"retrieval": [*because, *counts, "item_ids", "scores"],
+                                 "ranking": ["engagement", "rating"],
+                                 "recommender": [*because, *counts, "item_ids", "retrieval_scores", "scores"]}
 
 
 # --- the embedded server -----------------------------------------------------------------------------
@@ -329,11 +350,13 @@ def test_export_serve_and_query_from_the_command_line(tiny_pipeline, tmp_path, c
         while "Ctrl-C stops" not in line:
             line = server.stdout.readline()
             assert line or server.poll() is None, "crossrec serve exited"
-        _, histories, domains = history_of(run, 1)
-        flags = [f"--history={d}:{i}" for d, i in histories[0]]
-        assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", domains[0], "--k", "3", *flags]) == 0
+        _, histories, domains = history_of(run, 6)
+        history, domain = next((h, d) for h, d in zip(histories, domains, strict=True) if h)
+        flags = [f"--history={d}:{i}" for d, i in history]
+        assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", domain, "--k", "3", *flags]) == 0
         lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()]
         assert len(lines) == 3 and lines[0].strip().startswith("1.")
+        assert all(" because of " in x for x in lines)  # the served explanation
         assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", "toys", "--k", "3"]) == 2
         assert "INVALID_ARGUMENT" in capsys.readouterr().err
     finally:

@@ -32,7 +32,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for rank, row in enumerate(rows, 1):
-        print(f"{rank:3d}. {row['item_id']:<24} score {row['score']:.4f}")
+        because = row.get("because")
+        reason = (f"  because of {because['domain']}:{because['item_id']} ({because['weight']:.0%})"
+                  if because else "")
+        print(f"{rank:3d}. {row['item_id']:<24} score {row['score']:.4f}{reason}")
     return 0
 
 

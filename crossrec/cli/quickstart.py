@@ -44,7 +44,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     for number, (title, argv) in enumerate(steps, 1):
         if argv is None:
             print(f"\n[{number}/{len(steps)}] {title}", flush=True)
-            serve_and_query(saved_models, data_dir, out / "retrieval")
+            serve_and_query(saved_models, data_dir)
             continue
         print(f"\n[{number}/{len(steps)}] {title}: crossrec {' '.join(argv)}", flush=True)
         code = main(argv)

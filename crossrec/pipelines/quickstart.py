@@ -1,12 +1,11 @@
 """The quickstart's serving step: start the embedded server on loopback, ask it for three kinds of
-users over gRPC with the client, print the answers with item titles and a short "because you
-liked ..." (the history item whose embedding is closest to the recommended item's), stop it."""
+users over gRPC with the client, print the answers with item titles and the served "because you
+liked ..." (the history item that most drove each recommendation, computed in the model's graph), stop it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from crossrec import schema
@@ -36,7 +35,7 @@ def _users(interactions: pd.DataFrame, items: pd.DataFrame) -> list[tuple[str, l
     return users
 
 
-def serve_and_query(saved_models: Path, data_dir: Path, retrieval_dir: Path, k: int = 5) -> None:
+def serve_and_query(saved_models: Path, data_dir: Path, k: int = 5) -> None:
     from crossrec.config import DataConfig
     from crossrec.data.loaders import load_dataset
     from serving.client import CrossrecClient
@@ -45,9 +44,6 @@ def serve_and_query(saved_models: Path, data_dir: Path, retrieval_dir: Path, k: 
 
     dataset = load_dataset(DataConfig(interactions=str(data_dir))).clean()
     titles = dataset.items.set_index([schema.DOMAIN, schema.ITEM_ID])[schema.TITLE]
-    table = pd.read_parquet(retrieval_dir / "item_embeddings.parquet")
-    vectors = {(d, str(i)): np.asarray(e, np.float32) for d, i, e in
-               zip(table[schema.DOMAIN], table[schema.ITEM_ID], table["embedding"], strict=True)}
     names = ("retrieval", "ranking", "recommender", "item_encoder")
     manager = ModelManager([ModelSpec(n, saved_models / n) for n in names if (saved_models / n).exists()])
     server = Server(manager, ServerOptions(port=0, rest_api_port=free_port(), poll_seconds=0)).start()
@@ -62,21 +58,12 @@ def serve_and_query(saved_models: Path, data_dir: Path, retrieval_dir: Path, k: 
                 print(f"  recommended {TARGET} (recommender model: retrieve, rank, top {k}):")
                 for rank, row in enumerate(client.recommend(history, TARGET, k=k), 1):
                     item = (TARGET, row["item_id"])
-                    because = _closest(vectors, item, history)
-                    reason = f"  <- because you liked {titles.get(because, because[1])}" if because else ""
+                    because = row.get("because")
+                    key = (because["domain"], because["item_id"]) if because else None
+                    reason = (f"  <- because you liked {titles.get(key, key[1])} ({because['weight']:.0%})"
+                              if because else "")
                     print(f"  {rank}. {titles.get(item, row['item_id'])}{reason}")
     finally:
         server.stop()
         print("\nembedded server stopped")
 
-
-def _closest(vectors: dict, item: tuple[str, str], history: list[tuple[str, str]]) -> tuple[str, str] | None:
-    """The history item whose embedding is most similar (cosine) to ``item``'s."""
-    if item not in vectors:
-        return None
-    target = vectors[item]
-    known = [h for h in history if h in vectors]
-    if not known:
-        return None
-    scores = [float(vectors[h] @ target) / (np.linalg.norm(vectors[h]) * np.linalg.norm(target) + 1e-9) for h in known]
-    return known[int(np.argmax(scores))]
