@@ -190,6 +190,40 @@ def server_benchmark(results: Results, model, config: Config, quick: bool, serve
         results.add("server overhead over in-process, p50", p50 - 1000 * np.median(local), "ms")
 
 
+def warmup_benchmark(results: Results, model, config: Config, trials: int = 2) -> None:
+    """The first request a new version answers, loaded with and without TF Serving's warm-up
+    file (``serving.warmup``), as the model manager loads a hot-swapped version."""
+    import shutil
+
+    from serving.models import load_saved_model
+    from serving.predictor import Predictor
+    from serving.warmup import write_warmup
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = export_synthetic(model, config, 100_000, Path(tmp) / "cold")
+        warm = Path(tmp) / "warm" / "recommender" / "1"
+        shutil.copytree(cold, warm)
+        write_warmup(warm, "recommender", [request_inputs(20, seed) for seed in range(4)])
+        inputs = request_inputs(20, 99)
+        predictor = Predictor(manager=None)
+        first = {"cold": [], "warm": []}
+        steady = []
+        for _ in range(trials):
+            for kind, path in (("cold", cold), ("warm", warm)):
+                loaded = load_saved_model("recommender", 1, path)
+                start = time.perf_counter()
+                predictor.predict(loaded, "", inputs)
+                first[kind].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                predictor.predict(loaded, "", inputs)
+                steady.append(time.perf_counter() - start)
+    no, yes, later = (1000 * float(np.median(first["cold"])), 1000 * float(np.median(first["warm"])),
+                      1000 * float(np.median(steady)))
+    results.add("first request after a version loads, without warm-up", no, "ms", note="recommender, 100k items")
+    results.add("first request after a version loads, with warm-up", yes, "ms", note=f"steady state {later:.2f} ms")
+    results.add("first request: without / with warm-up", no / yes, "x", ">= 2")
+
+
 def small_config(preset: str | None) -> Config:
     config = Config(encoder=EncoderConfig(preset=preset))
     return replace(config, data=replace(config.data, synth=SynthConfig(n_users=200, n_items=300, n_interactions=4000)),
@@ -210,7 +244,9 @@ def main(argv=None) -> int:
     for n in ((20_000,) if args.quick else (100_000, 1_000_000)):
         index_benchmark(results, n, queries=200 if args.quick else 1000)
     config = small_config(args.preset)
-    server_benchmark(results, small_towers(args.preset).model, config, args.quick)
+    towers = small_towers(args.preset).model
+    server_benchmark(results, towers, config, args.quick)
+    warmup_benchmark(results, towers, config)
     results.write(args.results_dir)
     return 0
 

@@ -307,6 +307,9 @@ class ExportConfig:
     scann_reorder: int = 1000
     # Queries sampled to measure the index's recall@10 against exact search (stored in the metadata).
     recall_queries: int = 1000
+    # Write assets.extra/tf_serving_warmup_requests (TF Serving's format) into each version: the
+    # server replays them before the version serves, so its first request is not slow.
+    warmup: bool = True
 
 
 @dataclass

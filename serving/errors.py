@@ -3,6 +3,7 @@ that names the field, with the HTTP status the REST API answers for that code.""
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 import grpc
@@ -13,6 +14,15 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def op_error_message(error) -> str:
+    """The readable part of a TF runtime error (a failed ``tf.debugging.assert_*`` in a signature)."""
+    text = error.message
+    match = re.search(r"assertion failed: \[([^\]]*)\]", text)
+    if match:
+        return match.group(1).strip()
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def invalid(message: str) -> ServingError:

@@ -45,6 +45,7 @@ from serving.index import DomainIndex
 from serving.layout import METADATA_FILE, new_version, write_file_atomically
 from serving.parts import index_recall, load_parts
 from serving.signatures import ItemEncoderModule, RankingModule, RecommenderModule, RetrievalModule
+from serving.warmup import BATCH_SIZES, history_requests, write_warmup
 
 MODELS = ("retrieval", "ranking", "recommender", "item_encoder")
 
@@ -109,6 +110,8 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
                 path.write_text(json.dumps(metadata, indent=2, default=str))
                 module.metadata = tf.saved_model.Asset(str(path))
                 tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve}, options=options)
+            if export.warmup:
+                write_warmup(tmp, name, warmup_requests(name, parts))
         result.versions[name] = number
         result.paths[name] = Path(out) / name / str(number)
         result.metadata[name] = metadata
@@ -118,6 +121,32 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
         training_state.prune(out)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def warmup_requests(name: str, parts) -> list[dict[str, np.ndarray]]:
+    """A few requests per served domain for the version's warm-up file (``serving.warmup``)."""
+    from crossrec import schema
+
+    items = parts.catalogue.items
+    firsts = items.groupby(schema.DOMAIN, sort=True).head(3)
+    history = list(zip(firsts[schema.DOMAIN].astype(str), firsts[schema.ITEM_ID].astype(str), strict=True))
+    domains = parts.lookups.served
+    config = parts.config
+    if name == "item_encoder":
+        column = schema.TITLE if schema.TITLE in items else schema.ITEM_ID
+        texts = [str(t).encode() for t in items[column].head(max(BATCH_SIZES))] or [b"item"]
+        return [{"text": np.array([texts[i % len(texts)] for i in range(rows)], dtype=object),
+                 "domain": np.array([domain.encode()] * rows, dtype=object)}
+                for domain in domains for rows in BATCH_SIZES]
+    if name == "ranking":
+        def extra(rows, domain):
+            candidates = [i.encode() for d, i in history if d == domain] or [b""]
+            return {"candidate_item_ids": np.array([candidates] * rows, dtype=object)}
+    else:
+        limit = config.export.max_k if name == "retrieval" else min(config.export.max_k, config.ranking.candidates)
+        def extra(rows, domain):
+            return {"k": np.full(rows, min(10, limit), np.int32), "exclude_history": np.ones(rows, bool)}
+    return history_requests(domains, history, config.towers.history_length, extra)
 
 
 def signature_description(function) -> dict:

@@ -5,7 +5,8 @@ version policy aspires to (default: the latest one), and switches to a new versi
 has loaded; the old one is unloaded after the switch. Requests already running keep the
 ``LoadedModel`` they started with, so a switch never fails one. A version that fails to load is
 logged (with paths relative to the model's base, never the server's absolute ones), reported in
-its status, and never replaces a good one; it is retried as soon as any of its files changes (a
+its status, and never replaces a good one (a version's warm-up requests, ``serving.warmup``, are
+replayed as part of its load); it is retried as soon as any of its files changes (a
 copy filled in place loads once complete), and otherwise every ``retry_seconds`` up to
 ``max_load_retries`` times (TF Serving's ``--load_retry_interval_micros`` and
 ``--max_num_load_retries``). Versions deleted from disk leave the status too.
@@ -28,6 +29,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from crossrec.errors import ConfigError
 from serving.layout import METADATA_FILE, versions
+from serving.warmup import replay_warmup
 
 log = logging.getLogger("crossrec.serving")
 
@@ -60,6 +62,7 @@ class LoadedModel:
     signatures: dict  # name -> ConcreteFunction
     signature_defs: dict  # name -> tensorflow.core.protobuf.meta_graph_pb2.SignatureDef
     metadata: dict = field(default_factory=dict)  # crossrec's assets/crossrec_metadata.json ({} if none)
+    warmup_requests: int = 0  # warm-up requests replayed before it served
 
 
 @dataclass
@@ -87,8 +90,13 @@ def load_saved_model(name: str, version: int, path: Path) -> LoadedModel:
     signature_defs.pop("__saved_model_init_op", None)
     metadata_file = path / "assets" / METADATA_FILE
     metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
-    return LoadedModel(name, version, path, module, dict(module.signatures), signature_defs,
-                       metadata if isinstance(metadata, dict) else {})
+    loaded = LoadedModel(name, version, path, module, dict(module.signatures), signature_defs,
+                         metadata if isinstance(metadata, dict) else {})
+    # before the version serves, as TF Serving does: a failure here fails the load
+    loaded.warmup_requests = replay_warmup(path, loaded.signatures)
+    if loaded.warmup_requests:
+        log.info("model %s version %s: replayed %d warm-up requests", name, version, loaded.warmup_requests)
+    return loaded
 
 
 def _files_stamp(path: Path) -> tuple:

@@ -4,27 +4,16 @@ the field. Shared by the gRPC and REST front ends."""
 
 from __future__ import annotations
 
-import re
-
 import grpc
 import numpy as np
 import tensorflow as tf
 
-from serving.errors import HTTP_STATUS, ServingError, invalid
+from serving.errors import HTTP_STATUS, ServingError, invalid, op_error_message
 from serving.limits import RequestLimits
 from serving.models import LoadedModel, ModelManager
 
 DEFAULT_SIGNATURE = "serving_default"
 __all__ = ["DEFAULT_SIGNATURE", "HTTP_STATUS", "Predictor", "ServingError", "version_status"]
-
-
-def _assertion_message(error: tf.errors.OpError) -> str:
-    """The readable part of a TF runtime error (a failed ``tf.debugging.assert_*`` in a signature)."""
-    text = error.message
-    match = re.search(r"assertion failed: \[([^\]]*)\]", text)
-    if match:
-        return match.group(1).strip()
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 class Predictor:
@@ -78,9 +67,9 @@ class Predictor:
         try:
             outputs = function(**tensors)
         except tf.errors.InvalidArgumentError as exc:
-            raise invalid(_assertion_message(exc)) from None
+            raise invalid(op_error_message(exc)) from None
         except tf.errors.OpError as exc:
-            raise ServingError(grpc.StatusCode.INTERNAL, _assertion_message(exc)) from None
+            raise ServingError(grpc.StatusCode.INTERNAL, op_error_message(exc)) from None
         if output_filter:
             unknown = sorted(set(output_filter) - set(outputs))
             if unknown:

@@ -330,6 +330,33 @@ def test_a_broken_version_is_logged_and_never_replaces_the_good_one(server, capl
         assert client.status("retrieval")[1]["error"]
 
 
+def test_each_version_carries_tf_serving_warmup_requests_replayed_before_it_serves(exported, server):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.warmup import BATCH_SIZES, warmup_path
+
+    _, _, out, _ = exported
+    srv, root = server
+    for name in ("retrieval", "ranking", "recommender", "item_encoder"):
+        records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+                   for r in tf.data.TFRecordDataset(str(warmup_path(out / name / "1")))]
+        assert len(records) == 3 * len(BATCH_SIZES)  # every served domain, one row and a batch
+        assert all(r.WhichOneof("log_type") == "predict_log" for r in records)
+        assert srv.manager.get(name).warmup_requests == len(records)
+    # a version whose warm-up request fails does not load; the good one keeps serving
+    with new_version(root / "retrieval") as (tmp, number):
+        shutil.copytree(root / "retrieval" / "1", tmp, dirs_exist_ok=True)
+        path = warmup_path(tmp)
+        request = prediction_log_pb2.PredictionLog.FromString(next(iter(tf.data.TFRecordDataset(str(path)))).numpy())
+        request.predict_log.request.inputs["k"].CopyFrom(tf.make_tensor_proto(np.array([0], np.int32)))
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            writer.write(request.SerializeToString())
+    srv.manager.poll()
+    status = srv.manager.status("retrieval")
+    assert srv.manager.get("retrieval").version == 1 and status[number].state == "END"
+    assert "k: must be at least 1" in status[number].error
+
+
 def test_export_serve_and_query_from_the_command_line(tiny_pipeline, tmp_path, capsys):
     from crossrec.cli import main
     from serving.server import free_port
