@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import (
@@ -36,6 +38,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.predictor = predictor
 
     def Predict(self, request, context):  # noqa: N802 (gRPC method names)
+        started, model, spec = time.perf_counter(), None, request.model_spec
+
+        def observe(code: str):
+            self.predictor.observe("grpc", spec.name, model, spec.signature_name, code, time.perf_counter() - started)
+
         try:
             version, label = _spec_version(request.model_spec)
             model = self.predictor.model(request.model_spec.name, version, label)
@@ -54,13 +61,18 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             outputs = self.predictor.predict(model, request.model_spec.signature_name, inputs,
                                              tuple(request.output_filter))
         except ServingError as error:
+            observe(error.code.name)
             return _abort(context, error)
+        except Exception:
+            observe("UNKNOWN")
+            raise
         response = predict_pb2.PredictResponse()
         response.model_spec.name = model.name
         response.model_spec.version.value = model.version
         response.model_spec.signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        observe("OK")
         return response
 
     def GetModelMetadata(self, request, context):  # noqa: N802

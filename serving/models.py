@@ -154,6 +154,7 @@ class ModelManager:
         self._status: dict[str, dict[int, VersionStatus]] = {s.name: {} for s in specs}
         # (name, version) -> (the files' stamp when it failed, when, retries so far)
         self._failed: dict[tuple[str, int], tuple[tuple, float, int]] = {}
+        self.load_failures: dict[str, int] = {}  # model -> failed loads so far (for monitoring)
         self.retry_seconds = retry_seconds
         self.max_load_retries = max_load_retries
         self._stop = threading.Event()
@@ -227,6 +228,7 @@ class ModelManager:
                 log.error("model %s version %s failed to load, keeping the versions already served: %s",
                           spec.name, version, message)
                 self._failed[(spec.name, version)] = (stamp, time.monotonic(), retries)
+                self.load_failures[spec.name] = self.load_failures.get(spec.name, 0) + 1
                 self._set_status(spec.name, version, VersionStatus(END, message))
                 continue
             self._failed.pop((spec.name, version), None)

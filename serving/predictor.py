@@ -19,9 +19,23 @@ __all__ = ["DEFAULT_SIGNATURE", "HTTP_STATUS", "Predictor", "ServingError", "ver
 class Predictor:
     """Runs a signature of a served model on numpy inputs, checking them first."""
 
-    def __init__(self, manager: ModelManager, limits: RequestLimits | None = None):
+    def __init__(self, manager: ModelManager, limits: RequestLimits | None = None, metrics=None):
         self.manager = manager
         self.limits = limits or RequestLimits()
+        self.metrics = metrics  # a serving.monitoring.ServingMetrics, or None
+
+    def signature_label(self, model: LoadedModel | None, signature_name: str) -> str:
+        """A signature name safe as a metrics label: one the model has, else "<unknown>"."""
+        name = signature_name or DEFAULT_SIGNATURE
+        return name if model is not None and name in model.signatures else "<unknown>"
+
+    def observe(self, api: str, name: str, model: LoadedModel | None, signature_name: str, code: str,
+                seconds: float) -> None:
+        if self.metrics is None:
+            return
+        known = name if name in self.manager.specs else "<unknown>"  # bounded label values only
+        self.metrics.observe_request(api, known, None if model is None else model.version,
+                                     self.signature_label(model, signature_name), code, seconds)
 
     def model(self, name: str, version: int | None = None, label: str | None = None) -> LoadedModel:
         try:
@@ -63,6 +77,8 @@ class Predictor:
             raise invalid("inputs disagree on the batch size (first dimension): "
                           f"{ {k: a.shape[0] for k, a in tensors.items() if a.ndim} }")
         self.limits.check_request(model.name, tensors, model.metadata.get("max_k"))
+        if self.metrics is not None:
+            self.metrics.observe_batch(model.name, signature_name, max(batch) if batch else 1)
         tensors = {name: tf.constant(array, dtype=specs[name].dtype) for name, array in tensors.items()}
         try:
             outputs = function(**tensors)

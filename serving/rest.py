@@ -1,6 +1,7 @@
 """TF Serving's REST API over a ``Predictor``, as an ASGI app (Starlette) served by uvicorn:
 ``POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict``, ``GET /v1/models/<name>[/versions/<v>
-|/labels/<l>]`` and ``GET /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata``.
+|/labels/<l>]`` and ``GET /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata``; and, when
+monitoring is on, Prometheus metrics at the configured path (``serving.monitoring``).
 
 The HTTP stack (uvicorn + h11) owns connections, keep-alive, header limits, malformed framing and
 TLS handshakes (in its event loop, so an idle client blocks nobody); this module owns the body
@@ -14,6 +15,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from http import HTTPStatus
 
 import grpc
@@ -21,7 +23,7 @@ from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from tensorflow_serving.apis import get_model_metadata_pb2
 
@@ -115,7 +117,8 @@ def _parse(raw: bytes) -> dict:
     return body
 
 
-def make_rest_app(predictor: Predictor, max_request_bytes: int) -> Starlette:
+def make_rest_app(predictor: Predictor, max_request_bytes: int, metrics_path: str | None = None) -> Starlette:
+    """The REST app; with ``metrics_path`` (and ``predictor.metrics``), Prometheus metrics there too."""
     manager = predictor.manager
 
     def metadata(model: LoadedModel) -> dict:
@@ -140,16 +143,32 @@ def make_rest_app(predictor: Predictor, max_request_bytes: int) -> Starlette:
                 return JSONResponse(await run_in_threadpool(get, name, version, label, verb))
             if verb != ":predict":
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"no such endpoint: POST {request.url.path[:200]}")
-            raw = await _read_body(request, max_request_bytes)
-            body = await run_in_threadpool(_parse, raw)
-            model = predictor.model(name, version, label)
-            return JSONResponse(await run_in_threadpool(rest_predict, predictor, model, body))
+            return await predict(request, name, version, label)
         except ServingError as error:
-            return JSONResponse({"error": error.message},
-                                status_code=HTTP_STATUS.get(error.code, HTTPStatus.INTERNAL_SERVER_ERROR))
+            return _error_response(error)
         except Exception as exc:  # never a traceback to the client, never a dead server
             log.exception("REST request failed")
             return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    async def predict(request: Request, name, version, label) -> JSONResponse:
+        started, model, signature, code = time.perf_counter(), None, "", "UNKNOWN"
+        try:
+            raw = await _read_body(request, max_request_bytes)
+            body = await run_in_threadpool(_parse, raw)
+            signature = str(body.get("signature_name") or "")
+            model = predictor.model(name, version, label)
+            answer = JSONResponse(await run_in_threadpool(rest_predict, predictor, model, body))
+            code = "OK"
+            return answer
+        except ServingError as error:
+            code = error.code.name
+            raise
+        finally:
+            predictor.observe("rest", name, model, signature, code, time.perf_counter() - started)
+
+    async def metrics(request: Request) -> Response:
+        content, media_type = predictor.metrics.exposition()
+        return Response(content, media_type=media_type)
 
     async def not_found(request: Request, exc) -> JSONResponse:
         return JSONResponse({"error": f"no such endpoint: {request.url.path[:200]}"}, status_code=404)
@@ -158,5 +177,11 @@ def make_rest_app(predictor: Predictor, max_request_bytes: int) -> Starlette:
         return JSONResponse({"error": f"method {request.method} is not allowed; use GET or POST"}, status_code=405,
                             headers={"Allow": "GET, POST"})
 
-    return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])],
+    routes = [Route(metrics_path, metrics, methods=["GET"])] if metrics_path else []
+    return Starlette(routes=[*routes, Route("/{path:path}", endpoint, methods=["GET", "POST"])],
                      exception_handlers={404: not_found, 405: method_not_allowed})
+
+
+def _error_response(error: ServingError) -> JSONResponse:
+    return JSONResponse({"error": error.message},
+                        status_code=HTTP_STATUS.get(error.code, HTTPStatus.INTERNAL_SERVER_ERROR))

@@ -12,7 +12,9 @@ difference:
 - Errors as TF Serving returns them: unknown model or version -> NOT_FOUND (HTTP 404); wrong
   input names, dtypes or shapes, or a value the model rejects (e.g. k beyond max_k) ->
   INVALID_ARGUMENT (HTTP 400) with a message naming the field. Nothing a client sends crashes it.
-- Versions come and go while it runs (``serving.models.ModelManager``).
+- Versions come and go while it runs (``serving.models.ModelManager``); each version's warm-up
+  requests are replayed before it serves (``serving.warmup``).
+- Prometheus metrics on the REST port with ``--monitoring_config_file`` (``serving.monitoring``).
 """
 
 
@@ -34,6 +36,7 @@ from crossrec.errors import ConfigError
 from serving.grpc_api import ModelService, PredictionService
 from serving.limits import RequestLimits
 from serving.models import AVAILABLE, ModelManager
+from serving.monitoring import ServingMetrics
 from serving.predictor import Predictor
 from serving.rest import make_rest_app
 
@@ -52,6 +55,7 @@ class ServerOptions:
     workers: int = 8
     ssl_cert_file: str | None = None
     ssl_key_file: str | None = None
+    metrics_path: str | None = None  # Prometheus metrics on the REST port (--monitoring_config_file)
 
     def check_tls(self) -> None:
         """Both files or neither, and both readable: never a silent plaintext fallback."""
@@ -85,7 +89,8 @@ class Server:
     def __init__(self, manager: ModelManager, options: ServerOptions | None = None):
         self.manager = manager
         self.options = options or ServerOptions()
-        self.predictor = Predictor(manager, self.options.limits)
+        self.metrics = ServingMetrics(manager)
+        self.predictor = Predictor(manager, self.options.limits, self.metrics)
         self.grpc_server = None
         self.http_server: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -98,6 +103,8 @@ class Server:
     def start(self) -> Server:
         o = self.options
         o.check_tls()
+        if o.metrics_path and not o.rest_api_port:
+            raise ConfigError("--monitoring_config_file serves metrics on the REST port: give --rest_api_port too")
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=o.workers),
                              options=[("grpc.max_receive_message_length", o.max_request_bytes),
                                       ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -137,7 +144,7 @@ class Server:
 
     def _start_rest(self, sock: socket.socket):
         o = self.options
-        config = uvicorn.Config(make_rest_app(self.predictor, o.max_request_bytes), log_level="warning",
+        config = uvicorn.Config(make_rest_app(self.predictor, o.max_request_bytes, o.metrics_path), log_level="warning",
                                 timeout_keep_alive=KEEP_ALIVE_SECONDS, ssl_certfile=o.ssl_cert_file,
                                 ssl_keyfile=o.ssl_key_file, access_log=False, lifespan="off",
                                 log_config=None)  # crossrec's logging, not handlers of uvicorn's own

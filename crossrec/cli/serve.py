@@ -16,6 +16,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import tensorflow as tf
 
     from serving.models import ModelManager, wait_until_ready
+    from serving.monitoring import metrics_path
     from serving.server import Server, ServerOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -25,14 +26,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     manager = ModelManager(_serving_specs(args))
     options = ServerOptions(host=args.host, port=args.port, rest_api_port=args.rest_api_port,
                             poll_seconds=args.file_system_poll_wait_seconds, max_request_bytes=args.max_request_bytes,
-                            limits=_limits(args), ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file)
+                            limits=_limits(args), ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file,
+                            metrics_path=metrics_path(args.monitoring_config_file))
     server = Server(manager, options).start()
     if not wait_until_ready(manager, timeout=args.load_timeout):
         print("warning: some models have no loadable version yet (see the log); serving the others",
               file=sys.stderr)
     print(f"serving {', '.join(manager.specs)}: gRPC {args.host}:{server.port}"
-          + (f", REST http://{args.host}:{server.rest_port}" if server.rest_port else "") + " (Ctrl-C stops)",
-          flush=True)
+          + (f", REST http://{args.host}:{server.rest_port}" if server.rest_port else "")
+          + (f", metrics http://{args.host}:{server.rest_port}{options.metrics_path}" if options.metrics_path else "")
+          + " (Ctrl-C stops)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:
         server.wait()
@@ -111,6 +114,9 @@ def register(commands) -> None:
                        help="longest string value (an id, a domain, an item text) in bytes (default 65536)")
     serve.add_argument("--ssl_cert_file", help="PEM certificate: serve gRPC and REST over TLS")
     serve.add_argument("--ssl_key_file", help="PEM private key for --ssl_cert_file")
+    serve.add_argument("--monitoring_config_file",
+                       help="TF Serving MonitoringConfig text proto; prometheus_config { enable: true path: "
+                            "\"/monitoring/prometheus/metrics\" } serves Prometheus metrics on the REST port")
     serve.add_argument("--load_timeout", type=float, default=120.0, help="seconds to wait for the first load")
     serve.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                        help="threads one op may use (default 0: TensorFlow's choice)")

@@ -1,0 +1,108 @@
+"""Prometheus metrics on the REST port, configured by TF Serving's --monitoring_config_file."""
+
+import shutil
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from crossrec.errors import ConfigError
+from serving.client import CrossrecClient, _history_inputs
+from serving.monitoring import metrics_path
+from tests.test_serving import history_of, rest
+
+CONFIG = 'prometheus_config {\n  enable: true,\n  path: "/monitoring/prometheus/metrics"\n}\n'
+
+
+def test_the_monitoring_config_file_is_tf_servings_text_proto(tmp_path):
+    path = tmp_path / "monitoring.config"
+    path.write_text(CONFIG)
+    assert metrics_path(path) == "/monitoring/prometheus/metrics"
+    path.write_text("prometheus_config { enable: false }")
+    assert metrics_path(path) is None
+    assert metrics_path(None) is None
+    path.write_text("prometheus_config { enabled: true }")
+    with pytest.raises(ConfigError, match=r"monitoring.config.*has no field named \"enabled\""):
+        metrics_path(path)
+    path.write_text('prometheus_config { enable: true path: "/v1/models/x" }')
+    with pytest.raises(ConfigError, match="must start with / and not with /v1/"):
+        metrics_path(path)
+    with pytest.raises(ConfigError, match="file not found"):
+        metrics_path(tmp_path / "missing.config")
+
+
+def test_metrics_without_a_rest_port_are_refused(tiny_exported, tmp_path):
+    from serving.models import ModelManager, ModelSpec
+    from serving.server import Server, ServerOptions
+
+    manager = ModelManager([ModelSpec("retrieval", tiny_exported[2] / "retrieval")])
+    with pytest.raises(ConfigError, match="--rest_api_port"):
+        Server(manager, ServerOptions(port=0, rest_api_port=0, metrics_path="/metrics")).start()
+
+
+def _scrape(server) -> dict:
+    url = f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def _value(samples, name, **labels):
+    return sum(v for (n, key), v in samples.items() if n == name and labels.items() <= dict(key).items())
+
+
+def test_requests_latency_batches_and_model_states_are_counted(tiny_exported, tmp_path):
+    from serving.models import ModelManager, ModelSpec
+    from serving.server import Server, ServerOptions, free_port
+
+    _, run, out, _ = tiny_exported
+    root = tmp_path / "saved_models"
+    shutil.copytree(out, root)
+    manager = ModelManager([ModelSpec(n, root / n) for n in ("retrieval", "recommender")])
+    server = Server(manager, ServerOptions(port=0, rest_api_port=free_port(), poll_seconds=0,
+                                           metrics_path="/monitoring/prometheus/metrics")).start()
+    try:
+        _, histories, domains = history_of(run, 2)
+        inputs = {**_history_inputs(histories, domains), "k": np.array([3, 3], np.int32),
+                  "exclude_history": np.array([True, True])}
+        with CrossrecClient(f"127.0.0.1:{server.port}") as client:
+            client.predict("retrieval", inputs)
+            client.predict("retrieval", inputs)
+            with pytest.raises(grpc.RpcError):
+                client.predict("retrieval", {**inputs, "k": np.array([0, 3], np.int32)})
+            with pytest.raises(grpc.RpcError):
+                client.predict("no-such-model", inputs)
+        body = {"instances": [{"history_item_ids": [i for _, i in histories[1]] or [""],
+                               "history_domains": [d for d, _ in histories[1]] or [""],
+                               "target_domain": domains[1], "k": 3, "exclude_history": True}]}
+        assert rest(server, "/v1/models/recommender:predict", body)[0] == 200
+        broken = root / "retrieval" / "2"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a saved model")
+        manager.poll()
+
+        samples = _scrape(server)
+        requests = "crossrec_serving_requests_total"
+        assert _value(samples, requests, model="retrieval", version="1", api="grpc", code="OK",
+                      signature="serving_default") == 2
+        assert _value(samples, requests, model="retrieval", api="grpc", code="INVALID_ARGUMENT") == 1
+        assert _value(samples, requests, model="<unknown>", api="grpc", code="NOT_FOUND") == 1
+        assert _value(samples, requests, model="recommender", api="rest", code="OK") == 1
+        latency = "crossrec_serving_request_latency_seconds_count"
+        assert _value(samples, latency, model="retrieval", api="grpc") == 3
+        assert _value(samples, "crossrec_serving_batch_size_count", model="retrieval") == 2  # the refused k ran nothing
+        assert _value(samples, "crossrec_serving_batch_size_sum", model="retrieval") == 4  # two rows each
+        assert _value(samples, "crossrec_serving_model_versions", model="retrieval", state="AVAILABLE") == 1
+        assert _value(samples, "crossrec_serving_model_versions", model="retrieval", state="END") == 1
+        assert _value(samples, "crossrec_serving_model_version_available", model="recommender", version="1") == 1
+        assert _value(samples, "crossrec_serving_model_load_failures_total", model="retrieval") == 1
+        assert _value(samples, "crossrec_serving_model_load_failures_total", model="recommender") == 0
+    finally:
+        server.stop()
