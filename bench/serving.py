@@ -134,7 +134,7 @@ def _client_loop(port: int, seconds: float, seed: int, queue) -> None:
 
 
 def server_benchmark(results: Results, model, config: Config, quick: bool, server_flags: list[str] | None = None,
-                     label: str = "") -> None:
+                     label: str = "") -> dict:
     from serving.client import CrossrecClient
     from serving.server import free_port
 
@@ -165,15 +165,11 @@ def server_benchmark(results: Results, model, config: Config, quick: bool, serve
             results.add(f"gRPC recommender p50, 1 client, 100k items{label}", p50, "ms", note="retrieve 50, rank, top 10")
             results.add(f"gRPC recommender p99, 1 client, 100k items{label}", p99, "ms", "<= 15")
             seconds = 3 if quick else 10
-            context = multiprocessing.get_context("spawn")  # gRPC channels do not survive fork
-            queue = context.Queue()
-            workers = [context.Process(target=_client_loop, args=(port, seconds, i, queue)) for i in range(4)]
-            for w in workers:
-                w.start()
-            total = sum(queue.get(timeout=seconds + 120) for _ in workers)
-            for w in workers:
-                w.join()
-            results.add(f"gRPC recommender throughput, 4 client processes{label}", total / seconds, "req/s", ">= 500")
+            measured = {"p50": p50, "p99": p99}
+            for clients in (4, 8):
+                measured[clients] = _throughput(port, clients, seconds)
+                results.add(f"gRPC recommender throughput, {clients} client processes{label}", measured[clients],
+                            "req/s", ">= 500" if clients == 4 else "")
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -186,8 +182,41 @@ def server_benchmark(results: Results, model, config: Config, quick: bool, serve
             start = time.perf_counter()
             {k: v.numpy() for k, v in loaded(**tensors).items()}
             local.append(time.perf_counter() - start)
-        results.add("in-process recommender signature p50", 1000 * np.median(local), "ms")
-        results.add("server overhead over in-process, p50", p50 - 1000 * np.median(local), "ms")
+        results.add(f"in-process recommender signature p50{label}", 1000 * np.median(local), "ms")
+        results.add(f"server overhead over in-process, p50{label}", p50 - 1000 * np.median(local), "ms")
+    return measured
+
+
+def _throughput(port: int, clients: int, seconds: float) -> float:
+    context = multiprocessing.get_context("spawn")  # gRPC channels do not survive fork
+    queue = context.Queue()
+    workers = [context.Process(target=_client_loop, args=(port, seconds, i, queue)) for i in range(clients)]
+    for w in workers:
+        w.start()
+    total = sum(queue.get(timeout=seconds + 120) for _ in workers)
+    for w in workers:
+        w.join()
+    return total / seconds
+
+
+BATCHING = ("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 0 }\n"
+            "num_batch_threads { value: 2 }\npad_variable_length_inputs: true\n")
+
+
+def batching_benchmark(results: Results, model, config: Config, quick: bool) -> None:
+    """The same server with and without --enable_batching, in one run: the ratios are the targets."""
+    off = server_benchmark(results, model, config, quick, label=", batching off")
+    with tempfile.NamedTemporaryFile("w", suffix=".config", delete=False) as handle:
+        handle.write(BATCHING)
+    try:
+        on = server_benchmark(results, model, config, quick, label=", batching on",
+                              server_flags=["--enable_batching", "--batching_parameters_file", handle.name])
+    finally:
+        Path(handle.name).unlink()
+    results.add("throughput at 8 clients: batching on / off", on[8] / off[8], "x", ">= 2",
+                note=f"{on[8]:.0f} vs {off[8]:.0f} req/s")
+    results.add("p99 at 1 client: batching on / off", on["p99"] / off["p99"], "x", "<= 1.2",
+                note=f"{on['p99']:.2f} vs {off['p99']:.2f} ms")
 
 
 def warmup_benchmark(results: Results, model, config: Config, trials: int = 2) -> None:
@@ -245,7 +274,7 @@ def main(argv=None) -> int:
         index_benchmark(results, n, queries=200 if args.quick else 1000)
     config = small_config(args.preset)
     towers = small_towers(args.preset).model
-    server_benchmark(results, towers, config, args.quick)
+    batching_benchmark(results, towers, config, args.quick)
     warmup_benchmark(results, towers, config)
     results.write(args.results_dir)
     return 0

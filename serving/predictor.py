@@ -8,7 +8,8 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
-from serving.errors import HTTP_STATUS, ServingError, invalid, op_error_message
+from serving.batching import call_signature
+from serving.errors import HTTP_STATUS, ServingError, invalid
 from serving.limits import RequestLimits
 from serving.models import LoadedModel, ModelManager
 
@@ -19,10 +20,11 @@ __all__ = ["DEFAULT_SIGNATURE", "HTTP_STATUS", "Predictor", "ServingError", "ver
 class Predictor:
     """Runs a signature of a served model on numpy inputs, checking them first."""
 
-    def __init__(self, manager: ModelManager, limits: RequestLimits | None = None, metrics=None):
+    def __init__(self, manager: ModelManager, limits: RequestLimits | None = None, metrics=None, batcher=None):
         self.manager = manager
         self.limits = limits or RequestLimits()
         self.metrics = metrics  # a serving.monitoring.ServingMetrics, or None
+        self.batcher = batcher  # a serving.batching.Batcher (server-side batching), or None
 
     def signature_label(self, model: LoadedModel | None, signature_name: str) -> str:
         """A signature name safe as a metrics label: one the model has, else "<unknown>"."""
@@ -77,21 +79,20 @@ class Predictor:
             raise invalid("inputs disagree on the batch size (first dimension): "
                           f"{ {k: a.shape[0] for k, a in tensors.items() if a.ndim} }")
         self.limits.check_request(model.name, tensors, model.metadata.get("max_k"))
-        if self.metrics is not None:
-            self.metrics.observe_batch(model.name, signature_name, max(batch) if batch else 1)
-        tensors = {name: tf.constant(array, dtype=specs[name].dtype) for name, array in tensors.items()}
-        try:
-            outputs = function(**tensors)
-        except tf.errors.InvalidArgumentError as exc:
-            raise invalid(op_error_message(exc)) from None
-        except tf.errors.OpError as exc:
-            raise ServingError(grpc.StatusCode.INTERNAL, op_error_message(exc)) from None
         if output_filter:
-            unknown = sorted(set(output_filter) - set(outputs))
+            unknown = sorted(set(output_filter) - set(function.structured_outputs))
             if unknown:
-                raise invalid(f"output_filter: unknown output(s) {unknown}; the signature has {sorted(outputs)}")
-            outputs = {k: v for k, v in outputs.items() if k in output_filter}
-        return {k: v.numpy() for k, v in outputs.items()}
+                raise invalid(f"output_filter: unknown output(s) {unknown}; the signature has "
+                              f"{sorted(function.structured_outputs)}")
+        arrays = {name: np.asarray(array, dtype=object if specs[name].dtype == tf.string
+                                   else specs[name].dtype.as_numpy_dtype) for name, array in tensors.items()}
+        if self.batcher is not None:
+            outputs = self.batcher.run(model, signature_name, function, arrays)
+        else:
+            if self.metrics is not None:
+                self.metrics.observe_batch(model.name, signature_name, max(batch) if batch else 1)
+            outputs = call_signature(function, arrays)
+        return {k: v for k, v in outputs.items() if not output_filter or k in output_filter}
 
 
 def version_status(manager: ModelManager, name: str, version: int | None, label: str | None = None):

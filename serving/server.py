@@ -14,6 +14,7 @@ difference:
   INVALID_ARGUMENT (HTTP 400) with a message naming the field. Nothing a client sends crashes it.
 - Versions come and go while it runs (``serving.models.ModelManager``); each version's warm-up
   requests are replayed before it serves (``serving.warmup``).
+- Server-side batching with ``--enable_batching`` (``serving.batching``).
 - Prometheus metrics on the REST port with ``--monitoring_config_file`` (``serving.monitoring``).
 """
 
@@ -33,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from crossrec.errors import ConfigError
+from serving.batching import Batcher, BatchingOptions
 from serving.grpc_api import ModelService, PredictionService
 from serving.limits import RequestLimits
 from serving.models import AVAILABLE, ModelManager
@@ -56,6 +58,7 @@ class ServerOptions:
     ssl_cert_file: str | None = None
     ssl_key_file: str | None = None
     metrics_path: str | None = None  # Prometheus metrics on the REST port (--monitoring_config_file)
+    batching: BatchingOptions | None = None  # server-side batching (--enable_batching), or None
 
     def check_tls(self) -> None:
         """Both files or neither, and both readable: never a silent plaintext fallback."""
@@ -90,6 +93,7 @@ class Server:
         self.manager = manager
         self.options = options or ServerOptions()
         self.metrics = ServingMetrics(manager)
+        self.batcher = None
         self.predictor = Predictor(manager, self.options.limits, self.metrics)
         self.grpc_server = None
         self.http_server: uvicorn.Server | None = None
@@ -132,6 +136,8 @@ class Server:
         except ConfigError:
             server.stop(None)
             raise
+        if o.batching is not None:
+            self.batcher = self.predictor.batcher = Batcher(o.batching, on_batch=self.metrics.observe_batch)
         self.manager.start(o.poll_seconds)
         server.start()
         self.grpc_server = server
@@ -178,6 +184,8 @@ class Server:
             self._http_thread.join(timeout=grace + 5)
         if self.grpc_server is not None:
             self.grpc_server.stop(grace).wait()
+        if self.batcher is not None:
+            self.batcher.stop()
         self.manager.stop()
 
     def wait(self) -> None:

@@ -27,7 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = ServerOptions(host=args.host, port=args.port, rest_api_port=args.rest_api_port,
                             poll_seconds=args.file_system_poll_wait_seconds, max_request_bytes=args.max_request_bytes,
                             limits=_limits(args), ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file,
-                            metrics_path=metrics_path(args.monitoring_config_file))
+                            metrics_path=metrics_path(args.monitoring_config_file), batching=_batching(args))
     server = Server(manager, options).start()
     if not wait_until_ready(manager, timeout=args.load_timeout):
         print("warning: some models have no loadable version yet (see the log); serving the others",
@@ -42,6 +42,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         server.stop()
     return 0
+
+
+def _batching(args: argparse.Namespace):
+    from serving.batching import BatchingOptions
+
+    if not args.enable_batching:
+        if args.batching_parameters_file:
+            raise ConfigError("--batching_parameters_file needs --enable_batching")
+        return None
+    return BatchingOptions.from_file(args.batching_parameters_file)
 
 
 def _limits(args: argparse.Namespace):
@@ -114,6 +124,13 @@ def register(commands) -> None:
                        help="longest string value (an id, a domain, an item text) in bytes (default 65536)")
     serve.add_argument("--ssl_cert_file", help="PEM certificate: serve gRPC and REST over TLS")
     serve.add_argument("--ssl_key_file", help="PEM private key for --ssl_cert_file")
+    serve.add_argument("--enable_batching", action="store_true",
+                       help="merge concurrent Predict calls of one model, version and signature into one "
+                            "signature call (server-side batching, as tensorflow_model_server's flag)")
+    serve.add_argument("--batching_parameters_file",
+                       help="TF Serving BatchingParameters text proto: max_batch_size, batch_timeout_micros, "
+                            "num_batch_threads, max_enqueued_batches, allowed_batch_sizes, "
+                            "pad_variable_length_inputs (default: TF Serving's defaults)")
     serve.add_argument("--monitoring_config_file",
                        help="TF Serving MonitoringConfig text proto; prometheus_config { enable: true path: "
                             "\"/monitoring/prometheus/metrics\" } serves Prometheus metrics on the REST port")
