@@ -60,13 +60,20 @@ def index_benchmark(results: Results, n: int, queries: int = 1000) -> None:
     scann = DomainIndex(catalogue, vectors, k=10, history_length=0, kind="scann")
     build = time.perf_counter() - started
     exact = DomainIndex(catalogue, vectors, k=10, history_length=0, kind="brute_force")
+    quantized = {mode: DomainIndex(catalogue, vectors, k=10, history_length=0, quantize=mode)
+                 for mode in ("float16", "int8")}
     approx_rows, exact_rows = scann.rows_for(probe, 1, 10), exact.rows_for(probe, 1, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx_rows, exact_rows, strict=True)])
     params = scann.parameters["domains"]["all"]
     size = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
     results.add(f"ScaNN recall@10 vs exact, {size} items", recall, "", ">= 0.95",
                 note=f"leaves {params['leaves']}, search {params['leaves_to_search']}, reorder {params['reorder']}")
-    for name, index in [("ScaNN", scann), ("exact", exact)]:
+    for mode, index in quantized.items():
+        rows = index.rows_for(probe, 1, 10)
+        results.add(f"{mode} brute-force recall@10 vs float32 exact, {size} items",
+                    np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact_rows, strict=True)]), "", ">= 0.95",
+                    note=f"table {index.nbytes / 2**20:.1f} MiB vs {exact.nbytes / 2**20:.1f} MiB float32")
+    for name, index in [("ScaNN", scann), ("exact", exact), *[(f"{m} exact", i) for m, i in quantized.items()]]:
         search = tf.function(lambda q, index=index: index.search(q, tf.ones([1], tf.int32), tf.zeros([1, 1], tf.int32), 10))
         search(tf.constant(probe[:1]))
         times = []

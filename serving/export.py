@@ -80,10 +80,12 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
     parts.index = DomainIndex(parts.catalogue, parts.item_embeddings, k=k, history_length=config.towers.history_length,
                               kind=export.index, scann={"leaves": export.scann_leaves,
                                                         "leaves_to_search": export.scann_leaves_to_search,
-                                                        "reorder": export.scann_reorder})
-    index_info = dict(parts.index.parameters)
+                                                        "reorder": export.scann_reorder},
+                              quantize=export.quantize)
+    index_info = {**parts.index.parameters, "index_bytes": parts.index.nbytes,
+                  "embedding_table_bytes": parts.lookups.embeddings.nbytes}
     if recall_queries is not None and len(recall_queries):
-        index_info["recall@10"] = index_recall(parts, recall_queries)
+        index_info.update(index_recall(parts, recall_queries))
         index_info["recall_queries"] = int(len(recall_queries))
     builders = {"retrieval": RetrievalModule, "ranking": RankingModule, "recommender": RecommenderModule,
                 "item_encoder": ItemEncoderModule}

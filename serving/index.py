@@ -1,6 +1,7 @@
 """The top-k index behind every retrieval export: one TFRS ``factorized_top_k`` layer per
 domain, ``BruteForce`` (exact; only core TF ops, so stock ``tensorflow/serving`` loads it) or
-``ScaNN`` (approximate; needs the ``google/tf-serving-scann`` build)."""
+``ScaNN`` (approximate; needs the ``google/tf-serving-scann`` build); with ``export.quantize``,
+a brute-force index over a float16 or int8 table (``QuantizedBruteForce``, core TF ops only)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,24 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from crossrec.config import ExportConfig
+from crossrec.errors import ConfigError
 from crossrec.features import Catalogue
 from serving.lookups import UNKNOWN_SCORE
+from serving.quantize import QuantizedTable
+
+
+class QuantizedBruteForce(tf.Module):
+    """Exact top-k over a quantized table (``serving.quantize``): the same call as TFRS's
+    ``BruteForce`` layer, ``(queries, k) -> (scores, ids)``, with core TF ops only."""
+
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray, mode: str):
+        super().__init__(name="quantized_brute_force")
+        self.table = QuantizedTable(vectors, mode, name="candidates")
+        self.ids = tf.constant(np.asarray(ids, np.int32))
+
+    def __call__(self, queries, k: int):
+        scores, positions = tf.math.top_k(self.table.scores(queries), k=k)
+        return scores, tf.gather(self.ids, positions)
 
 
 class DomainIndex(tf.Module):
@@ -19,15 +36,21 @@ class DomainIndex(tf.Module):
     beyond a small domain's size hold row 0 and score -1e9."""
 
     def __init__(self, catalogue: Catalogue, item_embeddings: np.ndarray, *, k: int, history_length: int,
-                 kind: str = "brute_force", scann: dict | None = None, scann_min_items: int = 1000):
+                 kind: str = "brute_force", scann: dict | None = None, scann_min_items: int = 1000,
+                 quantize: str = "none"):
         super().__init__(name="index")
+        if quantize != "none" and kind != "brute_force":
+            raise ConfigError(f"export.quantize: {quantize} needs export.index: brute_force (ScaNN keeps its own "
+                              "compressed index)")
         self.k = int(k)
         self.kind = kind
+        self.quantize = quantize
         self.history_length = int(history_length)
         self.scann_min_items = int(scann_min_items)  # smaller domains are searched exactly
         self.indexes = []
         self.sizes = []
-        self.parameters = {"kind": kind, "k": self.k, "domains": {}}
+        self.parameters = {"kind": kind, "k": self.k, "quantize": quantize, "domains": {}}
+        self.nbytes = 0
         if scann is None:
             defaults = ExportConfig()
             scann = {"leaves": defaults.scann_leaves, "leaves_to_search": defaults.scann_leaves_to_search,
@@ -36,10 +59,14 @@ class DomainIndex(tf.Module):
         for d, name in enumerate(catalogue.domain_names, start=1):
             rows = np.flatnonzero(domain_of_row == d).astype(np.int32)
             rows = rows[rows > 0]
-            vectors = tf.constant(item_embeddings[rows].astype(np.float32))
-            layer, params = self._layer(len(rows), kind, scann)
-            if len(rows):
-                layer.index(vectors, tf.constant(rows))
+            if quantize != "none":
+                layer, params = QuantizedBruteForce(item_embeddings[rows], rows, quantize), {"index": "brute_force"}
+                self.nbytes += layer.table.nbytes
+            else:
+                layer, params = self._layer(len(rows), kind, scann)
+                self.nbytes += 4 * len(rows) * item_embeddings.shape[1]
+                if len(rows):
+                    layer.index(tf.constant(item_embeddings[rows].astype(np.float32)), tf.constant(rows))
             self.indexes.append(layer)
             self.sizes.append(len(rows))
             self.parameters["domains"][name] = {"items": len(rows), **params}
@@ -61,7 +88,7 @@ class DomainIndex(tf.Module):
     def _query(self, layer, queries, fetch: int):
         """One index layer. A ScaNN layer refuses more than SCANN_MAX_QUERIES queries of one
         domain per request (INVALID_ARGUMENT) rather than crash the process."""
-        if not isinstance(layer, tfrs.layers.factorized_top_k.BruteForce):
+        if isinstance(layer, tfrs.layers.factorized_top_k.ScaNN):
             check = tf.debugging.assert_less_equal(
                 tf.shape(queries)[0], self.SCANN_MAX_QUERIES,
                 message=f"batch: at most {self.SCANN_MAX_QUERIES} queries per domain per request with a ScaNN index")

@@ -1,5 +1,5 @@
-"""Item keys <-> rows, domain names -> served positions, and the item embedding table, as
-lookup tables inside a SavedModel's graph. Item keys are ``(domain, item_id)`` joined by
+"""Item keys <-> rows, domain names -> served positions, and the item embedding table (optionally
+quantized, ``serving.quantize``), as lookup tables inside a SavedModel's graph. Item keys are ``(domain, item_id)`` joined by
 ``KEY_SEPARATOR``."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from crossrec import schema
 from crossrec.features import Catalogue
+from serving.quantize import QuantizedTable
 
 KEY_SEPARATOR = "\x1f"  # joins domain and item id into one lookup key
 UNKNOWN_SCORE = -1e9
@@ -25,7 +26,8 @@ class Lookups(tf.Module):
     towers never trained on: requests name it, the index searches its items, and the towers see
     it as domain 0, the domain-agnostic (zero-shot) path."""
 
-    def __init__(self, catalogue: Catalogue, item_embeddings: np.ndarray, history_length: int):
+    def __init__(self, catalogue: Catalogue, item_embeddings: np.ndarray, history_length: int,
+                 quantize: str = "none"):
         super().__init__(name="lookups")
         items = catalogue.items
         keys = (items[schema.DOMAIN].astype(str) + KEY_SEPARATOR + items[schema.ITEM_ID].astype(str)).tolist()
@@ -45,8 +47,12 @@ class Lookups(tf.Module):
             np.concatenate([[""], items[schema.DOMAIN].astype(str).to_numpy()]).astype(bytes))
         self.item_domain = tf.Variable(catalogue.item_domain, trainable=False, name="item_domain")
         self.item_served = tf.Variable(catalogue.served_domain, trainable=False, name="item_served_domain")
-        self.embeddings = tf.Variable(item_embeddings.astype(np.float32), trainable=False, name="item_embeddings")
+        self.embeddings = QuantizedTable(item_embeddings, quantize, name="item_embeddings")
         self.history_length = int(history_length)
+
+    def embedding_rows(self, rows):
+        """Item embeddings (float32) of ``rows``, any shape -> shape + [e]."""
+        return self.embeddings.gather(rows)
 
     def domain_index(self, names):
         """Domain names -> served positions (1-based); an unknown name is INVALID_ARGUMENT."""

@@ -44,7 +44,7 @@ class QueryModule(tf.Module):
     def _query(self, history_item_ids, history_domains, target_domain):
         rows = self.lookups.history_rows(history_item_ids, history_domains)
         target = self.lookups.domain_index(target_domain)  # served position: the index partition
-        embeddings = tf.gather(self.lookups.embeddings, rows)
+        embeddings = self.lookups.embedding_rows(rows)
         query = user_query(self.user_tower, self.lookups.item_domain, self.user_hashing, embeddings, rows,
                            tf.gather(self.lookups.model_domain, target))
         return tf.cast(query, tf.float32), rows, target
@@ -70,8 +70,8 @@ class QueryModule(tf.Module):
         its share of the item's similarity to the whole history (a softmax over the known history
         items at the towers' training temperature; shares over the history sum to 1). Empty and 0
         where the slot is empty or the history has no known item."""
-        item = tf.gather(self.lookups.embeddings, found)  # (b, w, e), unit vectors
-        history = tf.gather(self.lookups.embeddings, rows)  # (b, H, e)
+        item = self.lookups.embedding_rows(found)  # (b, w, e), unit vectors
+        history = self.lookups.embedding_rows(rows)  # (b, H, e)
         known = (rows > 0)[:, None, :]
         logits = tf.where(known, tf.einsum("bwe,bhe->bwh", item, history) / self.temperature, -1e9)
         best = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (b, w)
