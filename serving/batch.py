@@ -109,7 +109,9 @@ class SavedModelHandler(ModelHandler[Query, dict, object]):
         from serving.models import register_custom_ops
 
         register_custom_ops()
-        return tf.saved_model.load(str(self.served.path)).signatures["serving_default"]
+        signatures = tf.saved_model.load(str(self.served.path)).signatures
+        # "candidates" answers without the explanations (cheaper); exports before it have only the default
+        return signatures.get("candidates", signatures["serving_default"])
 
     def run_inference(self, batch: Sequence[Query], model, inference_args=None) -> Iterable[dict]:
         import tensorflow as tf

@@ -3,7 +3,8 @@
 Four models, each a SavedModel with one named signature (``serving_default``) and explicit
 input/output names, written to ``<base>/<model>/<version>/`` (see ``serving.layout``):
 
-``retrieval``     history_item_ids [b, h] string, history_domains [b, h] string (oldest first,
+``retrieval``     (signatures ``serving_default``, and ``candidates``: the same without because_*)
+                  history_item_ids [b, h] string, history_domains [b, h] string (oldest first,
                   "" = padding), target_domain [b] string, k [b] int32 (<= max_k),
                   exclude_history [b] bool  ->  item_ids [b, k] string, scores [b, k] float32,
                   history_known [b], history_in_domain [b] int32 (history items the model used),
@@ -111,7 +112,8 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
                 path = Path(scratch) / METADATA_FILE
                 path.write_text(json.dumps(metadata, indent=2, default=str))
                 module.metadata = tf.saved_model.Asset(str(path))
-                tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve}, options=options)
+                tf.saved_model.save(module, str(tmp), options=options, signatures={
+                    "serving_default": module.serve, **getattr(module, "extra_signatures", {})})
             if export.warmup:
                 write_warmup(tmp, name, warmup_requests(name, parts))
         result.versions[name] = number

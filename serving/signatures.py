@@ -100,10 +100,20 @@ class RetrievalModule(QueryModule):
         super().__init__(parts, "retrieval")
         self.index = parts.index
         self.max_k = parts.config.export.max_k
-        self.serve = tf.function(self._serve, input_signature=_history_specs() + [
-            tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")])
+        specs = _history_specs() + [tf.TensorSpec([None], tf.int32, name="k"),
+                                    tf.TensorSpec([None], tf.bool, name="exclude_history")]
+        self.serve = tf.function(self._serve, input_signature=specs)
+        # the same answer without the explanations, for batch jobs (a third cheaper at 1,024 users)
+        self.candidates = tf.function(self._candidates, input_signature=specs)
+        self.extra_signatures = {"candidates": self.candidates}
 
     def _serve(self, history_item_ids, history_domains, target_domain, k, exclude_history):
+        return self._answer(history_item_ids, history_domains, target_domain, k, exclude_history, explain=True)
+
+    def _candidates(self, history_item_ids, history_domains, target_domain, k, exclude_history):
+        return self._answer(history_item_ids, history_domains, target_domain, k, exclude_history, explain=False)
+
+    def _answer(self, history_item_ids, history_domains, target_domain, k, exclude_history, explain: bool):
         checks = self._history_checks(history_item_ids, history_domains, target_domain) + \
             self._per_query_checks(target_domain, k, exclude_history) + [
                 tf.debugging.assert_positive(k, message="k: must be at least 1"),
@@ -119,7 +129,7 @@ class RetrievalModule(QueryModule):
         ids = tf.gather(self.lookups.item_ids, found[:, :width])
         return {"item_ids": tf.where(beyond, tf.constant(b""), ids),
                 "scores": tf.where(beyond, UNKNOWN_SCORE, scores[:, :width]), **self._history_counts(rows, target),
-                **self._because(found[:, :width], rows, beyond)}
+                **(self._because(found[:, :width], rows, beyond) if explain else {})}
 
 
 class RankingModule(QueryModule):

@@ -129,6 +129,12 @@ def test_retrieval_signature_returns_the_exact_top_k_of_the_target_domain(export
                     k=tf.constant([3]), exclude_history=tf.constant([True]))
     assert unknown["because_item_ids"].numpy().tolist() == [[b"", b"", b""]]
     assert unknown["because_weights"].numpy().tolist() == [[0.0, 0.0, 0.0]]
+    # the batch jobs' signature: the same answer without the explanations
+    candidates = tf.saved_model.load(str(out / "retrieval" / "1")).signatures["candidates"]
+    plain = candidates(**{k: tf.constant(v) for k, v in _history_inputs(histories, domains).items()},
+                       k=tf.constant([5] * len(domains)), exclude_history=tf.constant([True] * len(domains)))
+    assert sorted(plain) == ["history_in_domain", "history_known", "item_ids", "scores"]
+    np.testing.assert_array_equal(plain["item_ids"].numpy(), result["item_ids"].numpy())
 
 
 def test_brute_force_exports_load_with_tensorflow_alone(exported, tmp_path):
