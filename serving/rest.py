@@ -117,8 +117,10 @@ def _parse(raw: bytes) -> dict:
     return body
 
 
-def make_rest_app(predictor: Predictor, max_request_bytes: int, metrics_path: str | None = None) -> Starlette:
-    """The REST app; with ``metrics_path`` (and ``predictor.metrics``), Prometheus metrics there too."""
+def make_rest_app(predictor: Predictor, max_request_bytes: int, metrics_path: str | None = None,
+                  extra_routes: list | None = None) -> Starlette:
+    """The REST app; with ``metrics_path`` (and ``predictor.metrics``), Prometheus metrics there too;
+    ``extra_routes`` (the explorer page) before the model API's catch-all."""
     manager = predictor.manager
 
     def metadata(model: LoadedModel) -> dict:
@@ -178,6 +180,7 @@ def make_rest_app(predictor: Predictor, max_request_bytes: int, metrics_path: st
                             headers={"Allow": "GET, POST"})
 
     routes = [Route(metrics_path, metrics, methods=["GET"])] if metrics_path else []
+    routes += extra_routes or []
     return Starlette(routes=[*routes, Route("/{path:path}", endpoint, methods=["GET", "POST"])],
                      exception_handlers={404: not_found, 405: method_not_allowed})
 

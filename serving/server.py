@@ -15,6 +15,7 @@ difference:
 - Versions come and go while it runs (``serving.models.ModelManager``); each version's warm-up
   requests are replayed before it serves (``serving.warmup``).
 - Server-side batching with ``--enable_batching`` (``serving.batching``).
+- The explorer page at ``/ui`` on the REST port with ``--ui`` (``serving.explorer``).
 - Prometheus metrics on the REST port with ``--monitoring_config_file`` (``serving.monitoring``).
 """
 
@@ -35,6 +36,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from crossrec.errors import ConfigError
 from serving.batching import Batcher, BatchingOptions
+from serving.explorer import explorer_routes
 from serving.grpc_api import ModelService, PredictionService
 from serving.limits import RequestLimits
 from serving.models import AVAILABLE, ModelManager
@@ -59,6 +61,8 @@ class ServerOptions:
     ssl_key_file: str | None = None
     metrics_path: str | None = None  # Prometheus metrics on the REST port (--monitoring_config_file)
     batching: BatchingOptions | None = None  # server-side batching (--enable_batching), or None
+    ui: bool = False  # the explorer page at /ui on the REST port (--ui)
+    ui_data: object = None  # a serving.explorer.ExplorerData (titles, users), or None
 
     def check_tls(self) -> None:
         """Both files or neither, and both readable: never a silent plaintext fallback."""
@@ -109,6 +113,8 @@ class Server:
         o.check_tls()
         if o.metrics_path and not o.rest_api_port:
             raise ConfigError("--monitoring_config_file serves metrics on the REST port: give --rest_api_port too")
+        if o.ui and not o.rest_api_port:
+            raise ConfigError("--ui serves the explorer page on the REST port: give --rest_api_port too")
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=o.workers),
                              options=[("grpc.max_receive_message_length", o.max_request_bytes),
                                       ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -150,7 +156,8 @@ class Server:
 
     def _start_rest(self, sock: socket.socket):
         o = self.options
-        config = uvicorn.Config(make_rest_app(self.predictor, o.max_request_bytes, o.metrics_path), log_level="warning",
+        config = uvicorn.Config(make_rest_app(self.predictor, o.max_request_bytes, o.metrics_path,
+                                              explorer_routes(o.ui_data, self.manager) if o.ui else None), log_level="warning",
                                 timeout_keep_alive=KEEP_ALIVE_SECONDS, ssl_certfile=o.ssl_cert_file,
                                 ssl_keyfile=o.ssl_key_file, access_log=False, lifespan="off",
                                 log_config=None)  # crossrec's logging, not handlers of uvicorn's own

@@ -27,7 +27,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = ServerOptions(host=args.host, port=args.port, rest_api_port=args.rest_api_port,
                             poll_seconds=args.file_system_poll_wait_seconds, max_request_bytes=args.max_request_bytes,
                             limits=_limits(args), ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file,
-                            metrics_path=metrics_path(args.monitoring_config_file), batching=_batching(args))
+                            metrics_path=metrics_path(args.monitoring_config_file), batching=_batching(args),
+                            ui=args.ui, ui_data=_ui_data(args))
     server = Server(manager, options).start()
     if not wait_until_ready(manager, timeout=args.load_timeout):
         print("warning: some models have no loadable version yet (see the log); serving the others",
@@ -35,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {', '.join(manager.specs)}: gRPC {args.host}:{server.port}"
           + (f", REST http://{args.host}:{server.rest_port}" if server.rest_port else "")
           + (f", metrics http://{args.host}:{server.rest_port}{options.metrics_path}" if options.metrics_path else "")
+          + (f", explorer http://{args.host}:{server.rest_port}/ui" if args.ui else "")
           + " (Ctrl-C stops)", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:
@@ -42,6 +44,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         server.stop()
     return 0
+
+
+def _ui_data(args: argparse.Namespace):
+    """The explorer's titles and users: --ui_data, or the built-in data with --ui_data builtin."""
+    if not args.ui:
+        if args.ui_data:
+            raise ConfigError("--ui_data needs --ui")
+        return None
+    if not args.ui_data:
+        return None
+    from crossrec.config import DataConfig
+    from serving.explorer import ExplorerData
+
+    if args.ui_data == "builtin":
+        return ExplorerData.load(DataConfig(), "built-in data")
+    return ExplorerData.load(DataConfig(interactions=args.ui_data), args.ui_data)
 
 
 def _batching(args: argparse.Namespace):
@@ -124,6 +142,12 @@ def register(commands) -> None:
                        help="longest string value (an id, a domain, an item text) in bytes (default 65536)")
     serve.add_argument("--ssl_cert_file", help="PEM certificate: serve gRPC and REST over TLS")
     serve.add_argument("--ssl_key_file", help="PEM private key for --ssl_cert_file")
+    serve.add_argument("--ui", action="store_true",
+                       help="also serve the explorer page at http://HOST:REST_PORT/ui: type or pick a history, see "
+                            "the served list beside the two-tower order, switch versions")
+    serve.add_argument("--ui_data", metavar="PATH|builtin",
+                       help="data folder (or interactions file) for the explorer's titles and users; "
+                            "'builtin' = the built-in data")
     serve.add_argument("--enable_batching", action="store_true",
                        help="merge concurrent Predict calls of one model, version and signature into one "
                             "signature call (server-side batching, as tensorflow_model_server's flag)")

@@ -1,0 +1,222 @@
+// crossrec explorer: builds a history, asks the server's own Predict API (as any client does) and
+// shows the served list beside the two-tower order. No framework, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const titles = new Map(); // "domain:item_id" -> title
+
+async function getJSON(url, options) {
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function setStatus(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+function parseHistory() {
+  const items = [];
+  $("history").value.split("\n").map((l) => l.trim()).filter(Boolean).forEach((line, n) => {
+    const at = line.indexOf(":");
+    if (at < 1 || at === line.length - 1) throw new Error(`history line ${n + 1}: expected domain:item_id, got "${line}"`);
+    items.push({ domain: line.slice(0, at), item_id: line.slice(at + 1) });
+  });
+  return items;
+}
+
+async function learnTitles(keys) {
+  const missing = [...new Set(keys)].filter((k) => !titles.has(k));
+  for (let i = 0; i < missing.length; i += 200) {
+    const part = missing.slice(i, i + 200);
+    const found = await getJSON(`/ui/api/titles?keys=${encodeURIComponent(part.join(","))}`);
+    for (const key of part) titles.set(key, found[key] || null);
+  }
+}
+
+function label(domain, itemId) {
+  const title = titles.get(`${domain}:${itemId}`);
+  return title ? `${title} (${itemId})` : itemId;
+}
+
+function chip(domain) {
+  const span = document.createElement("span");
+  span.className = "domain";
+  span.textContent = domain;
+  return span;
+}
+
+async function showHistory() {
+  const view = $("history-view");
+  view.replaceChildren();
+  let items;
+  try { items = parseHistory(); } catch (e) { return; }
+  await learnTitles(items.map((h) => `${h.domain}:${h.item_id}`)).catch(() => {});
+  for (const h of items) {
+    const li = document.createElement("li");
+    li.append(chip(h.domain), " ", label(h.domain, h.item_id));
+    view.append(li);
+  }
+}
+
+async function servedVersions(model) {
+  try {
+    const status = await getJSON(`/v1/models/${model}`);
+    return status.model_version_status.filter((s) => s.state === "AVAILABLE").map((s) => s.version);
+  } catch (e) {
+    return [];
+  }
+}
+
+let servedModel = "recommender";
+
+async function refreshVersions() {
+  let versions = await servedVersions("recommender");
+  servedModel = "recommender";
+  if (!versions.length) { versions = await servedVersions("retrieval"); servedModel = "retrieval"; }
+  const select = $("version");
+  const chosen = select.value;
+  select.replaceChildren(...versions.sort((a, b) => b - a).map((v) => new Option(`${servedModel} v${v}`, v)));
+  if (versions.includes(chosen)) select.value = chosen;
+  $("served-model").textContent = versions.length ? `(${servedModel})` : "(no model served)";
+  return versions;
+}
+
+async function predict(model, version, history, domain, k) {
+  const ids = history.length ? history.map((h) => h.item_id) : [""];
+  const domains = history.length ? history.map((h) => h.domain) : [""];
+  const path = version ? `/v1/models/${model}/versions/${version}:predict` : `/v1/models/${model}:predict`;
+  const body = { inputs: { history_item_ids: [ids], history_domains: [domains], target_domain: [domain],
+                           k: [k], exclude_history: [true] } };
+  const answer = await getJSON(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                                       body: JSON.stringify(body) });
+  return answer.outputs;
+}
+
+function render(list, outputs, domain) {
+  list.replaceChildren();
+  const ids = outputs.item_ids[0];
+  ids.forEach((itemId, i) => {
+    if (!itemId) return;
+    const li = document.createElement("li");
+    li.dataset.itemId = itemId;
+    li.dataset.domain = domain;
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = ` score ${Number(outputs.scores[0][i]).toFixed(4)}`;
+    li.append(label(domain, itemId), score);
+    const because = document.createElement("div");
+    because.className = "because";
+    if (outputs.because_item_ids) {
+      const by = outputs.because_item_ids[0][i];
+      if (by) {
+        const from = outputs.because_domains[0][i];
+        const share = Math.round(100 * outputs.because_weights[0][i]);
+        because.append("because you liked ", chip(from), ` ${label(from, by)} (${share}%)`);
+      } else {
+        because.textContent = "no known history item to explain it";
+      }
+    } else {
+      because.textContent = "explanation absent (this export predates it)";
+    }
+    li.append(because);
+    list.append(li);
+  });
+}
+
+async function recommend() {
+  try {
+    const history = parseHistory();
+    const domain = $("target-domain").value;
+    const k = Math.max(1, Math.min(50, parseInt($("k").value, 10) || 10));
+    if (!domain) throw new Error("choose a target domain");
+    setStatus("asking the server…");
+    const version = $("version").value;
+    const [served, twoTower] = await Promise.all([
+      predict(servedModel, version, history, domain, k),
+      predict("retrieval", servedModel === "retrieval" ? version : "", history, domain, k),
+    ]);
+    const keys = [...served.item_ids[0], ...twoTower.item_ids[0]].filter(Boolean).map((i) => `${domain}:${i}`);
+    for (const out of [served, twoTower]) {
+      if (out.because_item_ids) out.because_item_ids[0].forEach((b, i) => b && keys.push(`${out.because_domains[0][i]}:${b}`));
+    }
+    await learnTitles(keys).catch(() => {});
+    render($("served-list"), served, domain);
+    render($("retrieval-list"), twoTower, domain);
+    $("retrieval-model").textContent = "(retrieval, latest)";
+    setStatus(`${servedModel} v${version || "latest"}: ${served.item_ids[0].filter(Boolean).length} items for ${domain}`);
+    document.body.dataset.answered = String(Date.now());
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+function debounce(fn, ms = 200) {
+  let timer;
+  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+}
+
+async function searchItems() {
+  const list = $("item-results");
+  const q = $("item-search").value.trim();
+  list.replaceChildren();
+  if (!q) return;
+  try {
+    const found = await getJSON(`/ui/api/items?q=${encodeURIComponent(q)}&domain=${encodeURIComponent($("item-domain").value)}`);
+    for (const item of found) {
+      titles.set(`${item.domain}:${item.item_id}`, item.title);
+      const li = document.createElement("li");
+      li.append(chip(item.domain), ` ${item.title} (${item.item_id})`);
+      li.addEventListener("click", () => {
+        $("history").value = `${$("history").value.trim()}\n${item.domain}:${item.item_id}`.trim();
+        showHistory();
+      });
+      list.append(li);
+    }
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+async function searchUsers() {
+  const list = $("user-results");
+  list.replaceChildren();
+  try {
+    const found = await getJSON(`/ui/api/users?q=${encodeURIComponent($("user-search").value.trim())}`);
+    for (const user of found) {
+      const li = document.createElement("li");
+      li.textContent = user;
+      li.addEventListener("click", async () => {
+        const answer = await getJSON(`/ui/api/users/${encodeURIComponent(user)}`);
+        answer.history.forEach((h) => titles.set(`${h.domain}:${h.item_id}`, h.title));
+        $("history").value = answer.history.map((h) => `${h.domain}:${h.item_id}`).join("\n");
+        showHistory();
+      });
+      list.append(li);
+    }
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+async function start() {
+  const info = await getJSON("/ui/api/info");
+  $("data-source").textContent = info.data ? `data: ${info.data} (${info.users} users, ${info.items} items)`
+                                           : "no data folder (--ui_data): type histories as domain:item_id";
+  for (const d of info.domains) {
+    $("target-domain").append(new Option(d, d));
+    $("item-domain").append(new Option(d, d));
+  }
+  await refreshVersions();
+  $("recommend").addEventListener("click", recommend);
+  $("refresh-versions").addEventListener("click", refreshVersions);
+  $("history").addEventListener("input", debounce(showHistory, 300));
+  $("item-search").addEventListener("input", debounce(searchItems));
+  $("item-domain").addEventListener("change", searchItems);
+  $("user-search").addEventListener("input", debounce(searchUsers));
+  document.body.dataset.ready = "true";
+}
+
+start().catch((e) => setStatus(e.message, true));

@@ -1,0 +1,147 @@
+"""The explorer page in a real headless browser (Debian's Chromium and ChromeDriver, driven by
+Selenium; `make test` installs them when missing): typed histories give the gRPC client's answer,
+a publish shows up as a new version, and a screenshot is kept."""
+
+import os
+import shutil
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from crossrec import schema
+from serving.client import CrossrecClient
+from tests.test_serving import history_of
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(os.environ.get("CROSSREC_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / ".runs" / "artifacts"))
+
+
+def _browser():
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("Chromium and ChromeDriver are missing: `make browser` installs Debian's chromium and "
+                    "chromium-driver (make test does it on its own)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1400,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # explicit paths: no download
+
+
+@pytest.fixture
+def explorer(tiny_pipeline, tiny_exported, tmp_path):
+    from crossrec.data.loaders import load_dataset
+    from serving.explorer import ExplorerData
+    from serving.models import ModelManager, ModelSpec
+    from serving.server import Server, ServerOptions, free_port
+
+    config, _, _, _ = tiny_pipeline
+    root = tmp_path / "saved_models"
+    shutil.copytree(tiny_exported[2], root)
+    dataset = load_dataset(config.data).clean()
+    manager = ModelManager([ModelSpec(n, root / n) for n in ("recommender", "retrieval")])
+    server = Server(manager, ServerOptions(port=0, rest_api_port=free_port(), poll_seconds=0.2, ui=True,
+                                           ui_data=ExplorerData(dataset.items, dataset.interactions, "tiny"))).start()
+    yield server, root, dataset
+    server.stop()
+
+
+def _ask(driver, history, domain, version=None):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    box = driver.find_element(By.ID, "history")
+    box.clear()
+    box.send_keys("\n".join(f"{d}:{i}" for d, i in history))
+    Select(driver.find_element(By.ID, "target-domain")).select_by_value(domain)
+    if version is not None:
+        Select(driver.find_element(By.ID, "version")).select_by_value(str(version))
+    before = driver.find_element(By.TAG_NAME, "body").get_attribute("data-answered")
+    driver.find_element(By.ID, "recommend").click()
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-answered") not in (None, before)
+        or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+    assert "error" not in driver.find_element(By.ID, "status").get_attribute("class"), \
+        driver.find_element(By.ID, "status").text
+
+    def ids(list_id):
+        return [li.get_attribute("data-item-id") for li in driver.find_elements(By.CSS_SELECTOR, f"#{list_id} li")]
+
+    return ids("served-list"), ids("retrieval-list")
+
+
+def test_the_page_answers_like_the_grpc_client_and_follows_a_publish(explorer, tiny_pipeline):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from serving.export import export_models
+
+    server, root, dataset = explorer
+    config, run, retrieval_dir, ranking_dir = tiny_pipeline
+    _, histories, domains = history_of(run, 6)
+    history, domain = next((h, d) for h, d in zip(histories, domains, strict=True) if len(h) >= 2)
+    with CrossrecClient(f"127.0.0.1:{server.port}") as client:
+        expected = [r["item_id"] for r in client.recommend(history, domain, k=10)]
+        expected_retrieval = [r["item_id"] for r in client.retrieve(history, domain, k=10)]
+
+    driver = _browser()
+    try:
+        driver.get(f"http://127.0.0.1:{server.rest_port}/ui")
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        served, two_tower = _ask(driver, history, domain)
+        assert served == expected and two_tower == expected_retrieval
+        # titles and the served explanation are on the page
+        first = driver.find_element(By.CSS_SELECTOR, "#served-list li")
+        title = dataset.items.set_index([schema.DOMAIN, schema.ITEM_ID]).loc[(domain, expected[0]), schema.TITLE]
+        assert title in first.text and "because you liked" in first.text
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "explorer.png"))
+
+        # publish version 2 of the recommender (the teacher ranker instead of the student)
+        teacher = replace(config, export=replace(config.export, ranker="teacher"))
+        export_models(retrieval_dir, root, ranking_dir=ranking_dir, config=teacher, models=["recommender"],
+                      progress=False)
+        WebDriverWait(driver, 30).until(lambda d: server.manager.get("recommender").version == 2)
+        with CrossrecClient(f"127.0.0.1:{server.port}") as client:
+            expected_v2 = [r["item_id"] for r in client.recommend(history, domain, k=10, version=2)]
+        assert expected_v2 != expected  # a different model: the page must show the change
+        driver.find_element(By.ID, "refresh-versions").click()
+        WebDriverWait(driver, 30).until(lambda d: "2" in [o.get_attribute("value") for o in
+                                                          d.find_elements(By.CSS_SELECTOR, "#version option")])
+        served_v2, _ = _ask(driver, history, domain, version=2)
+        assert served_v2 == expected_v2
+    finally:
+        driver.quit()
+
+
+def test_the_explorer_api_searches_items_and_users_and_errors_in_json(explorer):
+    import json
+
+    server, _, dataset = explorer
+    base = f"http://127.0.0.1:{server.rest_port}"
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(base + path, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    status, info = get("/ui/api/info")
+    assert status == 200 and info["domains"] == ["books", "kitchen", "movies"] and info["users"] > 0
+    title = str(dataset.items[schema.TITLE].iloc[0])
+    status, found = get(f"/ui/api/items?q={urllib.parse.quote(title[:6].lower())}&limit=5")
+    assert status == 200 and 0 < len(found) <= 5 and all(title[:6].lower() in f["title"].lower() for f in found)
+    status, users = get("/ui/api/users?limit=3")
+    assert status == 200 and len(users) == 3
+    status, user = get(f"/ui/api/users/{users[0]}")
+    assert status == 200 and user["history"] and {"domain", "item_id", "title"} <= set(user["history"][0])
+    status, missing = get("/ui/api/users/nobody-at-all")
+    assert status == 404 and "nobody-at-all" in missing["error"]
+    status, page = 200, urllib.request.urlopen(base + "/ui", timeout=30).read().decode()
+    assert "crossrec explorer" in page and "/ui/static/explorer.js" in page
