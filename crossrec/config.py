@@ -125,17 +125,19 @@ class TowerConfig:
     # Items seen in training also get an ID embedding, added to the text path (hybrid).
     use_item_ids: bool = True
     # Share of training examples whose item-ID embeddings are dropped, so text alone stays strong.
-    item_id_dropout: float = 0.5
+    # Defaults (0.1 here, the text-only loss at 0.5 and 8 text experts) are the best measured over
+    # three seeds on Amazon Arts/Office, MovieLens 100k and the built-in data (README: Limits).
+    item_id_dropout: float = 0.1
     # Weight of a second loss on the same queries whose candidates are embedded from text alone
     # (no item-ID part): trains the path new items take without dropping IDs from the hybrid
-    # (0 = off). With it, item_id_dropout can be 0: the hybrid always sees its IDs.
-    text_only_loss_weight: float = 0.0
+    # (0 = off). With it, item_id_dropout can be low: the hybrid mostly sees its IDs.
+    text_only_loss_weight: float = 0.5
     # How the hybrid's item-ID embeddings start: random (small normal noise), or zeros, so an
     # item's ID part is only what its interactions taught it (rare items stay near their text).
     id_embedding_init: Literal["random", "zeros"] = "random"
     # The shared text path: 0 = a two-layer MLP over the text vector; K > 0 = UniSRec's
     # mixture-of-experts adapter (K parametric-whitening experts and a softmax gate).
-    text_experts: int = 0
+    text_experts: int = 8
     # How the text and ID parts of a seen item combine: sum (their norms decide), or gate (a learned
     # per-item gate on the item's training count and text mixes the two unit vectors).
     fusion: Literal["sum", "gate"] = "sum"
