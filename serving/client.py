@@ -16,7 +16,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -131,6 +131,23 @@ def _rows(out: dict[str, np.ndarray], i: int, extra=()) -> list[dict]:
     return rows
 
 
+def tensor_proto(array) -> tensor_pb2.TensorProto:
+    """A numpy array as a ``TensorProto``, written directly (strings as ``string_val``, numbers as
+    ``tensor_content``): what ``tf.make_tensor_proto`` gives, about ten times faster."""
+    array = np.asarray(array)
+    proto = tensor_pb2.TensorProto()
+    if array.dtype.kind in "OSU":
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.ravel().tolist())
+    elif array.dtype.kind in "biuf" and array.dtype.byteorder in "=|<":
+        proto.dtype = tf.as_dtype(array.dtype).as_datatype_enum
+        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+    else:
+        return tf.make_tensor_proto(array)
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
+    return proto
+
+
 def predict_request(model: str, inputs: dict, version: int | None = None, signature: str = ""):
     """A ``PredictRequest``: each input a numpy array (converted) or a ready ``TensorProto``."""
     request = predict_pb2.PredictRequest()
@@ -139,5 +156,5 @@ def predict_request(model: str, inputs: dict, version: int | None = None, signat
     if version is not None:
         request.model_spec.version.value = version
     for name, value in inputs.items():
-        request.inputs[name].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value))
+        request.inputs[name].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto) else tensor_proto(value))
     return request

@@ -15,6 +15,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving.client import tensor_proto
 from serving.errors import invalid
 from serving.models import ModelManager
 from serving.predictor import DEFAULT_SIGNATURE, Predictor, ServingError, version_status
@@ -71,7 +72,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = model.version
         response.model_spec.signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            response.outputs[key].CopyFrom(tensor_proto(value))
         observe("OK")
         return response
 

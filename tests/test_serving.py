@@ -431,3 +431,16 @@ def test_domains_smaller_than_max_k_export_and_return_what_they_have(tiny_pipeli
                 k=tf.constant([100]), exclude_history=tf.constant([False]))
     found = [i for i in out["item_ids"][0].numpy() if i]
     assert len(found) == 40 and len(set(found)) == 40
+
+
+@pytest.mark.parametrize("array", [
+    np.array([[1.5, -2.0]], np.float32), np.array([3, -4], np.int32), np.array([[5]], np.int64),
+    np.array([True, False]), np.array([[b"a", b""], [b"\xff", b"x" * 300]], dtype=object),
+    np.array(["caf\u00e9", "b"]), np.zeros((0, 3), np.float32), np.array(7, np.int32), np.array([1, 2], np.float16)])
+def test_tensor_protos_written_directly_read_back_as_tensorflow_writes_them(array):
+    from serving.client import tensor_proto
+
+    proto = tensor_proto(array)
+    reference = tf.make_tensor_proto(array)
+    assert proto.dtype == reference.dtype and proto.tensor_shape == reference.tensor_shape
+    np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(reference))
