@@ -21,6 +21,8 @@ BENCHMARKS = ("towers", "ranking", "serving", "batch", "retrain")
 def main(argv=None) -> int:
     parser = bench_parser(__doc__, "every benchmark at smoke-test size (about a minute each)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: rebuild latest.json/.md from each benchmark's last results")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",")] if args.only else list(BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
         if args.preset:
             flags += ["--preset", args.preset]
         started = time.perf_counter()
-        code = importlib.import_module(f"bench.{name}").main(flags)
+        code = 0 if args.collect else importlib.import_module(f"bench.{name}").main(flags)
         seconds[name] = round(time.perf_counter() - started, 1)
         if code:
             print(f"bench.{name} failed with exit status {code}")
