@@ -119,18 +119,24 @@ class RetrievalModel(keras.Model):
             vectors = ops.take(self.text_table, rows, axis=0)
         return vectors - ops.take(self.text_means, ops.take(self.text_domain, rows), axis=0)
 
-    def item_embeddings(self, rows, training=False, live_text=False, use_ids=True):
+    def item_embeddings(self, rows, training=False, live_text=False, use_ids=True, text_only_too=False):
         """(n,) item rows -> (n, e); each distinct row goes through the tower once. ``use_ids``
-        false embeds every item from its text alone (as a new item is)."""
+        false embeds every item from its text alone (as a new item is). ``text_only_too`` returns
+        (hybrid, text alone) from one pass of the text encoder (what the text-only loss needs)."""
         flat = ops.reshape(rows, [-1])
         unique, position = tf.unique(flat)
         text = self._text_vectors(unique, live=live_text)
         known = ops.take(self.id_known, unique)
-        if not use_ids:
-            known = ops.zeros_like(known)
-        embedded = self.item_tower(text, ops.take(self.item_domain, unique), unique, known,
-                                   log_count=ops.take(self.item_log_count, unique), training=training)
-        return tf.reshape(tf.gather(embedded, position), tf.concat([tf.shape(rows), [-1]], 0))
+        domain, log_count = ops.take(self.item_domain, unique), ops.take(self.item_log_count, unique)
+        shape = tf.concat([tf.shape(rows), [-1]], 0)
+
+        def embed(ids_known):
+            embedded = self.item_tower(text, domain, unique, ids_known, log_count=log_count, training=training)
+            return tf.reshape(tf.gather(embedded, position), shape)
+
+        if text_only_too:
+            return embed(known), embed(ops.zeros_like(known))
+        return embed(known if use_ids else ops.zeros_like(known))
 
     # -- query side -------------------------------------------------------------------------
     def call(self, inputs, training=False):
@@ -177,10 +183,12 @@ class RetrievalModel(keras.Model):
             # Mixed negatives: the batch's targets, then ``sampled`` items drawn uniformly from the pool.
             pick = tf.random.uniform([sampled], 0, tf.shape(self.negative_pool)[0], dtype=tf.int32)
             candidates_rows = tf.concat([target, tf.gather(self.negative_pool, pick)], axis=0)
-        candidates = self.item_embeddings(candidates_rows, training=training, live_text=training)
         text_only = None
         if training and self.towers_config.text_only_loss_weight > 0 and self.text_table is not None:
-            text_only = self.item_embeddings(candidates_rows, training=training, live_text=training, use_ids=False)
+            candidates, text_only = self.item_embeddings(candidates_rows, training=training, live_text=training,
+                                                         text_only_too=True)
+        else:
+            candidates = self.item_embeddings(candidates_rows, training=training, live_text=training)
         probability = None
         if self.train_config.logq_correction:
             probability = ops.take(self.item_probability, candidates_rows)
