@@ -80,6 +80,7 @@ class BatchingOptions:
 class _Task:
     arrays: dict[str, np.ndarray]
     rows: int
+    call: tuple  # (model, signature name, function): the same for every task of one queue
     enqueued: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     result: dict | None = None
@@ -102,7 +103,6 @@ class Batcher:
         self.options = options
         self.on_batch = on_batch  # on_batch(model_name, signature_name, rows): for metrics
         self._queues: dict[tuple, deque[_Task]] = {}
-        self._functions: dict[tuple, tuple] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
@@ -117,7 +117,7 @@ class Batcher:
             raise invalid(f"batch of {rows} rows exceeds the server's batching max_batch_size of "
                           f"{self.options.max_batch_size} (--batching_parameters_file); split the request")
         key = (model.name, model.version, signature_name, _merge_key(arrays, self.options.pad_variable_length_inputs))
-        task = _Task(arrays, rows)
+        task = _Task(arrays, rows, (model, signature_name, function))
         with self._cond:
             if self._stopping:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
@@ -125,7 +125,6 @@ class Batcher:
             waiting = sum(t.rows for t in queue)
             if waiting + rows > self.options.max_enqueued_batches * self.options.max_batch_size:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "the batch queue is full; retry")
-            self._functions[key] = (model, signature_name, function)
             queue.append(task)
             self._cond.notify()
         task.done.wait()
@@ -172,8 +171,9 @@ class Batcher:
             taken = self._take()
             if taken is None:
                 return
-            key, batch = taken
-            model, signature_name, function = self._functions[key]
+            _, batch = taken
+            model, signature_name, function = batch[0].call  # held by the tasks only: an unloaded
+            # version is freed once its last request is answered
             try:
                 self._run_batch(model, signature_name, function, batch)
             except Exception as exc:  # never lose a waiting request
