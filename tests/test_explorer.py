@@ -69,8 +69,9 @@ def _ask(driver, history, domain, version=None):
     assert "error" not in driver.find_element(By.ID, "status").get_attribute("class"), \
         driver.find_element(By.ID, "status").text
 
-    def ids(list_id):
-        return [li.get_attribute("data-item-id") for li in driver.find_elements(By.CSS_SELECTOR, f"#{list_id} li")]
+    def ids(list_id):  # read in one script call: the page may re-render the list between element lookups
+        return driver.execute_script(
+            f"return Array.from(document.querySelectorAll('#{list_id} li')).map(li => li.dataset.itemId)")
 
     return ids("served-list"), ids("retrieval-list")
 
@@ -111,8 +112,8 @@ def test_the_page_answers_like_the_grpc_client_and_follows_a_publish(explorer, t
             expected_v2 = [r["item_id"] for r in client.recommend(history, domain, k=10, version=2)]
         assert expected_v2 != expected  # a different model: the page must show the change
         driver.find_element(By.ID, "refresh-versions").click()
-        WebDriverWait(driver, 30).until(lambda d: "2" in [o.get_attribute("value") for o in
-                                                          d.find_elements(By.CSS_SELECTOR, "#version option")])
+        WebDriverWait(driver, 30).until(lambda d: "2" in d.execute_script(
+            "return Array.from(document.querySelectorAll('#version option')).map(o => o.value)"))
         served_v2, _ = _ask(driver, history, domain, version=2)
         assert served_v2 == expected_v2
     finally:
