@@ -5,7 +5,9 @@
 - ScaNN (crossrec's default settings) vs exact search over 100k and 1M clustered 64-d item
   vectors: recall@10 against exact, and single-query latency (target from issue 5: recall@10 >=
   0.95 with the defaults).
-- The ``recommender`` model (retrieve 50 -> rank with the student -> top 10) over 100k items,
+- One ``recommender`` request in-process over 100k items, the served list (the towers' 50 and
+  each candidate source's 25, merged and ranked) against the towers' 50 alone: p50 and p99.
+- The ``recommender`` model (retrieve 50 + sources -> rank with the student -> top 10) over 100k items,
   served by ``crossrec serve`` in its own process and queried with the official gRPC stubs:
   p50/p99 latency for one client (target p99 <= 15 ms), throughput with 4 client processes
   (target >= 500 req/s on 2 cores), and the server's overhead over calling the same signature
@@ -93,6 +95,8 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
     and an untrained student ranker, as version 1 under ``out/<name>/``."""
     import json
 
+    from ranking.sources import NeighbourTable
+    from ranking.tables import FeatureTables
     from ranking.train import build_ranker
     from serving.index import DomainIndex
     from serving.layout import METADATA_FILE
@@ -107,9 +111,14 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
     parts = ExportParts(config, catalogue, model, vectors, Lookups(catalogue, vectors, config.towers.history_length))
     parts.index = DomainIndex(catalogue, vectors, k=max(config.export.max_k, config.ranking.candidates),
                               history_length=config.towers.history_length, kind=config.export.index)
-    parts.ranker = build_ranker(config, config.ranking.student, item_embeddings=vectors,
-                                item_domain=catalogue.item_domain, popularity=np.ones(len(vectors), np.float32),
-                                num_domains=len(domains), rating_mean=None)
+    rng = np.random.default_rng(0)  # neighbour tables of the configured width, random: same cost as real ones
+    width = config.ranking.source_neighbours * (len(domains) - 1)
+    sources = [NeighbourTable(name, rng.integers(1, len(vectors), (len(vectors), width)).astype(np.int32),
+                              rng.random((len(vectors), width)).astype(np.float32), 1.0)
+               for name in config.ranking.sources]
+    tables = FeatureTables(vectors, catalogue.item_domain, len(domains), np.ones(len(vectors), np.float32),
+                           sources=sources)
+    parts.ranker = build_ranker(config, config.ranking.student, tables)
     module = (RecommenderModule if name == "recommender" else RetrievalModule)(parts)
     path = out / name / "1"
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if config.export.index == "scann" else None)
@@ -266,6 +275,36 @@ def warmup_benchmark(results: Results, model, config: Config, trials: int = 2) -
                 note=f"without warm-up: {no / later:.0f}x")
 
 
+def served_list_benchmark(results: Results, model, config: Config, quick: bool) -> None:
+    """One ``recommender`` request over 100k items, in-process, p50/p99: the served list (the
+    towers' 50 and each candidate source's 25 merged, ranked, new items placed) against the
+    towers' 50 ranked alone (the recommender before the sources), in the same run."""
+    from crossrec.config import DEFAULT_STUDENT_FEATURES
+
+    n, requests = (20_000, 100) if quick else (100_000, 400)
+    towers_only = replace(config, ranking=replace(config.ranking, sources=[], features=None,
+                                                  student=replace(config.ranking.student,
+                                                                  features=list(DEFAULT_STUDENT_FEATURES))))
+    p = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, which in (("towers' 50 only", towers_only), ("served list", config)):
+            path = export_synthetic(model, which, n, Path(tmp) / label.split()[0].strip("'"))
+            serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+            asks = [{k: tf.constant(v) for k, v in request_inputs(20, seed, n).items()} for seed in range(16)]
+            for ask in asks[:4]:
+                serve(**ask)
+            times = []
+            for i in range(requests):
+                start = time.perf_counter()
+                {k: v.numpy() for k, v in serve(**asks[i % len(asks)]).items()}
+                times.append(time.perf_counter() - start)
+            p[label] = (1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99))
+            results.add(f"recommender p50, {label}, {n // 1000}k items, in-process", p[label][0], "ms")
+            results.add(f"recommender p99, {label}, {n // 1000}k items, in-process", p[label][1], "ms")
+    results.add("served list / towers' 50 only, p50", p["served list"][0] / p["towers' 50 only"][0], "x",
+                note="two sources: gather, segment sum over the catalogue, top 25 each")
+
+
 def small_config(preset: str | None) -> Config:
     config = Config(encoder=EncoderConfig(preset=preset))
     return replace(config, data=replace(config.data, synth=SynthConfig(n_users=200, n_items=300, n_interactions=4000)),
@@ -287,6 +326,7 @@ def main(argv=None) -> int:
         index_benchmark(results, n, queries=200 if args.quick else 1000)
     config = small_config(args.preset)
     towers = small_towers(args.preset).model
+    served_list_benchmark(results, towers, config, args.quick)
     batching_benchmark(results, towers, config, args.quick)
     warmup_benchmark(results, towers, config)
     results.write(args.results_dir)

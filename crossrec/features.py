@@ -123,7 +123,8 @@ class Examples:
                 "user_id": self.user_id.astype(str)}
 
 
-def _sorted(interactions: pd.DataFrame) -> pd.DataFrame:
+def in_user_order(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Interactions sorted by user, then by the order column, then by input order (stable)."""
     order = schema.order_column(interactions.columns)
     frame = interactions.copy()
     frame["_input_order"] = np.arange(len(frame))
@@ -147,7 +148,7 @@ def _right_aligned(rows: np.ndarray, length: int) -> np.ndarray:
 def training_examples(interactions: pd.DataFrame, catalogue: Catalogue, history_length: int,
                       domain_weights: dict[str, float] | None = None) -> Examples:
     """Every interaction with at least one earlier interaction becomes a target."""
-    frame = _sorted(interactions)
+    frame = in_user_order(interactions)
     rows = catalogue.rows(frame[schema.DOMAIN], frame[schema.ITEM_ID])
     users = frame[schema.USER_ID].to_numpy()
     domains = frame[schema.DOMAIN].to_numpy()
@@ -196,7 +197,7 @@ def training_sequences(interactions: pd.DataFrame, catalogue: Catalogue, history
     """Each user's interactions cut into windows of H+1 items from the most recent back: the H
     targets of a window see the items before them inside it (the first targets of a long user's
     older windows see a shorter history than ``training_examples`` gives them)."""
-    frame = _sorted(interactions)
+    frame = in_user_order(interactions)
     rows = catalogue.rows(frame[schema.DOMAIN], frame[schema.ITEM_ID])
     users = frame[schema.USER_ID].to_numpy()
     domain_index = {d: i for i, d in enumerate(catalogue.domains)}
@@ -228,7 +229,7 @@ def query_examples(known: pd.DataFrame, targets: pd.DataFrame, catalogue: Catalo
     """Evaluation queries: one per target row; its history is the user's ``known`` interactions
     strictly before the target (by the order column), over all domains."""
     order = schema.order_column(targets.columns)
-    known = _sorted(known)
+    known = in_user_order(known)
     known_rows = catalogue.rows(known[schema.DOMAIN], known[schema.ITEM_ID])
     by_user: dict = {}
     for user, group_index in known.groupby(schema.USER_ID, sort=False).indices.items():

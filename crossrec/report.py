@@ -103,9 +103,10 @@ def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, note
     parts += ["## Queries per slice and domain", "", _markdown(counts.to_frame()), ""]
     if reranking is not None:
         parts += ["## Re-ranking the retrieved candidates", "",
-                  "The same top-K lists from crossrec's towers, in three orders: the retrieval order, the "
-                  "ranker's, and the distilled student's. `in_list` is the share of targets retrieval put in "
-                  "the list (the ceiling of every order).", ""]
+                  "The same merged lists (crossrec's towers' top-K and each candidate source's proposals) in "
+                  "four orders: the towers' (retrieval), the ranker's, the distilled student's, and the served "
+                  "order (the exported ranker's, new items at the towers' place: what `recommender` returns). "
+                  "`in_list` is the share of targets the merged list holds (the ceiling of every order).", ""]
         for metric in ("ndcg@10", "recall@10", "mrr", "in_list", "rmse"):
             if metric in reranking and reranking[metric].notna().any():
                 table = reranking.pivot_table(index=["slice", "domain"], columns="model", values=metric, sort=True)

@@ -12,7 +12,7 @@ split), so no validation or test interaction is ever a label or a history item o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,8 @@ class CandidateLists:
     query: np.ndarray  # (n, e) the user tower's query embeddings
     candidates: np.ndarray  # (n, L) int32 item rows, 0 = padding
     retrieval_scores: np.ndarray  # (n, L) float32 dot products, -inf for padding
+    # each source's own proposals before the merge ("towers" and the candidate sources), (n, k_s)
+    proposals: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -50,7 +52,7 @@ class CandidateLists:
 
     def subset(self, mask: np.ndarray) -> CandidateLists:
         return CandidateLists(self.examples.subset(mask), self.query[mask], self.candidates[mask],
-                              self.retrieval_scores[mask])
+                              self.retrieval_scores[mask], {k: v[mask] for k, v in self.proposals.items()})
 
 
 def mine_candidates(query: np.ndarray, item_embeddings: np.ndarray, examples: Examples, catalogue: Catalogue,
@@ -103,3 +105,22 @@ def mine_candidates(query: np.ndarray, item_embeddings: np.ndarray, examples: Ex
     # seen items that fell into the list (possible only when the domain has fewer than k unseen items)
     candidates[np.isneginf(scores)] = 0
     return CandidateLists(examples, query.astype(np.float32), candidates, scores)
+
+
+def merge_candidates(lists: CandidateLists, extra: dict[str, np.ndarray], item_embeddings: np.ndarray) -> CandidateLists:
+    """``lists`` with each source's proposals (``extra``: name -> (n, k_s) item rows, 0 = none)
+    appended, duplicates of an earlier candidate dropped (0); every candidate keeps the towers'
+    score. ``proposals`` keeps each source's own list (for recall per source)."""
+    proposals = {"towers": lists.candidates, **{k: np.asarray(v, np.int32) for k, v in extra.items()}}
+    if not extra:
+        return CandidateLists(lists.examples, lists.query, lists.candidates, lists.retrieval_scores, proposals)
+    extra = list(extra.values())
+    candidates = np.concatenate([lists.candidates] + [np.asarray(e, np.int32) for e in extra], axis=1)
+    base = lists.candidates.shape[1]
+    for j in range(base, candidates.shape[1]):  # later duplicates of any earlier candidate -> 0
+        column = candidates[:, j]
+        candidates[:, j] = np.where((candidates[:, :j] == column[:, None]).any(axis=1), 0, column)
+    added = candidates[:, base:]
+    added_scores = np.einsum("ne,nke->nk", lists.query, item_embeddings[added]).astype(np.float32)
+    scores = np.concatenate([lists.retrieval_scores, np.where(added > 0, added_scores, -np.inf)], axis=1)
+    return CandidateLists(lists.examples, lists.query, candidates, scores.astype(np.float32), proposals)

@@ -60,3 +60,24 @@ def _rmse(predicted: np.ndarray | None, actual: np.ndarray | None, mask: np.ndar
     if not known.any():
         return float("nan")
     return float(np.sqrt(np.mean((predicted[known] - actual[known]) ** 2)))
+
+
+def source_recall(slices: list[tuple[str, CandidateLists]], catalogue) -> pd.DataFrame:
+    """Per slice and domain: the share of targets each source's own list holds (``towers``: the
+    towers' top-K; each candidate source's top-k), the merged list's share and its mean length."""
+    rows = []
+    for slice_name, lists in slices:
+        if len(lists) == 0:
+            continue
+        target = lists.examples.target[:, None]
+        domains = catalogue.item_domain_name[lists.examples.target]
+        found = {name: ((rows_ == target) & (rows_ > 0)).any(axis=1) for name, rows_ in lists.proposals.items()}
+        found["merged"] = ((lists.candidates == target) & (lists.candidates > 0)).any(axis=1)
+        length = {name: (rows_ > 0).sum(axis=1) for name, rows_ in lists.proposals.items()}
+        length["merged"] = (lists.candidates > 0).sum(axis=1)
+        for domain in sorted(pd.unique(domains)) + ["all"]:
+            mask = np.ones(len(lists), bool) if domain == "all" else domains == domain
+            for name in found:
+                rows.append({"slice": slice_name, "domain": domain, "source": name, "queries": int(mask.sum()),
+                             "recall": float(found[name][mask].mean()), "list_length": float(length[name][mask].mean())})
+    return pd.DataFrame(rows)

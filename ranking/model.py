@@ -20,72 +20,106 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from crossrec.config import RANKING_FEATURES, RankerConfig
+from crossrec.errors import ConfigError
+from ranking.sources import SOURCES
+from ranking.tables import FeatureTables
 
 ENGAGEMENT, RATING, DISTILLATION = "engagement", "rating", "distillation"
 
 
 @tf.keras.utils.register_keras_serializable("crossrec")
 class RankingFeatures(tf.keras.layers.Layer):
-    """Builds every candidate's input vector from the towers' outputs and the user's history.
+    """Builds every candidate's input vector from the item tables and the user's history.
 
     Inputs: ``query`` (b, e) query embedding, ``history`` (b, H) item rows (right-aligned, 0 =
     padding), ``candidates`` (b, L) item rows. Output: (b, L, F), the ``features`` in order:
     query, candidate (embeddings), product (element-wise), retrieval_score (dot product),
-    domain (one-hot of the candidate's domain), log_popularity, item_rating (the item's mean
-    training rating minus the global mean, and a 0/1 "has ratings" flag), history_length (log1p of the
-    user's interactions in the candidate's domain and in all), recency (interactions since the
-    user's last one in the candidate's domain, / H; 1 and a 0 flag when there is none).
-    The item tables are non-trainable weights, so a saved model carries them. ``popularity`` is
-    the training interaction count per item row; training batches pass ``popularity_offset``
-    (b, L) = the labels, so that a positive's count leaves out the very interaction it is the
-    label of (otherwise every training positive has count >= 1, and brand-new items none); in
-    the same way a positive's mean rating leaves out the rating it is the label of.
+    retrieval_rank (the candidate's place in the list by that score, / L), domain (one-hot of
+    the candidate's domain), log_popularity, item_rating (the item's mean training rating minus
+    the global mean, and a 0/1 "has ratings" flag), history_length (log1p of the user's
+    interactions in the candidate's domain and in all), recency (interactions since the user's
+    last one in the candidate's domain, / H; 1 and a 0 flag when there is none), one group per
+    candidate source (co_visitation, propagation: log1p of the history's summed neighbour weight
+    for the candidate, a 0/1 "reached" flag and its place in the list by that weight, / L),
+    text_similarity (cosine of the candidate's text-alone vector with the most recent history
+    item of its domain, and a 0/1 flag that there is one), item_age (the share of training time
+    before the item was first seen, 1 for an item never seen; and a 0/1 "new" flag).
+
+    The tables (``ranking.tables.FeatureTables``) are non-trainable weights, so a saved model
+    carries them; ``assign`` swaps in another view of the same catalogue. Training batches on
+    lists mined without a label view may pass ``popularity_offset`` (b, L) = the labels, so that
+    a positive's count and mean rating leave out the very interaction it is the label of.
     """
 
-    def __init__(self, item_embeddings: np.ndarray, item_domain: np.ndarray, popularity: np.ndarray,
-                 num_domains: int, features=RANKING_FEATURES, rating_sum: np.ndarray | None = None,
-                 rating_count: np.ndarray | None = None, rating_mean: float = 0.0, **kwargs):
+    def __init__(self, tables: FeatureTables, features=RANKING_FEATURES, **kwargs):
         super().__init__(**kwargs)
-        self.num_domains = int(num_domains)
+        self.num_domains = int(tables.num_domains)
         self.features = list(features)
-        self.embedding_dim = int(item_embeddings.shape[1])
-        self.item_embeddings = self.add_weight(
-            name="item_embeddings", shape=item_embeddings.shape, trainable=False,
-            initializer=tf.keras.initializers.Constant(item_embeddings))
-        self.item_domain = self.add_weight(name="item_domain", shape=item_domain.shape, dtype=tf.int32,
-                                           trainable=False, initializer=tf.keras.initializers.Constant(item_domain))
-        self.popularity = self.add_weight(
-            name="popularity", shape=popularity.shape, trainable=False,
-            initializer=tf.keras.initializers.Constant(popularity))
-        zeros = np.zeros(popularity.shape, np.float32)
-        self.rating_sum = self.add_weight(
-            name="rating_sum", shape=popularity.shape, trainable=False,
-            initializer=tf.keras.initializers.Constant(zeros if rating_sum is None else rating_sum))
-        self.rating_count = self.add_weight(
-            name="rating_count", shape=popularity.shape, trainable=False,
-            initializer=tf.keras.initializers.Constant(zeros if rating_count is None else rating_count))
-        self.rating_mean = float(rating_mean)
+        self.embedding_dim = int(tables.item_embeddings.shape[1])
+        self.rating_mean = float(tables.rating_mean or 0.0)
+        self.source_names = [t.name for t in tables.sources]
+        self.position_decay = {t.name: float(t.position_decay) for t in tables.sources}
+        missing = [f for f in self.features if f in SOURCES and f not in self.source_names]
+        if missing:
+            raise ConfigError(f"ranking features {missing}: the ranker was built without that candidate source "
+                              f"(ranking.sources: {self.source_names})")
+        self.tables = {}
+        for name, value in tables.weights().items():
+            self.tables[name] = self.add_weight(name=name, shape=value.shape, dtype=tf.as_dtype(value.dtype),
+                                                trainable=False, initializer=tf.keras.initializers.Constant(value))
+
+    def assign(self, tables: FeatureTables) -> None:
+        """Swaps in another view of the same catalogue (same shapes)."""
+        for name, value in tables.weights().items():
+            self.tables[name].assign(value)
 
     @property
     def output_dim(self) -> int:
         e, d = self.embedding_dim, self.num_domains
-        sizes = {"query": e, "candidate": e, "product": e, "retrieval_score": 1, "domain": d,
-                 "log_popularity": 1, "item_rating": 2, "history_length": 2, "recency": 2}
+        sizes = {"query": e, "candidate": e, "product": e, "retrieval_score": 1, "retrieval_rank": 1, "domain": d,
+                 "log_popularity": 1, "item_rating": 2, "history_length": 2, "recency": 2, "co_visitation": 3,
+                 "propagation": 3, "text_similarity": 2, "item_age": 2}
         return sum(sizes[f] for f in self.features)
 
+    def source_scores(self, name: str, history) -> tf.Tensor:
+        """(b, size) the history's summed neighbour weight per item row under source ``name``."""
+        history = tf.cast(history, tf.int32)
+        size = tf.shape(self.tables["popularity"])[0]
+        horizon = tf.shape(history)[1]
+        distance = tf.cast(tf.range(horizon - 1, -1, -1), tf.float32)
+        position = 1.0 / tf.pow(1.0 + distance, self.position_decay[name])  # (H,)
+        neighbours = tf.gather(self.tables[f"{name}_neighbours"], history)  # (b, H, M)
+        weights = tf.gather(self.tables[f"{name}_weights"], history) * position[None, :, None]
+        weights *= tf.cast(history > 0, tf.float32)[..., None]
+        batch = tf.shape(history)[0]
+        segments = tf.range(batch)[:, None, None] * size + neighbours
+        dense = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(segments, [-1]), batch * size)
+        return tf.reshape(dense, [batch, size])
+
+    @staticmethod
+    def _list_rank(scores, candidates):
+        """(b, L) each candidate's 0-based place in its list by ``scores``, / L (padding last)."""
+        scores = tf.where(candidates > 0, scores, -np.inf)
+        higher = tf.reduce_sum(tf.cast(scores[:, None, :] > scores[:, :, None], tf.float32), axis=-1)
+        return higher / tf.cast(tf.shape(candidates)[1], tf.float32)
+
     def call(self, inputs):
+        t = self.tables
         query = tf.cast(inputs["query"], tf.float32)  # (b, e)
         history = tf.cast(inputs["history"], tf.int32)  # (b, H)
         candidates = tf.cast(inputs["candidates"], tf.int32)  # (b, L)
         length = tf.shape(candidates)[1]
         horizon = tf.cast(tf.shape(history)[1], tf.float32)
-        item = tf.gather(self.item_embeddings, candidates)  # (b, L, e)
+        item = tf.gather(t["item_embeddings"], candidates)  # (b, L, e)
         q = tf.repeat(query[:, None, :], length, axis=1)  # (b, L, e)
-        domain = tf.gather(self.item_domain, candidates)  # (b, L)
+        domain = tf.gather(t["item_domain"], candidates)  # (b, L)
+        count = tf.gather(t["popularity"], candidates)
+        if "popularity_offset" in inputs:  # training: leave the example's own interaction out
+            count = tf.maximum(count - tf.cast(inputs["popularity_offset"], tf.float32), 0.0)
 
         # the user's history per domain
         present = tf.cast(history > 0, tf.float32)  # (b, H)
-        history_domain = tf.one_hot(tf.gather(self.item_domain, history), self.num_domains) * present[..., None]
+        history_domain = tf.one_hot(tf.gather(t["item_domain"], history), self.num_domains) * present[..., None]
         counts = tf.reduce_sum(history_domain, axis=1)  # (b, D)
         position = tf.range(tf.shape(history)[1], dtype=tf.float32)[None, :, None]  # (1, H, 1)
         last = tf.reduce_max(tf.where(history_domain > 0, position, -1.0), axis=1)  # (b, D), -1 = none
@@ -100,22 +134,21 @@ class RankingFeatures(tf.keras.layers.Layer):
                 parts.append(q * item)
             elif name == "retrieval_score":
                 parts.append(tf.reduce_sum(q * item, axis=-1, keepdims=True))
+            elif name == "retrieval_rank":
+                parts.append(self._list_rank(tf.reduce_sum(q * item, axis=-1), candidates)[..., None])
             elif name == "domain":
                 parts.append(tf.one_hot(domain, self.num_domains))
             elif name == "log_popularity":
-                count = tf.gather(self.popularity, candidates)
-                if "popularity_offset" in inputs:  # training: leave the example's own interaction out
-                    count = tf.maximum(count - tf.cast(inputs["popularity_offset"], tf.float32), 0.0)
                 parts.append(tf.math.log1p(count)[..., None])
             elif name == "item_rating":
-                total = tf.gather(self.rating_sum, candidates)
-                count = tf.gather(self.rating_count, candidates)
-                if "rating_weight" in inputs:  # training: leave the label's own rating out
+                total = tf.gather(t["rating_sum"], candidates)
+                rated_count = tf.gather(t["rating_count"], candidates)
+                if "rating_weight" in inputs and "popularity_offset" in inputs:  # leave the label's rating out
                     own = tf.cast(inputs["rating_weight"], tf.float32)
                     total -= own * tf.cast(inputs["rating"], tf.float32)
-                    count -= own
-                rated = count > 0.5
-                mean = tf.where(rated, total / tf.maximum(count, 1.0) - self.rating_mean, 0.0)
+                    rated_count -= own
+                rated = rated_count > 0.5
+                mean = tf.where(rated, total / tf.maximum(rated_count, 1.0) - self.rating_mean, 0.0)
                 parts.append(tf.stack([mean, tf.cast(rated, tf.float32)], axis=-1))
             elif name == "history_length":
                 in_domain = tf.gather(counts, domain, batch_dims=1)  # (b, L)
@@ -126,16 +159,32 @@ class RankingFeatures(tf.keras.layers.Layer):
                 seen = tf.cast(last_in_domain >= 0, tf.float32)
                 since = tf.where(last_in_domain >= 0, (horizon - 1.0 - last_in_domain) / horizon, 1.0)
                 parts.append(tf.stack([since, seen], axis=-1))
+            elif name in SOURCES:
+                score = tf.gather(self.source_scores(name, history), candidates, batch_dims=1)  # (b, L)
+                score = tf.where(candidates > 0, score, 0.0)
+                parts.append(tf.stack([tf.math.log1p(score), tf.cast(score > 0, tf.float32),
+                                       self._list_rank(score, candidates)], axis=-1))
+            elif name == "text_similarity":
+                last_in_domain = tf.cast(tf.gather(last, domain, batch_dims=1), tf.int32)  # (b, L), -1 = none
+                recent = tf.gather(history, tf.maximum(last_in_domain, 0), batch_dims=1)  # (b, L) item rows
+                text = tf.math.l2_normalize(t["text_vectors"], axis=-1)
+                cosine = tf.reduce_sum(tf.gather(text, candidates) * tf.gather(text, recent), axis=-1)
+                has = tf.cast(last_in_domain >= 0, tf.float32)
+                parts.append(tf.stack([cosine * has, has], axis=-1))
+            elif name == "item_age":
+                parts.append(tf.stack([tf.gather(t["first_seen"], candidates), tf.cast(count <= 0, tf.float32)],
+                                      axis=-1))
         return tf.concat(parts, axis=-1)
 
     def retrieval_scores(self, inputs):
         """(b, L) the towers' dot product of query and candidate."""
-        item = tf.gather(self.item_embeddings, tf.cast(inputs["candidates"], tf.int32))
+        item = tf.gather(self.tables["item_embeddings"], tf.cast(inputs["candidates"], tf.int32))
         return tf.reduce_sum(tf.cast(inputs["query"], tf.float32)[:, None, :] * item, axis=-1)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_domains": self.num_domains, "features": self.features, "rating_mean": self.rating_mean})
+        config.update({"num_domains": self.num_domains, "features": self.features, "rating_mean": self.rating_mean,
+                       "sources": self.source_names})
         return config
 
 
@@ -265,16 +314,19 @@ class RankingModel(tfrs.models.Model):
         mask = tf.cast(tf.cast(inputs["candidates"], tf.int32) > 0, tf.float32)  # (b, L)
         logits = out[ENGAGEMENT]
         losses = {}
+        # per-list weights (b,) when given: new-item parity (ranking.train.fresh_parity_weights)
+        list_weight = tf.cast(inputs.get("list_weight", tf.ones_like(mask[:, 0])), tf.float32)
         if self.listwise:
             masked = tf.where(mask > 0, logits, -1e9)
             labels = tf.cast(inputs[ENGAGEMENT], tf.float32) * mask
             total = tf.reduce_sum(labels, axis=1, keepdims=True)
             has_positive = tf.cast(total[:, 0] > 0, tf.float32)  # lists without a positive weigh 0
             losses[ENGAGEMENT] = self.tasks[ENGAGEMENT](labels / tf.maximum(total, 1.0), masked,
-                                                        sample_weight=has_positive, training=training)
+                                                        sample_weight=has_positive * list_weight, training=training)
         else:
             labels = tf.cast(inputs[ENGAGEMENT], tf.float32)
-            losses[ENGAGEMENT] = self.tasks[ENGAGEMENT](labels[..., None], logits[..., None], sample_weight=mask,
+            losses[ENGAGEMENT] = self.tasks[ENGAGEMENT](labels[..., None], logits[..., None],
+                                                        sample_weight=mask * list_weight[:, None],
                                                         training=training)
         if "teacher" in inputs and self.distillation_weight > 0:
             # Listwise distillation: match the teacher's softmax over each candidate list, which

@@ -4,7 +4,8 @@
   teacher.weights.h5, student.weights.h5   the rankers (each the best epoch by validation NDCG@10)
   ranking_spec.json     what ``load_ranking`` needs to rebuild them
   config.yaml           the full config of the run
-  rerank_metrics.csv    retrieval order vs teacher vs student on the test candidate lists
+  rerank_metrics.csv    retrieval order vs teacher vs student vs the served order on the test candidate lists
+  source_recall.csv     the share of test targets each candidate source's list holds, and the merged list's
   run_summary.json      sizes, timings, training histories, test metrics
   checkpoints/  backup/  tensorboard/    Keras ModelCheckpoint, BackupAndRestore, TensorBoard
 """
@@ -25,16 +26,19 @@ from crossrec.config import Config, RankerConfig, load_config, save_config
 from crossrec.data.dataset import Dataset
 from crossrec.data.splits import NEW_ITEM
 from crossrec.errors import ConfigError, raise_if_diverged
-from crossrec.features import Catalogue
+from crossrec.features import Catalogue, query_examples
 from crossrec.metrics import ranking_metrics
 from crossrec.progress import fit_verbosity
 from crossrec.typed import to_dict
-from ranking.candidates import CandidateLists, mine_candidates
-from ranking.evaluate import list_ranks, rerank_metrics
+from ranking.candidates import CandidateLists, merge_candidates, mine_candidates
+from ranking.evaluate import list_ranks, rerank_metrics, source_recall
 from ranking.model import ENGAGEMENT, RATING, RankingFeatures, RankingModel
+from ranking.policy import served_scores
+from ranking.sources import propose
+from ranking.tables import FeatureTables, build_tables, fresh_items, label_tail, label_view
 
 MONITOR = "val_ndcg_at_10"
-RETRIEVAL_ORDER, TEACHER, STUDENT = "retrieval", "ranker", "student"
+RETRIEVAL_ORDER, TEACHER, STUDENT, SERVED = "retrieval", "ranker", "student", "served"
 
 
 @dataclass
@@ -43,85 +47,122 @@ class RankingData:
     validation: list[tuple[str, CandidateLists]]
     test: list[tuple[str, CandidateLists]]
     catalogue: Catalogue
-    item_embeddings: np.ndarray  # (catalogue.size, e)
-    popularity: np.ndarray  # (catalogue.size,) training interactions per item row
-    rating_mean: float | None  # None: the data has no ratings
-    rating_sum: np.ndarray | None = None  # (catalogue.size,) sum and count of training ratings per item row
-    rating_count: np.ndarray | None = None
+    tables: FeatureTables  # the serving view: every training interaction
+    label_tables: FeatureTables | None = None  # the view the training lists were mined in (None: the serving one)
+
+    @property
+    def rating_mean(self) -> float | None:
+        return self.tables.rating_mean
+
+
+def _text_vectors(retrieval_model) -> np.ndarray | None:
+    """(size, e) every item embedded by its text alone (None: towers without text)."""
+    if getattr(retrieval_model, "text_table", None) is None:
+        return None
+    n = int(retrieval_model.item_domain.shape[0])
+    return np.concatenate([np.asarray(retrieval_model.item_embeddings(np.arange(s, min(n, s + 8192), dtype=np.int32),
+                                                                      use_ids=False))
+                           for s in range(0, n, 8192)]).astype(np.float32)
+
+
+def _lists(retrieval_model, examples, tables: FeatureTables, catalogue: Catalogue, ranking, *,
+           seen=None, train: bool = False) -> CandidateLists:
+    """The towers' top-K (in ``tables``' view) merged with each source's proposals."""
+    from towers.queries import query_embeddings
+
+    lists = mine_candidates(query_embeddings(retrieval_model, examples), tables.item_embeddings, examples, catalogue,
+                            ranking.candidates, seen=seen,
+                            random_negatives=ranking.random_negatives if train else 0, seed=ranking.seed)
+    target_domains = catalogue.item_domain_name[examples.target]
+    extra = {table.name: propose(table, examples.history, target_domains, catalogue, ranking.source_candidates,
+                                 seen=seen, keep=examples.target)[0]
+             for table in tables.sources} if ranking.source_candidates else {}
+    return merge_candidates(lists, extra, tables.item_embeddings)
 
 
 def mine_ranking_data(retrieval_model, data, config: Config, *, progress: bool = False) -> RankingData:
-    """Candidate lists for the training examples (target always included) and for the
-    validation and test queries (as retrieval returns them), from a trained ``RetrievalModel``."""
-    from towers.queries import query_embeddings
-
+    """Candidate lists for the ranker's training queries (target always included) and for the
+    validation and test queries (as the merged sources return them), from a trained ``RetrievalModel``."""
     ranking = config.ranking
     catalogue = data.catalogue
-    items = retrieval_model.all_item_embeddings()
-    examples = data.examples
+    rating = data.examples.rating
+    rating_mean = float(np.nanmean(rating)) if rating is not None and (~np.isnan(rating)).any() else None
+    tables = build_tables(data.train, catalogue, retrieval_model.all_item_embeddings(), _text_vectors(retrieval_model),
+                          sources=ranking.sources, per_domain=ranking.source_neighbours, rating_mean=rating_mean)
+    label_tables = None
+    if ranking.label_tail:
+        tail = label_tail(data.train, ranking.label_tail)
+        fresh = fresh_items(data.train, catalogue, ranking.fresh_item_share, ranking.seed)
+        label_tables = label_view(tables, data.train[~tail], catalogue, fresh)
+        examples = query_examples(data.train, data.train[tail], catalogue, config.towers.history_length)
+        examples = examples.subset(examples.target > 0)
+    else:
+        examples = data.examples
     if ranking.max_queries and len(examples) > ranking.max_queries:
         keep = np.sort(np.random.default_rng(ranking.seed).choice(len(examples), ranking.max_queries, replace=False))
         examples = examples.subset(keep)
     if progress:
-        print(f"mining {ranking.candidates} candidates for {len(examples)} training queries", flush=True)
-    train = mine_candidates(query_embeddings(retrieval_model, examples), items, examples, catalogue,
-                            ranking.candidates, include_target=True, random_negatives=ranking.random_negatives,
-                            seed=ranking.seed)
+        print(f"mining candidates for {len(examples)} training queries (sources: {', '.join(ranking.sources) or 'none'})",
+              flush=True)
+    seen = [row[row > 0] for row in examples.history]
+    train = _lists(retrieval_model, examples, label_tables or tables, catalogue, ranking, seen=seen, train=True)
+    # Only lists that hold their target, as the sources found it: a target forced into a list the
+    # sources missed it from is a positive no served list has (its towers' score is low, so the
+    # ranker would learn that the towers' score does not matter).
+    train = train.subset(train.labels.sum(axis=1) > 0)
 
     def held_out(query_sets):
-        return [(q.slice, mine_candidates(query_embeddings(retrieval_model, q.examples), items, q.examples,
-                                          catalogue, ranking.candidates, seen=q.seen))
+        return [(q.slice, _lists(retrieval_model, q.examples, tables, catalogue, ranking, seen=q.seen))
                 for q in query_sets if len(q.examples)]
 
-    rows = catalogue.rows(data.train[schema.DOMAIN], data.train[schema.ITEM_ID])
-    counts = np.bincount(rows, minlength=catalogue.size)
-    rating = examples.rating
-    rating_mean = float(np.nanmean(rating)) if rating is not None and (~np.isnan(rating)).any() else None
-    rating_sum = rating_count = None
-    if rating_mean is not None and schema.RATING in data.train:
-        values = pd.to_numeric(data.train[schema.RATING], errors="coerce").to_numpy(np.float64)
-        known = ~np.isnan(values)
-        rating_sum = np.bincount(rows[known], weights=values[known], minlength=catalogue.size).astype(np.float32)
-        rating_count = np.bincount(rows[known], minlength=catalogue.size).astype(np.float32)
-    return RankingData(train, held_out(data.validation), held_out(data.test), catalogue, items,
-                       counts.astype(np.float32), rating_mean, rating_sum, rating_count)
+    return RankingData(train, held_out(data.validation), held_out(data.test), catalogue, tables, label_tables)
 
 
-def build_ranker(config: Config, which: RankerConfig, *, item_embeddings: np.ndarray, item_domain: np.ndarray,
-                 popularity: np.ndarray, num_domains: int, rating_mean: float | None,
-                 rating_sum: np.ndarray | None = None, rating_count: np.ndarray | None = None,
-                 distillation_weight: float = 0.0, name: str = "ranker") -> RankingModel:
-    """A ranker of shape ``which`` over the towers' tables (built, ready to fit or load weights)."""
+def build_ranker(config: Config, which: RankerConfig, tables: FeatureTables, *, distillation_weight: float = 0.0,
+                 name: str = "ranker") -> RankingModel:
+    """A ranker of shape ``which`` over the item tables (built, ready to fit or load weights)."""
     ranking = config.ranking
     weights = dict(ranking.task_weights)
-    if rating_mean is None:
+    if tables.rating_mean is None:
         weights[RATING] = 0.0
-    features = RankingFeatures(item_embeddings, item_domain, popularity, num_domains,
-                               which.features or ranking.features, rating_sum=rating_sum, rating_count=rating_count,
-                               rating_mean=rating_mean or 0.0, name="features")
+    features = RankingFeatures(tables, which.features or ranking.features, name="features")
     model = RankingModel(features, config=which, task_weights=weights, listwise=ranking.loss == "listwise",
-                         distillation_weight=distillation_weight, rating_mean=rating_mean or 0.0, name=name,
+                         distillation_weight=distillation_weight, rating_mean=tables.rating_mean or 0.0, name=name,
                          retrieval_scale=1.0 / config.train.temperature if ranking.residual_on_retrieval else None)
     h = config.towers.history_length
-    model({"query": np.zeros((1, item_embeddings.shape[1]), np.float32), "history": np.zeros((1, h), np.int32),
+    model({"query": np.zeros((1, tables.item_embeddings.shape[1]), np.float32), "history": np.zeros((1, h), np.int32),
            "candidates": np.ones((1, 2), np.int32)})
     return model
 
 
-def _tables(data: RankingData) -> dict:
-    return {"item_embeddings": data.item_embeddings, "item_domain": data.catalogue.item_domain,
-            "popularity": data.popularity, "num_domains": len(data.catalogue.domains),
-            "rating_mean": data.rating_mean, "rating_sum": data.rating_sum, "rating_count": data.rating_count}
+def fresh_parity_weights(lists: CandidateLists, tables: FeatureTables) -> np.ndarray:
+    """(n,) per-list weights under which a new item (no count in ``tables``) is as likely to be the
+    label as any candidate: lists whose target is new weigh (new share of the negatives) / (new
+    share of the positives), the rest 1. A ranker then cannot learn "new, so worse" from the
+    base rate, only from what tells a good new item from a bad one (its towers' score, its text
+    similarity to the history); capped at 10."""
+    new = (tables.popularity[lists.candidates] == 0) & (lists.candidates > 0)
+    positive = lists.labels > 0
+    negative = (lists.candidates > 0) & ~positive
+    pos_share, neg_share = new[positive].mean() if positive.any() else 0.0, new[negative].mean() if negative.any() else 0.0
+    weights = np.ones(len(lists), np.float32)
+    if pos_share > 0 and neg_share > 0:
+        weights[(new & positive).any(axis=1)] = min(neg_share / pos_share, 10.0)
+    return weights
 
 
 def make_list_dataset(lists: CandidateLists, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                      teacher: np.ndarray | None = None) -> tf.data.Dataset:
+                      teacher: np.ndarray | None = None, own_counted: bool = True,
+                      list_weight: np.ndarray | None = None) -> tf.data.Dataset:
     """Batches of labelled candidate lists, gathered whole from in-memory tensors."""
     rating, rating_weight = lists.ratings()
-    columns = {**lists.features(), ENGAGEMENT: lists.labels, RATING: rating, "rating_weight": rating_weight,
-               "popularity_offset": lists.labels}
+    columns = {**lists.features(), ENGAGEMENT: lists.labels, RATING: rating, "rating_weight": rating_weight}
+    if own_counted:  # the tables count each training list's own label: leave it out of its features
+        columns["popularity_offset"] = lists.labels
     if teacher is not None:
         columns["teacher"] = teacher.astype(np.float32)
+    if list_weight is not None:
+        columns["list_weight"] = list_weight.astype(np.float32)
     tensors = {k: tf.constant(v) for k, v in columns.items()}
     index = tf.data.Dataset.range(len(lists))
     if shuffle:
@@ -149,18 +190,34 @@ def target_ratings(model: RankingModel, lists: CandidateLists) -> np.ndarray:
     return score_lists(model, single, head=RATING)[:, 0]
 
 
+def training_scores(model: RankingModel, data: RankingData) -> np.ndarray:
+    """``model``'s scores of the training lists, in the view they were mined in."""
+    if data.label_tables is None:
+        return score_lists(model, data.train)
+    model.features.assign(data.label_tables)
+    try:
+        return score_lists(model, data.train)
+    finally:
+        model.features.assign(data.tables)
+
+
 class RerankEvaluation(tf.keras.callbacks.Callback):
     """NDCG@10 of the re-ranked validation lists after each epoch, into the logs
     (``val_ndcg_at_10``) where EarlyStopping and ModelCheckpoint read it."""
 
-    def __init__(self, validation: list[tuple[str, CandidateLists]]):
+    def __init__(self, validation: list[tuple[str, CandidateLists]], views: tuple | None = None):
         super().__init__()
         self.validation = validation
+        self.views = views  # (serving tables, training tables): validation lists are in the serving view
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not self.validation:
             return
+        if self.views:
+            self.model.features.assign(self.views[0])
         ranks = np.concatenate([list_ranks(lists, score_lists(self.model, lists)) for _, lists in self.validation])
+        if self.views:
+            self.model.features.assign(self.views[1])
         logs[MONITOR] = ranking_metrics(ranks, (10,))["ndcg@10"]
 
 
@@ -173,8 +230,9 @@ def fit_ranker(model: RankingModel, data: RankingData, config: Config, *, out: P
     # Model selection on warm and cold-start lists: in new-item lists the target is the one item
     # without training interactions, a tell that a ranker could exploit there and nowhere else.
     selection = [(name, lists) for name, lists in data.validation if name != NEW_ITEM]
+    views = (data.tables, data.label_tables) if data.label_tables is not None else None
     if selection:
-        callbacks.append(RerankEvaluation(selection))
+        callbacks.append(RerankEvaluation(selection, views))
         monitor, mode = MONITOR, "max"
     callbacks.append(tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
                                                       patience=ranking.early_stopping_patience))
@@ -186,8 +244,16 @@ def fit_ranker(model: RankingModel, data: RankingData, config: Config, *, out: P
             tf.keras.callbacks.BackupAndRestore(str(out / "backup" / name)),
             tf.keras.callbacks.TensorBoard(str(out / "tensorboard" / name), write_graph=False, profile_batch=0),
         ]
-    dataset = make_list_dataset(data.train, ranking.batch_size, seed=ranking.seed, teacher=teacher)
-    history = model.fit(dataset, epochs=ranking.epochs, callbacks=callbacks, verbose=fit_verbosity(progress))
+    parity = fresh_parity_weights(data.train, data.label_tables) if views and ranking.fresh_parity else None
+    dataset = make_list_dataset(data.train, ranking.batch_size, seed=ranking.seed, teacher=teacher,
+                                own_counted=views is None, list_weight=parity)
+    if views:  # train in the label view; the ranker always ends (and is saved) in the serving view
+        model.features.assign(views[1])
+    try:
+        history = model.fit(dataset, epochs=ranking.epochs, callbacks=callbacks, verbose=fit_verbosity(progress))
+    finally:
+        if views:
+            model.features.assign(views[0])
     raise_if_diverged(history.history, f"ranker {name!r}")
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
@@ -227,7 +293,7 @@ def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, 
         out.mkdir(parents=True, exist_ok=True)
     histories = {}
     clock = time.perf_counter()
-    teacher = build_ranker(config, config.ranking.teacher, name=TEACHER, **_tables(ranking_data))
+    teacher = build_ranker(config, config.ranking.teacher, ranking_data.tables, name=TEACHER)
     if initialize is not None:
         initialize(TEACHER, teacher)
     histories[TEACHER] = fit_ranker(teacher, ranking_data, config, out=out, name=TEACHER, progress=progress)
@@ -235,23 +301,26 @@ def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, 
     student = None
     if config.ranking.distill:
         clock = time.perf_counter()
-        teacher_scores = score_lists(teacher, ranking_data.train)
-        student = build_ranker(config, config.ranking.student, name=STUDENT,
-                               distillation_weight=config.ranking.distillation_weight, **_tables(ranking_data))
+        teacher_scores = training_scores(teacher, ranking_data)
+        student = build_ranker(config, config.ranking.student, ranking_data.tables, name=STUDENT,
+                               distillation_weight=config.ranking.distillation_weight)
         if initialize is not None:
             initialize(STUDENT, student)
         histories[STUDENT] = fit_ranker(student, ranking_data, config, out=out, name=STUDENT,
                                         teacher=teacher_scores, progress=progress)
         seconds[STUDENT] = round(time.perf_counter() - clock, 1)
-    metrics = evaluate_rankers(teacher, student, ranking_data.test, ranking_data)
+    metrics = evaluate_rankers(teacher, student, ranking_data.test, ranking_data, config)
     run = RankingRun(teacher, student, ranking_data, metrics, histories, seconds, out)
     if out is not None:
         save_ranking(run, config)
     return run
 
 
-def evaluate_rankers(teacher: RankingModel, student: RankingModel | None, slices, data: RankingData) -> pd.DataFrame:
-    """Retrieval order, teacher and student on the same candidate lists (see ``ranking.evaluate``)."""
+def evaluate_rankers(teacher: RankingModel, student: RankingModel | None, slices, data: RankingData,
+                     config: Config | None = None) -> pd.DataFrame:
+    """Retrieval order, teacher, student and the served list (the exported ranker's order under
+    ``ranking.new_items``, as the ``recommender`` SavedModel answers) on the same candidate lists
+    (see ``ranking.evaluate``)."""
     orders = {RETRIEVAL_ORDER: lambda lists: lists.retrieval_scores, TEACHER: lambda lists: score_lists(teacher, lists)}
     ratings = {}
     if data.rating_mean is not None:
@@ -260,7 +329,20 @@ def evaluate_rankers(teacher: RankingModel, student: RankingModel | None, slices
         orders[STUDENT] = lambda lists: score_lists(student, lists)
         if data.rating_mean is not None:
             ratings[STUDENT] = lambda lists: target_ratings(student, lists)
+    if config is not None:
+        served = student if config.export.ranker == "student" and student is not None else teacher
+        orders[SERVED] = lambda lists: served_order(served, lists, data.tables, config.ranking.new_items)
     return rerank_metrics(orders, slices, data.catalogue, ratings=ratings)
+
+
+def served_order(model: RankingModel, lists: CandidateLists, tables: FeatureTables, new_items: str) -> np.ndarray:
+    """(n, L) scores in the order the ``recommender`` SavedModel serves each list."""
+    scores = score_lists(model, lists)
+    if new_items != "retrieval_rank":
+        return scores
+    is_new = tables.popularity[lists.candidates] <= 0
+    return served_scores(scores, np.where(lists.candidates > 0, lists.retrieval_scores, -np.inf), lists.candidates,
+                         is_new).numpy()
 
 
 def _check_same_catalogue(trained: Catalogue, current: Catalogue, where) -> None:
@@ -276,19 +358,24 @@ def _check_same_catalogue(trained: Catalogue, current: Catalogue, where) -> None
 def save_ranking(run: RankingRun, config: Config) -> None:
     out = run.out_dir
     data = run.data
-    spec = {"num_items": int(data.catalogue.size), "embedding_dim": int(data.item_embeddings.shape[1]),
+    spec = {"num_items": int(data.catalogue.size), "embedding_dim": int(data.tables.item_embeddings.shape[1]),
             "domains": data.catalogue.domains, "rating_mean": data.rating_mean,
-            "history_length": config.towers.history_length}
+            "history_length": config.towers.history_length,
+            "sources": [{"name": t.name, "width": int(t.neighbours.shape[1]), "position_decay": t.position_decay}
+                        for t in data.tables.sources]}
     (out / "ranking_spec.json").write_text(json.dumps(spec, indent=2))
     save_config(config, out / "config.yaml")
     run.teacher.save_weights(str(out / "teacher.weights.h5"))
     if run.student is not None:
         run.student.save_weights(str(out / "student.weights.h5"))
     run.metrics.to_csv(out / "rerank_metrics.csv", index=False)
+    recall = source_recall(data.test, data.catalogue)
+    recall.to_csv(out / "source_recall.csv", index=False)
     summary = {"training_lists": len(data.train), "list_length": int(data.train.candidates.shape[1]),
                "validation_lists": sum(len(v) for _, v in data.validation),
                "test_lists": sum(len(v) for _, v in data.test), "seconds": run.seconds, "histories": run.histories,
                "test_metrics": json.loads(run.metrics.to_json(orient="records")),
+               "source_recall": json.loads(recall.to_json(orient="records")),
                "ranking_config": to_dict(config.ranking)}
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
 
@@ -301,14 +388,13 @@ def load_ranking(out_dir: str | Path) -> tuple[RankingModel, RankingModel | None
     config = load_config(out / "config.yaml")
     spec = json.loads((out / "ranking_spec.json").read_text())
     n, e = spec["num_items"], spec["embedding_dim"]
-    tables = {"item_embeddings": np.zeros((n, e), np.float32), "item_domain": np.zeros(n, np.int32),
-              "popularity": np.zeros(n, np.float32), "num_domains": len(spec["domains"]),
-              "rating_mean": spec["rating_mean"]}
-    teacher = build_ranker(config, config.ranking.teacher, name=TEACHER, **tables)
+    tables = FeatureTables.empty(n, e, len(spec["domains"]), spec["rating_mean"],
+                                 [(s["name"], s["width"], s["position_decay"]) for s in spec.get("sources", [])])
+    teacher = build_ranker(config, config.ranking.teacher, tables, name=TEACHER)
     teacher.load_weights(str(out / "teacher.weights.h5"))
     student = None
     if (out / "student.weights.h5").exists():
-        student = build_ranker(config, config.ranking.student, name=STUDENT,
-                               distillation_weight=config.ranking.distillation_weight, **tables)
+        student = build_ranker(config, config.ranking.student, tables, name=STUDENT,
+                               distillation_weight=config.ranking.distillation_weight)
         student.load_weights(str(out / "student.weights.h5"))
     return teacher, student, config

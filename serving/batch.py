@@ -8,8 +8,8 @@ core) and on a cluster (``--runner`` Dataflow, Flink, Spark: Beam pipeline optio
 - or the interactions table itself (``--interactions``, canonical schema), from which each
   user's history is built (ordered by ``timestamp`` or ``seq_pos``);
 
-runs the exported ``retrieval`` SavedModel (and, with ``--rank-top N``, the ``ranking`` model on
-the top N) through ``RunInference`` with ``SavedModelHandler``, a small ``ModelHandler`` over
+runs the exported ``retrieval`` SavedModel (and, with ``--rank-top N``, the ``recommender``
+model, whose top N of the merged and ranked candidate sources head each list) through ``RunInference`` with ``SavedModelHandler``, a small ``ModelHandler`` over
 ``tf.saved_model.load`` that scores whole batches, keyed by user, and writes Parquet shards
 ``candidates-*.parquet`` with ``user_id, domain, rank, item_id, score, model_name,
 model_version``. Bad rows (no user id, unknown domain, malformed history) go to
@@ -145,35 +145,24 @@ class SavedModelHandler(ModelHandler[Query, dict, object]):
         return NAMESPACE
 
 
-class RankingHandler(SavedModelHandler):
-    """Re-orders the first ``top`` retrieved items of each query with the ``ranking`` model.
-    Examples are ``(Query, retrieved)``; yields ``retrieved`` with the head re-ordered and
-    re-scored (``ranked`` = how many)."""
+class RecommenderHandler(SavedModelHandler):
+    """The first ``top`` items of each list from the ``recommender`` model (the served path:
+    the towers' and the candidate sources' proposals merged and ranked), then the retrieved items
+    it did not pick. Examples are ``(Query, retrieved)``; yields ``retrieved`` with that head
+    (``ranked`` = its length)."""
 
-    def __init__(self, served: ServedModel, *, top: int, max_batch_size: int = 1024):
-        super().__init__(served, k=top, max_batch_size=max_batch_size)
+    def __init__(self, served: ServedModel, *, top: int, exclude_seen: bool = True, max_batch_size: int = 1024):
+        super().__init__(served, k=top, exclude_seen=exclude_seen, max_batch_size=max_batch_size)
         self.top = top
 
     def run_inference(self, batch, model, inference_args=None):
-        import tensorflow as tf
-
-        heads = [r["item_ids"][:self.top] for _, r in batch]
-        width = max(1, max(len(h) for h in heads))
-        candidates = np.full((len(batch), width), b"", dtype=object)
-        for i, head in enumerate(heads):
-            candidates[i, :len(head)] = [h.encode() for h in head]
         queries = [q for q, _ in batch]
-        out = model(history_item_ids=tf.constant(_pad([q.history_item_ids for q in queries])),
-                    history_domains=tf.constant(_pad([q.history_domains for q in queries])),
-                    target_domain=tf.constant([q.domain.encode() for q in queries]),
-                    candidate_item_ids=tf.constant(candidates))
-        engagement = out["engagement"].numpy()
-        for i, (_, retrieved) in enumerate(batch):
-            head = heads[i]
-            order = np.argsort(-engagement[i, :len(head)], kind="stable")
-            yield {**retrieved, "item_ids": [head[j] for j in order] + retrieved["item_ids"][len(head):],
-                   "scores": [float(engagement[i, j]) for j in order] + retrieved["scores"][len(head):],
-                   "ranked": len(head)}
+        for (_, retrieved), served in zip(batch, super().run_inference(queries, model), strict=True):
+            head = served["item_ids"]
+            rest = [(item, score) for item, score in zip(retrieved["item_ids"], retrieved["scores"], strict=True)
+                    if item not in set(head)][:max(0, len(retrieved["item_ids"]) - len(head))]
+            yield {**retrieved, "item_ids": head + [item for item, _ in rest],
+                   "scores": served["scores"] + [score for _, score in rest], "ranked": len(head)}
 
     def get_num_bytes(self, batch) -> int:
         return sum(16 * (1 + len(q.history_item_ids) + len(r["item_ids"])) for q, r in batch)
@@ -302,7 +291,10 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     unknown = sorted(set(targets) - set(known))
     if unknown:
         raise ConfigError(f"--domains: unknown {unknown}; the model knows {known}")
-    ranking = ServedModel.latest(model_dir, "ranking") if rank_top else None
+    ranking = ServedModel.latest(model_dir, "recommender") if rank_top else None
+    if ranking is not None and rank_top > int(ranking.metadata.get("max_k") or rank_top):
+        raise ConfigError(f"--rank-top {rank_top}: the recommender answers at most {ranking.metadata['max_k']} items; "
+                          "ask for fewer or re-export with a larger export.max_k")
     output = str(output)
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
@@ -328,8 +320,8 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
                   | "Join" >> beam.CoGroupByKey()
                   | "Pair" >> beam.FlatMap(lambda kv: [(kv[0], pair) for pair in
                                                        zip(kv[1]["query"], kv[1]["retrieved"], strict=False)]))
-        results = (paired | "Rank" >> RunInference(KeyedModelHandler(RankingHandler(ranking, top=rank_top,
-                                                                                   max_batch_size=batch_size)))
+        results = (paired | "Rank" >> RunInference(KeyedModelHandler(RecommenderHandler(
+                       ranking, top=rank_top, exclude_seen=exclude_seen, max_batch_size=batch_size)))
                    | "UnwrapRanked" >> beam.Map(_unwrap))
     tables = (results
               | "BatchRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)

@@ -102,7 +102,8 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
             metadata = {"model": name, "version": number, "crossrec_version": crossrec.__version__,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "signature": signature_description(module.serve),
-                        "max_k": export.max_k, "domains": parts.lookups.served,
+                        "max_k": min(export.max_k, config.ranking.candidates) if name == "recommender"
+                        else export.max_k, "domains": parts.lookups.served,
                         "zero_shot_domains": parts.lookups.zero_shot,
                         "history_length": config.towers.history_length,
                         "index": index_info if name in ("retrieval", "recommender") else None,

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from crossrec.errors import ConfigError
+from ranking.policy import served_scores
 from serving.lookups import UNKNOWN_SCORE, item_keys
 from serving.parts import ExportParts
 from towers.model import user_query
@@ -159,14 +160,49 @@ class RankingModule(QueryModule):
 
 
 class RecommenderModule(RankingModule):
+    """Sources -> merge -> rank -> top k in one call: the towers' top ``ranking.candidates`` from
+    the index, then each candidate source's top ``ranking.source_candidates`` of the target
+    domain (its neighbour tables are the ranker's own weights), duplicates dropped, ranked by the
+    ranker; with ``ranking.new_items: retrieval_rank`` a new item keeps its place by the towers'
+    score (``ranking.policy``). ``scores`` are the ranker's. Only standard TensorFlow ops: stock
+    TF Serving loads it."""
+
     def __init__(self, parts: ExportParts):
         QueryModule.__init__(self, parts, "recommender")
         self.ranker = parts.ranker
         self.index = parts.index
         self.max_k = parts.config.export.max_k
         self.candidates = int(min(parts.config.ranking.candidates, parts.index.k))
+        self.source_names = list(getattr(parts.ranker.features, "source_names", []))
+        self.new_item_policy = parts.config.ranking.new_items
+        self.source_candidates = int(parts.config.ranking.source_candidates) if self.source_names else 0
         self.serve = tf.function(self._serve_top, input_signature=_history_specs() + [
             tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")])
+
+    def _proposals(self, rows, target, exclude_history):
+        """(b, S * source_candidates) item rows proposed by the sources (0 = none)."""
+        in_domain = tf.equal(tf.convert_to_tensor(self.lookups.item_served)[None, :], target[:, None])  # (b, size)
+        batch = tf.shape(rows)[0]
+        size = tf.shape(in_domain)[1]
+        seen = tf.where(exclude_history[:, None], rows, tf.zeros_like(rows))
+        seen_mask = tf.scatter_nd(tf.stack([tf.repeat(tf.range(batch), tf.shape(rows)[1]), tf.reshape(seen, [-1])], 1),
+                                  tf.ones([tf.size(seen)], tf.float32), [batch, size]) > 0
+        found = []
+        for name in self.source_names:
+            scores = self.ranker.features.source_scores(name, rows)
+            scores = tf.where(in_domain & ~seen_mask, scores, 0.0)
+            top, picked = tf.math.top_k(scores, k=tf.minimum(self.source_candidates, size))
+            found.append(tf.where(top > 0, picked, 0))
+        return tf.concat(found, axis=1)
+
+    @staticmethod
+    def _drop_duplicates(candidates):
+        """Later copies of an earlier candidate -> 0."""
+        same = tf.equal(candidates[:, :, None], candidates[:, None, :])  # (b, L, L)
+        earlier = tf.linalg.band_part(tf.ones_like(same[0], tf.bool), -1, 0) & ~tf.eye(tf.shape(candidates)[1],
+                                                                                         dtype=tf.bool)
+        repeated = tf.reduce_any(same & earlier[None], axis=2)
+        return tf.where(repeated, tf.zeros_like(candidates), candidates)
 
     def _serve_top(self, history_item_ids, history_domains, target_domain, k, exclude_history):
         limit = min(self.max_k, self.candidates)
@@ -179,15 +215,23 @@ class RecommenderModule(RankingModule):
             checks, history_item_ids, history_domains, target_domain, k, exclude_history)
         query, rows, target = self._query(history_item_ids, history_domains, target_domain)
         width = tf.minimum(tf.reduce_max(k), limit)
-        retrieval_scores, found = self._retrieve(query, rows, target, exclude_history, self.candidates)
+        _, found = self._retrieve(query, rows, target, exclude_history, self.candidates)
+        if self.source_names:
+            found = self._drop_duplicates(tf.concat([found, self._proposals(rows, target, exclude_history)], axis=1))
         ranked = self._rank(query, rows, found)["engagement"]
-        scores, order = tf.math.top_k(ranked, k=width)
+        towers = tf.reduce_sum(query[:, None, :] * self.lookups.embedding_rows(found), axis=-1)
+        order_by = ranked
+        if self.new_item_policy == "retrieval_rank":  # new items keep the towers' place (ranking.policy)
+            is_new = tf.gather(self.ranker.features.tables["popularity"], found) <= 0
+            order_by = served_scores(ranked, towers, found, is_new)
+        _, order = tf.math.top_k(order_by, k=width)
         picked = tf.gather(found, order, batch_dims=1)
+        scores = tf.gather(ranked, order, batch_dims=1)
+        retrieval_scores = tf.gather(towers, order, batch_dims=1)
         beyond = (tf.range(width)[None, :] >= k[:, None]) | (picked == 0)
         return {"item_ids": tf.where(beyond, tf.constant(b""), tf.gather(self.lookups.item_ids, picked)),
                 "scores": tf.where(beyond, UNKNOWN_SCORE, scores),
-                "retrieval_scores": tf.where(beyond, UNKNOWN_SCORE,
-                                             tf.gather(retrieval_scores, order, batch_dims=1)),
+                "retrieval_scores": tf.where(beyond, UNKNOWN_SCORE, retrieval_scores),
                 **self._history_counts(rows, target), **self._because(picked, rows, beyond)}
 
 

@@ -80,7 +80,7 @@ def tiny_pipeline(tiny_preset, tmp_path_factory):
                     encoder=EncoderConfig(preset=str(tiny_preset), sequence_length=16, cache_dir=str(tmp / "cache")),
                     towers=TowerConfig(embedding_dim=16, history_length=8),
                     train=TrainConfig(epochs=2, batch_size=128, learning_rate=0.01),
-                    ranking=RankingConfig(candidates=10, epochs=4, batch_size=32, random_negatives=2,
+                    ranking=RankingConfig(candidates=10, epochs=4, batch_size=32, random_negatives=2, learning_rate=0.01,
                                           teacher=RankerConfig(cross_layers=2, deep_layers=[32, 16]),
                                           student=RankerConfig(cross_layers=1, cross_projection_dim=4,
                                                                deep_layers=[8], dropout=0.0)),

@@ -27,14 +27,15 @@ def users_table(run, n=12) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def one_by_one(saved_models, user: dict, k: int) -> list[str]:
-    """The retrieval SavedModel called in-process for one user, seen items of the domain removed."""
-    serve = tf.saved_model.load(str(saved_models / "retrieval" / "1")).signatures["serving_default"]
+def one_by_one(saved_models, user: dict, k: int, model: str = "retrieval") -> list[str]:
+    """The ``model`` SavedModel called in-process for one user, seen items of the domain removed."""
+    serve = tf.saved_model.load(str(saved_models / model / "1")).signatures["serving_default"]
     seen = {i for i, d in zip(user["history_item_ids"], user["history_domains"], strict=True)
             if d == user[schema.DOMAIN]}
     out = serve(history_item_ids=tf.constant([list(user["history_item_ids"]) or [""]]),
                 history_domains=tf.constant([list(user["history_domains"]) or [""]]),
-                target_domain=tf.constant([user[schema.DOMAIN]]), k=tf.constant([min(20, k + len(seen))]),
+                target_domain=tf.constant([user[schema.DOMAIN]]),
+                k=tf.constant([min(20 if model == "retrieval" else 10, k + len(seen))]),
                 exclude_history=tf.constant([True]))
     found = [b.decode() for b in out["item_ids"][0].numpy() if b]
     return [i for i in found if i not in seen][:k]
@@ -134,19 +135,20 @@ def test_histories_built_from_the_interactions_table_give_the_same_candidates(ti
         assert out[out["user_id"] == user].sort_values("rank")["item_id"].tolist() == expected
 
 
-def test_rank_top_reorders_the_head_with_the_ranking_model(tiny_exported, tmp_path):
+def test_rank_top_heads_each_list_with_the_recommenders_merged_and_ranked_answer(tiny_exported, tmp_path):
     _, run, saved_models, _ = tiny_exported
     users = users_table(run, 4)
     users.to_parquet(tmp_path / "users.parquet")
     run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=6, rank_top=3)
     out = read(tmp_path / "out", "candidates")
     ranked = out[out["rank"] <= 3]
-    assert set(ranked["model_name"]) == {"ranking"} and set(out[out["rank"] > 3]["model_name"]) == {"retrieval"}
+    assert set(ranked["model_name"]) == {"recommender"} and set(out[out["rank"] > 3]["model_name"]) == {"retrieval"}
     plain = users_table(run, 4).to_dict("records")
     for user in plain:
-        mine = out[out["user_id"] == user[schema.USER_ID]].sort_values("rank")
+        mine = out[out["user_id"] == user[schema.USER_ID]].sort_values("rank")["item_id"].tolist()
+        head = one_by_one(saved_models, user, 3, model="recommender")
         retrieved = one_by_one(saved_models, user, 6)
-        assert set(mine["item_id"][:3]) == set(retrieved[:3]) and mine["item_id"].tolist()[3:] == retrieved[3:]
+        assert mine[:3] == head and mine[3:] == [i for i in retrieved if i not in head][:3]
 
 
 def test_k_beyond_the_exported_max_k_is_a_clear_error(tiny_exported, tmp_path):

@@ -196,6 +196,41 @@ def rest(server, path, body=None):
         return error.code, json.loads(error.read())
 
 
+def test_the_recommender_merges_the_sources_and_ranks_like_the_in_process_pipeline(exported, tiny_pipeline):
+    from ranking.tables import build_tables
+    from ranking.train import _lists, _text_vectors, load_ranking, served_order
+
+    config, run, out, _ = exported
+    _, student, _ = load_ranking(tiny_pipeline[3])
+    data = run.data
+    tables = build_tables(data.train, data.catalogue, run.model.all_item_embeddings(), _text_vectors(run.model),
+                          sources=config.ranking.sources, per_domain=config.ranking.source_neighbours)
+    examples = data.test[0].examples
+    fresh = np.array([t not in h and (h > 0).any() for t, h in zip(examples.target, examples.history, strict=True)])
+    examples = examples.subset(np.flatnonzero(fresh)[:8])
+    lists = _lists(run.model, examples, tables, data.catalogue, config.ranking)
+    assert (lists.candidates[:, config.ranking.candidates:] > 0).any()  # the sources added candidates
+    scores = served_order(student, lists, tables, config.ranking.new_items)  # new items at the towers' place
+    scores = np.where(lists.candidates > 0, scores, -np.inf)
+    expected = np.take_along_axis(lists.candidates, np.argsort(-scores, axis=1, kind="stable"), 1)
+    items = data.catalogue.items.set_index("row")
+    served = tf.saved_model.load(str(out / "recommender" / "1")).signatures["serving_default"]
+    for i in range(len(examples)):
+        history = examples.history[i][examples.history[i] > 0]
+        answer = served(history_item_ids=tf.constant([items.loc[history, schema.ITEM_ID].tolist()]),
+                        history_domains=tf.constant([items.loc[history, schema.DOMAIN].tolist()]),
+                        target_domain=tf.constant([data.catalogue.domains[examples.target_domain[i]]]),
+                        k=tf.constant([5]), exclude_history=tf.constant([True]))
+        got = [b.decode() for b in answer["item_ids"][0].numpy() if b]
+        assert got == items.loc[expected[i, :len(got)], schema.ITEM_ID].tolist()
+    # a brand-new user known by items the model has never seen: the towers still answer, the sources add nothing
+    domain = data.catalogue.domains[examples.target_domain[0]]
+    answer = served(history_item_ids=tf.constant([["never-seen-1", "never-seen-2"]]),
+                    history_domains=tf.constant([[domain, domain]]), target_domain=tf.constant([domain]),
+                    k=tf.constant([5]), exclude_history=tf.constant([True]))
+    assert all(answer["item_ids"][0].numpy()) and answer["history_known"].numpy().tolist() == [0]
+
+
 def test_grpc_answers_equal_in_process_calls_of_the_signatures(exported, server):
     _, run, out, _ = exported
     srv, _ = server
@@ -247,6 +282,8 @@ def test_grpc_errors_are_tf_serving_status_codes_naming_the_field(exported, serv
         ("retrieval", {**good, "k": np.array([1000], np.int32)}, None, grpc.StatusCode.INVALID_ARGUMENT,
          "k: must be at most 20"),
         ("retrieval", {**good, "target_domain": np.array([b"toys"], dtype=object)}, None,
+         grpc.StatusCode.INVALID_ARGUMENT, "unknown domain; known domains: books"),
+        ("recommender", {**good, "target_domain": np.array([b"toys"], dtype=object)}, None,
          grpc.StatusCode.INVALID_ARGUMENT, "unknown domain; known domains: books"),
     ]
     with CrossrecClient(f"127.0.0.1:{srv.port}") as client:

@@ -45,8 +45,15 @@ def cmd_train_ranking(args: argparse.Namespace) -> int:
         config = replace(config, ranking=replace(config.ranking, epochs=args.epochs))
     run = train_ranking(config, args.retrieval, args.out, progress=not args.quiet)
     print(f"\nrankers trained in {sum(run.seconds.values()):.0f} s ({run.seconds}); outputs in {args.out}/")
-    print("NDCG@10 of the same retrieved candidates: retrieval order vs re-ranked")
+    print("NDCG@10 of the same merged candidates: the towers' order vs re-ranked vs served")
     print(ndcg_table(run.metrics).round(4).to_string())
+    from ranking.evaluate import source_recall
+
+    recall = source_recall(run.data.test, run.data.catalogue)
+    if not recall.empty:
+        print("\nshare of test targets in each source's list (mean list length)")
+        table = recall[recall["domain"] == "all"].pivot(index="slice", columns="source", values="recall")
+        print(table.round(3).to_string())
     return 0
 
 
