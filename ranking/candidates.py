@@ -55,6 +55,33 @@ class CandidateLists:
                               self.retrieval_scores[mask], {k: v[mask] for k, v in self.proposals.items()})
 
 
+def domain_chunks(catalogue: Catalogue, target_domain_names: np.ndarray, chunk: int):
+    """Per target domain, chunks of the queries that ask for it: (query indices, the domain's
+    item rows, the column of every catalogue row among them or -1)."""
+    item_domain = catalogue.item_domain_name
+    target_domain_names = np.asarray(target_domain_names, object)
+    for domain in pd.unique(target_domain_names):
+        pool = np.flatnonzero(item_domain == domain)
+        pool = pool[pool > 0]
+        if len(pool) == 0:
+            continue
+        column = np.full(catalogue.size, -1, np.int64)
+        column[pool] = np.arange(len(pool))
+        idx = np.flatnonzero(target_domain_names == domain)
+        for start in range(0, len(idx), chunk):
+            yield idx[start:start + chunk], pool, column
+
+
+def best_columns(scores: np.ndarray, top: int) -> np.ndarray:
+    """(rows, top) the columns of each row's ``top`` highest scores, best first."""
+    if top < scores.shape[1]:
+        best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+    else:
+        best = np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    order = np.argsort(-np.take_along_axis(scores, best, 1), axis=1, kind="stable")
+    return np.take_along_axis(best, order, 1)
+
+
 def mine_candidates(query: np.ndarray, item_embeddings: np.ndarray, examples: Examples, catalogue: Catalogue,
                     k: int, *, seen: list[np.ndarray] | None = None, include_target: bool = False,
                     random_negatives: int = 0, seed: int = 0, chunk: int = 2048) -> CandidateLists:
@@ -68,40 +95,25 @@ def mine_candidates(query: np.ndarray, item_embeddings: np.ndarray, examples: Ex
     candidates = np.zeros((n, width), np.int32)
     scores = np.full((n, width), -np.inf, np.float32)
     rng = np.random.default_rng(seed)
-    item_domain = catalogue.item_domain_name
-    target_domain = item_domain[examples.target]
-    for domain in pd.unique(target_domain):
-        pool = np.flatnonzero(item_domain == domain)  # item rows of the domain
-        pool = pool[pool > 0]
-        if len(pool) == 0:
-            continue
-        column = np.full(catalogue.size, -1, np.int64)
-        column[pool] = np.arange(len(pool))
+    for part, pool, column in domain_chunks(catalogue, catalogue.item_domain_name[examples.target], chunk):
         top = min(k, len(pool))
-        idx = np.flatnonzero(target_domain == domain)
-        for start in range(0, len(idx), chunk):
-            part = idx[start:start + chunk]
-            s = query[part] @ item_embeddings[pool].T  # (chunk, pool)
-            target_col = column[examples.target[part]]
-            for i, q in enumerate(part):
-                cols = column[seen[q] if seen is not None else examples.history[q]]
-                cols = cols[(cols >= 0) & (cols != target_col[i])]
-                s[i, cols] = -np.inf
-            best = np.argpartition(-s, top - 1, axis=1)[:, :top] if top < len(pool) else \
-                np.tile(np.arange(len(pool)), (len(part), 1))
-            order = np.take_along_axis(s, best, 1).argsort(axis=1)[:, ::-1]
-            best = np.take_along_axis(best, order, 1)  # (chunk, top) columns, best first
-            if include_target:
-                missing = ~(best == target_col[:, None]).any(axis=1)
-                best[missing, -1] = target_col[missing]
-            rows = pool[best]
-            candidates[part, :top] = rows
-            scores[part, :top] = np.take_along_axis(s, best, 1)
-            if random_negatives:
-                extra = rng.integers(0, len(pool), size=(len(part), random_negatives))
-                extra = np.where(extra == target_col[:, None], (extra + 1) % len(pool), extra)
-                candidates[part, k:] = pool[extra]
-                scores[part, k:] = np.take_along_axis(s, extra, 1)
+        s = query[part] @ item_embeddings[pool].T  # (chunk, pool)
+        target_col = column[examples.target[part]]
+        for i, q in enumerate(part):
+            cols = column[seen[q] if seen is not None else examples.history[q]]
+            cols = cols[(cols >= 0) & (cols != target_col[i])]
+            s[i, cols] = -np.inf
+        best = best_columns(s, top)  # (chunk, top) columns, best first
+        if include_target:
+            missing = ~(best == target_col[:, None]).any(axis=1)
+            best[missing, -1] = target_col[missing]
+        candidates[part, :top] = pool[best]
+        scores[part, :top] = np.take_along_axis(s, best, 1)
+        if random_negatives:
+            extra = rng.integers(0, len(pool), size=(len(part), random_negatives))
+            extra = np.where(extra == target_col[:, None], (extra + 1) % len(pool), extra)
+            candidates[part, k:] = pool[extra]
+            scores[part, k:] = np.take_along_axis(s, extra, 1)
     # seen items that fell into the list (possible only when the domain has fewer than k unseen items)
     candidates[np.isneginf(scores)] = 0
     return CandidateLists(examples, query.astype(np.float32), candidates, scores)

@@ -167,8 +167,9 @@ class RankingFeatures(tf.keras.layers.Layer):
             elif name == "text_similarity":
                 last_in_domain = tf.cast(tf.gather(last, domain, batch_dims=1), tf.int32)  # (b, L), -1 = none
                 recent = tf.gather(history, tf.maximum(last_in_domain, 0), batch_dims=1)  # (b, L) item rows
-                text = tf.math.l2_normalize(t["text_vectors"], axis=-1)
-                cosine = tf.reduce_sum(tf.gather(text, candidates) * tf.gather(text, recent), axis=-1)
+                text = t["text_vectors"]  # normalised after the gather: only the rows a request reads
+                cosine = tf.reduce_sum(tf.math.l2_normalize(tf.gather(text, candidates), axis=-1)
+                                       * tf.math.l2_normalize(tf.gather(text, recent), axis=-1), axis=-1)
                 has = tf.cast(last_in_domain >= 0, tf.float32)
                 parts.append(tf.stack([cosine * has, has], axis=-1))
             elif name == "item_age":

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 
 from crossrec import schema
 from crossrec.features import Catalogue, in_user_order
+from ranking.candidates import best_columns, domain_chunks
 
 CO_VISITATION, PROPAGATION = "co_visitation", "propagation"
 SOURCES = (CO_VISITATION, PROPAGATION)
@@ -160,30 +161,16 @@ def propose(table: NeighbourTable, history: np.ndarray, target_domain_names: np.
     n = len(history)
     candidates = np.zeros((n, k), np.int32)
     scores = np.zeros((n, k), np.float32)
-    item_domain = catalogue.item_domain_name
-    target_domain_names = np.asarray(target_domain_names, object)
-    for domain in pd.unique(target_domain_names):
-        pool = np.flatnonzero(item_domain == domain)
-        pool = pool[pool > 0]
-        if len(pool) == 0:
-            continue
-        column = np.full(catalogue.size, -1, np.int64)
-        column[pool] = np.arange(len(pool))
+    for part, pool, column in domain_chunks(catalogue, target_domain_names, chunk):
+        dense = table.scores(history[part])[:, pool].toarray()  # (chunk, pool)
+        for i, q in enumerate(part):
+            leave = column[seen[q] if seen is not None else history[q]]
+            if keep is not None:
+                leave = leave[leave != column[keep[q]]]
+            dense[i, leave[leave >= 0]] = 0.0
         top = min(k, len(pool))
-        idx = np.flatnonzero(target_domain_names == domain)
-        for start in range(0, len(idx), chunk):
-            part = idx[start:start + chunk]
-            dense = table.scores(history[part])[:, pool].toarray()  # (chunk, pool)
-            for i, q in enumerate(part):
-                leave = column[seen[q] if seen is not None else history[q]]
-                if keep is not None:
-                    leave = leave[leave != column[keep[q]]]
-                dense[i, leave[leave >= 0]] = 0.0
-            best = np.argpartition(-dense, top - 1, axis=1)[:, :top] if top < len(pool) else \
-                np.tile(np.arange(len(pool)), (len(part), 1))
-            best_scores = np.take_along_axis(dense, best, 1)
-            order = np.argsort(-best_scores, axis=1, kind="stable")
-            best, best_scores = np.take_along_axis(best, order, 1), np.take_along_axis(best_scores, order, 1)
-            candidates[part, :top] = np.where(best_scores > 0, pool[best], 0)
-            scores[part, :top] = np.where(best_scores > 0, best_scores, 0.0)
+        best = best_columns(dense, top)
+        best_scores = np.take_along_axis(dense, best, 1)
+        candidates[part, :top] = np.where(best_scores > 0, pool[best], 0)
+        scores[part, :top] = np.where(best_scores > 0, best_scores, 0.0)
     return candidates, scores
