@@ -15,7 +15,7 @@ type is a ``ConfigError`` that names the key, what was expected and what was fou
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +23,14 @@ import yaml
 
 from crossrec import schema
 from crossrec.errors import ConfigError
+from crossrec.ranking_config import (  # noqa: F401 (the ranking section, re-exported for its users)
+    CANDIDATE_SOURCES,
+    DEFAULT_STUDENT_FEATURES,
+    RANKING_FEATURES,
+    RANKING_TASKS,
+    RankerConfig,
+    RankingConfig,
+)
 from crossrec.typed import from_dict, to_dict
 
 DataFormat = Literal["table", "movielens", "amazon"]
@@ -206,141 +214,6 @@ class TrainConfig:
     # Mixed precision on GPU (ignored on CPU).
     mixed_precision: bool = True
     seed: int = 0
-
-
-RANKING_FEATURES = ("query", "candidate", "product", "retrieval_score", "retrieval_rank", "domain",
-                    "log_popularity", "item_rating", "history_length", "recency", "co_visitation", "propagation",
-                    "text_similarity", "item_age")
-CANDIDATE_SOURCES = ("co_visitation", "propagation")
-DEFAULT_STUDENT_FEATURES = ("retrieval_score", "retrieval_rank", "domain", "log_popularity", "history_length",
-                            "recency", "co_visitation", "propagation", "text_similarity", "item_age")
-RANKING_TASKS = ("engagement", "rating")
-
-
-def _check_features(features: list[str], where: str) -> None:
-    unknown = [f for f in features if f not in RANKING_FEATURES]
-    if unknown or not features:
-        raise ConfigError(f"{where}: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
-                          f"choose from {', '.join(RANKING_FEATURES)}")
-
-
-@dataclass
-class RankerConfig:
-    """One ranking network (``ranking.model``): DCN-v2 cross layers, then a deep stack."""
-
-    cross_layers: int = 2
-    # Rank of the low-rank cross layers (W = U V); null = full-rank cross layers.
-    cross_projection_dim: int | None = None
-    deep_layers: list[int] = field(default_factory=lambda: [256, 128])
-    dropout: float = 0.1
-    # Its inputs (see ranking.features); null = ranking.features.
-    features: list[str] | None = None
-
-    def __post_init__(self):
-        _check_features(self.features or list(RANKING_FEATURES), "features")
-
-
-@dataclass
-class RankingConfig:
-    """The ranking model that reorders retrieved candidates (``ranking``)."""
-
-    # Candidates per query: the retrieval model's top-K in the target domain (training lists
-    # also always hold the true next item).
-    candidates: int = 50
-    # Candidate sources merged with the towers' top-K (ranking.sources): co_visitation (items
-    # that follow one another in users' sequences) and propagation (a random walk item -> users
-    # -> items: what users like this one have). [] = the towers' list alone.
-    sources: list[str] = field(default_factory=lambda: list(CANDIDATE_SOURCES))
-    # Candidates each source adds (before duplicates of the towers' list are dropped).
-    source_candidates: int = 25
-    # Neighbours each item keeps per domain in a source's table.
-    source_neighbours: int = 30
-    # The ranker trains on each training user's last `label_tail` interactions, with every table
-    # it reads (counts, sources, first-seen times) built from the interactions before them, so
-    # no feature contains its own label and items seen only in the tail look new (ranking.tables).
-    # 0 = random training examples with only the label's own count left out.
-    label_tail: int = 5
-    # Share of the items made new in that view (every interaction of theirs left out of the
-    # tables, their towers' vector from text alone), so the ranker learns what a fresh item that
-    # wins looks like instead of burying every item without a count.
-    fresh_item_share: float = 0.1
-    # Weigh the training lists so that a new item is as likely to be the label as any other
-    # candidate (ranking.train.fresh_parity_weights): "new" then carries no penalty of its own.
-    fresh_parity: bool = True
-    # The served order (ranking.policy): retrieval_rank = a new item (no training interaction)
-    # keeps the place the towers' score gives it in the list and the ranker orders the rest;
-    # ranker = the ranker orders everything.
-    new_items: Literal["retrieval_rank", "ranker"] = "retrieval_rank"
-    # Extra random items of the target domain per training list (0 = only retrieval's hard negatives).
-    random_negatives: int = 0
-    # Training queries to mine lists for (a seeded random sample; null = every training example).
-    max_queries: int | None = 50000
-    # pointwise: binary cross-entropy per candidate; listwise: softmax cross-entropy over each list
-    # (the default: every training list holds its one label; listwise was ahead on the built-in data).
-    loss: Literal["pointwise", "listwise"] = "listwise"
-    # Inputs of the ranker, from: query, candidate (the towers' embeddings), product (their
-    # element-wise product), retrieval_score (their dot product), retrieval_rank (its place in
-    # the list), domain (of the candidate), log_popularity, item_rating (the item's mean training
-    # rating, when the data has ratings), history_length (the user's, in the candidate's domain
-    # and in all), recency (interactions since the user's last one in the candidate's domain),
-    # co_visitation and propagation (how strongly that source backs the candidate, from the
-    # user's history), text_similarity (to the user's most recent item of the candidate's
-    # domain), item_age (when the item was first seen; new or not).
-    # null = all of them but item_rating (on the built-in data it cost NDCG, see README: Ranking)
-    # and the features of sources that are off.
-    features: list[str] | None = None
-    # Loss weight per task: engagement (was this the next item) always; rating when the data has
-    # ratings (trained on the true items' ratings).
-    task_weights: dict[str, float] = field(default_factory=lambda: {"engagement": 1.0, "rating": 0.1})
-    # The engagement logit = retrieval score / train.temperature + the network's correction, which
-    # starts at zero: training begins from the retrieval order (false = the network alone).
-    residual_on_retrieval: bool = True
-    teacher: RankerConfig = field(default_factory=RankerConfig)
-    # The distilled student: trained on the labels and on the teacher's scores, for cheaper serving.
-    # By default it reads only the per-candidate scalars (no embedding vectors), which makes it
-    # several times cheaper to score.
-    student: RankerConfig = field(default_factory=lambda: RankerConfig(
-        cross_layers=1, cross_projection_dim=4, deep_layers=[32], dropout=0.0,
-        features=list(DEFAULT_STUDENT_FEATURES)))
-    distill: bool = True
-    # Student loss = (1 - w) * label loss + w * listwise loss against the teacher's scores.
-    distillation_weight: float = 0.9
-    epochs: int = 8
-    # Candidate lists per batch.
-    batch_size: int = 128
-    learning_rate: float = 0.001
-    early_stopping_patience: int = 2
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.features is None:
-            self.features = [f for f in RANKING_FEATURES if f != "item_rating"
-                             and (f not in CANDIDATE_SOURCES or f in self.sources)]
-        if self.student.features == list(DEFAULT_STUDENT_FEATURES):
-            self.student = replace(self.student, features=[f for f in DEFAULT_STUDENT_FEATURES
-                                                           if f not in CANDIDATE_SOURCES or f in self.sources])
-        _check_features(self.features, "ranking.features")
-        tasks = [t for t in self.task_weights if t not in RANKING_TASKS]
-        if tasks:
-            raise ConfigError(f"ranking.task_weights: unknown task {', '.join(map(repr, tasks))}; "
-                              f"tasks are {', '.join(RANKING_TASKS)}")
-        if self.candidates < 1:
-            raise ConfigError(f"ranking.candidates: expected at least 1, got {self.candidates}")
-        unknown = [s for s in self.sources if s not in CANDIDATE_SOURCES]
-        if unknown:
-            raise ConfigError(f"ranking.sources: unknown {', '.join(map(repr, unknown))}; choose from "
-                              f"{', '.join(CANDIDATE_SOURCES)}")
-        if not 0.0 <= self.fresh_item_share < 1.0:
-            raise ConfigError(f"ranking.fresh_item_share: expected a share in [0, 1), got {self.fresh_item_share}")
-        for name in ("source_candidates", "source_neighbours", "label_tail"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"ranking.{name}: expected 0 or more, got {getattr(self, name)}")
-        for which, features in (("ranking.features", self.features), ("ranking.student.features",
-                                                                      self.student.features or [])):
-            missing = [f for f in features if f in CANDIDATE_SOURCES and f not in self.sources]
-            if missing:
-                raise ConfigError(f"{which}: {', '.join(missing)} needs that source in ranking.sources "
-                                  f"(now {self.sources}); add it there or drop the feature")
 
 
 @dataclass
