@@ -58,7 +58,7 @@ def _overall(metrics: list[dict], model: str = "crossrec") -> dict[str, dict]:
 
 
 def main(argv=None) -> int:
-    parser = bench_parser(__doc__, "small built-in data and two epochs (a smoke run)")
+    parser = bench_parser(__doc__, "small built-in data and one epoch (a smoke run)")
     parser.add_argument("--config", help="YAML config of the data and training (default: the built-in data)")
     parser.add_argument("--cold", action="store_true", help="also train from scratch on both halves")
     parser.add_argument("--work-dir", help="keep the runs here (default: a temporary folder)")
@@ -67,9 +67,9 @@ def main(argv=None) -> int:
     if args.preset:
         config = replace(config, encoder=replace(config.encoder, preset=args.preset))
     if args.quick:
-        config = replace(config, data=replace(config.data, synth=SynthConfig(n_users=200, n_items=300,
-                                                                            n_interactions=5000)),
-                         train=replace(config.train, epochs=2), ranking=replace(config.ranking, epochs=2),
+        config = replace(config, data=replace(config.data, synth=SynthConfig(n_users=120, n_items=180,
+                                                                            n_interactions=3000)),
+                         train=replace(config.train, epochs=1), ranking=replace(config.ranking, epochs=1),
                          export=replace(config.export, recall_queries=100))
     config = replace(config, eval=replace(config.eval, use_given_split=False))
     results = Results("retrain")

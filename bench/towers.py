@@ -28,9 +28,9 @@ from towers.text import text_vectors
 from towers.train import build_model, training_input
 
 
-def training_speed(config: Config, data, steps: int) -> float:
+def training_speed(config: Config, data, steps: int, attempts: int = 4) -> float:
     """Steady-state examples per second of ``model.fit`` (wall clock, input pipeline included):
-    the median of three identical ``fit`` calls after one more that traces the graphs."""
+    the median of ``attempts - 1`` identical ``fit`` calls after one more that traces the graphs."""
     text = text_vectors(config, data.catalogue)
     model = build_model(config, data, text)
     model.compile(optimizer=keras.optimizers.AdamW(config.train.learning_rate),
@@ -38,7 +38,7 @@ def training_speed(config: Config, data, steps: int) -> float:
     inputs, rows = training_input(config, data)  # windows, or user sequences (targets counted)
     per_row = inputs.targets / len(inputs) if isinstance(inputs, Sequences) else 1.0
     speeds = []
-    for attempt in range(4):
+    for attempt in range(attempts):
         dataset = make_dataset(inputs, rows).repeat().take(steps)
         start = time.perf_counter()
         model.fit(dataset, epochs=1, verbose=0)
@@ -70,19 +70,20 @@ def main(argv=None) -> int:
     data = prepare_data(base)
     print(f"built-in data: {len(data.examples)} training examples, {len(data.catalogue)} items")
 
+    attempts = 2 if args.quick else 4
     cached = replace(base, train=replace(base.train, batch_size=1024))
-    results.add("train cached-frozen, batch 1024", training_speed(cached, data, steps=16 if args.quick else 48),
+    results.add("train cached-frozen, batch 1024", training_speed(cached, data, steps=16 if args.quick else 48, attempts=attempts),
                 "examples/s", ">= 50000", note="history 32, steps_per_execution 8")
     sequences = replace(cached, train=replace(cached.train, examples="sequences"))
     results.add("train cached-frozen, user sequences, ~1024 targets a batch",
-                training_speed(sequences, data, steps=16 if args.quick else 48), "examples/s", ">= 50000",
+                training_speed(sequences, data, steps=16 if args.quick else 48, attempts=attempts), "examples/s", ">= 50000",
                 note="train.examples: sequences (a query at every position of each user's sequence)")
     steps = 2 if args.quick else 6
     for name, encoder in [("frozen (no cache)", replace(base.encoder, cache=False)),
                           ("lora rank 4", replace(base.encoder, freeze="lora", lora_rank=4)),
                           ("full fine-tuning", replace(base.encoder, freeze="full"))]:
         config = replace(base, encoder=encoder, train=TrainConfig(batch_size=64, steps_per_execution=1))
-        results.add(f"train {name}, batch 64", training_speed(config, data, steps=steps), "examples/s")
+        results.add(f"train {name}, batch 64", training_speed(config, data, steps=steps, attempts=attempts), "examples/s")
 
     texts = data.catalogue.items[schema.TEXT].tolist()[: 500 if args.quick else 3000]
     limit = TextEncoder(base.encoder).backbone.max_sequence_length

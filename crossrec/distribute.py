@@ -46,6 +46,24 @@ def strategy_from_config(config: TrainConfig) -> tf.distribute.Strategy:
     raise ConfigError(f"train.strategy: unknown strategy {kind!r}")
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's outputs: the chief task, or worker 0 of a cluster
+    without one; always on one machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and \
+        "chief" not in resolver.cluster_spec().as_dict()
+
+
+def task_name(strategy: tf.distribute.Strategy) -> str:
+    """``worker-1`` etc. for a task of a cluster, ``""`` on one machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return f"{resolver.task_type}-{resolver.task_id}" if resolver is not None and resolver.task_type else ""
+
+
 def set_precision(config: TrainConfig) -> str:
     """mixed_float16 on GPU when train.mixed_precision; float32 otherwise (CPU gains nothing)."""
     policy = "mixed_float16" if config.mixed_precision and tf.config.list_logical_devices("GPU") else "float32"

@@ -131,7 +131,7 @@ def in_user_order(interactions: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values([schema.USER_ID, order, "_input_order"], kind="stable")
 
 
-def _ratings(frame: pd.DataFrame) -> np.ndarray | None:
+def ratings_column(frame: pd.DataFrame) -> np.ndarray | None:
     if schema.RATING not in frame.columns:
         return None
     return pd.to_numeric(frame[schema.RATING], errors="coerce").to_numpy(np.float32)
@@ -143,33 +143,6 @@ def _right_aligned(rows: np.ndarray, length: int) -> np.ndarray:
     if len(tail):
         out[length - len(tail):] = tail
     return out
-
-
-def training_examples(interactions: pd.DataFrame, catalogue: Catalogue, history_length: int,
-                      domain_weights: dict[str, float] | None = None) -> Examples:
-    """Every interaction with at least one earlier interaction becomes a target."""
-    frame = in_user_order(interactions)
-    rows = catalogue.rows(frame[schema.DOMAIN], frame[schema.ITEM_ID])
-    users = frame[schema.USER_ID].to_numpy()
-    domains = frame[schema.DOMAIN].to_numpy()
-    weights = frame[schema.WEIGHT].to_numpy(np.float32) if schema.WEIGHT in frame else np.ones(len(frame), np.float32)
-    if domain_weights:
-        weights = weights * np.array([domain_weights.get(d, 1.0) for d in domains], np.float32)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], len(users)]
-    n = int(sum(e - s - 1 for s, e in zip(starts, ends, strict=True)))
-    history = np.zeros((n, history_length), np.int32)
-    take = np.zeros(n, np.int64)
-    k = 0
-    for s, e in zip(starts, ends, strict=True):
-        for j in range(s + 1, e):
-            history[k] = _right_aligned(rows[max(s, j - history_length):j], history_length)
-            take[k] = j
-            k += 1
-    domain_index = {d: i for i, d in enumerate(catalogue.domains)}
-    ratings = _ratings(frame)
-    return Examples(history, rows[take], np.array([domain_index.get(d, 0) for d in domains[take]], np.int32),
-                    users[take], weights[take], None if ratings is None else ratings[take])
 
 
 @dataclass
@@ -243,7 +216,7 @@ def query_examples(known: pd.DataFrame, targets: pd.DataFrame, catalogue: Catalo
     domain_index = {d: i for i, d in enumerate(catalogue.domains)}
     return Examples(history, target_rows,
                     np.array([domain_index.get(d, 0) for d in targets[schema.DOMAIN]], np.int32),
-                    targets[schema.USER_ID].to_numpy(), np.ones(len(targets), np.float32), _ratings(targets))
+                    targets[schema.USER_ID].to_numpy(), np.ones(len(targets), np.float32), ratings_column(targets))
 
 
 def concat_examples(parts: list[Examples]) -> Examples:

@@ -6,7 +6,8 @@ import pytest
 
 from crossrec import schema
 from crossrec.config import TowerConfig, TrainConfig
-from crossrec.features import UNSEEN_DOMAIN, Catalogue, query_examples, training_examples
+from crossrec.features import UNSEEN_DOMAIN, Catalogue, query_examples
+from crossrec.windows import training_examples
 from towers.model import ItemTower, RetrievalModel, UserTower, latest_where
 
 
@@ -150,6 +151,44 @@ def test_training_examples_use_only_earlier_items_right_aligned(small):
     assert ex.target.tolist() == [3, 2, 1]
     assert ex.history.tolist() == [[0, 0, 1], [0, 1, 3], [0, 0, 2]]
     assert ex.target_domain.tolist() == [2, 1, 1]
+
+
+def test_windows_build_each_batch_history_as_the_stored_windows_would():
+    """Compact windows (flat rows + target positions) give, in the tf.data batches, exactly the
+    right-aligned histories of the earlier one-array-per-window form (a reference loop here)."""
+    from towers.inputs import make_dataset
+
+    rng = np.random.default_rng(3)
+    items = pd.DataFrame({schema.ITEM_ID: [f"i{k}" for k in range(30)], schema.DOMAIN: ["x", "y"] * 15,
+                          schema.TEXT: ["t"] * 30})
+    catalogue = Catalogue.build(items, ["x", "y"])
+    users = np.repeat([f"u{k}" for k in range(12)], rng.integers(1, 9, 12))
+    picks = rng.integers(0, 30, len(users))
+    inter = pd.DataFrame({schema.USER_ID: users, schema.ITEM_ID: [f"i{k}" for k in picks],
+                          schema.DOMAIN: [["x", "y"][k % 2] for k in picks],
+                          schema.TIMESTAMP: np.arange(len(users))})
+    h = 4
+    windows = training_examples(inter, catalogue, h)
+    expected, targets = [], []
+    for _, group in inter.groupby(schema.USER_ID, sort=True):
+        rows = catalogue.rows(group[schema.DOMAIN], group[schema.ITEM_ID])
+        for j in range(1, len(rows)):
+            kept = rows[max(0, j - h):j]
+            expected.append(np.r_[np.zeros(h - len(kept), np.int32), kept])
+            targets.append(rows[j])
+    np.testing.assert_array_equal(windows.history, expected)
+    np.testing.assert_array_equal(windows.target, targets)
+    want = sorted((*h_, t) for h_, t in zip(np.array(expected).tolist(), targets, strict=True))
+
+    def read(batches):
+        return sorted((*h_, t) for b in batches
+                      for h_, t in zip(b["history"].numpy().tolist(), b["target"].numpy().tolist(), strict=True))
+
+    assert read(make_dataset(windows, len(windows) + 1, shuffle=True, seed=1)) == want  # one batch: all of them
+    batches = list(make_dataset(windows, 5, shuffle=True, seed=1))
+    assert set(read(batches)) <= set(want) and len(read(batches)) == 5 * (len(targets) // 5)  # whole batches
+    sub = windows.subset(np.array([0, len(windows) - 1]))
+    np.testing.assert_array_equal(sub.history, np.array(expected)[[0, -1]])
 
 
 def test_query_examples_see_only_the_past(small):

@@ -23,13 +23,8 @@ from crossrec.data.splits import (
 )
 from crossrec.errors import ConfigError
 from crossrec.evaluation import QuerySet, seen_rows
-from crossrec.features import (
-    Catalogue,
-    Examples,
-    Sequences,
-    query_examples,
-    training_examples,
-)
+from crossrec.features import Catalogue, Examples, Sequences, query_examples
+from crossrec.windows import Windows, training_examples
 
 
 @dataclass
@@ -37,7 +32,7 @@ class RetrievalData:
     interactions: pd.DataFrame  # with split and slice columns
     catalogue: Catalogue
     train: pd.DataFrame
-    examples: Examples
+    examples: Windows | Examples  # the training examples (Windows: histories built per batch)
     validation: list[QuerySet] = field(default_factory=list)
     test: list[QuerySet] = field(default_factory=list)
     target_domain: str | None = None
@@ -96,16 +91,24 @@ def prepare_data(config: Config, dataset: Dataset | None = None) -> RetrievalDat
                          query_sets(schema.TEST, frame, train, catalogue, h), target, dataset, kind)
 
 
-def make_dataset(examples: Examples | Sequences, batch_size: int, *, seed: int = 0, balance_domains: bool = False,
-                 shuffle: bool = True, with_user_ids: bool = False) -> tf.data.Dataset:
+def make_dataset(examples: Windows | Examples | Sequences, batch_size: int, *, seed: int = 0,
+                 balance_domains: bool = False, shuffle: bool = True, with_user_ids: bool = False,
+                 shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
     """Batches of training features (windows, or user sequences: the same columns, one more
     axis). Whole batches are gathered from in-memory tensors by a shuffled index (one shuffle per
-    epoch), which is several times faster than slicing examples one by one; ``balance_domains``
-    draws every domain's examples equally often instead (windows only)."""
+    epoch), which is several times faster than slicing examples one by one; ``Windows`` keep one
+    row per interaction and each batch's histories are built by one gather, so memory grows with
+    the interactions, not interactions x history length. ``balance_domains`` draws every domain's
+    examples equally often instead (windows only). ``shard`` (count, index): this input
+    pipeline's share of a multi-worker run: every pipeline shuffles the same way (same seed) and
+    keeps every count-th example, all with the same number of batches."""
     if balance_domains and isinstance(examples, Sequences):
         raise ConfigError("train.balance_domains needs train.examples: windows")
-    columns = {"history": examples.history, "target": examples.target, "target_domain": examples.target_domain,
-               "weight": examples.weight}
+    columns = {"target": examples.target, "target_domain": examples.target_domain, "weight": examples.weight}
+    if isinstance(examples, Windows):
+        columns.update(position=examples.position, user_start=examples.user_start)
+    else:
+        columns["history"] = examples.history
     if with_user_ids:
         columns["user_id"] = examples.user_id.astype(str)
     tensors = {k: tf.constant(v) for k, v in columns.items()}
@@ -119,10 +122,30 @@ def make_dataset(examples: Examples | Sequences, batch_size: int, *, seed: int =
         index = tf.data.Dataset.range(n)
         if shuffle:
             index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    count, which = shard
+    if count > 1:
+        n //= count
+        index = index.take(n * count).shard(count, which)
     drop = n >= batch_size
     batches = index.batch(batch_size, drop_remainder=drop)
-    return batches.map(lambda i: {k: tf.gather(t, i) for k, t in tensors.items()},
-                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    gather = _window_batch(examples, tensors) if isinstance(examples, Windows) else \
+        (lambda i: {k: tf.gather(t, i) for k, t in tensors.items()})
+    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _window_batch(windows: Windows, tensors: dict):
+    """index batch -> features, each history built from the flat rows (``crossrec.windows``)."""
+    rows = tf.constant(windows.rows)
+    steps = tf.range(windows.history_length, dtype=tf.int32) - windows.history_length
+
+    def gather(i):
+        batch = {k: tf.gather(t, i) for k, t in tensors.items()}
+        position, start = batch.pop("position"), batch.pop("user_start")
+        offsets = position[:, None] + steps[None, :]
+        batch["history"] = tf.where(offsets >= start[:, None], tf.gather(rows, tf.maximum(offsets, 0)), 0)
+        return batch
+
+    return gather
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:

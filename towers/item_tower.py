@@ -40,6 +40,9 @@ class ItemTower(keras.layers.Layer):
         self.item_id_dropout = item_id_dropout
         self.domain_dropout = domain_dropout
         self.dropout = dropout
+        # Its own seed state, made here: an unseeded keras.random call would create a global one
+        # inside the first traced step, which a distribution strategy refuses.
+        self.seed_generator = keras.random.SeedGenerator()
         if use_text:
             self.shared_hidden = keras.layers.Dense(2 * embedding_dim, activation="gelu", name="shared_hidden")
             self.shared_out = keras.layers.Dense(embedding_dim, name="shared_out")
@@ -86,7 +89,7 @@ class ItemTower(keras.layers.Layer):
             else:
                 shared = self.shared_out(hidden)  # (b, e)
             if training and self.domain_dropout > 0:
-                drop = keras.random.uniform(ops.shape(domain)) < self.domain_dropout
+                drop = keras.random.uniform(ops.shape(domain), seed=self.seed_generator) < self.domain_dropout
                 domain = ops.where(drop, ops.zeros_like(domain), domain)
             per_domain = self.domain_adapters(hidden)  # (b, domains, e)
             pick = ops.one_hot(domain, self.num_domains)[..., None]  # (b, domains, 1); domain 0 = agnostic only
@@ -95,7 +98,8 @@ class ItemTower(keras.layers.Layer):
         if self.use_item_ids:
             keep = ops.cast(id_known, "float32")
             if training and self.item_id_dropout > 0 and self.use_text:
-                keep = keep * ops.cast(keras.random.uniform(ops.shape(keep)) >= self.item_id_dropout, "float32")
+                kept = keras.random.uniform(ops.shape(keep), seed=self.seed_generator) >= self.item_id_dropout
+                keep = keep * ops.cast(kept, "float32")
             if self.gated:
                 logit = self.gate_bias + self.gate_text(hidden)[:, 0]
                 if log_count is not None:

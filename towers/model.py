@@ -58,6 +58,7 @@ class RetrievalModel(keras.Model):
                                            initializer=keras.initializers.Constant(item_domain))
         self.id_known = self.add_weight(shape=(num_items,), dtype="bool", trainable=False, name="id_known",
                                         initializer=keras.initializers.Constant(id_known))
+        self.seed_generator = keras.random.SeedGenerator()  # made here, not inside a traced step
         # log(1 + training interactions) per row: what the fusion gate reads.
         counts = np.zeros(num_items, np.float32) if item_counts is None else np.asarray(item_counts, np.float32)
         self.item_log_count = self.add_weight(shape=(num_items,), trainable=False, name="item_log_count",
@@ -92,14 +93,17 @@ class RetrievalModel(keras.Model):
                              if towers.user_id_buckets else None)
         self.task = tfrs.tasks.Retrieval(
             loss=tf.keras.losses.CategoricalCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE),
+                from_logits=True, reduction=tf.keras.losses.Reduction.SUM),  # / queries below: the mean per
+            # replica (tf.keras refuses SUM_OVER_BATCH_SIZE under a distribution strategy; Keras 3's fit
+            # then divides by the replica count, so several workers train on the global mean)
             temperature=train.temperature, remove_accidental_hits=train.remove_accidental_hits,
             num_hard_negatives=train.hard_negatives or None)
         # Keras 3 runs train steps without autograph, and TFRS's Retrieval.call needs it
         # (`len(tf.shape(x))`): the task call gets its own tf.function (see ../shared/STACK.md).
         self._task_loss = tf.function(
-            lambda q, c, w, p, ids, mask: self.task(q, c, sample_weight=w, candidate_sampling_probability=p,
-                                                    candidate_ids=ids, compute_metrics=False, score_mask=mask))
+            lambda q, c, w, p, ids, mask: tf.math.divide_no_nan(
+                self.task(q, c, sample_weight=w, candidate_sampling_probability=p, candidate_ids=ids,
+                          compute_metrics=False, score_mask=mask), tf.cast(tf.shape(q)[0], tf.float32)))
 
     # -- item side --------------------------------------------------------------------------
     def _text_vectors(self, rows, live: bool):
@@ -146,7 +150,7 @@ class RetrievalModel(keras.Model):
         share = self.towers_config.target_domain_history_dropout
         if training and share > 0:  # some queries become cross-domain cold starts
             same = ops.equal(ops.take(self.item_domain, history), ops.cast(inputs["target_domain"], "int32")[:, None])
-            cold = keras.random.uniform(ops.shape(history)[:1]) < share
+            cold = keras.random.uniform(ops.shape(history)[:1], seed=self.seed_generator) < share
             history = ops.where(ops.logical_and(same, cold[:, None]), ops.zeros_like(history), history)
         return self.query(self.item_embeddings(history, training=training), history, inputs["target_domain"],
                           inputs.get("user_id"), training=training)
@@ -168,6 +172,27 @@ class RetrievalModel(keras.Model):
             keep = ops.logical_and(target > 0, ops.cast(x["history"], "int32") > 0)
             query, target, weight = (tf.boolean_mask(t, keep) for t in (query, target, weight))
         return query, target, weight
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras 3.15 under a distribution strategy first averages one input batch across replicas
+        (``strategy.reduce``), which fails on a dict of per-replica tensors (MultiWorkerMirrored);
+        the towers are built when constructed (``towers.train.build_model``) and compile no
+        metrics, so only the optimizer needs building, here, in the strategy's scope."""
+        if not self.built:
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
+    def train_step(self, data):
+        """Keras' step; across several workers each log becomes a 1-vector, because Keras 3.15
+        averages per-replica logs with ``strategy.reduce("MEAN", v, axis=0)``, which fails on the
+        scalars they are (tensorflow/tensorflow#72388; Keras 2 did not); the mean is a scalar again."""
+        logs = super().train_step(data)
+        resolver = getattr(self.distribute_strategy, "cluster_resolver", None)
+        if resolver is not None and resolver.task_type:
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
 
     def query(self, history_embeddings, history, target_domain, user_id=None, training=False):
         return user_query(self.user_tower, self.item_domain, self.user_hashing, history_embeddings, history,

@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from crossrec import schema
 from crossrec.config import Config, load_config, save_config
 from crossrec.data.dataset import Dataset
-from crossrec.distribute import set_precision, strategy_from_config
+from crossrec.distribute import (
+    is_chief,
+    resolve_kind,
+    set_precision,
+    strategy_from_config,
+    task_name,
+)
 from crossrec.errors import ConfigError, TrainingDiverged, raise_if_diverged
 from crossrec.evaluation import PopularityScorer, evaluate
 from crossrec.features import Catalogue, Examples, training_sequences
@@ -69,6 +76,27 @@ def training_input(config: Config, data: RetrievalData):
     return sequences, max(1, round(config.train.batch_size / max(per_sequence, 1.0)))
 
 
+def distributed_input(strategy, config: Config, examples, batch_size: int):
+    """(the training input, what the summary records of its distribution): one ``tf.data``
+    pipeline, or under several replicas one per worker (``distribute_datasets_from_function``),
+    each reading its own shard with the per-replica batch size."""
+    options = dict(seed=config.train.seed, balance_domains=config.train.balance_domains,
+                   with_user_ids=config.towers.user_id_buckets > 0)
+    info = {"strategy": resolve_kind(config.train), "replicas": strategy.num_replicas_in_sync, "workers": 1,
+            "examples_read": len(examples)}
+    if strategy.num_replicas_in_sync == 1:
+        return make_dataset(examples, batch_size, **options), info
+    if config.train.balance_domains:
+        raise ConfigError("train.balance_domains is not supported with several replicas yet; turn it off")
+
+    def per_pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        info.update(workers=context.num_input_pipelines, examples_read=len(examples) // context.num_input_pipelines)
+        return make_dataset(examples, context.get_per_replica_batch_size(batch_size), **options,
+                            shard=(context.num_input_pipelines, context.input_pipeline_id))
+
+    return strategy.distribute_datasets_from_function(per_pipeline), info
+
+
 @dataclass
 class RetrievalRun:
     model: RetrievalModel
@@ -78,6 +106,8 @@ class RetrievalRun:
     metrics: pd.DataFrame
     out_dir: Path | None
     seconds: float
+    distribution: dict = field(default_factory=dict)  # strategy, replicas, workers, examples read
+    timings: dict = field(default_factory=dict)  # data_seconds, evaluation_seconds
 
 
 def train_retrieval(config: Config, out_dir: str | Path | None = None, *, dataset: Dataset | None = None,
@@ -93,8 +123,11 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
         raise ConfigError("train.negatives: catalogue scores every item each step from the cached text vectors, "
                           f"so a fine-tuned encoder (encoder.freeze: {config.encoder.freeze}) would get no gradient; "
                           "use encoder.freeze: frozen, or train.negatives: in_batch")
+    # First: MultiWorkerMirrored must set up its collectives before any other TensorFlow op runs.
+    strategy = strategy_from_config(config.train)
     keras.utils.set_random_seed(config.train.seed)
     data = data or prepare_data(config, dataset)
+    timings = {"data_seconds": time.perf_counter() - started}
     config = replace(config, split=replace(config.split, kind=data.split_kind))  # what was used, when saved
     if len(data.examples) == 0:
         raise ConfigError("no training examples: every user needs at least two training interactions")
@@ -108,7 +141,6 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
                               "turn them off or use train.examples: windows")
     text = text_vectors(config, data.catalogue, progress=progress)
     set_precision(config.train)
-    strategy = strategy_from_config(config.train)
     with strategy.scope():
         model = build_model(config, data, text)
         if initialize is not None:
@@ -117,6 +149,8 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
                                                        weight_decay=config.train.weight_decay),
                       steps_per_execution=config.train.steps_per_execution)
     out = Path(out_dir) if out_dir else None
+    if out is not None and not is_chief(strategy):  # every worker writes; only the chief's is the run
+        out = out / task_name(strategy)
     callbacks: list[keras.callbacks.Callback] = list(callbacks)
     if text.encoder is not None and config.encoder.freeze != "frozen":
         callbacks.append(RefreshTextTable(text, data.catalogue, config.towers.center_text_by_domain))
@@ -136,9 +170,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
             ResumableBackup(str(out / "backup")),
             keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
         ]
-    dataset_ = make_dataset(*training_input(config, data), seed=config.train.seed,
-                            balance_domains=config.train.balance_domains,
-                            with_user_ids=config.towers.user_id_buckets > 0)
+    dataset_, distribution = distributed_input(strategy, config, *training_input(config, data))
     fit_started = time.perf_counter()
     history = model.fit(dataset_, epochs=config.train.epochs, callbacks=callbacks,
                         shuffle=False, verbose=fit_verbosity(progress))  # tf.data already shuffles
@@ -150,10 +182,12 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     scorers = [scorer_for(model, "crossrec")]
     if baselines:
         scorers.append(PopularityScorer(data.train, data.catalogue))
+    evaluation_started = time.perf_counter()
     metrics = evaluate(scorers, data.test, data.catalogue, ks=tuple(config.eval.ks),
                        exclude_seen=config.eval.exclude_seen)
+    timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
     run = RetrievalRun(model, data, text, {k: [float(v) for v in vs] for k, vs in history.history.items()}, metrics,
-                       out, time.perf_counter() - started)
+                       out, time.perf_counter() - started, distribution, timings)
     if out is not None:
         save_run(run, config, fit_seconds)
     return run
@@ -182,7 +216,8 @@ def save_run(run: RetrievalRun, config: Config, fit_seconds: float) -> None:
                          "cache_misses": run.text.cache_misses, "seconds": round(run.text.seconds, 2)},
         "epochs_run": len(run.history.get("loss", [])), "fit_seconds": round(fit_seconds, 2),
         "examples_per_second": round(len(run.history.get("loss", [])) * len(run.data.examples) / max(fit_seconds, 1e-9)),
-        "seconds": round(run.seconds, 2), "history": run.history,
+        "seconds": round(run.seconds, 2), **{k: round(v, 2) for k, v in run.timings.items()},
+        "distribution": run.distribution, "history": run.history,
         "test_metrics": json.loads(run.metrics.to_json(orient="records")), "config": to_dict(config),
     }
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2))

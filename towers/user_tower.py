@@ -56,6 +56,9 @@ class UserTower(keras.layers.Layer):
                                if user_id_buckets else None)
         self.hidden = keras.layers.Dense(2 * e, activation="gelu", name="hidden")
         self.drop = keras.layers.Dropout(dropout)
+        # Its own seed state, made here: an unseeded keras.random call would create a global one
+        # inside the first traced step, which a distribution strategy refuses.
+        self.seed_generator = keras.random.SeedGenerator()
         self.out = keras.layers.Dense(e, name="out")
 
     def call(self, history_embeddings, history_mask, history_domain, target_domain, user_bucket=None,
@@ -63,7 +66,7 @@ class UserTower(keras.layers.Layer):
         # history_embeddings: (b, H, e); history_mask: (b, H) bool; history_domain: (b, H) int
         # target_domain: (b,) int; user_bucket: (b,) int or None
         if training and self.domain_dropout > 0:
-            drop = keras.random.uniform(ops.shape(target_domain)) < self.domain_dropout
+            drop = keras.random.uniform(ops.shape(target_domain), seed=self.seed_generator) < self.domain_dropout
             target_domain = ops.where(drop, ops.zeros_like(target_domain), target_domain)
         mask_f = ops.cast(history_mask, "float32")[..., None]  # (b, H, 1)
         slots = ops.arange(self.history_length)
@@ -105,7 +108,7 @@ class UserTower(keras.layers.Layer):
             raise ValueError("all_positions needs towers.self_attention_layers: 0")
         h, e = self.history_length, self.embedding_dim
         if training and self.domain_dropout > 0:
-            drop = keras.random.uniform(ops.shape(next_domain)) < self.domain_dropout
+            drop = keras.random.uniform(ops.shape(next_domain), seed=self.seed_generator) < self.domain_dropout
             next_domain = ops.where(drop, ops.zeros_like(next_domain), next_domain)
         slots = ops.arange(h)
         causal = slots[None, :] <= slots[:, None]  # (t, j): item j is in prefix t

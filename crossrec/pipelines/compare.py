@@ -37,7 +37,8 @@ from crossrec.evaluation import (
     paired_comparisons,
     pooled_metrics,
 )
-from crossrec.features import Catalogue, Examples, training_examples
+from crossrec.features import Catalogue, Examples
+from crossrec.windows import training_examples
 from towers.inputs import RetrievalData, prepare_data, query_sets
 from towers.queries import query_embeddings, scorer_for
 from towers.train import train_retrieval
