@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-import keras
 import numpy as np
 
 from bench.common import Results, bench_parser
@@ -24,6 +23,7 @@ from crossrec.config import Config, EncoderConfig, SynthConfig, TrainConfig
 from crossrec.features import Sequences
 from towers.encoder import TextEncoder
 from towers.inputs import make_dataset, prepare_data
+from towers.optimizer import towers_optimizer
 from towers.text import text_vectors
 from towers.train import build_model, training_input
 
@@ -33,7 +33,7 @@ def training_speed(config: Config, data, steps: int, attempts: int = 4) -> float
     the median of ``attempts - 1`` identical ``fit`` calls after one more that traces the graphs."""
     text = text_vectors(config, data.catalogue)
     model = build_model(config, data, text)
-    model.compile(optimizer=keras.optimizers.AdamW(config.train.learning_rate),
+    model.compile(optimizer=towers_optimizer(model, config.train.learning_rate, config.train.weight_decay),
                   steps_per_execution=config.train.steps_per_execution)
     inputs, rows = training_input(config, data)  # windows, or user sequences (targets counted)
     per_row = inputs.targets / len(inputs) if isinstance(inputs, Sequences) else 1.0

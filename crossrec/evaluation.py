@@ -38,6 +38,13 @@ class QuerySet:
     examples: Examples
     seen: list[np.ndarray] = field(default_factory=list)  # item rows to exclude, per query
 
+    def sample(self, n: int | None, seed: int = 0) -> QuerySet:
+        """At most ``n`` of the queries, drawn once at random (all of them when ``n`` is None)."""
+        if n is None or len(self.examples) <= n:
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.examples), n, replace=False))
+        return QuerySet(self.slice, self.examples.subset(keep), [self.seen[i] for i in keep] if self.seen else [])
+
 
 def seen_rows(known: pd.DataFrame, users: np.ndarray, catalogue: Catalogue) -> list[np.ndarray]:
     rows = catalogue.rows(known[schema.DOMAIN], known[schema.ITEM_ID])

@@ -59,10 +59,7 @@ def _text_vectors(retrieval_model) -> np.ndarray | None:
     """(size, e) every item embedded by its text alone (None: towers without text)."""
     if getattr(retrieval_model, "text_table", None) is None:
         return None
-    n = int(retrieval_model.item_domain.shape[0])
-    return np.concatenate([np.asarray(retrieval_model.item_embeddings(np.arange(s, min(n, s + 8192), dtype=np.int32),
-                                                                      use_ids=False))
-                           for s in range(0, n, 8192)]).astype(np.float32)
+    return retrieval_model.all_item_embeddings(use_ids=False)
 
 
 def _lists(retrieval_model, examples, tables: FeatureTables, catalogue: Catalogue, ranking, *,

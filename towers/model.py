@@ -257,9 +257,10 @@ class RetrievalModel(keras.Model):
             loss = loss + self.towers_config.text_only_loss_weight * loss_against(use_ids=False)
         return loss + ops.sum(self.losses) if self.losses else loss
 
-    def all_item_embeddings(self, batch_size: int = 8192) -> np.ndarray:
-        """(num_items, e) embeddings of every item row (row 0 is padding)."""
+    def all_item_embeddings(self, batch_size: int = 8192, *, use_ids: bool = True) -> np.ndarray:
+        """(num_items, e) embeddings of every item row (row 0 is padding); ``use_ids=False``: by
+        their text alone, as a new item is embedded."""
         n = int(self.item_domain.shape[0])
-        out = [np.asarray(self.item_embeddings(ops.arange(s, min(n, s + batch_size), dtype="int32")))
+        out = [np.asarray(self.item_embeddings(ops.arange(s, min(n, s + batch_size), dtype="int32"), use_ids=use_ids))
                for s in range(0, n, batch_size)]
-        return np.concatenate(out)
+        return np.concatenate(out).astype(np.float32)

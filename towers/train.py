@@ -40,6 +40,7 @@ from towers.callbacks import RefreshTextTable, ResumableBackup, RetrievalEvaluat
 from towers.encoder import TextEncoder
 from towers.inputs import RetrievalData, data_fingerprint, make_dataset, prepare_data
 from towers.model import RetrievalModel
+from towers.optimizer import towers_optimizer
 from towers.queries import scorer_for
 from towers.text import TextVectors, per_domain_encoders, text_vectors
 
@@ -145,8 +146,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
         model = build_model(config, data, text)
         if initialize is not None:
             initialize(model)
-        model.compile(optimizer=keras.optimizers.AdamW(config.train.learning_rate,
-                                                       weight_decay=config.train.weight_decay),
+        model.compile(optimizer=towers_optimizer(model, config.train.learning_rate, config.train.weight_decay),
                       steps_per_execution=config.train.steps_per_execution)
     out = Path(out_dir) if out_dir else None
     if out is not None and not is_chief(strategy):  # every worker writes; only the chief's is the run
@@ -155,7 +155,8 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     if text.encoder is not None and config.encoder.freeze != "frozen":
         callbacks.append(RefreshTextTable(text, data.catalogue, config.towers.center_text_by_domain))
     monitor, mode = "loss", "min"
-    validation = [q for q in data.validation if len(q.examples)]
+    validation = [q.sample(config.train.validation_queries, config.train.seed) for q in data.validation
+                  if len(q.examples)]
     if validation:
         callbacks.append(RetrievalEvaluation(validation, data.catalogue, exclude_seen=config.eval.exclude_seen))
         monitor, mode = MONITOR, "max"
