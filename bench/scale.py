@@ -68,6 +68,7 @@ def child(argv: list[str]) -> int:
 
 
 def _run(args: list[str], log: Path) -> dict:
+    print(f"  crossrec {' '.join(args[:2])} ...", end="", flush=True)  # the 64x training alone takes ~30 minutes
     with open(log, "a") as out:
         out.write(f"\n$ crossrec {' '.join(args)}\n")
         out.flush()
@@ -77,7 +78,9 @@ def _run(args: list[str], log: Path) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     if proc.returncode or not lines:
         raise RuntimeError(f"crossrec {' '.join(args)} failed (exit {proc.returncode}); see {log}")
-    return json.loads(lines[-1][len(MARK):])
+    measured = json.loads(lines[-1][len(MARK):])
+    print(f" {measured['seconds']:.0f} s, peak {measured['peak_mb']:,.0f} MB", flush=True)
+    return measured
 
 
 def users_table(data: Path, out: Path, history: int = 20) -> int:
