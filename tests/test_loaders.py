@@ -169,3 +169,78 @@ def test_amazon_flag_parsing():
     assert parse_amazon_flag(["books=r.jsonl,m.jsonl"]) == {"books": {"reviews": "r.jsonl", "meta": "m.jsonl"}}
     with pytest.raises(DataError, match="is not DOMAIN=REVIEWS,META"):
         parse_amazon_flag(["books=r.jsonl"])
+
+
+# --- Streaming: large files are read and checked in chunks ----------------------------------------
+
+def _interactions_file(tmp_path, suffix: str, n: int, bad_rows=()):
+    rows = [{"user_id": f"u{i % 7}", "item_id": "b1" if i % 2 else "m1", "domain": "books" if i % 2 else "movies",
+             "timestamp": "whenever" if i + 1 in bad_rows else str(1700000000 + i)} for i in range(n)]
+    frame = pd.DataFrame(rows)
+    path = tmp_path / f"interactions{suffix}"
+    if suffix == ".parquet":
+        frame.to_parquet(path, row_group_size=3)
+    elif suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_a_table_read_in_chunks_validates_as_when_read_whole(tmp_path, suffix):
+    from crossrec.data import io
+    from crossrec.data.validate import validate
+
+    path = _interactions_file(tmp_path, suffix, 23)
+    items = io.read_table(_write_items(tmp_path), what="items")
+    whole = validate(io.read_table(path, what="interactions"), items, text_template="{title}")[0]
+    chunks = io.TableChunks(path, what="interactions", chunk_rows=4)
+    streamed = validate(chunks, items, text_template="{title}")[0]
+    pd.testing.assert_frame_equal(streamed, whole)
+    assert streamed[schema.SOURCE_ROW].tolist() == list(range(1, 24))
+    with pytest.raises(RuntimeError, match="iterated once"):
+        next(iter(chunks))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_errors_in_later_chunks_name_their_rows_and_rules_are_capped_across_chunks(tmp_path, suffix):
+    from crossrec.data import io
+    from crossrec.data.validate import validate
+
+    path = _interactions_file(tmp_path, suffix, 30, bad_rows=(3, 9, 14, 20, 21, 22, 29))
+    items = io.read_table(_write_items(tmp_path), what="items")
+    with pytest.raises(DataError) as info:
+        validate(io.TableChunks(path, what="interactions", chunk_rows=4), items, text_template="{title}")
+    messages = [str(p) for p in info.value.problems]
+    assert len(messages) == 6, messages
+    line = " (line {})" if suffix == ".csv" else ""
+    for message, row in zip(messages, (3, 9, 14, 20, 21), strict=False):
+        assert f"interactions{suffix}, row {row}{line.format(row + 1)}, column 'timestamp': " \
+               "timestamp 'whenever' is not a time" in message
+    assert messages[-1].startswith(f"{path}, column 'timestamp': ... and 2 more rows with the same problem")
+
+
+def test_load_dataset_streams_the_interactions_file(tmp_path, monkeypatch):
+    from crossrec.data import io
+
+    monkeypatch.setattr(io, "DEFAULT_CHUNK_ROWS", 5)
+    seen = []
+    original = io.TableChunks._numbered
+
+    def numbered(self, chunk_rows, csv_options):
+        for frame in original(self, chunk_rows, csv_options):
+            seen.append(len(frame))
+            yield frame
+
+    monkeypatch.setattr(io.TableChunks, "_numbered", numbered)
+    path = _interactions_file(tmp_path, ".csv", 12)
+    data = load_dataset(DataConfig(interactions=str(path), items=str(_write_items(tmp_path))))
+    assert len(data.interactions) == 12
+    assert max(seen) <= 5 and sum(seen) == 12 + 2  # the interactions in chunks, the 2 items whole
+
+
+def _write_items(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text(GOOD_ITEMS)
+    return path

@@ -1,5 +1,8 @@
 """Loaders: every supported source format -> raw tables -> ``validate`` -> ``Dataset``.
 
+Interaction files are streamed: read and checked in chunks (``io.TableChunks``), so a file of
+hundreds of millions of rows is never held as raw text.
+
 - ``table``: Parquet / CSV / CSV.gz / TSV / JSON Lines in the canonical schema, columns renamed by
   ``data.columns``. A directory holding ``interactions.*`` and ``items.*`` (and optionally
   ``users.*``), such as ``crossrec data synth`` writes, works too.
@@ -14,6 +17,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +42,8 @@ def text_template(config: DataConfig) -> str:
 
 
 def load_dataset(config: DataConfig) -> Dataset:
-    """Loads and validates the data ``config`` describes (the built-in data when it names none)."""
+    """Loads and validates the data ``config`` describes (the built-in data when it names none).
+    A table-format interactions file is streamed: read and checked in chunks."""
     if config.format == "amazon" or config.amazon_files:
         raw = read_amazon(config.amazon_files)
     elif config.interactions is None:
@@ -48,7 +53,9 @@ def load_dataset(config: DataConfig) -> Dataset:
     elif config.format == "movielens":
         raw = read_movielens(config.interactions, domain=config.movielens_domain)
     else:
-        raw = read_table_dataset(config.interactions, config.items, config.users)
+        path, items, users = _table_paths(config.interactions, config.items, config.users)
+        chunks = io.TableChunks(path, what="interactions", chunk_rows=io.DEFAULT_CHUNK_ROWS)  # errors first
+        raw = Dataset(chunks, _read_items(items), io.read_table(users, what="users") if users else None)
     interactions, items, users, report = validate(
         raw.interactions, raw.items, raw.users, columns=config.columns, text_template=text_template(config),
         unknown_items=config.unknown_items)
@@ -63,11 +70,9 @@ def _find_table(directory: Path, name: str) -> Path | None:
     return None
 
 
-def read_table_dataset(interactions: str, items: str | None, users: str | None = None, *,
-                       items_required: bool = True) -> Dataset:
-    """Raw tables in the canonical layout; ``interactions`` may be a directory of them.
-    Without ``items_required`` a missing items table reads as an empty one (retraining data
-    that adds interactions only)."""
+def _table_paths(interactions: str, items: str | None, users: str | None, *,
+                 items_required: bool = True) -> tuple[Path, str | None, str | None]:
+    """The interactions, items and users files; ``interactions`` may be a directory of them."""
     path = Path(interactions)
     if path.is_dir():
         found = _find_table(path, "interactions")
@@ -81,10 +86,21 @@ def read_table_dataset(interactions: str, items: str | None, users: str | None =
     if items is None and items_required:
         raise DataError(Problem("no items table given", file=str(path),
                                 fix="set data.items (CLI: --items) to the items file"))
+    return path, items, users
+
+
+def _read_items(items: str | None) -> pd.DataFrame:
+    return io.read_table(items, what="items") if items else pd.DataFrame(columns=list(schema.ITEM_REQUIRED))
+
+
+def read_table_dataset(interactions: str, items: str | None, users: str | None = None, *,
+                       items_required: bool = True) -> Dataset:
+    """Raw tables in the canonical layout, read whole; ``interactions`` may be a directory of
+    them. Without ``items_required`` a missing items table reads as an empty one (retraining
+    data that adds interactions only)."""
+    path, items, users = _table_paths(interactions, items, users, items_required=items_required)
     interaction_table = io.read_table(path, what="interactions")  # first: its errors come first
-    item_table = io.read_table(items, what="items") if items else pd.DataFrame(columns=list(schema.ITEM_REQUIRED))
-    return Dataset(interaction_table, item_table,
-                   io.read_table(users, what="users") if users else None)
+    return Dataset(interaction_table, _read_items(items), io.read_table(users, what="users") if users else None)
 
 
 # --- MovieLens -------------------------------------------------------------------------------
@@ -94,12 +110,17 @@ ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Romance", "Sci-Fi", "Thriller", "War", "Western"]
 
 
+def _renamed(chunks, columns: dict[str, str]):
+    return (chunk.rename(columns=columns) for chunk in chunks)
+
+
 def read_movielens(directory: str, *, domain: str = "movies") -> Dataset:
-    """Raw MovieLens tables (see the module docstring for the supported releases)."""
+    """Raw MovieLens tables (see the module docstring for the supported releases); the ratings
+    (ml-25m: 25M rows) as chunks for ``validate`` to stream."""
     root = Path(directory)
     if (root / "u.data").exists():
-        ratings = io.read_table(root / "u.data", what="ratings", sep="\t", header=None,
-                                names=["user_id", "item_id", "rating", "timestamp"])
+        ratings = io.TableChunks(root / "u.data", what="ratings", sep="\t", header=None,
+                                 names=["user_id", "item_id", "rating", "timestamp"])
         item_cols = ["item_id", "title", "release_date", "video_release_date", "imdb_url"] + ML100K_GENRES
         movies = io.read_table(root / "u.item", what="movies", sep="|", header=None, names=item_cols,
                                encoding="latin-1")
@@ -108,13 +129,13 @@ def read_movielens(directory: str, *, domain: str = "movies") -> Dataset:
                                 for row in flags]
         movies = movies.drop(columns=ML100K_GENRES + ["video_release_date"])
     elif (root / "ratings.dat").exists():
-        ratings = io.read_table(root / "ratings.dat", what="ratings", sep="::", header=None,
-                                engine="python", names=["user_id", "item_id", "rating", "timestamp"])
+        ratings = io.TableChunks(root / "ratings.dat", what="ratings", sep="::", header=None,
+                                 engine="python", names=["user_id", "item_id", "rating", "timestamp"])
         movies = io.read_table(root / "movies.dat", what="movies", sep="::", header=None, engine="python",
                                names=["item_id", "title", "categories"], encoding="latin-1")
     elif (root / "ratings.csv").exists():
-        ratings = io.read_table(root / "ratings.csv", what="ratings").rename(
-            columns={"userId": "user_id", "movieId": "item_id"})
+        ratings = _renamed(io.TableChunks(root / "ratings.csv", what="ratings"),
+                           {"userId": "user_id", "movieId": "item_id"})
         movies = io.read_table(root / "movies.csv", what="movies").rename(
             columns={"movieId": "item_id", "genres": "categories"})
     else:
@@ -127,11 +148,11 @@ def read_movielens(directory: str, *, domain: str = "movies") -> Dataset:
         first = genres.str.split("|").str[0].str.strip().str.lower()
         movies[schema.DOMAIN] = first.where(first != "", "unknown")
         domain_of = movies.drop_duplicates("item_id").set_index("item_id")[schema.DOMAIN]
-        ratings[schema.DOMAIN] = ratings["item_id"].map(domain_of)
-        ratings[schema.DOMAIN] = ratings[schema.DOMAIN].where(ratings[schema.DOMAIN].notna(), "unknown")
+        ratings = (chunk.assign(**{schema.DOMAIN: chunk["item_id"].map(domain_of).fillna("unknown")})
+                   for chunk in ratings)
     else:
         movies[schema.DOMAIN] = "movies"
-        ratings[schema.DOMAIN] = "movies"
+        ratings = (chunk.assign(**{schema.DOMAIN: "movies"}) for chunk in ratings)
     movies["categories"] = genres.str.replace("|", ", ", regex=False).replace("(no genres listed)", "")
     return Dataset(ratings, movies)
 
@@ -146,8 +167,24 @@ def _join(value) -> str:
     return str(value)
 
 
+def _amazon_reviews(chunks: io.TableChunks, domain: str):
+    """Review chunks of one category in the canonical columns (2018 or 2023 field names)."""
+    keep = ("user_id", "item_id", "rating", "timestamp", *schema.BOOKKEEPING)
+    for r in chunks:
+        if "reviewerID" in chunks.columns:  # 2018 release
+            r = r.rename(columns={"reviewerID": "user_id", "asin": "item_id", "overall": "rating",
+                                  "unixReviewTime": "timestamp"})
+        else:  # 2023 release: timestamps in milliseconds, items keyed by parent_asin
+            r = r.rename(columns={"parent_asin": "item_id"} if "parent_asin" in r.columns else {"asin": "item_id"})
+            if "timestamp" in r.columns:
+                ms = pd.to_numeric(r["timestamp"], errors="coerce")
+                r["timestamp"] = (ms // 1000).astype(object).where(ms.notna(), r["timestamp"])
+        yield r[[c for c in r.columns if c in keep]].assign(domain=domain)
+
+
 def read_amazon(files: dict[str, dict[str, str]]) -> Dataset:
-    """Raw tables from Amazon Reviews JSON Lines pairs: {domain: {reviews: path, meta: path}}."""
+    """Raw tables from Amazon Reviews JSON Lines pairs: {domain: {reviews: path, meta: path}};
+    the reviews as chunks for ``validate`` to stream."""
     if not files:
         raise DataError(Problem("no Amazon files given",
                                 fix="set data.amazon_files: {<domain>: {reviews: <file>, meta: <file>}} "
@@ -158,27 +195,20 @@ def read_amazon(files: dict[str, dict[str, str]]) -> Dataset:
             if key not in pair:
                 raise DataError(Problem(f"Amazon domain '{domain}' has no '{key}' file",
                                         fix=f"set data.amazon_files.{domain}.{key}"))
-        r = io.read_table(pair["reviews"], what="reviews")
+        chunks = io.TableChunks(pair["reviews"], what="reviews", chunk_rows=io.DEFAULT_CHUNK_ROWS)
         m = io.read_table(pair["meta"], what="item metadata")
-        if "reviewerID" in r.columns:  # 2018 release
-            r = r.rename(columns={"reviewerID": "user_id", "asin": "item_id", "overall": "rating",
-                                  "unixReviewTime": "timestamp"})
+        if "reviewerID" in chunks.columns:  # 2018 release
             m = m.rename(columns={"asin": "item_id", "category": "categories"})
-        else:  # 2023 release: timestamps in milliseconds, items keyed by parent_asin
-            r = r.rename(columns={"parent_asin": "item_id"} if "parent_asin" in r.columns else {"asin": "item_id"})
-            if "timestamp" in r.columns:
-                ms = pd.to_numeric(r["timestamp"], errors="coerce")
-                r["timestamp"] = (ms // 1000).astype(object).where(ms.notna(), r["timestamp"])
+        else:
             m = m.rename(columns={"parent_asin": "item_id", "store": "brand"})
             if "categories" not in m.columns and "main_category" in m.columns:
                 m["categories"] = m["main_category"]
         for column in ("title", "categories", "brand", "description"):
             m[column] = m[column].map(_join) if column in m.columns else ""
-        keep_r = ("user_id", "item_id", "rating", "timestamp", *schema.BOOKKEEPING)
         keep_m = ("item_id", "title", "categories", "brand", "description", *schema.BOOKKEEPING)
-        reviews.append(r[[c for c in r.columns if c in keep_r]].assign(domain=domain))
+        reviews.append(_amazon_reviews(chunks, domain))
         metas.append(m[[c for c in m.columns if c in keep_m]].assign(domain=domain))
-    return Dataset(pd.concat(reviews, ignore_index=True), pd.concat(metas, ignore_index=True))
+    return Dataset(itertools.chain.from_iterable(reviews), pd.concat(metas, ignore_index=True))
 
 
 def parse_amazon_flag(values: list[str]) -> dict[str, dict[str, str]]:
