@@ -97,7 +97,8 @@ class SavedModelHandler(ModelHandler[Query, dict, object]):
             from serving.index import DomainIndex
 
             max_batch_size = min(max_batch_size, DomainIndex.SCANN_MAX_QUERIES)  # what a ScaNN export accepts
-        super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
+        # fixed batches (min = max): BatchElements' adaptive sizes start at 1 and vary by 25%
+        super().__init__(min_batch_size=max_batch_size, max_batch_size=max_batch_size)
         self.served = served
         self.k = k
         self.exclude_seen = exclude_seen
@@ -185,7 +186,8 @@ def _as_list(value):
 
 
 class ParseUsers(beam.DoFn):
-    """A users-table row -> one ``Query`` per target domain, or a dead letter with the reason."""
+    """A users-table row -> one ``((user, domain), Query)`` per target domain, or a dead letter
+    with the reason."""
 
     def __init__(self, domains: list[str], known_domains: list[str]):
         self.domains = domains
@@ -213,7 +215,8 @@ class ParseUsers(beam.DoFn):
                 yield _dead(user, f"unknown domain {domain!r}; the model knows {sorted(self.known)}", row)
                 continue
             beam.metrics.Metrics.counter(NAMESPACE, "queries").inc()
-            yield Query(str(user), str(domain), [str(v) for v in items], [str(v) for v in doms])
+            yield (str(user), str(domain)), Query(str(user), str(domain), [str(v) for v in items],
+                                                  [str(v) for v in doms])
 
 
 class HistoryFromInteractions(beam.DoFn):
@@ -253,11 +256,6 @@ def to_table(elements, model_name: str, model_version: int, ranked_name: str | N
         columns["model_name"] += [ranked_name] * ranked + [model_name] * (n - ranked)
         columns["model_version"] += [ranked_version] * ranked + [model_version] * (n - ranked)
     return pa.Table.from_pydict(columns, schema=CANDIDATES_SCHEMA)
-
-
-def _unwrap(element):
-    key, prediction = element
-    return key, prediction.inference if hasattr(prediction, "inference") else prediction
 
 
 # --- the pipeline ----------------------------------------------------------------------------------------
@@ -312,19 +310,18 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
                 | "BuildHistories" >> beam.ParDo(HistoryFromInteractions()).with_outputs("dead", main="rows"))
         early_dead, rows = rows.dead, rows.rows
     parsed = rows | "Check" >> beam.ParDo(ParseUsers(targets, known)).with_outputs("dead", main="queries")
-    keyed = parsed.queries | "KeyByUserDomain" >> beam.Map(lambda q: ((q.user_id, q.domain), q))
+    keyed = parsed.queries  # ((user, domain), Query): few per-row steps, each costs per row
     handler = SavedModelHandler(retrieval, k=k, exclude_seen=exclude_seen, max_batch_size=batch_size)
-    results = keyed | "Retrieve" >> RunInference(KeyedModelHandler(handler)) | "Unwrap" >> beam.Map(_unwrap)
+    results = keyed | "Retrieve" >> RunInference(KeyedModelHandler(handler))  # ((user, domain), result dict)
     if ranking is not None:
         paired = ({"query": keyed, "retrieved": results}
                   | "Join" >> beam.CoGroupByKey()
                   | "Pair" >> beam.FlatMap(lambda kv: [(kv[0], pair) for pair in
                                                        zip(kv[1]["query"], kv[1]["retrieved"], strict=False)]))
-        results = (paired | "Rank" >> RunInference(KeyedModelHandler(RecommenderHandler(
-                       ranking, top=rank_top, exclude_seen=exclude_seen, max_batch_size=batch_size)))
-                   | "UnwrapRanked" >> beam.Map(_unwrap))
+        results = paired | "Rank" >> RunInference(KeyedModelHandler(RecommenderHandler(
+            ranking, top=rank_top, exclude_seen=exclude_seen, max_batch_size=batch_size)))
     tables = (results
-              | "BatchRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)
+              | "BatchRows" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
               | "ToTables" >> beam.Map(to_table, retrieval.name, retrieval.version,
                                        ranking.name if ranking else None, ranking.version if ranking else None))
     tables | "WriteCandidates" >> beam.io.WriteToParquetBatched(FileSystems.join(output, "candidates"),
