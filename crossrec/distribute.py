@@ -46,11 +46,22 @@ def strategy_from_config(config: TrainConfig) -> tf.distribute.Strategy:
     raise ConfigError(f"train.strategy: unknown strategy {kind!r}")
 
 
+def _cluster_task(strategy: tf.distribute.Strategy):
+    """The strategy's cluster resolver when this process is one task of a cluster, else None."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver if resolver is not None and resolver.task_type else None
+
+
+def in_cluster(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process is one task of several (TF_CONFIG), not a single machine."""
+    return _cluster_task(strategy) is not None
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's outputs: the chief task, or worker 0 of a cluster
     without one; always on one machine."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
+    resolver = _cluster_task(strategy)
+    if resolver is None:
         return True
     if resolver.task_type == "chief":
         return True
@@ -60,8 +71,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def task_name(strategy: tf.distribute.Strategy) -> str:
     """``worker-1`` etc. for a task of a cluster, ``""`` on one machine."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return f"{resolver.task_type}-{resolver.task_id}" if resolver is not None and resolver.task_type else ""
+    resolver = _cluster_task(strategy)
+    return f"{resolver.task_type}-{resolver.task_id}" if resolver is not None else ""
 
 
 def set_precision(config: TrainConfig) -> str:

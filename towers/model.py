@@ -20,6 +20,7 @@ import tensorflow_recommenders as tfrs
 from keras import ops
 
 from crossrec.config import TowerConfig, TrainConfig
+from crossrec.distribute import in_cluster
 from towers.item_tower import ItemTower
 from towers.user_tower import UserTower, latest_where, user_query
 
@@ -189,8 +190,7 @@ class RetrievalModel(keras.Model):
         averages per-replica logs with ``strategy.reduce("MEAN", v, axis=0)``, which fails on the
         scalars they are (tensorflow/tensorflow#72388; Keras 2 did not); the mean is a scalar again."""
         logs = super().train_step(data)
-        resolver = getattr(self.distribute_strategy, "cluster_resolver", None)
-        if resolver is not None and resolver.task_type:
+        if in_cluster(self.distribute_strategy):
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
 
