@@ -224,7 +224,7 @@ def test_errors_in_later_chunks_name_their_rows_and_rules_are_capped_across_chun
 def test_load_dataset_streams_the_interactions_file(tmp_path, monkeypatch):
     from crossrec.data import io
 
-    monkeypatch.setattr(io, "DEFAULT_CHUNK_ROWS", 5)
+    monkeypatch.setitem(io.TableChunks.__init__.__kwdefaults__, "chunk_rows", 5)
     seen = []
     original = io.TableChunks._numbered
 

@@ -54,7 +54,7 @@ def load_dataset(config: DataConfig) -> Dataset:
         raw = read_movielens(config.interactions, domain=config.movielens_domain)
     else:
         path, items, users = _table_paths(config.interactions, config.items, config.users)
-        chunks = io.TableChunks(path, what="interactions", chunk_rows=io.DEFAULT_CHUNK_ROWS)  # errors first
+        chunks = io.TableChunks(path, what="interactions")  # read first: its errors come first
         raw = Dataset(chunks, _read_items(items), io.read_table(users, what="users") if users else None)
     interactions, items, users, report = validate(
         raw.interactions, raw.items, raw.users, columns=config.columns, text_template=text_template(config),
@@ -195,7 +195,7 @@ def read_amazon(files: dict[str, dict[str, str]]) -> Dataset:
             if key not in pair:
                 raise DataError(Problem(f"Amazon domain '{domain}' has no '{key}' file",
                                         fix=f"set data.amazon_files.{domain}.{key}"))
-        chunks = io.TableChunks(pair["reviews"], what="reviews", chunk_rows=io.DEFAULT_CHUNK_ROWS)
+        chunks = io.TableChunks(pair["reviews"], what="reviews")
         m = io.read_table(pair["meta"], what="item metadata")
         if "reviewerID" in chunks.columns:  # 2018 release
             m = m.rename(columns={"asin": "item_id", "category": "categories"})

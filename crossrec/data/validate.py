@@ -221,7 +221,7 @@ def validate(interactions: pd.DataFrame | Iterable[pd.DataFrame], items: pd.Data
 
     cleaned = [_clean_interactions(first, log)]
     for chunk in chunks:  # later chunks of the same file: same mapping; a JSON chunk may lack a column
-        chunk = chunk.rename(columns={s: t for t, s in columns.items() if t in inter_cols and s in chunk.columns})
+        chunk = _apply_mapping(chunk, columns, "interactions", inter_cols)[0]  # its problems: the first chunk's
         chunk = chunk.assign(**{c: np.nan for c in first.columns if c not in chunk.columns})
         cleaned.append(_clean_interactions(chunk, log))
     interactions = cleaned[0] if len(cleaned) == 1 else pd.concat(cleaned, ignore_index=True)
