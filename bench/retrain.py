@@ -57,12 +57,7 @@ def _overall(metrics: list[dict], model: str = "crossrec") -> dict[str, dict]:
     return {r["slice"]: r for r in metrics if r.get("domain") == "all" and r.get("model") == model}
 
 
-def main(argv=None) -> int:
-    parser = bench_parser(__doc__, "small built-in data and one epoch (a smoke run)")
-    parser.add_argument("--config", help="YAML config of the data and training (default: the built-in data)")
-    parser.add_argument("--cold", action="store_true", help="also train from scratch on both halves")
-    parser.add_argument("--work-dir", help="keep the runs here (default: a temporary folder)")
-    args = parser.parse_args(argv)
+def _config(args) -> Config:
     config = load_config(args.config) if args.config else Config()
     if args.preset:
         config = replace(config, encoder=replace(config.encoder, preset=args.preset))
@@ -71,7 +66,81 @@ def main(argv=None) -> int:
                                                                             n_interactions=3000)),
                          train=replace(config.train, epochs=1), ranking=replace(config.ranking, epochs=1),
                          export=replace(config.export, recall_queries=100))
-    config = replace(config, eval=replace(config.eval, use_given_split=False))
+    return replace(config, eval=replace(config.eval, use_given_split=False))
+
+
+def _first_half(config: Config, work: Path, results: Results) -> None:
+    """The first half trained (towers, rankers) and exported: the served version to retrain from."""
+    from ranking.train import train_ranking
+    from serving.export import export_models
+    from towers.queries import sample_query_embeddings
+    from towers.train import train_retrieval
+
+    started = time.perf_counter()
+    run = train_retrieval(config, work / "first_towers", progress=False)
+    towers_s = time.perf_counter() - started
+    train_ranking(config, run, work / "first_ranking", progress=False)
+    ranking_s = time.perf_counter() - started - towers_s
+    queries = sample_query_embeddings(run.model, run.data.examples, config.export.recall_queries)
+    export_models(work / "first_towers", work / "saved_models", ranking_dir=work / "first_ranking",
+                  recall_queries=queries, progress=False)
+    first_s = time.perf_counter() - started
+    first_test = _overall(json.loads(run.metrics.to_json(orient="records")))
+    for name, row in sorted(first_test.items()):
+        results.add(f"first-half model, test NDCG@10 ({name})", row["ndcg@10"], "", note="first half")
+    results.add("first half: towers training", towers_s, "s")
+    results.add("first half: rankers training", ranking_s, "s")
+    results.add("first half: train + export in all", first_s, "s")
+
+
+def _retrain_second_half(config: Config, work: Path, results: Results) -> None:
+    """``crossrec retrain`` with the second half as new data, and what its run log says."""
+    started = time.perf_counter()
+    result = retrain(work / "second", work / "saved_models", config=config, work_dir=work / "runs", progress=False)
+    retrain_s = time.perf_counter() - started
+    log = [json.loads(line) for line in (result.work_dir / "run_log.jsonl").read_text().splitlines()]
+    start = log[0]
+    metric = result.gate["metric"]
+    results.add(f"served (first-half) towers, both halves, validation {metric}", result.gate["served"], "",
+                note="the gate's baseline")
+    results.add(f"warm-started towers, both halves, validation {metric}", result.gate["retrained"], "")
+    summary = json.loads((result.work_dir / "towers" / "run_summary.json").read_text())
+    for name, row in sorted(_overall(summary["test_metrics"]).items()):
+        results.add(f"warm-started model, test NDCG@10 ({name})", row["ndcg@10"], "", note="both halves")
+    towers = next((r for r in log if r["event"] == "towers_trained"), {})
+    rankers = next((r for r in log if r["event"] == "rankers_trained"), {})
+    served_metric = next((r for r in log if r["event"] == "served_metric"), {})
+    results.add("retrain: new items / users / interactions", start["new_items"], "items",
+                note=f"{start['new_users']} new users, {start['new_interactions']} new interactions")
+    results.add("retrain: texts encoded", served_metric.get("text_encoded", 0), "texts",
+                note=f"{served_metric.get('text_cache_hits', 0)} cache hits (the cache is seeded from the served model)")
+    results.add("retrain: towers training", towers.get("seconds", 0), "s",
+                note=f"{towers.get('epochs')} epochs, {rankers.get('how', '')} rankers")
+    results.add("retrain: rankers training", rankers.get("seconds", 0), "s")
+    results.add("retrain: all (merge, gate, train, export)", retrain_s, "s",
+                note="published" if result.published else "kept: " + result.reason)
+
+
+def _cold(config: Config, full: Dataset, results: Results) -> None:
+    """Towers trained from scratch on both halves, for comparison."""
+    from towers.train import train_retrieval
+
+    both = Dataset(full.interactions.drop(columns=["split", "role"], errors="ignore"), full.items)
+    started = time.perf_counter()
+    cold = train_retrieval(config, progress=False, dataset=both)
+    cold_s = time.perf_counter() - started
+    for name, row in sorted(_overall(json.loads(cold.metrics.to_json(orient="records"))).items()):
+        results.add(f"cold-start towers, test NDCG@10 ({name})", row["ndcg@10"], "", note="both halves")
+    results.add("cold start: towers training", cold_s, "s", note=f"{len(cold.history.get('loss', []))} epochs")
+
+
+def main(argv=None) -> int:
+    parser = bench_parser(__doc__, "small built-in data and one epoch (a smoke run)")
+    parser.add_argument("--config", help="YAML config of the data and training (default: the built-in data)")
+    parser.add_argument("--cold", action="store_true", help="also train from scratch on both halves")
+    parser.add_argument("--work-dir", help="keep the runs here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    config = _config(args)
     results = Results("retrain")
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.work_dir or scratch)
@@ -84,62 +153,10 @@ def main(argv=None) -> int:
                                                     text_template=text_template(config.data)))
         results.add("interactions, first half", len(first.interactions), "")
         results.add("interactions, second half (new)", len(second.interactions), "")
-
-        from ranking.train import train_ranking
-        from serving.export import export_models
-        from towers.queries import sample_query_embeddings
-        from towers.train import train_retrieval
-
-        started = time.perf_counter()
-        run = train_retrieval(first_config, work / "first_towers", progress=False)
-        towers_s = time.perf_counter() - started
-        train_ranking(first_config, run, work / "first_ranking", progress=False)
-        ranking_s = time.perf_counter() - started - towers_s
-        queries = sample_query_embeddings(run.model, run.data.examples, config.export.recall_queries)
-        export_models(work / "first_towers", work / "saved_models", ranking_dir=work / "first_ranking",
-                      recall_queries=queries, progress=False)
-        first_s = time.perf_counter() - started
-        first_test = _overall(json.loads(run.metrics.to_json(orient="records")))
-        for name, row in sorted(first_test.items()):
-            results.add(f"first-half model, test NDCG@10 ({name})", row["ndcg@10"], "", note="first half")
-        results.add("first half: towers training", towers_s, "s")
-        results.add("first half: rankers training", ranking_s, "s")
-        results.add("first half: train + export in all", first_s, "s")
-
-        started = time.perf_counter()
-        result = retrain(work / "second", work / "saved_models", config=first_config, work_dir=work / "runs",
-                         progress=False)
-        retrain_s = time.perf_counter() - started
-        log = [json.loads(line) for line in (result.work_dir / "run_log.jsonl").read_text().splitlines()]
-        start = log[0]
-        metric = result.gate["metric"]
-        results.add(f"served (first-half) towers, both halves, validation {metric}", result.gate["served"], "",
-                    note="the gate's baseline")
-        results.add(f"warm-started towers, both halves, validation {metric}", result.gate["retrained"], "")
-        summary = json.loads((result.work_dir / "towers" / "run_summary.json").read_text())
-        for name, row in sorted(_overall(summary["test_metrics"]).items()):
-            results.add(f"warm-started model, test NDCG@10 ({name})", row["ndcg@10"], "", note="both halves")
-        towers = next((r for r in log if r["event"] == "towers_trained"), {})
-        rankers = next((r for r in log if r["event"] == "rankers_trained"), {})
-        served_metric = next((r for r in log if r["event"] == "served_metric"), {})
-        results.add("retrain: new items / users / interactions", start["new_items"], "items",
-                    note=f"{start['new_users']} new users, {start['new_interactions']} new interactions")
-        results.add("retrain: texts encoded", served_metric.get("text_encoded", 0), "texts",
-                    note=f"{served_metric.get('text_cache_hits', 0)} cache hits (the cache is seeded from the served model)")
-        results.add("retrain: towers training", towers.get("seconds", 0), "s",
-                    note=f"{towers.get('epochs')} epochs, {rankers.get('how', '')} rankers")
-        results.add("retrain: rankers training", rankers.get("seconds", 0), "s")
-        results.add("retrain: all (merge, gate, train, export)", retrain_s, "s",
-                    note="published" if result.published else "kept: " + result.reason)
+        _first_half(first_config, work, results)
+        _retrain_second_half(first_config, work, results)
         if args.cold:
-            both = Dataset(full.interactions.drop(columns=["split", "role"], errors="ignore"), full.items)
-            started = time.perf_counter()
-            cold = train_retrieval(config, progress=False, dataset=both)
-            cold_s = time.perf_counter() - started
-            for name, row in sorted(_overall(json.loads(cold.metrics.to_json(orient="records"))).items()):
-                results.add(f"cold-start towers, test NDCG@10 ({name})", row["ndcg@10"], "", note="both halves")
-            results.add("cold start: towers training", cold_s, "s",
-                        note=f"{len(cold.history.get('loss', []))} epochs")
+            _cold(config, full, results)
     results.write(args.results_dir)
     return 0
 

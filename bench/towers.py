@@ -20,9 +20,10 @@ import numpy as np
 from bench.common import Results, bench_parser
 from crossrec import schema
 from crossrec.config import Config, EncoderConfig, SynthConfig, TrainConfig
+from crossrec.experiment import prepare_data
 from crossrec.features import Sequences
 from towers.encoder import TextEncoder
-from towers.inputs import make_dataset, prepare_data
+from towers.inputs import make_dataset
 from towers.optimizer import towers_optimizer
 from towers.text import text_vectors
 from towers.train import build_model, training_input

@@ -118,7 +118,7 @@ class EncoderConfig:
     shared_backbone: bool = True
     batch_size: int = 128
     # frozen only: compute item vectors once and cache them on disk (false = run the frozen
-    # backbone inside every training step, ~100x slower; for comparison or no writable disk).
+    # backbone inside every training step: far slower; for comparison or no writable disk).
     cache: bool = True
     # Where frozen item vectors are cached (keyed by encoder and text). null = ~/.cache/crossrec
     # (or $CROSSREC_CACHE).
@@ -132,9 +132,8 @@ class TowerConfig:
     embedding_dim: int = 64
     # Items seen in training also get an ID embedding, added to the text path (hybrid).
     use_item_ids: bool = True
-    # Share of training examples whose item-ID embeddings are dropped, so text alone stays strong.
-    # Defaults (0.1 here, the text-only loss at 0.5 and 8 text experts) are the best measured over
-    # three seeds on Amazon Arts/Office, MovieLens 100k and the built-in data (README: Limits).
+    # Share of training examples whose item-ID embeddings are dropped, so text alone stays strong
+    # (the defaults of this, the text-only loss and the text experts: README, Retrieval towers).
     item_id_dropout: float = 0.1
     # Weight of a second loss on the same queries whose candidates are embedded from text alone
     # (no item-ID part): trains the path new items take without dropping IDs from the hybrid
@@ -205,11 +204,10 @@ class TrainConfig:
     balance_domains: bool = False
     early_stopping_patience: int = 3
     # Queries per slice that the per-epoch validation metric (early stopping, checkpoints) reads,
-    # sampled once: full-catalogue scoring of every validation query made each epoch cost
-    # queries x items, which grew with the square of the data (null = all of them).
+    # sampled once, so an epoch's validation costs at most this many queries x items per slice
+    # (null = all of them).
     validation_queries: int | None = 10000
-    # Training steps per graph call (Keras steps_per_execution): amortises per-step overhead;
-    # measured 1.8x faster end to end on 2 CPU cores at 8.
+    # Training steps per graph call (Keras steps_per_execution): amortises per-step overhead.
     steps_per_execution: int = 8
     # tf.distribute strategy: auto (default / Mirrored on several GPUs / MultiWorkerMirrored from
     # TF_CONFIG / TPU when tpu_address is set), default, mirrored, multi_worker, tpu.
@@ -232,9 +230,8 @@ class ExportConfig:
     # Which ranker the ranking and recommender models use: the distilled student (cheaper) or the teacher.
     ranker: Literal["student", "teacher"] = "student"
     # ScaNN: leaves of the partitioning tree per domain (null = 2 sqrt(items)), leaves searched
-    # per query (null = half of them), and exact re-scoring of this many candidates. Measured
-    # (bench/serving.py, clustered vectors): recall@10 0.97 at 1M items in 3.8 ms (exact: 18 ms);
-    # searching a quarter of the leaves gave 0.925.
+    # per query (null = half of them), and exact re-scoring of this many candidates (recall and
+    # search time at export: the version's metadata; at 1M items: README, Benchmarks).
     scann_leaves: int | None = None
     scann_leaves_to_search: int | None = None
     scann_reorder: int = 1000
@@ -287,8 +284,8 @@ class EvalConfig:
     # cross-domain cold start (their interactions in one domain leave the data; see
     # crossrec.data.splits.given_split). The rest are the warm slice.
     given_cold_start_fraction: float = 0.5
-    # Train every model this many times (train.seed, +1, ...) and pool: one seed's run moved
-    # Amazon NDCG@10 by 8%, so lever comparisons need several.
+    # Train every model this many times (train.seed, +1, ...) and pool the queries of every seed
+    # (intervals and paired comparisons then cover seed noise as well as query noise).
     seeds: int = 1
 
 

@@ -7,21 +7,17 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from crossrec.errors import ConfigError
+from crossrec.ranking_features import (
+    CANDIDATE_SOURCES,
+    RANKING_FEATURES,
+    check_features,
+    default_features,
+)
 
-RANKING_FEATURES = ("query", "candidate", "product", "retrieval_score", "retrieval_rank", "domain",
-                    "log_popularity", "item_rating", "history_length", "recency", "co_visitation", "propagation",
-                    "text_similarity", "item_age")
-CANDIDATE_SOURCES = ("co_visitation", "propagation")
-DEFAULT_STUDENT_FEATURES = ("retrieval_score", "retrieval_rank", "domain", "log_popularity", "history_length",
-                            "recency", "co_visitation", "propagation", "text_similarity", "item_age")
+DEFAULT_STUDENT_FEATURES = tuple(default_features(CANDIDATE_SOURCES, student=True))
 RANKING_TASKS = ("engagement", "rating")
-
-
-def _check_features(features: list[str], where: str) -> None:
-    unknown = [f for f in features if f not in RANKING_FEATURES]
-    if unknown or not features:
-        raise ConfigError(f"{where}: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
-                          f"choose from {', '.join(RANKING_FEATURES)}")
+__all__ = ["CANDIDATE_SOURCES", "DEFAULT_STUDENT_FEATURES", "RANKING_FEATURES", "RANKING_TASKS", "RankerConfig",
+           "RankingConfig"]
 
 
 @dataclass
@@ -37,7 +33,7 @@ class RankerConfig:
     features: list[str] | None = None
 
     def __post_init__(self):
-        _check_features(self.features or list(RANKING_FEATURES), "features")
+        check_features(self.features or list(RANKING_FEATURES), "features")
 
 
 @dataclass
@@ -76,18 +72,10 @@ class RankingConfig:
     # Training queries to mine lists for (a seeded random sample; null = every training example).
     max_queries: int | None = 50000
     # pointwise: binary cross-entropy per candidate; listwise: softmax cross-entropy over each list
-    # (the default: every training list holds its one label; listwise was ahead on the built-in data).
+    # (the default: every training list holds its one label).
     loss: Literal["pointwise", "listwise"] = "listwise"
-    # Inputs of the ranker, from: query, candidate (the towers' embeddings), product (their
-    # element-wise product), retrieval_score (their dot product), retrieval_rank (its place in
-    # the list), domain (of the candidate), log_popularity, item_rating (the item's mean training
-    # rating, when the data has ratings), history_length (the user's, in the candidate's domain
-    # and in all), recency (interactions since the user's last one in the candidate's domain),
-    # co_visitation and propagation (how strongly that source backs the candidate, from the
-    # user's history), text_similarity (to the user's most recent item of the candidate's
-    # domain), item_age (when the item was first seen; new or not).
-    # null = all of them but item_rating (on the built-in data it cost NDCG, see README: Ranking)
-    # and the features of sources that are off.
+    # Inputs of the ranker: names from the feature registry (crossrec.ranking_features; the
+    # README's "Ranking features" table). null = the registry's defaults of the sources that are on.
     features: list[str] | None = None
     # Loss weight per task: engagement (was this the next item) always; rating when the data has
     # ratings (trained on the true items' ratings).
@@ -114,12 +102,10 @@ class RankingConfig:
 
     def __post_init__(self):
         if self.features is None:
-            self.features = [f for f in RANKING_FEATURES if f != "item_rating"
-                             and (f not in CANDIDATE_SOURCES or f in self.sources)]
+            self.features = default_features(self.sources)
         if self.student.features == list(DEFAULT_STUDENT_FEATURES):
-            self.student = replace(self.student, features=[f for f in DEFAULT_STUDENT_FEATURES
-                                                           if f not in CANDIDATE_SOURCES or f in self.sources])
-        _check_features(self.features, "ranking.features")
+            self.student = replace(self.student, features=default_features(self.sources, student=True))
+        check_features(self.features, "ranking.features")
         tasks = [t for t in self.task_weights if t not in RANKING_TASKS]
         if tasks:
             raise ConfigError(f"ranking.task_weights: unknown task {', '.join(map(repr, tasks))}; "
@@ -135,9 +121,6 @@ class RankingConfig:
         for name in ("source_candidates", "source_neighbours", "label_tail"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ranking.{name}: expected 0 or more, got {getattr(self, name)}")
-        for which, features in (("ranking.features", self.features), ("ranking.student.features",
-                                                                      self.student.features or [])):
-            missing = [f for f in features if f in CANDIDATE_SOURCES and f not in self.sources]
-            if missing:
-                raise ConfigError(f"{which}: {', '.join(missing)} needs that source in ranking.sources "
-                                  f"(now {self.sources}); add it there or drop the feature")
+        check_features(self.features, "ranking.features", self.sources)
+        if self.student.features:
+            check_features(self.student.features, "ranking.student.features", self.sources)

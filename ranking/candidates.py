@@ -6,7 +6,7 @@ keeps the top K. For training lists the true next item is always in the list (it
 K-th candidate when retrieval missed it) and ``random_negatives`` random items of the domain may
 be appended; for evaluation lists it is only there if retrieval found it.
 
-Training lists are mined from training examples only (``RetrievalData.examples``: the train
+Training lists are mined from training examples only (``ExperimentData.examples``: the train
 split), so no validation or test interaction is ever a label or a history item of the ranker.
 """
 

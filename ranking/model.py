@@ -1,7 +1,8 @@
 """The ranking model, in named parts that are each testable alone.
 
 ``RankingFeatures``  (query embedding, history rows, candidate rows) -> (b, L, F) dense inputs,
-                     read from the retrieval towers' tables (item embeddings, domains, popularity)
+                     read from the retrieval towers' tables (``ranking.features``; each feature
+                     defined once in ``crossrec.ranking_features``)
 ``CrossNetwork``     DCN-v2 feature crosses (``tfrs.layers.dcn.Cross``, full or low-rank)
 ``DeepNetwork``      a ReLU stack
 heads                one ``Dense(1)`` per task: ``engagement`` (a logit) and ``rating``
@@ -19,174 +20,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from crossrec.config import RANKING_FEATURES, RankerConfig
-from crossrec.errors import ConfigError
-from ranking.sources import SOURCES
+from crossrec.config import RankerConfig
+from ranking.features import RankingFeatures
 from ranking.tables import FeatureTables
 
+__all__ = ["CrossNetwork", "DeepNetwork", "RankingFeatures", "RankingModel", "default_tasks"]
+
 ENGAGEMENT, RATING, DISTILLATION = "engagement", "rating", "distillation"
-
-
-@tf.keras.utils.register_keras_serializable("crossrec")
-class RankingFeatures(tf.keras.layers.Layer):
-    """Builds every candidate's input vector from the item tables and the user's history.
-
-    Inputs: ``query`` (b, e) query embedding, ``history`` (b, H) item rows (right-aligned, 0 =
-    padding), ``candidates`` (b, L) item rows. Output: (b, L, F), the ``features`` in order:
-    query, candidate (embeddings), product (element-wise), retrieval_score (dot product),
-    retrieval_rank (the candidate's place in the list by that score, / L), domain (one-hot of
-    the candidate's domain), log_popularity, item_rating (the item's mean training rating minus
-    the global mean, and a 0/1 "has ratings" flag), history_length (log1p of the user's
-    interactions in the candidate's domain and in all), recency (interactions since the user's
-    last one in the candidate's domain, / H; 1 and a 0 flag when there is none), one group per
-    candidate source (co_visitation, propagation: log1p of the history's summed neighbour weight
-    for the candidate, a 0/1 "reached" flag and its place in the list by that weight, / L),
-    text_similarity (cosine of the candidate's text-alone vector with the most recent history
-    item of its domain, and a 0/1 flag that there is one), item_age (the share of training time
-    before the item was first seen, 1 for an item never seen; and a 0/1 "new" flag).
-
-    The tables (``ranking.tables.FeatureTables``) are non-trainable weights, so a saved model
-    carries them; ``assign`` swaps in another view of the same catalogue. Training batches on
-    lists mined without a label view may pass ``popularity_offset`` (b, L) = the labels, so that
-    a positive's count and mean rating leave out the very interaction it is the label of.
-    """
-
-    def __init__(self, tables: FeatureTables, features=RANKING_FEATURES, **kwargs):
-        super().__init__(**kwargs)
-        self.num_domains = int(tables.num_domains)
-        self.features = list(features)
-        self.embedding_dim = int(tables.item_embeddings.shape[1])
-        self.rating_mean = float(tables.rating_mean or 0.0)
-        self.source_names = [t.name for t in tables.sources]
-        self.position_decay = {t.name: float(t.position_decay) for t in tables.sources}
-        missing = [f for f in self.features if f in SOURCES and f not in self.source_names]
-        if missing:
-            raise ConfigError(f"ranking features {missing}: the ranker was built without that candidate source "
-                              f"(ranking.sources: {self.source_names})")
-        self.tables = {}
-        for name, value in tables.weights().items():
-            self.tables[name] = self.add_weight(name=name, shape=value.shape, dtype=tf.as_dtype(value.dtype),
-                                                trainable=False, initializer=tf.keras.initializers.Constant(value))
-
-    def assign(self, tables: FeatureTables) -> None:
-        """Swaps in another view of the same catalogue (same shapes)."""
-        for name, value in tables.weights().items():
-            self.tables[name].assign(value)
-
-    @property
-    def output_dim(self) -> int:
-        e, d = self.embedding_dim, self.num_domains
-        sizes = {"query": e, "candidate": e, "product": e, "retrieval_score": 1, "retrieval_rank": 1, "domain": d,
-                 "log_popularity": 1, "item_rating": 2, "history_length": 2, "recency": 2, "co_visitation": 3,
-                 "propagation": 3, "text_similarity": 2, "item_age": 2}
-        return sum(sizes[f] for f in self.features)
-
-    def source_scores(self, name: str, history) -> tf.Tensor:
-        """(b, size) the history's summed neighbour weight per item row under source ``name``."""
-        history = tf.cast(history, tf.int32)
-        size = tf.shape(self.tables["popularity"])[0]
-        horizon = tf.shape(history)[1]
-        distance = tf.cast(tf.range(horizon - 1, -1, -1), tf.float32)
-        position = 1.0 / tf.pow(1.0 + distance, self.position_decay[name])  # (H,)
-        neighbours = tf.gather(self.tables[f"{name}_neighbours"], history)  # (b, H, M)
-        weights = tf.gather(self.tables[f"{name}_weights"], history) * position[None, :, None]
-        weights *= tf.cast(history > 0, tf.float32)[..., None]
-        batch = tf.shape(history)[0]
-        segments = tf.range(batch)[:, None, None] * size + neighbours
-        dense = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(segments, [-1]), batch * size)
-        return tf.reshape(dense, [batch, size])
-
-    @staticmethod
-    def _list_rank(scores, candidates):
-        """(b, L) each candidate's 0-based place in its list by ``scores``, / L (padding last)."""
-        scores = tf.where(candidates > 0, scores, -np.inf)
-        higher = tf.reduce_sum(tf.cast(scores[:, None, :] > scores[:, :, None], tf.float32), axis=-1)
-        return higher / tf.cast(tf.shape(candidates)[1], tf.float32)
-
-    def call(self, inputs):
-        t = self.tables
-        query = tf.cast(inputs["query"], tf.float32)  # (b, e)
-        history = tf.cast(inputs["history"], tf.int32)  # (b, H)
-        candidates = tf.cast(inputs["candidates"], tf.int32)  # (b, L)
-        length = tf.shape(candidates)[1]
-        horizon = tf.cast(tf.shape(history)[1], tf.float32)
-        item = tf.gather(t["item_embeddings"], candidates)  # (b, L, e)
-        q = tf.repeat(query[:, None, :], length, axis=1)  # (b, L, e)
-        domain = tf.gather(t["item_domain"], candidates)  # (b, L)
-        count = tf.gather(t["popularity"], candidates)
-        if "popularity_offset" in inputs:  # training: leave the example's own interaction out
-            count = tf.maximum(count - tf.cast(inputs["popularity_offset"], tf.float32), 0.0)
-
-        # the user's history per domain
-        present = tf.cast(history > 0, tf.float32)  # (b, H)
-        history_domain = tf.one_hot(tf.gather(t["item_domain"], history), self.num_domains) * present[..., None]
-        counts = tf.reduce_sum(history_domain, axis=1)  # (b, D)
-        position = tf.range(tf.shape(history)[1], dtype=tf.float32)[None, :, None]  # (1, H, 1)
-        last = tf.reduce_max(tf.where(history_domain > 0, position, -1.0), axis=1)  # (b, D), -1 = none
-
-        parts = []
-        for name in self.features:
-            if name == "query":
-                parts.append(q)
-            elif name == "candidate":
-                parts.append(item)
-            elif name == "product":
-                parts.append(q * item)
-            elif name == "retrieval_score":
-                parts.append(tf.reduce_sum(q * item, axis=-1, keepdims=True))
-            elif name == "retrieval_rank":
-                parts.append(self._list_rank(tf.reduce_sum(q * item, axis=-1), candidates)[..., None])
-            elif name == "domain":
-                parts.append(tf.one_hot(domain, self.num_domains))
-            elif name == "log_popularity":
-                parts.append(tf.math.log1p(count)[..., None])
-            elif name == "item_rating":
-                total = tf.gather(t["rating_sum"], candidates)
-                rated_count = tf.gather(t["rating_count"], candidates)
-                if "rating_weight" in inputs and "popularity_offset" in inputs:  # leave the label's rating out
-                    own = tf.cast(inputs["rating_weight"], tf.float32)
-                    total -= own * tf.cast(inputs["rating"], tf.float32)
-                    rated_count -= own
-                rated = rated_count > 0.5
-                mean = tf.where(rated, total / tf.maximum(rated_count, 1.0) - self.rating_mean, 0.0)
-                parts.append(tf.stack([mean, tf.cast(rated, tf.float32)], axis=-1))
-            elif name == "history_length":
-                in_domain = tf.gather(counts, domain, batch_dims=1)  # (b, L)
-                total = tf.repeat(tf.reduce_sum(counts, axis=1, keepdims=True), length, axis=1)
-                parts.append(tf.math.log1p(tf.stack([in_domain, total], axis=-1)))
-            elif name == "recency":
-                last_in_domain = tf.gather(last, domain, batch_dims=1)  # (b, L)
-                seen = tf.cast(last_in_domain >= 0, tf.float32)
-                since = tf.where(last_in_domain >= 0, (horizon - 1.0 - last_in_domain) / horizon, 1.0)
-                parts.append(tf.stack([since, seen], axis=-1))
-            elif name in SOURCES:
-                score = tf.gather(self.source_scores(name, history), candidates, batch_dims=1)  # (b, L)
-                score = tf.where(candidates > 0, score, 0.0)
-                parts.append(tf.stack([tf.math.log1p(score), tf.cast(score > 0, tf.float32),
-                                       self._list_rank(score, candidates)], axis=-1))
-            elif name == "text_similarity":
-                last_in_domain = tf.cast(tf.gather(last, domain, batch_dims=1), tf.int32)  # (b, L), -1 = none
-                recent = tf.gather(history, tf.maximum(last_in_domain, 0), batch_dims=1)  # (b, L) item rows
-                text = t["text_vectors"]  # normalised after the gather: only the rows a request reads
-                cosine = tf.reduce_sum(tf.math.l2_normalize(tf.gather(text, candidates), axis=-1)
-                                       * tf.math.l2_normalize(tf.gather(text, recent), axis=-1), axis=-1)
-                has = tf.cast(last_in_domain >= 0, tf.float32)
-                parts.append(tf.stack([cosine * has, has], axis=-1))
-            elif name == "item_age":
-                parts.append(tf.stack([tf.gather(t["first_seen"], candidates), tf.cast(count <= 0, tf.float32)],
-                                      axis=-1))
-        return tf.concat(parts, axis=-1)
-
-    def retrieval_scores(self, inputs):
-        """(b, L) the towers' dot product of query and candidate."""
-        item = tf.gather(self.tables["item_embeddings"], tf.cast(inputs["candidates"], tf.int32))
-        return tf.reduce_sum(tf.cast(inputs["query"], tf.float32)[:, None, :] * item, axis=-1)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"num_domains": self.num_domains, "features": self.features, "rating_mean": self.rating_mean,
-                       "sources": self.source_names})
-        return config
 
 
 @tf.keras.utils.register_keras_serializable("crossrec")
@@ -269,17 +109,18 @@ class RankingModel(tfrs.models.Model):
                  deep: tf.keras.layers.Layer | None = None, heads: dict | None = None, tasks: dict | None = None,
                  task_weights: dict[str, float] | None = None, listwise: bool = False,
                  distillation_weight: float = 0.0, rating_mean: float = 0.0, config: RankerConfig | None = None,
-                 retrieval_scale: float | None = 10.0, **kwargs):
+                 retrieval_scale: float | tf.Variable | None = 10.0,
+                 normalise: tf.keras.layers.Layer | None = None, **kwargs):
         super().__init__(**kwargs)
         config = config or RankerConfig()
         self.features = features
-        self.normalise = tf.keras.layers.BatchNormalization(name="normalise")
+        self.normalise = normalise or tf.keras.layers.BatchNormalization(name="normalise")
         self.cross = cross or CrossNetwork(config.cross_layers, config.cross_projection_dim, name="cross")
         self.deep = deep or DeepNetwork(config.deep_layers, config.dropout, name="deep")
         # Residual on retrieval: engagement = scale * retrieval score + head(...), the head starting at
         # zero, so an untrained ranker keeps the retrieval order and training learns corrections.
-        self.retrieval_scale = None
-        if retrieval_scale is not None:
+        self.retrieval_scale = retrieval_scale if isinstance(retrieval_scale, tf.Variable) else None
+        if retrieval_scale is not None and self.retrieval_scale is None:
             self.retrieval_scale = self.add_weight(name="retrieval_scale", shape=(),
                                                    initializer=tf.keras.initializers.Constant(retrieval_scale))
         self.task_weights = {ENGAGEMENT: 1.0, RATING: 0.0, **(task_weights or {})}
@@ -293,6 +134,18 @@ class RankingModel(tfrs.models.Model):
         self.tasks = {k: v for k, v in (tasks or default_tasks(listwise)).items() if k != RATING or RATING in heads}
         self.listwise = listwise
         self.distillation_weight = float(distillation_weight)
+
+    def in_view(self, tables: FeatureTables) -> RankingModel:
+        """This ranker over another view of the same catalogue (``tables``, same shapes): a new
+        features layer, every other weight (normalisation, crosses, deep stack, heads, the
+        retrieval scale) shared, so training one trains both and neither is ever swapped."""
+        twin = RankingModel(RankingFeatures(tables, self.features.features, name="features"), cross=self.cross,
+                            deep=self.deep, heads=self.heads, tasks=self.tasks, task_weights=self.task_weights,
+                            listwise=self.listwise, distillation_weight=self.distillation_weight,
+                            retrieval_scale=self.retrieval_scale, normalise=self.normalise, name=self.name)
+        twin({"query": np.zeros((1, self.features.embedding_dim), np.float32),
+              "history": np.zeros((1, 1), np.int32), "candidates": np.ones((1, 2), np.int32)})
+        return twin
 
     def get_config(self):
         # the blocks are objects; what identifies a ranker is its weights plus RankerConfig

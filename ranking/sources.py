@@ -5,7 +5,7 @@ Each source is a ``NeighbourTable``: for every item row, its strongest neighbour
 their weights. A query is only a history, so a brand-new user is served as well as a known one:
 its score for item ``c`` is ``sum_h w(h) * table[h, c]`` over the history items ``h``, with a
 per-position weight ``w`` (recency for co-visitation, uniform for propagation). The same tables
-go into the ranker's graph (``ranking.model.RankingFeatures``), where they give both the
+go into the ranker's graph (``ranking.features.RankingFeatures``), where they give both the
 candidates of the served list and the features that say how strongly each source backs each
 candidate.
 
@@ -31,10 +31,8 @@ import scipy.sparse as sp
 
 from crossrec import schema
 from crossrec.features import Catalogue, in_user_order
+from crossrec.ranking_features import CANDIDATE_SOURCES, CO_VISITATION, PROPAGATION
 from ranking.candidates import best_columns, domain_chunks
-
-CO_VISITATION, PROPAGATION = "co_visitation", "propagation"
-SOURCES = (CO_VISITATION, PROPAGATION)
 
 
 @dataclass
@@ -146,7 +144,7 @@ def propagation(interactions: pd.DataFrame, catalogue: Catalogue, *, beta: float
     return _top_per_domain(walk, catalogue, per_domain, PROPAGATION, 0.0)
 
 
-def build_sources(interactions: pd.DataFrame, catalogue: Catalogue, names=SOURCES, *,
+def build_sources(interactions: pd.DataFrame, catalogue: Catalogue, names=CANDIDATE_SOURCES, *,
                   per_domain: int = 30) -> list[NeighbourTable]:
     builders = {CO_VISITATION: co_visitation, PROPAGATION: propagation}
     return [builders[name](interactions, catalogue, per_domain=per_domain) for name in names]

@@ -26,6 +26,7 @@ from crossrec.config import Config, RankerConfig, load_config, save_config
 from crossrec.data.dataset import Dataset
 from crossrec.data.splits import NEW_ITEM
 from crossrec.errors import ConfigError, raise_if_diverged
+from crossrec.experiment import prepare_data
 from crossrec.features import Catalogue, query_examples
 from crossrec.metrics import ranking_metrics
 from crossrec.progress import fit_verbosity
@@ -170,12 +171,14 @@ def make_list_dataset(lists: CandidateLists, batch_size: int, *, shuffle: bool =
 
 def score_lists(model: RankingModel, lists: CandidateLists, batch_size: int = 1024, head: str = ENGAGEMENT) -> np.ndarray:
     """(n, L) scores of one head for every candidate list."""
-    if not hasattr(model, "_serve_lists"):
-        model._serve_lists = tf.function(lambda f: model(f, training=False), reduce_retracing=True)
-    out = []
     features = lists.features()
+    if not hasattr(model, "_serve_lists"):  # one trace per model: every dimension left open
+        spec = {k: tf.TensorSpec([None] * v.ndim, tf.as_dtype(v.dtype)) for k, v in features.items()}
+        model._serve_lists = tf.function(lambda f: model(f, training=False), input_signature=[spec])
+    out = []
     for s in range(0, len(lists), batch_size):
-        part = {k: tf.constant(v[s:s + batch_size]) for k, v in features.items()}
+        part = {k: tf.constant(v[s:s + batch_size], dtype=spec.dtype)
+                for (k, v), spec in zip(features.items(), model._serve_lists.input_signature[0].values(), strict=True)}
         out.append(model._serve_lists(part)[head].numpy())
     return np.concatenate(out) if out else np.zeros(lists.candidates.shape, np.float32)
 
@@ -187,49 +190,50 @@ def target_ratings(model: RankingModel, lists: CandidateLists) -> np.ndarray:
     return score_lists(model, single, head=RATING)[:, 0]
 
 
+def in_training_view(model: RankingModel, data: RankingData) -> RankingModel:
+    """``model`` (the serving view) over the tables the training lists were mined in: itself
+    when there is no label view, else a twin sharing its network (``RankingModel.in_view``)."""
+    return model if data.label_tables is None else model.in_view(data.label_tables)
+
+
 def training_scores(model: RankingModel, data: RankingData) -> np.ndarray:
     """``model``'s scores of the training lists, in the view they were mined in."""
-    if data.label_tables is None:
-        return score_lists(model, data.train)
-    model.features.assign(data.label_tables)
-    try:
-        return score_lists(model, data.train)
-    finally:
-        model.features.assign(data.tables)
+    return score_lists(in_training_view(model, data), data.train)
 
 
 class RerankEvaluation(tf.keras.callbacks.Callback):
     """NDCG@10 of the re-ranked validation lists after each epoch, into the logs
-    (``val_ndcg_at_10``) where EarlyStopping and ModelCheckpoint read it."""
+    (``val_ndcg_at_10``) where EarlyStopping and ModelCheckpoint read it. The validation lists
+    are in the serving view: ``ranker`` is the trained network in that view (by default the
+    model being fitted)."""
 
-    def __init__(self, validation: list[tuple[str, CandidateLists]], views: tuple | None = None):
+    def __init__(self, validation: list[tuple[str, CandidateLists]], ranker: RankingModel | None = None):
         super().__init__()
         self.validation = validation
-        self.views = views  # (serving tables, training tables): validation lists are in the serving view
+        self.ranker = ranker
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not self.validation:
             return
-        if self.views:
-            self.model.features.assign(self.views[0])
-        ranks = np.concatenate([list_ranks(lists, score_lists(self.model, lists)) for _, lists in self.validation])
-        if self.views:
-            self.model.features.assign(self.views[1])
+        ranker = self.ranker or self.model
+        ranks = np.concatenate([list_ranks(lists, score_lists(ranker, lists)) for _, lists in self.validation])
         logs[MONITOR] = ranking_metrics(ranks, (10,))["ndcg@10"]
 
 
 def fit_ranker(model: RankingModel, data: RankingData, config: Config, *, out: Path | None, name: str,
                teacher: np.ndarray | None = None, progress: bool = True) -> dict[str, list[float]]:
+    """Fits ``model`` (the serving view) on the training lists: the fit runs on its twin in the
+    view the lists were mined in (the same network), validation scores ``model`` itself."""
     ranking = config.ranking
-    model.compile(optimizer=tf.keras.optimizers.Adam(ranking.learning_rate))
+    trainer = in_training_view(model, data)
+    trainer.compile(optimizer=tf.keras.optimizers.Adam(ranking.learning_rate))
     callbacks: list[tf.keras.callbacks.Callback] = []
     monitor, mode = "loss", "min"
     # Model selection on warm and cold-start lists: in new-item lists the target is the one item
     # without training interactions, a tell that a ranker could exploit there and nowhere else.
     selection = [(name, lists) for name, lists in data.validation if name != NEW_ITEM]
-    views = (data.tables, data.label_tables) if data.label_tables is not None else None
     if selection:
-        callbacks.append(RerankEvaluation(selection, views))
+        callbacks.append(RerankEvaluation(selection, model))
         monitor, mode = MONITOR, "max"
     callbacks.append(tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
                                                       patience=ranking.early_stopping_patience))
@@ -241,16 +245,11 @@ def fit_ranker(model: RankingModel, data: RankingData, config: Config, *, out: P
             tf.keras.callbacks.BackupAndRestore(str(out / "backup" / name)),
             tf.keras.callbacks.TensorBoard(str(out / "tensorboard" / name), write_graph=False, profile_batch=0),
         ]
-    parity = fresh_parity_weights(data.train, data.label_tables) if views and ranking.fresh_parity else None
+    labelled = data.label_tables is not None
+    parity = fresh_parity_weights(data.train, data.label_tables) if labelled and ranking.fresh_parity else None
     dataset = make_list_dataset(data.train, ranking.batch_size, seed=ranking.seed, teacher=teacher,
-                                own_counted=views is None, list_weight=parity)
-    if views:  # train in the label view; the ranker always ends (and is saved) in the serving view
-        model.features.assign(views[1])
-    try:
-        history = model.fit(dataset, epochs=ranking.epochs, callbacks=callbacks, verbose=fit_verbosity(progress))
-    finally:
-        if views:
-            model.features.assign(views[0])
+                                own_counted=not labelled, list_weight=parity)
+    history = trainer.fit(dataset, epochs=ranking.epochs, callbacks=callbacks, verbose=fit_verbosity(progress))
     raise_if_diverged(history.history, f"ranker {name!r}")
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
@@ -271,7 +270,6 @@ def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, 
     """Trains the teacher ranker (and the distilled student) on lists mined by ``retrieval``:
     a ``towers.train.RetrievalRun`` or the folder ``crossrec train retrieval`` wrote.
     ``initialize(name, model)`` runs on each built ranker before training (retraining's warm start)."""
-    from towers.inputs import prepare_data
     from towers.train import RetrievalRun, load_trained
 
     started = time.perf_counter()

@@ -272,6 +272,47 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
                    exclude_seen: bool = True, batch_size: int = 1024, pipeline_args: list[str] | None = None,
                    shards: int = 0) -> CandidatesResult:
     """Builds and runs the candidates pipeline; returns where the shards are and the counts."""
+    source, retrieval, ranking, targets, known = _check_request(model_dir, users, interactions, k, rank_top, domains)
+    output = str(output)
+    if not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
+    runner, runner_name, pipeline_args = local_runner(list(pipeline_args or []))
+    options = PipelineOptions(pipeline_args, save_main_session=False)
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    keyed, dead = _read_queries(pipeline, source, users is not None, targets, known)
+    handler = SavedModelHandler(retrieval, k=k, exclude_seen=exclude_seen, max_batch_size=batch_size)
+    results = keyed | "Retrieve" >> RunInference(KeyedModelHandler(handler))  # ((user, domain), result dict)
+    if ranking is not None:
+        paired = ({"query": keyed, "retrieved": results}
+                  | "Join" >> beam.CoGroupByKey()
+                  | "Pair" >> beam.FlatMap(lambda kv: [(kv[0], pair) for pair in
+                                                       zip(kv[1]["query"], kv[1]["retrieved"], strict=False)]))
+        results = paired | "Rank" >> RunInference(KeyedModelHandler(RecommenderHandler(
+            ranking, top=rank_top, exclude_seen=exclude_seen, max_batch_size=batch_size)))
+    tables = (results
+              | "BatchRows" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+              | "ToTables" >> beam.Map(to_table, retrieval.name, retrieval.version,
+                                       ranking.name if ranking else None, ranking.version if ranking else None))
+    tables | "WriteCandidates" >> beam.io.WriteToParquetBatched(FileSystems.join(output, "candidates"),
+                                                                CANDIDATES_SCHEMA, file_name_suffix=".parquet",
+                                                                num_shards=shards)
+    dead | "WriteDeadLetters" >> beam.io.WriteToParquet(FileSystems.join(output, "dead_letter"), DEAD_LETTER_SCHEMA,
+                                                        file_name_suffix=".parquet", num_shards=1)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counts = _counts(result)
+    summary = {"input": str(source), "runner": runner_name, "retrieval": f"{retrieval.name}/{retrieval.version}",
+               "ranking": f"{ranking.name}/{ranking.version}" if ranking else None, "k": k, "rank_top": rank_top,
+               "exclude_seen": exclude_seen, "counts": counts, "seconds": round(time.perf_counter() - started, 2)}
+    with FileSystems.create(FileSystems.join(output, "summary.json")) as f:
+        f.write(json.dumps(summary, indent=2).encode())
+    return CandidatesResult(output, counts, time.perf_counter() - started)
+
+
+def _check_request(model_dir, users, interactions, k: int, rank_top: int, domains):
+    """(input path, retrieval model, recommender model or None, target domains, known domains),
+    every argument checked against the export before a pipeline is built."""
     if (users is None) == (interactions is None):
         raise ConfigError("give exactly one input: --input users.parquet or --interactions interactions.parquet")
     source = Path(users or interactions)
@@ -293,14 +334,14 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     if ranking is not None and rank_top > int(ranking.metadata.get("max_k") or rank_top):
         raise ConfigError(f"--rank-top {rank_top}: the recommender answers at most {ranking.metadata['max_k']} items; "
                           "ask for fewer or re-export with a larger export.max_k")
-    output = str(output)
-    if not FileSystems.exists(output):
-        FileSystems.mkdirs(output)
-    runner, runner_name, pipeline_args = local_runner(list(pipeline_args or []))
-    options = PipelineOptions(pipeline_args, save_main_session=False)
-    started = time.perf_counter()
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    if users is not None:
+    return source, retrieval, ranking, targets, known
+
+
+def _read_queries(pipeline, source: Path, is_users: bool, targets, known):
+    """(keyed queries, dead letters): ((user, domain), Query) per user and target domain, read
+    from a users table or built from an interactions table; rows that cannot be a query go to
+    the dead letters with their reason."""
+    if is_users:
         rows = pipeline | "ReadUsers" >> beam.io.ReadFromParquet(str(source))
     else:
         rows = (pipeline
@@ -310,35 +351,8 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
                 | "BuildHistories" >> beam.ParDo(HistoryFromInteractions()).with_outputs("dead", main="rows"))
         early_dead, rows = rows.dead, rows.rows
     parsed = rows | "Check" >> beam.ParDo(ParseUsers(targets, known)).with_outputs("dead", main="queries")
-    keyed = parsed.queries  # ((user, domain), Query): few per-row steps, each costs per row
-    handler = SavedModelHandler(retrieval, k=k, exclude_seen=exclude_seen, max_batch_size=batch_size)
-    results = keyed | "Retrieve" >> RunInference(KeyedModelHandler(handler))  # ((user, domain), result dict)
-    if ranking is not None:
-        paired = ({"query": keyed, "retrieved": results}
-                  | "Join" >> beam.CoGroupByKey()
-                  | "Pair" >> beam.FlatMap(lambda kv: [(kv[0], pair) for pair in
-                                                       zip(kv[1]["query"], kv[1]["retrieved"], strict=False)]))
-        results = paired | "Rank" >> RunInference(KeyedModelHandler(RecommenderHandler(
-            ranking, top=rank_top, exclude_seen=exclude_seen, max_batch_size=batch_size)))
-    tables = (results
-              | "BatchRows" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-              | "ToTables" >> beam.Map(to_table, retrieval.name, retrieval.version,
-                                       ranking.name if ranking else None, ranking.version if ranking else None))
-    tables | "WriteCandidates" >> beam.io.WriteToParquetBatched(FileSystems.join(output, "candidates"),
-                                                                CANDIDATES_SCHEMA, file_name_suffix=".parquet",
-                                                                num_shards=shards)
-    dead = parsed.dead if users is not None else (early_dead, parsed.dead) | "AllDead" >> beam.Flatten()
-    dead | "WriteDeadLetters" >> beam.io.WriteToParquet(FileSystems.join(output, "dead_letter"), DEAD_LETTER_SCHEMA,
-                                                        file_name_suffix=".parquet", num_shards=1)
-    result = pipeline.run()
-    result.wait_until_finish()
-    counts = _counts(result)
-    summary = {"input": str(source), "runner": runner_name, "retrieval": f"{retrieval.name}/{retrieval.version}",
-               "ranking": f"{ranking.name}/{ranking.version}" if ranking else None, "k": k, "rank_top": rank_top,
-               "exclude_seen": exclude_seen, "counts": counts, "seconds": round(time.perf_counter() - started, 2)}
-    with FileSystems.create(FileSystems.join(output, "summary.json")) as f:
-        f.write(json.dumps(summary, indent=2).encode())
-    return CandidatesResult(output, counts, time.perf_counter() - started)
+    dead = parsed.dead if is_users else (early_dead, parsed.dead) | "AllDead" >> beam.Flatten()
+    return parsed.queries, dead  # few per-row steps: each costs per row
 
 
 def local_runner(pipeline_args: list[str]):

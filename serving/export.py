@@ -77,17 +77,7 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
         raise ConfigError("the ranking and recommender models need a trained ranker: pass --ranking DIR "
                           "(from `crossrec train ranking`)")
     export = config.export
-    k = max(export.max_k, config.ranking.candidates)
-    parts.index = DomainIndex(parts.catalogue, parts.item_embeddings, k=k, history_length=config.towers.history_length,
-                              kind=export.index, scann={"leaves": export.scann_leaves,
-                                                        "leaves_to_search": export.scann_leaves_to_search,
-                                                        "reorder": export.scann_reorder},
-                              quantize=export.quantize)
-    index_info = {**parts.index.parameters, "index_bytes": parts.index.nbytes,
-                  "embedding_table_bytes": parts.lookups.embeddings.nbytes}
-    if recall_queries is not None and len(recall_queries):
-        index_info.update(index_recall(parts, recall_queries))
-        index_info["recall_queries"] = int(len(recall_queries))
+    index_info = _build_index(parts, recall_queries)
     builders = {"retrieval": RetrievalModule, "ranking": RankingModule, "recommender": RecommenderModule,
                 "item_encoder": ItemEncoderModule}
     result = ExportResult({}, {}, {}, 0.0)
@@ -99,22 +89,8 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
             print(f"exporting {name}", flush=True)
         module = builders[name](parts)
         with new_version(Path(out) / name, version) as (tmp, number):
-            metadata = {"model": name, "version": number, "crossrec_version": crossrec.__version__,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "signature": signature_description(module.serve),
-                        "max_k": min(export.max_k, config.ranking.candidates) if name == "recommender"
-                        else export.max_k, "domains": parts.lookups.served,
-                        "zero_shot_domains": parts.lookups.zero_shot,
-                        "history_length": config.towers.history_length,
-                        "index": index_info if name in ("retrieval", "recommender") else None,
-                        **parts.metadata, "config": to_dict(config),
-                        **({"training_state": state} if name == "retrieval" else {})}
-            with tempfile.TemporaryDirectory() as scratch:
-                path = Path(scratch) / METADATA_FILE
-                path.write_text(json.dumps(metadata, indent=2, default=str))
-                module.metadata = tf.saved_model.Asset(str(path))
-                tf.saved_model.save(module, str(tmp), options=options, signatures={
-                    "serving_default": module.serve, **getattr(module, "extra_signatures", {})})
+            metadata = _metadata(name, number, module, parts, index_info, state)
+            _save_module(module, tmp, metadata, options)
             if export.warmup:
                 write_warmup(tmp, name, warmup_requests(name, parts))
         result.versions[name] = number
@@ -126,6 +102,50 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
         training_state.prune(out)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _build_index(parts, recall_queries: np.ndarray | None) -> dict:
+    """The per-domain index over the item embeddings (``parts.index``); what it is and, with
+    ``recall_queries``, its recall against exact search and its search time."""
+    config = parts.config
+    export = config.export
+    k = max(export.max_k, config.ranking.candidates)
+    parts.index = DomainIndex(parts.catalogue, parts.item_embeddings, k=k, history_length=config.towers.history_length,
+                              kind=export.index, scann={"leaves": export.scann_leaves,
+                                                        "leaves_to_search": export.scann_leaves_to_search,
+                                                        "reorder": export.scann_reorder},
+                              quantize=export.quantize)
+    index_info = {**parts.index.parameters, "index_bytes": parts.index.nbytes,
+                  "embedding_table_bytes": parts.lookups.embeddings.nbytes}
+    if recall_queries is not None and len(recall_queries):
+        index_info.update(index_recall(parts, recall_queries))
+        index_info["recall_queries"] = int(len(recall_queries))
+    return index_info
+
+
+def _metadata(name: str, number: int, module, parts, index_info: dict, state) -> dict:
+    """What ``assets.extra/crossrec/crossrec_metadata.json`` of one version says."""
+    config = parts.config
+    export = config.export
+    return {"model": name, "version": number, "crossrec_version": crossrec.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "signature": signature_description(module.serve),
+            "max_k": min(export.max_k, config.ranking.candidates) if name == "recommender" else export.max_k,
+            "domains": parts.lookups.served, "zero_shot_domains": parts.lookups.zero_shot,
+            "history_length": config.towers.history_length,
+            "index": index_info if name in ("retrieval", "recommender") else None,
+            **parts.metadata, "config": to_dict(config),
+            **({"training_state": state} if name == "retrieval" else {})}
+
+
+def _save_module(module, folder: Path, metadata: dict, options) -> None:
+    """``module`` as a SavedModel in ``folder``, its metadata as an asset."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / METADATA_FILE
+        path.write_text(json.dumps(metadata, indent=2, default=str))
+        module.metadata = tf.saved_model.Asset(str(path))
+        tf.saved_model.save(module, str(folder), options=options, signatures={
+            "serving_default": module.serve, **getattr(module, "extra_signatures", {})})
 
 
 def warmup_requests(name: str, parts) -> list[dict[str, np.ndarray]]:

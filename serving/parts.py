@@ -13,6 +13,7 @@ import numpy as np
 
 import crossrec.errors
 from crossrec.config import Config
+from crossrec.experiment import prepare_data
 from crossrec.features import Catalogue
 from serving.index import DomainIndex
 from serving.lookups import Lookups
@@ -80,7 +81,6 @@ def index_recall(parts: ExportParts, queries: np.ndarray, k: int = 10) -> dict:
 def sample_queries(parts: ExportParts, n: int, seed: int = 0) -> np.ndarray:
     """Query embeddings of ``n`` real training queries (from the config's data), for measuring
     the index's recall; empty if the data cannot be loaded here."""
-    from towers.inputs import prepare_data
     from towers.queries import sample_query_embeddings
 
     try:

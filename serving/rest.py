@@ -121,8 +121,20 @@ def make_rest_app(predictor: Predictor, max_request_bytes: int, metrics_path: st
                   extra_routes: list | None = None) -> Starlette:
     """The REST app; with ``metrics_path`` (and ``predictor.metrics``), Prometheus metrics there too;
     ``extra_routes`` (the explorer page) before the model API's catch-all."""
-    manager = predictor.manager
+    handlers = _ModelApi(predictor, max_request_bytes)
+    routes = [Route(metrics_path, handlers.metrics, methods=["GET"])] if metrics_path else []
+    routes += extra_routes or []
+    return Starlette(routes=[*routes, Route("/{path:path}", handlers.endpoint, methods=["GET", "POST"])],
+                     exception_handlers={404: _not_found, 405: _method_not_allowed})
 
+
+class _ModelApi:
+    """TF Serving's REST model API over one predictor: status, metadata and predict."""
+
+    def __init__(self, predictor: Predictor, max_request_bytes: int):
+        self.predictor, self.max_request_bytes = predictor, max_request_bytes
+
+    @staticmethod
     def metadata(model: LoadedModel) -> dict:
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, signature in model.signature_defs.items():
@@ -131,31 +143,32 @@ def make_rest_app(predictor: Predictor, max_request_bytes: int, metrics_path: st
                 "metadata": {"signature_def": json_format.MessageToDict(signature_map,
                                                                          preserving_proto_field_name=True)}}
 
-    def get(name, version, label, verb) -> dict:
+    def get(self, name, version, label, verb) -> dict:
         if verb == ":predict":
             raise invalid("predict needs POST")
         if verb == "/metadata":
-            return metadata(predictor.model(name, version, label))
-        return _status_json(version_status(manager, name, version, label))
+            return self.metadata(self.predictor.model(name, version, label))
+        return _status_json(version_status(self.predictor.manager, name, version, label))
 
-    async def endpoint(request: Request) -> JSONResponse:
+    async def endpoint(self, request: Request) -> JSONResponse:
         try:
             name, version, label, verb = _route(request.url.path)
             if request.method == "GET":
-                return JSONResponse(await run_in_threadpool(get, name, version, label, verb))
+                return JSONResponse(await run_in_threadpool(self.get, name, version, label, verb))
             if verb != ":predict":
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"no such endpoint: POST {request.url.path[:200]}")
-            return await predict(request, name, version, label)
+            return await self.predict(request, name, version, label)
         except ServingError as error:
             return _error_response(error)
         except Exception as exc:  # never a traceback to the client, never a dead server
             log.exception("REST request failed")
             return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
-    async def predict(request: Request, name, version, label) -> JSONResponse:
+    async def predict(self, request: Request, name, version, label) -> JSONResponse:
+        predictor = self.predictor
         started, model, signature, code = time.perf_counter(), None, "", "UNKNOWN"
         try:
-            raw = await _read_body(request, max_request_bytes)
+            raw = await _read_body(request, self.max_request_bytes)
             body = await run_in_threadpool(_parse, raw)
             signature = str(body.get("signature_name") or "")
             model = predictor.model(name, version, label)
@@ -168,21 +181,18 @@ def make_rest_app(predictor: Predictor, max_request_bytes: int, metrics_path: st
         finally:
             predictor.observe("rest", name, model, signature, code, time.perf_counter() - started)
 
-    async def metrics(request: Request) -> Response:
-        content, media_type = predictor.metrics.exposition()
+    async def metrics(self, request: Request) -> Response:
+        content, media_type = self.predictor.metrics.exposition()
         return Response(content, media_type=media_type)
 
-    async def not_found(request: Request, exc) -> JSONResponse:
-        return JSONResponse({"error": f"no such endpoint: {request.url.path[:200]}"}, status_code=404)
 
-    async def method_not_allowed(request: Request, exc) -> JSONResponse:
-        return JSONResponse({"error": f"method {request.method} is not allowed; use GET or POST"}, status_code=405,
-                            headers={"Allow": "GET, POST"})
+async def _not_found(request: Request, exc) -> JSONResponse:
+    return JSONResponse({"error": f"no such endpoint: {request.url.path[:200]}"}, status_code=404)
 
-    routes = [Route(metrics_path, metrics, methods=["GET"])] if metrics_path else []
-    routes += extra_routes or []
-    return Starlette(routes=[*routes, Route("/{path:path}", endpoint, methods=["GET", "POST"])],
-                     exception_handlers={404: not_found, 405: method_not_allowed})
+
+async def _method_not_allowed(request: Request, exc) -> JSONResponse:
+    return JSONResponse({"error": f"method {request.method} is not allowed; use GET or POST"}, status_code=405,
+                        headers={"Allow": "GET, POST"})
 
 
 def _error_response(error: ServingError) -> JSONResponse:

@@ -133,12 +133,13 @@ class RetrievalModule(QueryModule):
                 **(self._because(found[:, :width], rows, beyond) if explain else {})}
 
 
-class RankingModule(QueryModule):
-    def __init__(self, parts: ExportParts):
-        super().__init__(parts, "ranking")
+class RankedQueryModule(QueryModule):
+    """A serving model that scores candidates with the exported ranker (``ranking``,
+    ``recommender``)."""
+
+    def __init__(self, parts: ExportParts, name: str):
+        super().__init__(parts, name)
         self.ranker = parts.ranker
-        self.serve = tf.function(self._serve, input_signature=_history_specs() + [
-            tf.TensorSpec([None, None], tf.string, name="candidate_item_ids")])
 
     def _rank(self, query, rows, candidates):
         out = self.ranker({"query": query, "history": rows, "candidates": candidates}, training=False)
@@ -146,6 +147,15 @@ class RankingModule(QueryModule):
         rating = out.get("rating", tf.zeros_like(out["engagement"]))  # a ranker trained without ratings: 0
         return {"engagement": tf.where(known, out["engagement"], UNKNOWN_SCORE),
                 "rating": tf.where(known, rating, 0.0)}
+
+
+class RankingModule(RankedQueryModule):
+    """The ranker over the caller's candidates."""
+
+    def __init__(self, parts: ExportParts):
+        super().__init__(parts, "ranking")
+        self.serve = tf.function(self._serve, input_signature=_history_specs() + [
+            tf.TensorSpec([None, None], tf.string, name="candidate_item_ids")])
 
     def _serve(self, history_item_ids, history_domains, target_domain, candidate_item_ids):
         checks = self._history_checks(history_item_ids, history_domains, target_domain) + [
@@ -159,7 +169,7 @@ class RankingModule(QueryModule):
         return self._rank(query, rows, candidates)
 
 
-class RecommenderModule(RankingModule):
+class RecommenderModule(RankedQueryModule):
     """Sources -> merge -> rank -> top k in one call: the towers' top ``ranking.candidates`` from
     the index, then each candidate source's top ``ranking.source_candidates`` of the target
     domain (its neighbour tables are the ranker's own weights), duplicates dropped, ranked by the
@@ -168,8 +178,7 @@ class RecommenderModule(RankingModule):
     TF Serving loads it."""
 
     def __init__(self, parts: ExportParts):
-        QueryModule.__init__(self, parts, "recommender")
-        self.ranker = parts.ranker
+        super().__init__(parts, "recommender")
         self.index = parts.index
         self.max_k = parts.config.export.max_k
         self.candidates = int(min(parts.config.ranking.candidates, parts.index.k))

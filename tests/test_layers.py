@@ -2,7 +2,9 @@
 
 Every import of every module (also those inside functions) is read with ``ast``; a stage may
 import only the core and the stages before it, and the core (``crossrec`` apart from the CLI and
-the pipelines) imports no stage at all.
+the pipelines) imports no stage at all. The experiment's data (split, queries, fingerprint) is the
+core's (``crossrec.experiment``): ranking and serving take from the towers only their model, its
+loading and its queries' embeddings.
 """
 
 from __future__ import annotations
@@ -64,6 +66,42 @@ def backward_edges(graph: dict[str, set[str]]) -> list[str]:
             if other is not None and other > own:
                 bad.append(f"{module} ({names[own]}) imports {target} ({names[other]})")
     return bad
+
+
+# What ranking and serving may take from the towers: the model, its loading, its query embeddings,
+# the text encoder (the item_encoder signature) and the warm-start report type.
+TOWERS_API = {"towers.model", "towers.train.load_trained", "towers.train.RetrievalRun", "towers.queries",
+              "towers.encoder", "towers.warm_start.WarmStartReport"}
+
+
+def towers_imports(path: Path) -> set[str]:
+    """Each name taken from ``towers`` (``module.name`` for from-imports, the module otherwise)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "towers")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "towers":
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def outside_towers_api(names: set[str]) -> list[str]:
+    return sorted(n for n in names if n not in TOWERS_API and n.rsplit(".", 1)[0] not in TOWERS_API)
+
+
+def test_ranking_and_serving_take_only_the_towers_model_from_towers():
+    bad = {}
+    for package in ("ranking", "serving"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            extra = outside_towers_api(towers_imports(path))
+            if extra:
+                bad[module_name(path)] = extra
+    assert bad == {}
+
+
+def test_the_towers_rule_sees_the_split_taken_from_towers():
+    assert outside_towers_api({"towers.inputs.prepare_data", "towers.train.load_trained", "towers.model.user_query",
+                               "towers.queries"}) == ["towers.inputs.prepare_data"]
 
 
 def test_every_package_is_read():

@@ -65,7 +65,7 @@ def test_two_workers_train_identical_weights_that_load_like_one(tiny_preset, tmp
     for a, b in zip(weights, other.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     # The chief's result is an ordinary run: it loads and answers with one process.
-    from towers.inputs import prepare_data
+    from crossrec.experiment import prepare_data
 
     data = prepare_data(loaded_config)
     queries = data.test[0].examples

@@ -95,7 +95,8 @@ def _retrieve_all(base: Path, version: int, history, domain: str) -> list[str]:
 # --- warm start -------------------------------------------------------------------------------------
 
 def test_warm_start_starts_from_the_served_weights_and_remaps_items_and_domains(served, tmp_path):
-    from towers.inputs import make_dataset, prepare_data
+    from crossrec.experiment import prepare_data
+    from towers.inputs import make_dataset
     from towers.text import text_vectors
     from towers.train import build_model, load_trained
     from towers.warm_start import warm_start_towers

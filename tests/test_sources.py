@@ -3,6 +3,7 @@ new features read from them, and the label view the ranker trains in."""
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from crossrec import schema
 from crossrec.features import Catalogue, Examples
@@ -189,3 +190,35 @@ def test_source_recall_counts_each_sources_own_list_and_the_merged_one():
     table = source_recall([("warm", merged)], catalogue).set_index(["domain", "source"])
     assert table.loc[("all", "towers"), "recall"] == 0.5 and table.loc[("all", "propagation"), "recall"] == 0.5
     assert table.loc[("all", "merged"), "recall"] == 1.0 and table.loc[("all", "merged"), "list_length"] == 2.5
+
+
+def test_every_registered_feature_has_the_registry_width():
+    """One definition per feature: each computes exactly the columns the registry gives it, and
+    the registry's tables are ones the layer holds."""
+    from crossrec.ranking_features import FEATURES
+
+    tables = random_tables()
+    history = np.array([[0, 3, 4, 5], [7, 8, 1, 2]], np.int32)
+    inputs = {"query": np.ones((2, 3), np.float32), "history": history,
+              "candidates": np.array([[1, 2, 6], [3, 4, 0]], np.int32)}
+    for name, feature in FEATURES.items():
+        layer = RankingFeatures(tables, [name])
+        assert layer(inputs).shape[-1] == feature.columns(3, 3) == layer.output_dim, name
+        assert set(feature.tables) <= set(layer.tables), name
+
+
+def test_the_readme_feature_table_is_the_registry():
+    from pathlib import Path
+
+    from crossrec.ranking_features import markdown_table
+
+    assert markdown_table() in (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_a_source_feature_without_its_source_names_the_fix():
+    from crossrec.config import RankingConfig
+    from crossrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ranking.features: co_visitation needs that source in ranking.sources"):
+        RankingConfig(sources=["propagation"], features=["retrieval_score", "co_visitation"])
+    assert "co_visitation" not in RankingConfig(sources=["propagation"]).features

@@ -13,7 +13,7 @@ from crossrec.data.dataset import Dataset
 from crossrec.data.splits import COLD_START, WARM
 from crossrec.distribute import resolve_kind, strategy_from_config
 from crossrec.errors import ConfigError
-from towers.inputs import prepare_data
+from crossrec.experiment import prepare_data
 from towers.queries import query_embeddings
 from towers.train import load_trained, train_retrieval
 

@@ -45,7 +45,8 @@ class ItemTower(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator()
         if use_text:
             self.shared_hidden = keras.layers.Dense(2 * embedding_dim, activation="gelu", name="shared_hidden")
-            self.shared_out = keras.layers.Dense(embedding_dim, name="shared_out")
+            if not text_experts:  # the shared text path: an MLP's second layer, or the experts below
+                self.shared_out = keras.layers.Dense(embedding_dim, name="shared_out")
             # One residual adapter per domain on the shared hidden layer, all computed together.
             self.domain_adapters = keras.layers.EinsumDense(
                 "bh,hde->bde", output_shape=(num_domains, embedding_dim), name="domain_adapters",
@@ -53,7 +54,7 @@ class ItemTower(keras.layers.Layer):
             self.text_dropout = keras.layers.Dropout(dropout)
             if text_experts:
                 # UniSRec's MoE adapter: K parametric-whitening experts (x - b_k) W_k, mixed by a
-                # softmax gate on the text vector; it replaces shared_out as the shared text path.
+                # softmax gate on the text vector: the shared text path.
                 self.expert_bias = self.add_weight(shape=(text_experts, text_dim), initializer="zeros",
                                                    name="expert_bias")
                 self.expert_kernel = self.add_weight(shape=(text_experts, text_dim, embedding_dim),

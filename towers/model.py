@@ -46,15 +46,7 @@ class RetrievalModel(keras.Model):
         self.train_config = train
         self.text_table = None
         if towers.use_text:
-            if text_table is None:
-                raise ValueError("towers.use_text is true but no text vectors were given")
-            self.text_table = self.add_weight(shape=text_table.shape, name="text_table", trainable=False,
-                                              initializer=keras.initializers.Constant(text_table))
-            means = text_means if towers.center_text_by_domain else np.zeros_like(text_means)
-            self.text_domain = self.add_weight(shape=text_domain.shape, dtype="int32", trainable=False,
-                                               name="text_domain", initializer=keras.initializers.Constant(text_domain))
-            self.text_means = self.add_weight(shape=means.shape, trainable=False, name="text_means",
-                                              initializer=keras.initializers.Constant(means))
+            self._text_weights(text_table, text_domain, text_means)
         self.item_domain = self.add_weight(shape=(num_items,), dtype="int32", trainable=False, name="item_domain",
                                            initializer=keras.initializers.Constant(item_domain))
         self.id_known = self.add_weight(shape=(num_items,), dtype="bool", trainable=False, name="id_known",
@@ -66,15 +58,7 @@ class RetrievalModel(keras.Model):
                                               initializer=keras.initializers.Constant(np.log1p(counts)))
         self.item_probability = self.add_weight(shape=(num_items,), trainable=False, name="item_probability",
                                                 initializer=keras.initializers.Constant(item_probability))
-        # Items that mixed negative sampling draws from: those seen in training (new items stay unseen).
-        known_rows = np.flatnonzero(np.asarray(id_known)).astype(np.int32)
-        known_rows = known_rows if len(known_rows) else np.ones(1, np.int32)
-        self.negative_pool = tf.constant(known_rows)
-        # Catalogue softmax: each row's position in the pool (the label of a query whose target it is).
-        position = np.zeros(num_items, np.int32)
-        position[known_rows] = np.arange(len(known_rows), dtype=np.int32)
-        self.pool_position = tf.constant(position)
-        self.pool_domain = tf.constant(np.asarray(item_domain, np.int32)[known_rows])
+        self._negative_pools(id_known, item_domain)
         # One encoder shared by every domain, or one per text domain (index = text_domain).
         self.text_encoders = list(text_encoders or [])
         self.token_table = None
@@ -100,11 +84,36 @@ class RetrievalModel(keras.Model):
             temperature=train.temperature, remove_accidental_hits=train.remove_accidental_hits,
             num_hard_negatives=train.hard_negatives or None)
         # Keras 3 runs train steps without autograph, and TFRS's Retrieval.call needs it
-        # (`len(tf.shape(x))`): the task call gets its own tf.function (see ../shared/STACK.md).
+        # (`len(tf.shape(x))`): the task call gets its own tf.function (README: Development, Keras).
         self._task_loss = tf.function(
             lambda q, c, w, p, ids, mask: tf.math.divide_no_nan(
                 self.task(q, c, sample_weight=w, candidate_sampling_probability=p, candidate_ids=ids,
                           compute_metrics=False, score_mask=mask), tf.cast(tf.shape(q)[0], tf.float32)))
+
+    def _text_weights(self, text_table, text_domain, text_means) -> None:
+        """Every item's text vector, the text domain of each row and each text domain's mean
+        (zeros unless ``towers.center_text_by_domain``): non-trainable weights."""
+        if text_table is None:
+            raise ValueError("towers.use_text is true but no text vectors were given")
+        self.text_table = self.add_weight(shape=text_table.shape, name="text_table", trainable=False,
+                                          initializer=keras.initializers.Constant(text_table))
+        means = text_means if self.towers_config.center_text_by_domain else np.zeros_like(text_means)
+        self.text_domain = self.add_weight(shape=text_domain.shape, dtype="int32", trainable=False,
+                                           name="text_domain", initializer=keras.initializers.Constant(text_domain))
+        self.text_means = self.add_weight(shape=means.shape, trainable=False, name="text_means",
+                                          initializer=keras.initializers.Constant(means))
+
+    def _negative_pools(self, id_known, item_domain) -> None:
+        """The items mixed negative sampling and the catalogue softmax draw from: those seen in
+        training (new items stay unseen), each row's position in that pool (the label of a query
+        whose target it is) and the pool's domains."""
+        known_rows = np.flatnonzero(np.asarray(id_known)).astype(np.int32)
+        known_rows = known_rows if len(known_rows) else np.ones(1, np.int32)
+        self.negative_pool = tf.constant(known_rows)
+        position = np.zeros(len(item_domain), np.int32)
+        position[known_rows] = np.arange(len(known_rows), dtype=np.int32)
+        self.pool_position = tf.constant(position)
+        self.pool_domain = tf.constant(np.asarray(item_domain, np.int32)[known_rows])
 
     # -- item side --------------------------------------------------------------------------
     def _text_vectors(self, rows, live: bool):

@@ -33,12 +33,13 @@ from crossrec.distribute import (
 )
 from crossrec.errors import ConfigError, TrainingDiverged, raise_if_diverged
 from crossrec.evaluation import PopularityScorer, evaluate
+from crossrec.experiment import ExperimentData, data_fingerprint, prepare_data
 from crossrec.features import Catalogue, Examples, training_sequences
 from crossrec.progress import fit_verbosity
 from crossrec.typed import to_dict
 from towers.callbacks import RefreshTextTable, ResumableBackup, RetrievalEvaluation
 from towers.encoder import TextEncoder
-from towers.inputs import RetrievalData, data_fingerprint, make_dataset, prepare_data
+from towers.inputs import make_dataset
 from towers.model import RetrievalModel
 from towers.optimizer import towers_optimizer
 from towers.queries import scorer_for
@@ -47,7 +48,7 @@ from towers.text import TextVectors, per_domain_encoders, text_vectors
 MONITOR = "val_recall_at_50"
 
 
-def build_model(config: Config, data: RetrievalData, text: TextVectors) -> RetrievalModel:
+def build_model(config: Config, data: ExperimentData, text: TextVectors) -> RetrievalModel:
     catalogue = data.catalogue
     counts = np.bincount(catalogue.rows(data.train[schema.DOMAIN], data.train[schema.ITEM_ID]),
                          minlength=catalogue.size)
@@ -66,7 +67,7 @@ def build_model(config: Config, data: RetrievalData, text: TextVectors) -> Retri
     return model
 
 
-def training_input(config: Config, data: RetrievalData):
+def training_input(config: Config, data: ExperimentData):
     """(examples, batch size in rows): one window per target, or user sequences with as many
     sequences per batch as give about ``train.batch_size`` targets."""
     if config.train.examples == "windows":
@@ -101,7 +102,7 @@ def distributed_input(strategy, config: Config, examples, batch_size: int):
 @dataclass
 class RetrievalRun:
     model: RetrievalModel
-    data: RetrievalData
+    data: ExperimentData
     text: TextVectors
     history: dict
     metrics: pd.DataFrame
@@ -112,7 +113,7 @@ class RetrievalRun:
 
 
 def train_retrieval(config: Config, out_dir: str | Path | None = None, *, dataset: Dataset | None = None,
-                    data: RetrievalData | None = None, progress: bool = True, baselines: bool = False,
+                    data: ExperimentData | None = None, progress: bool = True, baselines: bool = False,
                     initialize=None, callbacks=()) -> RetrievalRun:
     """Trains the towers on ``config`` and evaluates them on the test queries (all slices).
 
@@ -120,10 +121,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     BackupAndRestore backup in ``out_dir`` still wins, so an interrupted run resumes);
     ``callbacks`` are added to ``fit``'s."""
     started = time.perf_counter()
-    if config.train.negatives == "catalogue" and config.towers.use_text and config.encoder.freeze != "frozen":
-        raise ConfigError("train.negatives: catalogue scores every item each step from the cached text vectors, "
-                          f"so a fine-tuned encoder (encoder.freeze: {config.encoder.freeze}) would get no gradient; "
-                          "use encoder.freeze: frozen, or train.negatives: in_batch")
+    _check_combination(config)
     # First: MultiWorkerMirrored must set up its collectives before any other TensorFlow op runs.
     strategy = strategy_from_config(config.train)
     keras.utils.set_random_seed(config.train.seed)
@@ -132,14 +130,6 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     config = replace(config, split=replace(config.split, kind=data.split_kind))  # what was used, when saved
     if len(data.examples) == 0:
         raise ConfigError("no training examples: every user needs at least two training interactions")
-    if config.train.examples == "sequences":
-        unsupported = {"train.balance_domains": config.train.balance_domains,
-                       "towers.self_attention_layers": config.towers.self_attention_layers,
-                       "towers.target_domain_history_dropout": config.towers.target_domain_history_dropout}
-        on = [k for k, v in unsupported.items() if v]
-        if on:
-            raise ConfigError(f"train.examples: sequences does not support {', '.join(on)} yet; "
-                              "turn them off or use train.examples: windows")
     text = text_vectors(config, data.catalogue, progress=progress)
     set_precision(config.train)
     with strategy.scope():
@@ -151,26 +141,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     out = Path(out_dir) if out_dir else None
     if out is not None and not is_chief(strategy):  # every worker writes; only the chief's is the run
         out = out / task_name(strategy)
-    callbacks: list[keras.callbacks.Callback] = list(callbacks)
-    if text.encoder is not None and config.encoder.freeze != "frozen":
-        callbacks.append(RefreshTextTable(text, data.catalogue, config.towers.center_text_by_domain))
-    monitor, mode = "loss", "min"
-    validation = [q.sample(config.train.validation_queries, config.train.seed) for q in data.validation
-                  if len(q.examples)]
-    if validation:
-        callbacks.append(RetrievalEvaluation(validation, data.catalogue, exclude_seen=config.eval.exclude_seen))
-        monitor, mode = MONITOR, "max"
-    callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
-                                                   patience=config.train.early_stopping_patience))
-    callbacks.append(keras.callbacks.TerminateOnNaN())
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        callbacks += [
-            keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "best.weights.h5"), monitor=monitor, mode=mode,
-                                            save_best_only=True, save_weights_only=True),
-            ResumableBackup(str(out / "backup")),
-            keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
-        ]
+    callbacks = fit_callbacks(config, data, text, out, list(callbacks))
     dataset_, distribution = distributed_input(strategy, config, *training_input(config, data))
     fit_started = time.perf_counter()
     history = model.fit(dataset_, epochs=config.train.epochs, callbacks=callbacks,
@@ -192,6 +163,49 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     if out is not None:
         save_run(run, config, fit_seconds)
     return run
+
+
+def _check_combination(config: Config) -> None:
+    """Options that cannot work together, refused before any work."""
+    if config.train.negatives == "catalogue" and config.towers.use_text and config.encoder.freeze != "frozen":
+        raise ConfigError("train.negatives: catalogue scores every item each step from the cached text vectors, "
+                          f"so a fine-tuned encoder (encoder.freeze: {config.encoder.freeze}) would get no gradient; "
+                          "use encoder.freeze: frozen, or train.negatives: in_batch")
+    if config.train.examples == "sequences":
+        unsupported = {"train.balance_domains": config.train.balance_domains,
+                       "towers.self_attention_layers": config.towers.self_attention_layers,
+                       "towers.target_domain_history_dropout": config.towers.target_domain_history_dropout}
+        on = [k for k, v in unsupported.items() if v]
+        if on:
+            raise ConfigError(f"train.examples: sequences does not support {', '.join(on)} yet; "
+                              "turn them off or use train.examples: windows")
+
+
+def fit_callbacks(config: Config, data: ExperimentData, text: TextVectors, out: Path | None,
+                  callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
+    """``callbacks`` + the text-table refresh (fine-tuned encoders), per-epoch validation with
+    early stopping on it, TerminateOnNaN and, with an ``out`` folder, the best checkpoint, the
+    resumable backup and TensorBoard."""
+    if text.encoder is not None and config.encoder.freeze != "frozen":
+        callbacks.append(RefreshTextTable(text, data.catalogue, config.towers.center_text_by_domain))
+    monitor, mode = "loss", "min"
+    validation = [q.sample(config.train.validation_queries, config.train.seed) for q in data.validation
+                  if len(q.examples)]
+    if validation:
+        callbacks.append(RetrievalEvaluation(validation, data.catalogue, exclude_seen=config.eval.exclude_seen))
+        monitor, mode = MONITOR, "max"
+    callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, restore_best_weights=True,
+                                                   patience=config.train.early_stopping_patience))
+    callbacks.append(keras.callbacks.TerminateOnNaN())
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "best.weights.h5"), monitor=monitor, mode=mode,
+                                            save_best_only=True, save_weights_only=True),
+            ResumableBackup(str(out / "backup")),
+            keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
+        ]
+    return callbacks
 
 
 def save_run(run: RetrievalRun, config: Config, fit_seconds: float) -> None:
@@ -244,7 +258,7 @@ def load_trained(out_dir: str | Path) -> tuple[RetrievalModel, Catalogue, Config
                                np.zeros((size, config.encoder.sequence_length), np.int32), encoder,
                                per_domain=per_domain)
     empty_train = pd.DataFrame({schema.DOMAIN: [], schema.ITEM_ID: []})
-    model = build_model(config, RetrievalData(pd.DataFrame(), catalogue, empty_train, _no_examples()), text)
+    model = build_model(config, ExperimentData(pd.DataFrame(), catalogue, empty_train, _no_examples()), text)
     model.load_weights(str(out / "towers.weights.h5"))
     return model, catalogue, config
 

@@ -140,9 +140,7 @@ def _catalogue(config: SynthConfig, rng: np.random.Generator) -> pd.DataFrame:
     return items[[schema.ITEM_ID, schema.DOMAIN, schema.TITLE, "categories", "theme", "popularity"]]
 
 
-def generate(config: SynthConfig | None = None, *, progress: bool = False) -> Dataset:
-    """The built-in dataset for ``config`` (same config and seed -> the same data)."""
-    config = config or SynthConfig()
+def _check_sizes(config: SynthConfig) -> None:
     if config.n_users < 1 or config.n_items < len(config.domains) or config.n_interactions < config.n_users:
         raise ValueError(
             f"synth sizes do not fit: n_users={config.n_users}, n_items={config.n_items}, "
@@ -150,36 +148,74 @@ def generate(config: SynthConfig | None = None, *, progress: bool = False) -> Da
             f"({len(config.domains)}) and n_interactions >= n_users")
     if len(set(config.domains)) != len(config.domains) or not config.domains:
         raise ValueError(f"synth domains must be distinct and non-empty, got {config.domains}")
-    rng = np.random.default_rng(config.seed)
-    items = _catalogue(config, rng)
-    themes = list(THEMES)
-    n_themes = len(themes)
-    theme_index = items["theme"].map({t: i for i, t in enumerate(themes)}).to_numpy()
-    domain_index = items[schema.DOMAIN].map({d: i for i, d in enumerate(config.domains)}).to_numpy()
-    popularity = items["popularity"].to_numpy()
-    # History lengths: log-normal, at least 5, summing to about n_interactions.
-    raw = rng.lognormal(mean=0.0, sigma=0.7, size=config.n_users)
-    lengths = np.maximum(5, np.round(raw / raw.sum() * config.n_interactions)).astype(int)
-    domain_weights = np.linspace(1.5, 0.8, len(config.domains))  # some domains are busier
-    start = pd.Timestamp("2022-01-01", tz="UTC").value // 10**9
-    span = 3 * 365 * 86400
 
-    # Per (domain, theme) and per domain (noise): item rows and cumulative probabilities.
-    def pool(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.flatnonzero(mask)
-        return idx, np.cumsum(popularity[idx]) / popularity[idx].sum()
 
-    n_domains = len(config.domains)
-    domain_pools = [pool(domain_index == d) for d in range(n_domains)]
-    theme_pools = [[pool((domain_index == d) & (theme_index == t)) for t in range(n_themes)]
-                   for d in range(n_domains)]
+class _Pools:
+    """Per (domain, theme) and per domain (noise): item rows and their cumulative popularity,
+    to draw an item of a domain (and theme) in proportion to its popularity."""
 
+    def __init__(self, items: pd.DataFrame, config: SynthConfig):
+        self.n_themes, self.n_domains = len(THEMES), len(config.domains)
+        self.theme_index = items["theme"].map({t: i for i, t in enumerate(THEMES)}).to_numpy()
+        domain_index = items[schema.DOMAIN].map({d: i for i, d in enumerate(config.domains)}).to_numpy()
+        popularity = items["popularity"].to_numpy()
+
+        def pool(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            idx = np.flatnonzero(mask)
+            return idx, np.cumsum(popularity[idx]) / popularity[idx].sum()
+
+        self.domain = [pool(domain_index == d) for d in range(self.n_domains)]
+        self.theme = [[pool((domain_index == d) & (self.theme_index == t)) for t in range(self.n_themes)]
+                      for d in range(self.n_domains)]
+
+    @staticmethod
     def draw(cum: tuple[np.ndarray, np.ndarray], u: float) -> int:
         idx, c = cum
         if not len(idx):
             return -1
         return int(idx[min(np.searchsorted(c, u), len(idx) - 1)])
 
+
+def _user_items(rng, config: SynthConfig, pools: _Pools, taste: np.ndarray, active: np.ndarray,
+                active_p: np.ndarray) -> np.ndarray:
+    """(n,) item rows of one user's history (``taste``: (n, themes) at each step), each item at
+    most once: repeats are drawn again, a few times."""
+    n, k = len(taste), len(active)
+    chosen = np.empty(n, dtype=np.int64)
+    seen: set[int] = set()
+    for attempt in range(5):
+        domains = active[rng.choice(k, size=n, p=active_p)]
+        noise = rng.random(n) < config.noise
+        theme = (taste.cumsum(axis=1) < rng.random((n, 1))).sum(axis=1).clip(max=pools.n_themes - 1)
+        pick = rng.random(n)
+        for j in range(n):
+            if attempt and chosen[j] >= 0:
+                continue
+            d = domains[j]
+            item = -1 if noise[j] else pools.draw(pools.theme[d][theme[j]], pick[j])
+            item = pools.draw(pools.domain[d], pick[j]) if item < 0 else item
+            chosen[j] = -1 if item in seen and attempt < 4 else item
+            if chosen[j] >= 0:
+                seen.add(item)
+        if (chosen >= 0).all():
+            break
+    return chosen
+
+
+def generate(config: SynthConfig | None = None, *, progress: bool = False) -> Dataset:
+    """The built-in dataset for ``config`` (same config and seed -> the same data)."""
+    config = config or SynthConfig()
+    _check_sizes(config)
+    rng = np.random.default_rng(config.seed)
+    items = _catalogue(config, rng)
+    pools = _Pools(items, config)
+    n_themes, n_domains = pools.n_themes, pools.n_domains
+    # History lengths: log-normal, at least 5, summing to about n_interactions.
+    raw = rng.lognormal(mean=0.0, sigma=0.7, size=config.n_users)
+    lengths = np.maximum(5, np.round(raw / raw.sum() * config.n_interactions)).astype(int)
+    domain_weights = np.linspace(1.5, 0.8, n_domains)  # some domains are busier
+    start = pd.Timestamp("2022-01-01", tz="UTC").value // 10**9
+    span = 3 * 365 * 86400
     user_ids, item_rows, times, ratings = [], [], [], []
     for u in tqdm(range(config.n_users), desc="synth users", disable=not progress, unit="user"):
         taste_start = rng.dirichlet(np.full(n_themes, config.taste_concentration))
@@ -190,25 +226,8 @@ def generate(config: SynthConfig | None = None, *, progress: bool = False) -> Da
         n = int(lengths[u])
         frac = np.arange(n)[:, None] / max(1, n - 1)
         taste = (1 - frac) * taste_start + frac * taste_end  # (n, themes)
-        chosen = np.empty(n, dtype=np.int64)
-        seen: set[int] = set()
-        for attempt in range(5):  # redraw repeats of an item, a few times
-            domains = active[rng.choice(k, size=n, p=active_p)]
-            noise = rng.random(n) < config.noise
-            theme = (taste.cumsum(axis=1) < rng.random((n, 1))).sum(axis=1).clip(max=n_themes - 1)
-            pick = rng.random(n)
-            for j in range(n):
-                if attempt and chosen[j] >= 0:
-                    continue
-                d = domains[j]
-                item = -1 if noise[j] else draw(theme_pools[d][theme[j]], pick[j])
-                item = draw(domain_pools[d], pick[j]) if item < 0 else item
-                chosen[j] = -1 if item in seen and attempt < 4 else item
-                if chosen[j] >= 0:
-                    seen.add(item)
-            if (chosen >= 0).all():
-                break
-        liking = taste[np.arange(n), theme_index[chosen]] / taste.max(axis=1)
+        chosen = _user_items(rng, config, pools, taste, active, active_p)
+        liking = taste[np.arange(n), pools.theme_index[chosen]] / taste.max(axis=1)
         user_ratings = np.clip(np.round(1.8 + 3.0 * liking + rng.normal(0, 0.7, size=n)), 1, 5)
         t0 = start + int(rng.integers(0, span // 2))
         gaps = rng.exponential(2 * 86400, size=n).astype(np.int64) + 60

@@ -197,23 +197,7 @@ def validate(interactions: pd.DataFrame | Iterable[pd.DataFrame], items: pd.Data
     items, found = _apply_mapping(items.copy(), columns, "items", schema.ITEM_REQUIRED + tuple(fields))
     log.add(found)
 
-    log.add(_require_columns(first, schema.INTERACTION_REQUIRED, "interactions"))
-    if not any(c in first.columns for c in schema.ORDER_COLUMNS):
-        log.add(Problem(
-            "missing an order column: need 'timestamp' (epoch seconds or ISO 8601) or 'seq_pos' "
-            f"(columns present: {_present(first)})", file=file_of(first, "interactions"),
-            column=schema.TIMESTAMP,
-            fix="add one of them, or map yours: data.columns.timestamp: <column>"))
-    log.add(_require_columns(items, schema.ITEM_REQUIRED, "items"))
-    for name in fields:
-        if name not in items.columns:
-            close = difflib.get_close_matches(name, _present(items).split(", "), n=1, cutoff=0.5)
-            log.add(Problem(
-                f"the text template {text_template!r} uses '{{{name}}}', but the items have no column "
-                f"'{name}' (columns present: {_present(items)})", file=file_of(items, "items"),
-                column=name,
-                fix=(f"rename '{close[0]}' to '{name}' or " if close else "") +
-                    "change data.text_template to use existing columns"))
+    _check_columns(first, items, text_template, log)
     if users is not None:
         users, found = _apply_mapping(users.copy(), columns, "users", schema.USER_REQUIRED)
         log.add(found + _require_columns(users, schema.USER_REQUIRED, "users"))
@@ -227,16 +211,7 @@ def validate(interactions: pd.DataFrame | Iterable[pd.DataFrame], items: pd.Data
     interactions = cleaned[0] if len(cleaned) == 1 else pd.concat(cleaned, ignore_index=True)
     del cleaned
 
-    _clean_ids(items, schema.ITEM_REQUIRED, "items", log)
-    items[schema.TEXT] = build_text(items, text_template)
-    log.rows(items, items[schema.TEXT].str.strip() == "", what="items",
-             column=fields[0] if len(fields) == 1 else None,
-             message=lambda r: f"item {r[schema.ITEM_ID]!r} ({r[schema.DOMAIN]}) has no text "
-                               f"(template {text_template!r} gives an empty string)",
-             fix="give every item a non-empty title/text, or remove the item")
-    _duplicate_items(items, report, log)
-    items = items.drop_duplicates(list(schema.ITEM_KEY), keep="first")
-
+    items = _clean_items(items, text_template, report, log)
     if users is not None:
         _clean_ids(users, schema.USER_REQUIRED, "users", log)
         log.rows(users, users.duplicated(schema.USER_ID, keep="first"), what="users", column=schema.USER_ID,
@@ -245,6 +220,41 @@ def validate(interactions: pd.DataFrame | Iterable[pd.DataFrame], items: pd.Data
 
     interactions = _check_references(interactions, items, unknown_items, report)
     return interactions, items, users, report
+
+
+def _check_columns(interactions: pd.DataFrame, items: pd.DataFrame, text_template: str, log: ProblemLog) -> None:
+    """The required columns, an order column, and every column the text template names."""
+    log.add(_require_columns(interactions, schema.INTERACTION_REQUIRED, "interactions"))
+    if not any(c in interactions.columns for c in schema.ORDER_COLUMNS):
+        log.add(Problem(
+            "missing an order column: need 'timestamp' (epoch seconds or ISO 8601) or 'seq_pos' "
+            f"(columns present: {_present(interactions)})", file=file_of(interactions, "interactions"),
+            column=schema.TIMESTAMP,
+            fix="add one of them, or map yours: data.columns.timestamp: <column>"))
+    log.add(_require_columns(items, schema.ITEM_REQUIRED, "items"))
+    for name in template_fields(text_template):
+        if name not in items.columns:
+            close = difflib.get_close_matches(name, _present(items).split(", "), n=1, cutoff=0.5)
+            log.add(Problem(
+                f"the text template {text_template!r} uses '{{{name}}}', but the items have no column "
+                f"'{name}' (columns present: {_present(items)})", file=file_of(items, "items"),
+                column=name,
+                fix=(f"rename '{close[0]}' to '{name}' or " if close else "") +
+                    "change data.text_template to use existing columns"))
+
+
+def _clean_items(items: pd.DataFrame, text_template: str, report: Report, log: ProblemLog) -> pd.DataFrame:
+    """Clean ids, the text column built from the template (never empty), one row per item key."""
+    fields = template_fields(text_template)
+    _clean_ids(items, schema.ITEM_REQUIRED, "items", log)
+    items[schema.TEXT] = build_text(items, text_template)
+    log.rows(items, items[schema.TEXT].str.strip() == "", what="items",
+             column=fields[0] if len(fields) == 1 else None,
+             message=lambda r: f"item {r[schema.ITEM_ID]!r} ({r[schema.DOMAIN]}) has no text "
+                               f"(template {text_template!r} gives an empty string)",
+             fix="give every item a non-empty title/text, or remove the item")
+    _duplicate_items(items, report, log)
+    return items.drop_duplicates(list(schema.ITEM_KEY), keep="first")
 
 
 def _duplicate_items(items: pd.DataFrame, report: Report, log: ProblemLog) -> None:

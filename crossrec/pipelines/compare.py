@@ -37,9 +37,9 @@ from crossrec.evaluation import (
     paired_comparisons,
     pooled_metrics,
 )
+from crossrec.experiment import ExperimentData, prepare_data, query_sets
 from crossrec.features import Catalogue, Examples
 from crossrec.windows import training_examples
-from towers.inputs import RetrievalData, prepare_data, query_sets
 from towers.queries import query_embeddings, scorer_for
 from towers.train import train_retrieval
 
@@ -83,10 +83,10 @@ def _right_align(history: np.ndarray) -> np.ndarray:
     return out
 
 
-def _subset_data(data: RetrievalData, keep: pd.Series, config: Config) -> RetrievalData:
+def _subset_data(data: ExperimentData, keep: pd.Series, config: Config) -> ExperimentData:
     train = data.train[keep.to_numpy()].reset_index(drop=True)
     examples = training_examples(train, data.catalogue, config.towers.history_length, config.train.domain_weights)
-    return RetrievalData(data.interactions, data.catalogue, train, examples, data.validation, data.test,
+    return ExperimentData(data.interactions, data.catalogue, train, examples, data.validation, data.test,
                          data.target_domain)
 
 
@@ -96,9 +96,7 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
     """Trains and evaluates ``models`` on one split; ``model_out`` keeps crossrec's trained run
     (weights, item embeddings, summary) as ``crossrec train retrieval`` writes it, and
     ``ranking_out`` the rankers as ``crossrec train ranking`` does."""
-    unknown = set(models) - set(MODELS)
-    if unknown:
-        raise ConfigError(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
+    _check_models(models)
     dataset = (dataset or load_dataset(config.data)).clean()
     if zero_shot_domain and not config.split.target_domain:  # zero-shot asks the cold-start queries
         config = replace(config, split=replace(config.split, target_domain=zero_shot_domain))
@@ -116,8 +114,6 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         result.seconds[name] = round(time.perf_counter() - start, 1)
         return value
 
-    if "ranking" in models and "crossrec" not in models:
-        raise ConfigError("the ranking model re-ranks crossrec's candidates: add crossrec to the models")
     if "crossrec" in models:
         run = timed("crossrec", lambda: train_retrieval(config, model_out, data=data, progress=progress))
         scorers.append(_named(run, "crossrec"))
@@ -137,17 +133,7 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         scorers.append(_named(run, "id_two_tower"))
         result.histories["id_two_tower"] = run.history
     if "target_only" in models:
-        runs = {}
-        for index, domain in enumerate(data.catalogue.domains):
-            if index == 0:
-                continue
-            sub = _subset_data(data, data.train[schema.DOMAIN] == domain, config)
-            if len(sub.examples) == 0:
-                continue
-            run = timed(f"target_only:{domain}", lambda sub=sub: train_retrieval(config, data=sub, progress=progress))
-            runs[index] = (run.model, run.model.all_item_embeddings())
-            result.histories[f"target_only:{domain}"] = run.history
-        scorers.append(_PerDomainScorer(runs, data.catalogue))
+        scorers.append(_target_only(config, data, progress, timed, result))
     ks = tuple(config.eval.ks)
     ranks: list[pd.DataFrame] = []
     frames = [evaluate(scorers, data.test, data.catalogue, ks=ks, exclude_seen=config.eval.exclude_seen,
@@ -158,6 +144,29 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
     result.ranks = pd.concat(ranks, ignore_index=True) if ranks else pd.DataFrame()
     result.paired = paired_comparisons(result.ranks)
     return result
+
+
+def _check_models(models) -> None:
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        raise ConfigError(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
+    if "ranking" in models and "crossrec" not in models:
+        raise ConfigError("the ranking model re-ranks crossrec's candidates: add crossrec to the models")
+
+
+def _target_only(config: Config, data: ExperimentData, progress: bool, timed, result: Comparison) -> _PerDomainScorer:
+    """The towers trained on each domain's interactions alone, each scoring its own domain."""
+    runs = {}
+    for index, domain in enumerate(data.catalogue.domains):
+        if index == 0:
+            continue
+        sub = _subset_data(data, data.train[schema.DOMAIN] == domain, config)
+        if len(sub.examples) == 0:
+            continue
+        run = timed(f"target_only:{domain}", lambda sub=sub: train_retrieval(config, data=sub, progress=progress))
+        runs[index] = (run.model, run.model.all_item_embeddings())
+        result.histories[f"target_only:{domain}"] = run.history
+    return _PerDomainScorer(runs, data.catalogue)
 
 
 def compare_over_seeds(config: Config, seeds: int = 1, **kwargs) -> Comparison:
@@ -186,7 +195,7 @@ def _named(run, name):
     return scorer_for(run.model, name)
 
 
-def _zero_shot(config: Config, data: RetrievalData, domain: str, progress: bool,
+def _zero_shot(config: Config, data: ExperimentData, domain: str, progress: bool,
                ranks_out: list | None = None) -> pd.DataFrame:
     """crossrec trained without a single interaction of ``domain``, asked the cold-start queries of
     ``domain``: the same users, targets and histories (other domains only) as the ``cold_start``
@@ -210,7 +219,7 @@ def _zero_shot(config: Config, data: RetrievalData, domain: str, progress: bool,
     validation = query_sets(schema.VALIDATION, kept, train, catalogue, h)
     asked = frame[in_domain & cold & (frame[schema.SPLIT] == schema.TEST)].assign(**{SLICE: ZERO_SHOT})
     test = query_sets(schema.TEST, asked, train, catalogue, h)
-    zero = RetrievalData(frame, catalogue, train, examples, validation, test, domain, data.dataset, data.split_kind)
+    zero = ExperimentData(frame, catalogue, train, examples, validation, test, domain, data.dataset, data.split_kind)
     run = train_retrieval(config, data=zero, progress=progress)
     scorers = [_named(run, "crossrec"), PopularityScorer(train, catalogue)]
     return evaluate(scorers, test, catalogue, ks=tuple(config.eval.ks), exclude_seen=config.eval.exclude_seen,

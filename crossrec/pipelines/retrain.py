@@ -37,6 +37,7 @@ from crossrec import schema
 from crossrec.config import Config
 from crossrec.data.dataset import Dataset
 from crossrec.errors import ConfigError
+from crossrec.experiment import data_fingerprint, prepare_data
 from crossrec.pipelines.served_data import (
     merge_data,
     read_new_data,
@@ -118,8 +119,6 @@ def _fingerprint(*parts) -> str:
 
 
 def _data_fingerprint(dataset: Dataset) -> str:
-    from towers.inputs import data_fingerprint
-
     order = [c for c in schema.ORDER_COLUMNS if c in dataset.interactions.columns]
     return data_fingerprint(dataset.interactions[list(schema.INTERACTION_REQUIRED) + order].astype(str)) + \
         data_fingerprint(dataset.items[[schema.DOMAIN, schema.ITEM_ID, schema.TEXT]].astype(str))
@@ -133,7 +132,7 @@ def retrain(data: str | Path, base: str | Path = "saved_models", *, config: Conf
     version's; ``callbacks`` go to the towers' ``fit``."""
     from towers.train import load_trained
 
-    clock = {"start": time.perf_counter()}
+    started = time.perf_counter()
     served = served_state(base)
     old_model, old_catalogue, served_config = load_trained(served.towers_dir)
     config = config or served_config
@@ -159,21 +158,20 @@ def retrain(data: str | Path, base: str | Path = "saved_models", *, config: Conf
     if change.zero_shot_domains:
         _say(progress, f"zero-shot domain(s) {', '.join(change.zero_shot_domains)}: items with text but no "
                        "interactions, served through the domain-agnostic adapter path")
-    gate = stage.gate()
-    clock["towers"] = time.perf_counter()
+    served_metric = stage.served_metric()
+    towers = stage.train_towers()
+    gate = stage.gate(served_metric, towers)
     reason = gate.reason(served.version)
     log.write("gate", metric=gate.metric, served=gate.served, retrained=gate.retrained,
               threshold=gate.threshold, publish=gate.publish)
     published = None
     if gate.publish:
-        stage.rankers()
-        clock["ranking"] = time.perf_counter()
-        published = stage.publish()
+        published = stage.publish(towers, stage.train_rankers(towers))
         reason = f"published {', '.join(f'{m} {v}' for m, v in published.items())}: {reason}"
     else:
         reason = (f"not published, {served.base} keeps version {served.version}: {reason}; the retrained towers "
                   f"are in {work / 'towers'}")
-    seconds = {"total": round(time.perf_counter() - clock["start"], 1)}
+    seconds = {"total": round(time.perf_counter() - started, 1)}
     log.write("published" if published else "kept", versions=published, reason=reason, seconds=seconds)
     result = RetrainResult(work, served.version, published, reason,
                            {"metric": gate.metric, "served": gate.served, "retrained": gate.retrained,
@@ -194,17 +192,24 @@ def _write_json(path: Path, value) -> None:
     tmp.replace(path)
 
 
+@dataclass
+class TrainedTowers:
+    """The towers a run trained (or found trained in its folder) and the folder they are in."""
+
+    model: object  # towers.model.RetrievalModel
+    folder: Path
+    run: object | None = None  # the towers.train.RetrievalRun when trained by this process
+
+
 class _Stages:
-    """The resumable stages of one run; each reads its result back from the run folder if present."""
+    """The resumable stages of one run, each named for what it does and returning what it made;
+    each reads its result back from the run folder if present."""
 
     def __init__(self, config, served, old_model, old_catalogue, dataset, work, log, progress, callbacks):
-        from towers.inputs import prepare_data
-
         self.config, self.served, self.old_model, self.old_catalogue = config, served, old_model, old_catalogue
         self.dataset, self.work, self.log, self.progress, self.callbacks = dataset, work, log, progress, callbacks
         self.data = prepare_data(config, dataset)
         self.towers_dir, self.ranking_dir = work / "towers", work / "ranking"
-        self.run = None
 
     def _validation(self):
         return [q for q in self.data.validation if len(q.examples)]
@@ -222,9 +227,7 @@ class _Stages:
     def _warm_start(self, model):
         from towers.warm_start import warm_start_towers
 
-        report = warm_start_towers(model, self.old_model, self.old_catalogue, self.data.catalogue)
-        self.warm_report = report
-        return report
+        return warm_start_towers(model, self.old_model, self.old_catalogue, self.data.catalogue)
 
     def served_metric(self) -> float:
         """The served weights on the new validation queries; new items only through their text."""
@@ -264,65 +267,78 @@ class _Stages:
         EmbeddingCache(config.encoder.cache_dir, fingerprint).put(
             self.old_catalogue.items[schema.TEXT].tolist(), table[1:])
 
-    def towers(self):
+    def train_towers(self) -> TrainedTowers:
+        """The towers warm-started from the served ones and trained on the merged data (or the
+        ones a killed run already finished)."""
         from towers.train import load_trained, train_retrieval
 
         if (self.towers_dir / "run_summary.json").exists():
             model, _, _ = load_trained(self.towers_dir)
             self.log.write("towers_reused", folder=str(self.towers_dir))
-            return model
+            return TrainedTowers(model, self.towers_dir)
         started = time.perf_counter()
-        self.run = train_retrieval(self.config, self.towers_dir, data=self.data, progress=self.progress,
-                                   initialize=self._warm_start, callbacks=self.callbacks)
-        history = self.run.history
+        reports = []
+        run = train_retrieval(self.config, self.towers_dir, data=self.data, progress=self.progress,
+                              initialize=lambda model: reports.append(self._warm_start(model)),
+                              callbacks=self.callbacks)
+        history = run.history
         self.log.write("towers_trained", seconds=round(time.perf_counter() - started, 1),
                        epochs=len(history.get("loss", [])), loss=history.get("loss"),
-                       text_cache_hits=self.run.text.cache_hits, text_encoded=self.run.text.cache_misses,
-                       warm_start=self.warm_report.as_dict(),
-                       test_metrics=json.loads(self.run.metrics[self.run.metrics["domain"] == "all"]
-                                               .to_json(orient="records")))
-        return self.run.model
+                       text_cache_hits=run.text.cache_hits, text_encoded=run.text.cache_misses,
+                       warm_start=reports[-1].as_dict(),
+                       test_metrics=json.loads(run.metrics[run.metrics["domain"] == "all"].to_json(orient="records")))
+        return TrainedTowers(run.model, self.towers_dir, run)
 
-    def gate(self) -> Gate:
-        served = self.served_metric()
-        model = self.towers()
-        self.model = model
-        finite = bool(np.isfinite(model.all_item_embeddings()).all())
-        return Gate(served, self._metric(model), self.config.retrain.max_regression, self.config.retrain.metric,
-                    finite)
+    def gate(self, served_metric: float, towers: TrainedTowers) -> Gate:
+        """Whether the retrained towers may publish: finite, and their validation metric within
+        ``retrain.max_regression`` of the served weights'."""
+        finite = bool(np.isfinite(towers.model.all_item_embeddings()).all())
+        return Gate(served_metric, self._metric(towers.model), self.config.retrain.max_regression,
+                    self.config.retrain.metric, finite)
 
-    def rankers(self) -> None:
-        from ranking.train import load_ranking, train_ranking
+    def _ranker_initializer(self):
+        """(initialize(name, model) or None, how): the served rankers' weights copied into the
+        new ones when the served version has rankers of the same domains."""
+        from ranking.train import load_ranking
         from ranking.warm_start import warm_start_ranker
 
+        if self.served.ranking_dir is None:
+            return None, "cold start: the served version has no ranker"
+        spec = json.loads((self.served.ranking_dir / "ranking_spec.json").read_text())
+        if not self.config.retrain.warm_start_ranker:
+            return None, "cold start: retrain.warm_start_ranker is false"
+        if spec["domains"] != self.data.catalogue.domains:
+            return None, f"cold start: trained domains changed ({spec['domains'][1:]} -> {self.data.catalogue.domains[1:]})"
+        teacher, student, _ = load_ranking(self.served.ranking_dir)
+        old = {"teacher": teacher, "student": student}
+
+        def initialize(name, model):
+            if old.get(name) is not None:
+                warm_start_ranker(model, old[name])
+
+        return initialize, "warm start"
+
+    def train_rankers(self, towers: TrainedTowers) -> Path | None:
+        """The rankers on lists the new towers mine (warm-started when the domains are unchanged):
+        their folder, or None when the served version has no ranking model."""
+        from ranking.train import train_ranking
+
         if not ({"ranking", "recommender"} & set(self.served.models)):
-            return
+            return None
         if (self.ranking_dir / "run_summary.json").exists():
             self.log.write("rankers_reused", folder=str(self.ranking_dir))
-            return
-        initialize, how = None, "cold start: the served version has no ranker"
-        if self.served.ranking_dir is not None:
-            spec = json.loads((self.served.ranking_dir / "ranking_spec.json").read_text())
-            if not self.config.retrain.warm_start_ranker:
-                how = "cold start: retrain.warm_start_ranker is false"
-            elif spec["domains"] != self.data.catalogue.domains:
-                how = f"cold start: trained domains changed ({spec['domains'][1:]} -> {self.data.catalogue.domains[1:]})"
-            else:
-                teacher, student, _ = load_ranking(self.served.ranking_dir)
-                old = {"teacher": teacher, "student": student}
-                how = "warm start"
-
-                def initialize(name, model):
-                    if old.get(name) is not None:
-                        warm_start_ranker(model, old[name])
+            return self.ranking_dir
+        initialize, how = self._ranker_initializer()
         started = time.perf_counter()
-        retrieval = self.run if self.run is not None else self.towers_dir
-        run = train_ranking(self.config, retrieval, self.ranking_dir, dataset=self.dataset, progress=self.progress,
-                            initialize=initialize)
+        run = train_ranking(self.config, towers.run or towers.folder, self.ranking_dir, dataset=self.dataset,
+                            progress=self.progress, initialize=initialize)
         self.log.write("rankers_trained", how=how, seconds=round(time.perf_counter() - started, 1),
                        test_metrics=json.loads(run.metrics.to_json(orient="records")))
+        return self.ranking_dir
 
-    def publish(self) -> dict[str, int]:
+    def publish(self, towers: TrainedTowers, ranking_dir: Path | None) -> dict[str, int]:
+        """Every served model exported as its next version (models a killed run already published
+        are skipped): {model: version}."""
         from serving.export import export_models, write_model_config
         from towers.queries import sample_query_embeddings
 
@@ -330,16 +346,15 @@ class _Stages:
         published = json.loads(path.read_text()) if path.exists() else {}
         remaining = [m for m in self.served.models if m not in published]
         if remaining:
-            queries = sample_query_embeddings(self.model, self.data.examples, self.config.export.recall_queries)
+            queries = sample_query_embeddings(towers.model, self.data.examples, self.config.export.recall_queries)
 
             def landed(name, version):
                 published[name] = version
                 _write_json(path, published)
                 self.log.write("version_landed", model=name, version=version)
 
-            ranking = self.ranking_dir if (self.ranking_dir / "run_summary.json").exists() else None
-            models = [m for m in remaining if ranking is not None or m not in ("ranking", "recommender")]
-            export_models(self.towers_dir, self.served.base, ranking_dir=ranking, config=self.config, models=models,
+            models = [m for m in remaining if ranking_dir is not None or m not in ("ranking", "recommender")]
+            export_models(towers.folder, self.served.base, ranking_dir=ranking_dir, config=self.config, models=models,
                           recall_queries=queries, progress=self.progress, on_published=landed)
             write_model_config(self.served.base)
         return published
