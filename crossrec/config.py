@@ -14,6 +14,7 @@ type is a ``ConfigError`` that names the key, what was expected and what was fou
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,14 +322,16 @@ def load_config(path: str | Path | None) -> Config:
     return config
 
 
-def _resolve_paths(config: Config, base: Path) -> None:
+def _resolve_paths(config: Config, base: Path, *, preset_if_exists: bool = False) -> None:
     def resolve(p: str | None) -> str | None:
         if p is None or Path(p).is_absolute():
             return p
         return os.path.normpath(base / p)  # absolute: a saved copy of the config still finds the data
 
     data = config.data
-    config.encoder.preset = resolve(config.encoder.preset)
+    preset = config.encoder.preset  # a preset name stays a name where no such folder exists
+    if not preset_if_exists or (preset is not None and (base / preset).exists()):
+        config.encoder.preset = resolve(preset)
     config.encoder.cache_dir = resolve(config.encoder.cache_dir)
     data.interactions = resolve(data.interactions)
     data.items = resolve(data.items)
@@ -339,4 +342,8 @@ def _resolve_paths(config: Config, base: Path) -> None:
 
 
 def save_config(config: Config, path: str | Path) -> None:
+    """Writes ``config`` as YAML with every relative path made absolute against the working
+    directory it was given in: a run's saved config finds its data from any folder."""
+    config = copy.deepcopy(config)
+    _resolve_paths(config, Path(os.getcwd()), preset_if_exists=True)
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -55,12 +55,37 @@ def paired_table(paired: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
                              sort=True).fillna("")
 
 
+def summary_lines(metrics: pd.DataFrame, paired: pd.DataFrame | None = None, digits: int = 4) -> list[str]:
+    """Per slice (all domains together): the model with the best NDCG@10 and its interval, and how
+    crossrec compares with the best other model on the same queries (paired interval; a
+    difference counts when its interval excludes 0)."""
+    lines = []
+    overall = metrics[(metrics["domain"] == "all") & metrics["ndcg@10"].notna()]
+    for name, group in overall.groupby("slice", sort=True):
+        best = group.sort_values("ndcg@10", ascending=False).iloc[0]
+        text = f"{name} ({int(best['queries'])} queries): best {best['model']} {best['ndcg@10']:.{digits}f}"
+        if pd.notna(best.get("ndcg@10_lo")):
+            text += f" [{best['ndcg@10_lo']:.{digits}f}, {best['ndcg@10_hi']:.{digits}f}]"
+        others = group[group["model"] != "crossrec"].sort_values("ndcg@10", ascending=False)
+        if paired is not None and not paired.empty and "crossrec" in set(group["model"]) and len(others):
+            rival = others.iloc[0]["model"]
+            row = paired[(paired["versus"] == rival) & (paired["slice"] == name) & (paired["domain"] == "all")]
+            if len(row):
+                r = row.iloc[0]
+                verdict = ("ahead of" if r["diff_lo"] > 0 else "behind" if r["diff_hi"] < 0 else
+                           "not told apart from")
+                text += (f"; crossrec is {verdict} {rival}: {r['diff']:+.{digits}f} "
+                         f"[{r['diff_lo']:+.{digits}f}, {r['diff_hi']:+.{digits}f}]")
+        lines.append(text)
+    return lines
+
+
 def _markdown(frame: pd.DataFrame, digits: int = 4) -> str:
     frame = frame.reset_index()
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     lines = [header, "|" + "---|" * len(frame.columns)]
     for _, row in frame.iterrows():
-        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
+        cells = [("" if pd.isna(v) else f"{v:.{digits}f}") if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -81,10 +106,9 @@ def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, note
         reranking.to_csv(out / "reranking.csv", index=False)
         payload["reranking"] = json.loads(reranking.to_json(orient="records"))
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))
-    plots = _plots(metrics, histories or {}, out)
-    if reranking is not None:
-        plots.append(_reranking_plot(reranking, out))
+    plots = _plots(metrics, histories or {}, out, reranking)
     parts = [f"# {title}", ""]
+    parts += ["## Summary", "", *[f"- {line}" for line in summary_lines(metrics, paired)], ""]
     parts += [f"- {n}" for n in notes or []]
     parts += ["", "## NDCG@10 by slice and domain", "",
               "Each cell: the value and its 95% bootstrap interval over the cell's queries (1,000 resamples "
@@ -117,65 +141,118 @@ def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, note
     return path
 
 
-def _plots(metrics: pd.DataFrame, histories: dict[str, dict], out: Path) -> list[Path]:
+def model_colors(models) -> dict[str, str]:
+    """One colour per model, the same in every plot of a report (sorted names -> tab10, tab20 past 10)."""
+    import matplotlib
+
+    names = sorted(set(models))
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, name in enumerate(names)}
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
+    return plt
+
+
+def recall_figure(metrics: pd.DataFrame, colors: dict[str, str]):
+    """Recall@K per slice (domain "all"), one panel per slice, one legend for the figure; a curve
+    at 0 stays visible above the axis."""
+    plt = _pyplot()
     overall = metrics[metrics["domain"] == "all"]
     slices = sorted(overall["slice"].unique())
     recall_cols = sorted((c for c in overall.columns if re.fullmatch(r"recall@\d+", c)),
                          key=lambda c: int(c.split("@")[1]))
+    if not slices or not recall_cols:
+        return None
     ks = [int(c.split("@")[1]) for c in recall_cols]
-    if slices and recall_cols:
-        fig, axes = plt.subplots(1, len(slices), figsize=(4 * len(slices), 3.4), squeeze=False)
-        for ax, name in zip(axes[0], slices, strict=True):
-            for model, group in overall[overall["slice"] == name].groupby("model"):
-                ax.plot(ks, group[recall_cols].to_numpy()[0], marker="o", label=model)
-            ax.set_title(name)
-            ax.set_xlabel("K")
-            ax.set_ylabel("Recall@K")
-            ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "recall_at_k.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    if histories:
-        fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
-        for name, history in histories.items():
-            if "loss" in history:
-                loss_ax.plot(range(1, len(history["loss"]) + 1), history["loss"], label=name)
-            if "val_recall_at_50" in history:
-                val_ax.plot(range(1, len(history["val_recall_at_50"]) + 1), history["val_recall_at_50"], label=name)
-        loss_ax.set_title("training loss")
-        val_ax.set_title("validation Recall@50")
-        for ax in (loss_ax, val_ax):
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-        val_ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "training_curves.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+    fig, axes = plt.subplots(1, len(slices), figsize=(4 * len(slices), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], slices, strict=True):
+        for model, group in overall[overall["slice"] == name].groupby("model"):
+            values = group[recall_cols].to_numpy(dtype=float)[0]
+            ax.plot(ks, values, marker="o", color=colors[model], label=model)
+        top = max(ax.get_ylim()[1], 0.01)
+        ax.set_ylim(-0.03 * top, top)
+        ax.set_title(name)
+        ax.set_xlabel("K")
+        ax.set_ylabel("Recall@K")
+        ax.grid(alpha=0.3)
+    _figure_legend(fig, colors, overall["model"].unique())
+    return fig
+
+
+def training_figure(histories: dict[str, dict], colors: dict[str, str]):
+    """One panel per trained model: its training loss (solid, left axis) and validation Recall@50
+    (dashed, right axis); losses of different models are on different scales."""
+    plt = _pyplot()
+    names = [n for n in histories if "loss" in histories[n]]
+    if not names:
+        return None
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names, strict=False):
+        history = histories[name]
+        color = colors.get(name.split(":")[0], colors.get(name, "C0"))
+        epochs = range(1, len(history["loss"]) + 1)
+        ax.plot(epochs, history["loss"], color=color)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+        if "val_recall_at_50" in history:
+            right = ax.twinx()
+            right.plot(range(1, len(history["val_recall_at_50"]) + 1), history["val_recall_at_50"], color=color,
+                       linestyle="--")
+            right.set_ylabel("validation Recall@50 (dashed)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _figure_legend(fig, colors: dict[str, str], models) -> None:
+    from matplotlib.lines import Line2D
+
+    shown = [m for m in colors if m in set(models)]
+    handles = [Line2D([], [], color=colors[m], marker="o", label=m) for m in shown]
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(shown), 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _plots(metrics: pd.DataFrame, histories: dict[str, dict], out: Path,
+           reranking: pd.DataFrame | None = None) -> list[Path]:
+    models = list(metrics["model"].unique()) + list(histories)
+    if reranking is not None:
+        models += list(reranking["model"].unique())
+    colors = model_colors(m.split(":")[0] for m in models)
+    paths = []
+    figure = recall_figure(metrics, colors)
+    if figure is not None:
+        paths.append(_save(figure, out / "recall_at_k.png"))
+    figure = training_figure(histories, colors)
+    if figure is not None:
+        paths.append(_save(figure, out / "training_curves.png"))
+    if reranking is not None:
+        paths.append(_save(reranking_figure(reranking, colors), out / "reranking.png"))
     return paths
 
 
-def _reranking_plot(reranking: pd.DataFrame, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def reranking_figure(reranking: pd.DataFrame, colors: dict[str, str]):
     overall = reranking[reranking["domain"] == "all"].pivot_table(index="slice", columns="model", values="ndcg@10")
-    ax = overall.plot.bar(figsize=(6, 3.4), rot=0)
+    ax = overall.plot.bar(figsize=(6, 3.6), rot=0, color=[colors[m] for m in overall.columns], legend=False)
     ax.set_ylabel("NDCG@10 on the same candidates")
     ax.set_title("re-ranking")
     ax.grid(alpha=0.3, axis="y")
-    ax.figure.tight_layout()
-    path = out / "reranking.png"
-    ax.figure.savefig(path, dpi=110)
-    plt.close(ax.figure)
-    return path
+    _figure_legend(ax.figure, colors, overall.columns)
+    return ax.figure

@@ -29,7 +29,7 @@ from crossrec.errors import ConfigError, raise_if_diverged
 from crossrec.experiment import prepare_data
 from crossrec.features import Catalogue, query_examples
 from crossrec.metrics import ranking_metrics
-from crossrec.progress import fit_verbosity
+from crossrec.progress import epoch_bar
 from crossrec.typed import to_dict
 from ranking.candidates import CandidateLists, merge_candidates, mine_candidates
 from ranking.evaluate import list_ranks, rerank_metrics, source_recall
@@ -130,6 +130,8 @@ def build_ranker(config: Config, which: RankerConfig, tables: FeatureTables, *, 
     h = config.towers.history_length
     model({"query": np.zeros((1, tables.item_embeddings.shape[1]), np.float32), "history": np.zeros((1, h), np.int32),
            "candidates": np.ones((1, 2), np.int32)})
+    for task in model.tasks.values():  # weightless loss wrappers: built, so a SavedModel of the ranker is whole
+        task.build(None)
     return model
 
 
@@ -249,7 +251,10 @@ def fit_ranker(model: RankingModel, data: RankingData, config: Config, *, out: P
     parity = fresh_parity_weights(data.train, data.label_tables) if labelled and ranking.fresh_parity else None
     dataset = make_list_dataset(data.train, ranking.batch_size, seed=ranking.seed, teacher=teacher,
                                 own_counted=not labelled, list_weight=parity)
-    history = trainer.fit(dataset, epochs=ranking.epochs, callbacks=callbacks, verbose=fit_verbosity(progress))
+    if progress:
+        label = {TEACHER: "ranker (teacher)", STUDENT: "ranker (distilled student)"}.get(name, name)
+        callbacks.append(epoch_bar(label, ranking.epochs, tf.keras.callbacks.Callback))
+    history = trainer.fit(dataset, epochs=ranking.epochs, callbacks=callbacks, verbose=0)
     raise_if_diverged(history.history, f"ranker {name!r}")
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 

@@ -13,9 +13,11 @@ model, whose top N of the merged and ranked candidate sources head each list) th
 ``tf.saved_model.load`` that scores whole batches, keyed by user, and writes Parquet shards
 ``candidates-*.parquet`` with ``user_id, domain, rank, item_id, score, model_name,
 model_version``. Bad rows (no user id, unknown domain, malformed history) go to
-``dead_letter-*.parquet`` with the reason; the run goes on. ``summary.json`` counts users,
+``dead_letter-*.parquet`` with the reason; the run goes on. With ``--rank-top`` retrieval and the
+recommender run on the same batch (one step, no join). ``summary.json`` counts queries, lists,
 cross-domain cold starts (no history in the target domain), users unknown to the model (no history
-item it knows) and dead letters.
+item it knows), candidate rows and dead letters, counted by the pipeline and checked against the
+files written (``serving.batch_accounting``): a count that does not add up fails the job.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from crossrec import schema
 from crossrec.errors import ConfigError
+from crossrec.quiet import quiet_logs
+from serving.batch_accounting import CountAll, IncompleteOutput, check_books, read_counts
 from serving.layout import METADATA_FILE, latest_version
 
 NAMESPACE = "crossrec.candidates"
@@ -146,33 +150,42 @@ class SavedModelHandler(ModelHandler[Query, dict, object]):
         return NAMESPACE
 
 
-class RecommenderHandler(SavedModelHandler):
-    """The first ``top`` items of each list from the ``recommender`` model (the served path:
-    the towers' and the candidate sources' proposals merged and ranked), then the retrieved items
-    it did not pick. Examples are ``(Query, retrieved)``; yields ``retrieved`` with that head
-    (``ranked`` = its length)."""
+@dataclass
+class _TwoModels:
+    """Both loaded signatures (RunInference keeps its model by weak reference: not a tuple)."""
 
-    def __init__(self, served: ServedModel, *, top: int, exclude_seen: bool = True, max_batch_size: int = 1024):
-        super().__init__(served, k=top, exclude_seen=exclude_seen, max_batch_size=max_batch_size)
+    retrieval: object
+    recommender: object
+
+
+class RecommenderHandler(SavedModelHandler):
+    """Retrieval and the ``recommender`` model on the same batch of ``Query``s (no join between
+    two inference steps): the recommender's first ``top`` items (the served path: the towers' and
+    the candidate sources' proposals merged and ranked), then the retrieved items it did not pick.
+    Yields the retrieval answer with that head (``ranked`` = its length)."""
+
+    def __init__(self, retrieval: SavedModelHandler, served: ServedModel, *, top: int, exclude_seen: bool = True):
+        super().__init__(served, k=top, exclude_seen=exclude_seen,
+                         max_batch_size=retrieval.batch_elements_kwargs()["max_batch_size"])
+        self.retrieval = retrieval
         self.top = top
 
-    def run_inference(self, batch, model, inference_args=None):
-        queries = [q for q, _ in batch]
-        for (_, retrieved), served in zip(batch, super().run_inference(queries, model), strict=True):
+    def load_model(self) -> _TwoModels:
+        return _TwoModels(self.retrieval.load_model(), super().load_model())
+
+    def run_inference(self, batch: Sequence[Query], model: _TwoModels, inference_args=None):
+        retrieved_lists = self.retrieval.run_inference(batch, model.retrieval)
+        for retrieved, served in zip(retrieved_lists, super().run_inference(batch, model.recommender), strict=True):
             head = served["item_ids"]
             rest = [(item, score) for item, score in zip(retrieved["item_ids"], retrieved["scores"], strict=True)
                     if item not in set(head)][:max(0, len(retrieved["item_ids"]) - len(head))]
             yield {**retrieved, "item_ids": head + [item for item, _ in rest],
                    "scores": served["scores"] + [score for _, score in rest], "ranked": len(head)}
 
-    def get_num_bytes(self, batch) -> int:
-        return sum(16 * (1 + len(q.history_item_ids) + len(r["item_ids"])) for q, r in batch)
-
 
 # --- parsing and checking rows -------------------------------------------------------------------------
 
 def _dead(user, reason: str, row) -> beam.pvalue.TaggedOutput:
-    beam.metrics.Metrics.counter(NAMESPACE, "dead_letters").inc()
     return beam.pvalue.TaggedOutput("dead", {"user_id": None if user is None else str(user), "reason": reason,
                                              "row": json.dumps(row, default=str)[:2000]})
 
@@ -214,7 +227,6 @@ class ParseUsers(beam.DoFn):
             if domain not in self.known:
                 yield _dead(user, f"unknown domain {domain!r}; the model knows {sorted(self.known)}", row)
                 continue
-            beam.metrics.Metrics.counter(NAMESPACE, "queries").inc()
             yield (str(user), str(domain)), Query(str(user), str(domain), [str(v) for v in items],
                                                   [str(v) for v in doms])
 
@@ -239,14 +251,8 @@ def to_table(elements, model_name: str, model_version: int, ranked_name: str | N
              ranked_version: int | None) -> pa.Table:
     """A batch of ((user, domain), result) -> one Arrow table of candidate rows. Whole tables go to
     the Parquet sink: building millions of per-row dicts was most of the pipeline's time."""
-    counters = beam.metrics.Metrics
     columns = {name: [] for name in CANDIDATES_SCHEMA.names}
     for (user, domain), result in elements:
-        counters.counter(NAMESPACE, "users_scored").inc()
-        if result["history_known"] == 0:
-            counters.counter(NAMESPACE, "unknown_users").inc()
-        elif result["history_in_domain"] == 0:
-            counters.counter(NAMESPACE, "cold_start_users").inc()
         n, ranked = len(result["item_ids"]), min(result.get("ranked", 0), len(result["item_ids"]))
         columns["user_id"] += [user] * n
         columns["domain"] += [domain] * n
@@ -276,20 +282,17 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     output = str(output)
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
+    quiet_logs()  # RunInference's note about PyTorch's memory probe, among others (crossrec.quiet)
     runner, runner_name, pipeline_args = local_runner(list(pipeline_args or []))
     options = PipelineOptions(pipeline_args, save_main_session=False)
     started = time.perf_counter()
     pipeline = beam.Pipeline(runner=runner, options=options)
     keyed, dead = _read_queries(pipeline, source, users is not None, targets, known)
     handler = SavedModelHandler(retrieval, k=k, exclude_seen=exclude_seen, max_batch_size=batch_size)
-    results = keyed | "Retrieve" >> RunInference(KeyedModelHandler(handler))  # ((user, domain), result dict)
     if ranking is not None:
-        paired = ({"query": keyed, "retrieved": results}
-                  | "Join" >> beam.CoGroupByKey()
-                  | "Pair" >> beam.FlatMap(lambda kv: [(kv[0], pair) for pair in
-                                                       zip(kv[1]["query"], kv[1]["retrieved"], strict=False)]))
-        results = paired | "Rank" >> RunInference(KeyedModelHandler(RecommenderHandler(
-            ranking, top=rank_top, exclude_seen=exclude_seen, max_batch_size=batch_size)))
+        handler = RecommenderHandler(handler, ranking, top=rank_top, exclude_seen=exclude_seen)
+    # ((user, domain), result dict); retrieval and ranking in one step: nothing to join
+    results = keyed | ("RetrieveAndRank" if ranking else "Retrieve") >> RunInference(KeyedModelHandler(handler))
     tables = (results
               | "BatchRows" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
               | "ToTables" >> beam.Map(to_table, retrieval.name, retrieval.version,
@@ -299,14 +302,19 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
                                                                 num_shards=shards)
     dead | "WriteDeadLetters" >> beam.io.WriteToParquet(FileSystems.join(output, "dead_letter"), DEAD_LETTER_SCHEMA,
                                                         file_name_suffix=".parquet", num_shards=1)
-    result = pipeline.run()
-    result.wait_until_finish()
-    counts = _counts(result)
+    (keyed, results, dead) | "Count" >> CountAll(output)
+    pipeline.run().wait_until_finish()
+    counts = read_counts(output)
+    problems = check_books(counts, output)
     summary = {"input": str(source), "runner": runner_name, "retrieval": f"{retrieval.name}/{retrieval.version}",
                "ranking": f"{ranking.name}/{ranking.version}" if ranking else None, "k": k, "rank_top": rank_top,
-               "exclude_seen": exclude_seen, "counts": counts, "seconds": round(time.perf_counter() - started, 2)}
+               "exclude_seen": exclude_seen, "counts": counts, "complete": not problems, "problems": problems,
+               "seconds": round(time.perf_counter() - started, 2)}
     with FileSystems.create(FileSystems.join(output, "summary.json")) as f:
         f.write(json.dumps(summary, indent=2).encode())
+    if problems:
+        raise IncompleteOutput(f"the candidates in {output} are incomplete and must not be used: "
+                               f"{'; '.join(problems)} (summary.json); run the job again")
     return CandidatesResult(output, counts, time.perf_counter() - started)
 
 
@@ -370,13 +378,3 @@ def local_runner(pipeline_args: list[str]):
     if not any(a.startswith("--direct_running_mode") for a in pipeline_args):
         pipeline_args += ["--direct_running_mode", "multi_threading"]
     return FnApiRunner(), "FnApiRunner", pipeline_args
-
-
-def _counts(result) -> dict[str, int]:
-    names = ("queries", "users_scored", "cold_start_users", "unknown_users", "dead_letters")
-    counts = dict.fromkeys(names, 0)
-    query = beam.metrics.MetricsFilter().with_namespace(NAMESPACE)
-    for counter in result.metrics().query(query)["counters"]:
-        if counter.key.metric.name in counts:
-            counts[counter.key.metric.name] += int(counter.committed or counter.attempted or 0)
-    return counts

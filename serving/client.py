@@ -50,14 +50,14 @@ class CrossrecClient:
 
     # -- the models ------------------------------------------------------------------------------
     def recommend(self, history: History, domain: str, k: int = 10, *, exclude_history: bool = True,
-                  model: str = "recommender", version: int | None = None) -> list[dict]:
+                  model: str = "recommender", version: int | None = None) -> Recommendations:
         """Retrieve -> rank -> top k in one call (the ``recommender`` model)."""
         out = self.predict(model, {**_history_inputs([history], [domain]), "k": np.array([k], np.int32),
                                    "exclude_history": np.array([exclude_history])}, version=version)
         return _rows(out, 0, extra=("retrieval_scores",))
 
     def retrieve(self, history: History, domain: str, k: int = 10, *, exclude_history: bool = True,
-                 model: str = "retrieval", version: int | None = None) -> list[dict]:
+                 model: str = "retrieval", version: int | None = None) -> Recommendations:
         """Top k by the towers alone (the ``retrieval`` model)."""
         out = self.predict(model, {**_history_inputs([history], [domain]), "k": np.array([k], np.int32),
                                    "exclude_history": np.array([exclude_history])}, version=version)
@@ -115,8 +115,20 @@ def _history_inputs(histories: list[History], domains: list[str]) -> dict[str, n
             "target_domain": np.array([d.encode() for d in domains], dtype=object)}
 
 
-def _rows(out: dict[str, np.ndarray], i: int, extra=()) -> list[dict]:
-    rows = []
+class Recommendations(list):
+    """The answer's rows (a list of dicts), and how much of the history the model used:
+    ``history_known`` (items it knows; 0 = served like a brand-new user) and ``history_in_domain``
+    (of those, in the target domain; 0 = a cross-domain cold start)."""
+
+    history_known: int | None = None
+    history_in_domain: int | None = None
+
+
+def _rows(out: dict[str, np.ndarray], i: int, extra=()) -> Recommendations:
+    rows = Recommendations()
+    if "history_known" in out:
+        rows.history_known = int(out["history_known"][i])
+        rows.history_in_domain = int(out["history_in_domain"][i])
     for j, item in enumerate(out["item_ids"][i]):
         if not item:
             continue

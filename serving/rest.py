@@ -144,8 +144,6 @@ class _ModelApi:
                                                                          preserving_proto_field_name=True)}}
 
     def get(self, name, version, label, verb) -> dict:
-        if verb == ":predict":
-            raise invalid("predict needs POST")
         if verb == "/metadata":
             return self.metadata(self.predictor.model(name, version, label))
         return _status_json(version_status(self.predictor.manager, name, version, label))
@@ -153,6 +151,9 @@ class _ModelApi:
     async def endpoint(self, request: Request) -> JSONResponse:
         try:
             name, version, label, verb = _route(request.url.path)
+            if request.method == "GET" and verb == ":predict":  # as TF Serving answers it
+                return JSONResponse({"error": "method GET is not allowed on :predict; use POST"}, status_code=405,
+                                    headers={"Allow": "POST"})
             if request.method == "GET":
                 return JSONResponse(await run_in_threadpool(self.get, name, version, label, verb))
             if verb != ":predict":

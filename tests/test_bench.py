@@ -49,6 +49,16 @@ def test_batch_benchmark_smoke(tiny_preset, tmp_path):
     assert rows["roofline: bare batched matmul + top-k"]["value"] > 0 and rows["Beam / roofline"]["target"] == ">= 0.6"
 
 
+def test_batch_stress_benchmark_smoke(tiny_preset, tmp_path):
+    from bench import batch_stress
+
+    assert batch_stress.main(["--quick", "--runs", "2", "--preset", str(tiny_preset),
+                              "--results-dir", str(tmp_path)]) == 0
+    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "batch_stress.json").read_text())["rows"]}
+    assert rows["runs"]["value"] == 2 and rows["failed runs (crash or unbalanced books)"]["status"] == "met"
+    assert rows["runs whose rows differ from the first"]["status"] == "met"
+
+
 def test_retrain_benchmark_smoke(tiny_preset, tmp_path, monkeypatch):
     from bench import retrain
 

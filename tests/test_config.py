@@ -64,3 +64,17 @@ def test_missing_file_and_bad_yaml(tmp_path, write):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write("c.yaml", "data: [unclosed\n"))
+
+
+def test_a_run_config_built_from_relative_flags_finds_its_data_from_any_folder(tmp_path, monkeypatch):
+    """`crossrec train --data .runs/x/data` saves the run's config; export (from another folder,
+    or the run folder) must find the same data, not `<run folder>/.runs/x/data`."""
+    (tmp_path / "work" / "runs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    config = Config(data=DataConfig(interactions="data/interactions.parquet", items="data/items.parquet"))
+    save_config(config, tmp_path / "work" / "runs" / "config.yaml")
+    monkeypatch.chdir(tmp_path)
+    loaded = load_config(tmp_path / "work" / "runs" / "config.yaml")
+    assert loaded.data.interactions == str(tmp_path / "work" / "data" / "interactions.parquet")
+    assert loaded.data.items == str(tmp_path / "work" / "data" / "items.parquet")
+    assert config.data.interactions == "data/interactions.parquet"  # the caller's config is unchanged

@@ -63,7 +63,7 @@ def _ask(driver, history, domain, version=None):
         Select(driver.find_element(By.ID, "version")).select_by_value(str(version))
     before = driver.find_element(By.TAG_NAME, "body").get_attribute("data-answered")
     driver.find_element(By.ID, "recommend").click()
-    WebDriverWait(driver, 30).until(
+    WebDriverWait(driver, 90).until(
         lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-answered") not in (None, before)
         or "error" in d.find_element(By.ID, "status").get_attribute("class"))
     assert "error" not in driver.find_element(By.ID, "status").get_attribute("class"), \
@@ -94,15 +94,24 @@ def test_the_page_answers_like_the_grpc_client_and_follows_a_publish(explorer, t
     driver = _browser()
     try:
         driver.get(f"http://127.0.0.1:{server.rest_port}/ui")
-        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        WebDriverWait(driver, 90).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
         served, two_tower = _ask(driver, history, domain)
         assert served == expected and two_tower == expected_retrieval
         # titles and the served explanation are on the page
         first = driver.find_element(By.CSS_SELECTOR, "#served-list li")
         title = dataset.items.set_index([schema.DOMAIN, schema.ITEM_ID]).loc[(domain, expected[0]), schema.TITLE]
         assert title in first.text and "because you liked" in first.text
+        # items in one list only are marked; a fully known history shows no warning
+        marked = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#served-list li.only-here')).map(li => li.dataset.itemId)")
+        assert marked == [i for i in expected if i not in expected_retrieval]
+        assert not driver.find_element(By.ID, "history-note").is_displayed()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "explorer.png"))
+        # a history of ids the model does not know is said to be one, not served silently
+        _ask(driver, [(domain, "no-such-item-1"), (domain, "no-such-item-2")], domain)
+        note = driver.find_element(By.ID, "history-note")
+        assert note.is_displayed() and "None of the 2 history items is known to the model" in note.text
 
         # publish version 2 of the recommender: a ranker trained without the towers' score as its base
         # (on tiny data a ranker on that base keeps the towers' order, and v2 would look like v1)
@@ -110,12 +119,12 @@ def test_the_page_answers_like_the_grpc_client_and_follows_a_publish(explorer, t
         train_ranking(other, retrieval_dir, tmp_path / "ranking_v2", progress=False)
         export_models(retrieval_dir, root, ranking_dir=tmp_path / "ranking_v2", config=other, models=["recommender"],
                       progress=False)
-        WebDriverWait(driver, 30).until(lambda d: server.manager.get("recommender").version == 2)
+        WebDriverWait(driver, 90).until(lambda d: server.manager.get("recommender").version == 2)
         with CrossrecClient(f"127.0.0.1:{server.port}") as client:
             expected_v2 = [r["item_id"] for r in client.recommend(history, domain, k=10, version=2)]
         assert expected_v2 != expected  # a different model: the page must show the change
         driver.find_element(By.ID, "refresh-versions").click()
-        WebDriverWait(driver, 30).until(lambda d: "2" in d.execute_script(
+        WebDriverWait(driver, 90).until(lambda d: "2" in d.execute_script(
             "return Array.from(document.querySelectorAll('#version option')).map(o => o.value)"))
         served_v2, _ = _ask(driver, history, domain, version=2)
         assert served_v2 == expected_v2

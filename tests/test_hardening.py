@@ -216,6 +216,14 @@ def test_rest_ragged_rows_and_huge_versions_are_400s_and_unknown_methods_405(har
         assert code == 405 and "not allowed" in json.loads(payload)["error"]
 
 
+def test_rest_get_on_predict_is_405_with_allow_post(hard):
+    """TF Serving and the README answer GET :predict with 405 (it once answered 400)."""
+    server, _, _ = hard
+    code, payload = raw_http(server.rest_port, b"GET /v1/models/retrieval:predict HTTP/1.1\r\nHost: x\r\n"
+                             b"Connection: close")
+    assert code == 405 and "use POST" in json.loads(payload)["error"]
+
+
 def test_rest_lengths_are_checked_before_the_body_is_read(hard, monkeypatch):
     import serving.rest
 

@@ -244,3 +244,9 @@ def _write_items(tmp_path):
     path = tmp_path / "items.csv"
     path.write_text(GOOD_ITEMS)
     return path
+
+
+def test_a_data_folder_that_does_not_exist_says_not_found(tmp_path):
+    with pytest.raises(DataError, match=r"data: not found: no such file or folder") as error:
+        load_dataset(DataConfig(interactions=str(tmp_path / "data")))
+    assert "no items table" not in str(error.value)

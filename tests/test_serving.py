@@ -424,9 +424,22 @@ def test_export_serve_and_query_from_the_command_line(tiny_pipeline, tmp_path, c
         history, domain = next((h, d) for h, d in zip(histories, domains, strict=True) if h)
         flags = [f"--history={d}:{i}" for d, i in history]
         assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", domain, "--k", "3", *flags]) == 0
-        lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()]
-        assert len(lines) == 3 and lines[0].strip().startswith("1.")
-        assert all(" because of " in x for x in lines)  # the served explanation
+        printed = capsys.readouterr()
+        lines = [x for x in printed.out.splitlines() if x.strip()]
+        assert lines[0].startswith("score: the ranker's engagement logit")  # what the number means
+        assert len(lines) == 4 and lines[1].strip().startswith("1.")
+        assert all(" because of " in x for x in lines[1:])  # the served explanation
+        assert "note:" not in printed.err  # every history item known: nothing to say
+        # with the items table, titles beside the ids
+        items = tmp_path / "items.csv"
+        run.data.catalogue.items.assign(title=lambda f: "Title of " + f["item_id"].astype(str)).to_csv(items, index=False)
+        assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", domain, "--k", "3", *flags,
+                     "--items", str(items)]) == 0
+        assert "Title of " in capsys.readouterr().out.splitlines()[1]
+        # unknown ids are said to be unknown, not served silently as if they were a history
+        assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", domain, "--k", "3",
+                     f"--history={domain}:no-such-item", f"--history={domain}:nor-this-one"]) == 0
+        assert "none of the 2 history items is known to the model" in capsys.readouterr().err
         assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", "toys", "--k", "3"]) == 2
         assert "INVALID_ARGUMENT" in capsys.readouterr().err
     finally:

@@ -190,3 +190,20 @@ def test_all_problems_are_reported_together(write):
     msgs = problems(write, interactions=text)
     assert {m.split("column '")[1].split("'")[0] for m in msgs} == {"user_id", "timestamp", "rating"}
     assert all("row 4 (line 5)" in m for m in msgs)
+
+
+def test_a_missing_column_is_never_told_to_come_from_a_column_with_a_meaning_of_its_own(write):
+    """A file without `domain` once got "rename column 'rating' to 'domain'"."""
+    no_domain = "user_id,item_id,timestamp,rating\nu1,b1,1700000000,5\n"
+    msgs = problems(write, interactions=no_domain)
+    (msg,) = [m for m in msgs if "missing required column 'domain'" in m]
+    assert "rating" not in msg.split("fix:")[1]
+    assert "fix: add the column, or map an existing one: data.columns.domain: <column>" in msg
+
+
+def test_items_without_title_point_to_the_text_template_flag(write):
+    """Items without `title` once got "rename 'item_id' to 'title'"; the fix is the template."""
+    (msg,) = problems(write, items="item_id,domain,name\nb1,books,The Last Nebula\nm1,movies,Orbit\n")
+    assert "uses '{title}', but the items have no column 'title'" in msg
+    assert "item_id" not in msg.split("fix:")[1]
+    assert "data.text_template (CLI: --text-template), e.g. '{<column>}'" in msg

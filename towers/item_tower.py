@@ -76,6 +76,23 @@ class ItemTower(keras.layers.Layer):
                                              name="gate_bias")
             self.gate_text = keras.layers.Dense(1, kernel_initializer="zeros", use_bias=False, name="gate_text")
 
+    def build(self, *args, **kwargs):
+        """Every sub-layer built from the tower's own sizes (its inputs' shapes add nothing), so
+        Keras never meets unbuilt state on the first call."""
+        hidden = (None, 2 * self.embedding_dim)
+        if self.use_text:
+            self.shared_hidden.build((None, self.text_dim))
+            if not self.text_experts:
+                self.shared_out.build(hidden)
+            else:
+                self.expert_gate.build((None, self.text_dim))
+            self.domain_adapters.build(hidden)
+        if self.use_item_ids:
+            self.id_embedding.build((None,))
+        if self.gated:
+            self.gate_text.build(hidden)
+        self.built = True
+
     def call(self, text, domain, row, id_known, log_count=None, training=False):
         # text: (b, text_dim) float; domain, row: (b,) int; id_known: (b,) bool;
         # log_count: (b,) float log(1 + training interactions), read by the gate only

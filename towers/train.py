@@ -35,7 +35,7 @@ from crossrec.errors import ConfigError, TrainingDiverged, raise_if_diverged
 from crossrec.evaluation import PopularityScorer, evaluate
 from crossrec.experiment import ExperimentData, data_fingerprint, prepare_data
 from crossrec.features import Catalogue, Examples, training_sequences
-from crossrec.progress import fit_verbosity
+from crossrec.progress import epoch_bar
 from crossrec.typed import to_dict
 from towers.callbacks import RefreshTextTable, ResumableBackup, RetrievalEvaluation
 from towers.encoder import TextEncoder
@@ -114,12 +114,12 @@ class RetrievalRun:
 
 def train_retrieval(config: Config, out_dir: str | Path | None = None, *, dataset: Dataset | None = None,
                     data: ExperimentData | None = None, progress: bool = True, baselines: bool = False,
-                    initialize=None, callbacks=()) -> RetrievalRun:
+                    initialize=None, callbacks=(), name: str = "retrieval towers") -> RetrievalRun:
     """Trains the towers on ``config`` and evaluates them on the test queries (all slices).
 
     ``initialize(model)`` runs on the built model before training (retraining's warm start; a
     BackupAndRestore backup in ``out_dir`` still wins, so an interrupted run resumes);
-    ``callbacks`` are added to ``fit``'s."""
+    ``callbacks`` are added to ``fit``'s; ``name`` labels its progress line."""
     started = time.perf_counter()
     _check_combination(config)
     # First: MultiWorkerMirrored must set up its collectives before any other TensorFlow op runs.
@@ -144,8 +144,10 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     callbacks = fit_callbacks(config, data, text, out, list(callbacks))
     dataset_, distribution = distributed_input(strategy, config, *training_input(config, data))
     fit_started = time.perf_counter()
+    if progress:
+        callbacks.append(epoch_bar(name, config.train.epochs, keras.callbacks.Callback))
     history = model.fit(dataset_, epochs=config.train.epochs, callbacks=callbacks,
-                        shuffle=False, verbose=fit_verbosity(progress))  # tf.data already shuffles
+                        shuffle=False, verbose=0)  # tf.data already shuffles
     fit_seconds = time.perf_counter() - fit_started
     raise_if_diverged(history.history, "retrieval towers")
     if not np.isfinite(model.all_item_embeddings()).all():

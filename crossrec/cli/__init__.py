@@ -28,6 +28,8 @@ from crossrec.cli import (
 from crossrec.errors import CrossrecInputError
 
 EXIT_INPUT_ERROR = 2
+# commands that run TensorFlow: their device probe's noise is dropped once, up front (crossrec.quiet)
+TENSORFLOW_COMMANDS = {"train", "export", "serve", "candidates", "evaluate", "retrain", "bench", "quickstart"}
 
 DESCRIPTION = """\
 crossrec: a cross-domain recommender (text-encoder item towers, a shared user tower,
@@ -62,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.pipeline_args = extra  # `crossrec candidates`: Beam pipeline options pass through
     func: Callable[[argparse.Namespace], int] = args.func
+    from crossrec.quiet import init_devices, quiet_logs
+
+    quiet_logs()
+    if args.command in TENSORFLOW_COMMANDS:
+        init_devices()
     try:
         return func(args)
     except CrossrecInputError as exc:

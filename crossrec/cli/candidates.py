@@ -27,11 +27,13 @@ def cmd_candidates(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     candidates = commands.add_parser(
         "candidates", help="top-K candidates for every user of a table, on Apache Beam",
-        description="An Apache Beam pipeline (DirectRunner here; Dataflow, Flink or Spark with their pipeline "
-                    "options, which pass through) that runs the exported retrieval model (and with --rank-top "
-                    "the ranking model) over every user and writes Parquet shards: user_id, domain, rank, "
-                    "item_id, score, model_name, model_version. Bad rows go to dead_letter-*.parquet with the "
-                    "reason.",
+        description="An Apache Beam pipeline (Beam's local FnApiRunner here, one thread per core; Dataflow, "
+                    "Flink or Spark with their pipeline options, which pass through) that runs the exported "
+                    "retrieval model (and with --rank-top the recommender model: merged sources, ranked) over "
+                    "every user and writes Parquet shards: user_id, domain, rank, item_id, score, model_name, "
+                    "model_version. Bad rows go to dead_letter-*.parquet with the reason. Every query ends as "
+                    "one list or a dead letter: the job checks its counts against the files and fails if they "
+                    "do not add up.",
         epilog="Input: --input users.parquet (user_id, history_item_ids, history_domains lists oldest first, "
                "optional domain) or --interactions interactions.parquet (histories built per user). "
                "Unrecognised options are Beam pipeline options, e.g. --runner=DataflowRunner --project=P "
@@ -42,7 +44,7 @@ def register(commands) -> None:
     candidates.add_argument("--model-dir", default="saved_models", help="exported models (default saved_models)")
     candidates.add_argument("--output", required=True, help="output folder")
     candidates.add_argument("--k", type=int, default=100, help="candidates per user and domain (default 100)")
-    candidates.add_argument("--rank-top", type=int, default=0, help="re-rank the top N with the ranking model")
+    candidates.add_argument("--rank-top", type=int, default=0, help="head each list with the recommender model's top N")
     candidates.add_argument("--domains", help="comma-separated domains to recommend from, for rows without a "
                                               "domain column (default: every domain of the model)")
     candidates.add_argument("--keep-seen", action="store_true", help="allow items the user already has")

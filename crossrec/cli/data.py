@@ -49,6 +49,12 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
 
     _, dataset = load(args)
     tables = describe(dataset)
+    if args.tables:
+        wanted = [t.strip() for t in args.tables.split(",") if t.strip()]
+        unknown = sorted(set(wanted) - set(tables))
+        if unknown:
+            raise ConfigError(f"--tables: unknown {', '.join(unknown)}; choose from {', '.join(tables)}")
+        tables = {k: tables[k] for k in wanted}
     if args.json:
         print(json.dumps({k: json.loads(v.to_json(orient="index")) for k, v in tables.items()}, indent=2))
     else:
@@ -112,6 +118,8 @@ def register(commands) -> None:
                     "and history lengths.")
     add_source_flags(describe)
     describe.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    describe.add_argument("--tables", metavar="NAMES", help="only these, comma-separated: per_domain, overlap, "
+                                                            "domains_per_user, history (default: all)")
     describe.set_defaults(func=cmd_data_describe)
 
     split = data_commands.add_parser(

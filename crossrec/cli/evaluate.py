@@ -14,7 +14,7 @@ from crossrec.cli.flags import (
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from crossrec.pipelines.compare import compare_over_seeds
-    from crossrec.report import ndcg_table, write_report
+    from crossrec.report import ndcg_table, summary_lines, write_report
 
     config = apply_overrides(config_from_args(args), args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -29,12 +29,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = write_report(result.metrics, args.out, title="crossrec evaluation", notes=notes,
                         histories=result.histories, extra={"seconds": result.seconds}, reranking=result.reranking,
                         paired=result.paired, ranks=result.ranks)
-    print(f"\nNDCG@10 (report: {path})")
-    print(ndcg_table(result.metrics).round(4).to_string())
+    print(f"\nsummary (report: {path}):")
+    for line in summary_lines(result.metrics, result.paired):
+        print(f"  {line}")
+    where = "" if args.per_domain else ", all domains (per domain: the report, or --per-domain)"
+    print(f"\nNDCG@10{where}")
+    print(_console(ndcg_table(result.metrics), args.per_domain))
     if result.reranking is not None:
-        print("\nNDCG@10 of the same retrieved candidates: retrieval order vs re-ranked")
-        print(ndcg_table(result.reranking).round(4).to_string())
+        print(f"\nNDCG@10 of the same retrieved candidates: retrieval order vs re-ranked{where}")
+        print(_console(ndcg_table(result.reranking), args.per_domain))
     return 0
+
+
+def _console(table, per_domain: bool) -> str:
+    if not per_domain:
+        table = table[table.index.get_level_values("domain") == "all"].droplevel("domain")
+    return table.round(4).to_string(na_rep="")
 
 
 def register(commands) -> None:
@@ -54,6 +64,8 @@ def register(commands) -> None:
                                                      "it the cold-start queries of that domain (the zero_shot "
                                                      "slice; the domain is then the cold-start domain unless "
                                                      "split.target_domain says otherwise)")
+    evaluate.add_argument("--per-domain", action="store_true", help="print every domain's row, not only the "
+                                                                    "slices over all domains (the report has both)")
     evaluate.add_argument("--seeds", type=int, help="train every model this many times (train.seed, +1, ...) "
                                                     "and pool each query's metric over them (default eval.seeds, 1)")
     evaluate.add_argument("--model-out", help="also keep the trained crossrec towers in this folder "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from crossrec.errors import ConfigError
 
@@ -28,15 +29,46 @@ def cmd_query(args: argparse.Namespace) -> int:
                                         model=args.model)
         except grpc.RpcError as error:
             raise ConfigError(f"{args.server}: {error.code().name}: {error.details()}") from None
+    titles = {}
+    if args.items:
+        from crossrec.data.loaders import item_titles
+
+        titles = item_titles(args.items)
+    note = history_note(len(history), rows.history_known)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    print(SCORE_MEANING.get(args.model, "score: the model's score, higher first"))
     for rank, row in enumerate(rows, 1):
         because = row.get("because")
-        reason = (f"  because of {because['domain']}:{because['item_id']} ({because['weight']:.0%})"
-                  if because else "")
-        print(f"{rank:3d}. {row['item_id']:<24} score {row['score']:.4f}{reason}")
+        reason = ""
+        if because:
+            by = (because["domain"], because["item_id"])
+            reason = f"  because of {by[0]}:{by[1]}" + (f" {titles[by]}" if by in titles else "") + \
+                f" ({because['weight']:.0%})"
+        title = titles.get((args.domain, row["item_id"]), "")
+        name = f"{row['item_id']:<16} {title[:40]:<40}" if titles else f"{row['item_id']:<24}"
+        print(f"{rank:3d}. {name} score {row['score']:.4f}{reason}")
     return 0
+
+
+SCORE_MEANING = {
+    "recommender": "score: the ranker's engagement logit (higher = more likely the user's next item); "
+                   "(N%): the history item's share of the pick's similarity to the whole history",
+    "retrieval": "score: the towers' dot product of the user's and the item's vectors (higher first); "
+                 "(N%): the history item's share of the pick's similarity to the whole history",
+}
+
+
+def history_note(asked: int, known: int | None) -> str | None:
+    """What to tell the user when the model knew none of the history (it reads the most recent
+    ``history_length`` known items, so a partly known history is one it can use)."""
+    if known is None or asked == 0 or known > 0:
+        return None
+    return (f"none of the {asked} history items is known to the model (check each DOMAIN:ITEM_ID against "
+            "the data it was trained on): these are the recommendations for a brand-new user")
 
 
 def register(commands) -> None:
@@ -53,4 +85,6 @@ def register(commands) -> None:
     query.add_argument("--keep-seen", action="store_true", help="allow items already in the history")
     query.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     query.add_argument("--json", action="store_true", help="print JSON")
+    query.add_argument("--items", metavar="PATH", help="an items table, or a data folder, to print titles beside "
+                                                       "the ids (e.g. the quickstart's .runs/quickstart/data)")
     query.set_defaults(func=cmd_query)

@@ -4,6 +4,7 @@ the ``crossrec`` command that runs it."""
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -13,7 +14,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from crossrec.cli import main
-    from crossrec.pipelines.quickstart import serve_and_query
+    from crossrec.pipelines.quickstart import TARGET, serve_and_query
 
     out = Path(args.out)
     data_dir = out / "data"
@@ -22,24 +23,24 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     synth = ["data", "synth", "--out", str(data_dir), "--overwrite", "--seed", str(args.seed)]
     if args.tiny:
         synth += ["--n-users", "150", "--n-items", "240", "--n-interactions", "3000"]
-    quick = ["--epochs", "2", "--quiet"] if args.tiny else []
+    quick = ["--epochs", "2"] if args.tiny else []
     steps = [
         ("generate the built-in data", synth),
         ("validate it", ["data", "validate", "--data", str(data_dir)]),
-        ("describe it", ["data", "describe", "--data", str(data_dir)]),
-        ("split it: cross-domain cold start on movies", [
+        ("describe it", ["data", "describe", "--data", str(data_dir), "--tables", "per_domain"]),
+        (f"split it: cross-domain cold start on {TARGET}", [
             "data", "split", "--data", str(data_dir), "--out", str(split_dir), "--overwrite",
-            "--kind", "cold_start", "--target-domain", "movies", "--seed", str(args.seed)]),
+            "--kind", "cold_start", "--target-domain", TARGET, "--seed", str(args.seed)]),
         ("train the retrieval towers (frozen MiniLM, cached) and the rankers; compare with the baselines", [
             "evaluate", "--data", str(data_dir), "--out", str(out / "report"), "--model-out", str(out / "retrieval"),
-            "--ranking-out", str(out / "ranking"), "--zero-shot-domain", "books", *quick]),
+            "--ranking-out", str(out / "ranking"), "--zero-shot-domain", TARGET, *quick]),
         ("export every model in TF Serving's layout", [
             "export", "--retrieval", str(out / "retrieval"), "--ranking", str(out / "ranking"),
             "--out", str(saved_models), "--quiet"]),
         ("serve them on loopback and ask for three users over gRPC", None),
         ("candidates for every user, on Apache Beam", [
             "candidates", "--model-dir", str(saved_models), "--interactions", str(data_dir / "interactions.parquet"),
-            "--domains", "movies", "--output", str(out / "candidates"), "--k", "20", "--rank-top", "5"]),
+            "--domains", TARGET, "--output", str(out / "candidates"), "--k", "20", "--rank-top", "5"]),
     ]
     for number, (title, argv) in enumerate(steps, 1):
         if argv is None:
@@ -51,8 +52,36 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         if code:
             return code
     print(f"\nquickstart done: outputs in {out}/ (report: {out / 'report' / 'report.md'})")
-    print(f"next week's data: crossrec retrain --data NEW_DATA/ --from {saved_models}  (see README: Retraining)")
+    print(next_commands(out, data_dir, saved_models))
     return 0
+
+
+def next_commands(out, data_dir, saved_models) -> str:
+    """The exact commands that serve, explore and query this run's own output."""
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from crossrec.pipelines.quickstart import TARGET, example_history
+
+    crossrec = "crossrec"
+    if shutil.which("crossrec") is None:  # run as .venv/bin/crossrec (make quickstart): say where it is
+        crossrec = str(Path(sys.executable).parent / "crossrec")
+        relative = os.path.relpath(crossrec)
+        crossrec = relative if not relative.startswith("..") else crossrec
+    domain, item = example_history(data_dir)
+    body = json.dumps({"inputs": {"history_item_ids": [[item]], "history_domains": [[domain]],
+                                  "target_domain": [TARGET], "k": [5], "exclude_history": [True]}})
+    return "\n".join([
+        "next:",
+        f"  serve it (explorer: http://127.0.0.1:8501/ui):  {crossrec} serve --model_base_path {saved_models} --ui "
+        f"--ui_data {data_dir}",
+        f"  ask over gRPC (another terminal):              {crossrec} query --domain {TARGET} --history {domain}:{item} --k 5 "
+        f"--items {data_dir}",
+        f"  ask over REST:                                 curl -s http://127.0.0.1:8501/v1/models/recommender:predict -d '{body}'",
+        f"  next week's data:                              {crossrec} retrain --data NEW_DATA/ --from {saved_models}  "
+        "(README: Retraining)"])
 
 
 def register(commands) -> None:

@@ -37,7 +37,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     retrain = commands.add_parser(
         "retrain", help="warm-start from the served version, train on old + new data, publish if not worse",
-        description="Retrain from the latest version under --from (its training state travels inside it): "
+        description="Retrain from the latest version under --from (its training state, the user histories "
+                    "it was trained on, is kept beside that folder in <folder>.training_state/, never inside "
+                    "a served version): "
                     "merge its data with the new data, warm-start the towers and rankers, encode only new or "
                     "changed item texts, and export the next version of every served model, unless the "
                     "retrained towers' validation metric (retrain.metric, default Recall@50) is worse than the "

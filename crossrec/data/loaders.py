@@ -62,6 +62,21 @@ def load_dataset(config: DataConfig) -> Dataset:
     return Dataset(interactions, items, users, report)
 
 
+def item_titles(path: str | Path) -> dict[tuple[str, str], str]:
+    """{(domain, item_id): title} from an items table, or the items table of a data folder
+    (what `crossrec query --items` prints beside ids); items without a title are left out."""
+    path = Path(path)
+    found = _find_table(path, "items") if path.is_dir() else path
+    if found is None or not found.exists():
+        raise DataError(Problem("no items table here", file=str(path),
+                                fix="pass an items file, or a folder with items.parquet / .csv"))
+    items = io.read_table(found, what="items")
+    if schema.TITLE not in items.columns:
+        return {}
+    return {(str(d), str(i)): str(t) for d, i, t in zip(items[schema.DOMAIN], items[schema.ITEM_ID],
+                                                       items[schema.TITLE], strict=True) if pd.notna(t)}
+
+
 def _find_table(directory: Path, name: str) -> Path | None:
     for suffix in io.TABLE_SUFFIXES:
         candidate = directory / f"{name}{suffix}"
@@ -74,6 +89,10 @@ def _table_paths(interactions: str, items: str | None, users: str | None, *,
                  items_required: bool = True) -> tuple[Path, str | None, str | None]:
     """The interactions, items and users files; ``interactions`` may be a directory of them."""
     path = Path(interactions)
+    if not path.exists():
+        raise DataError(Problem("not found: no such file or folder", file=str(path),
+                                fix="check the path (relative paths are taken from the folder you run crossrec "
+                                    "in), or write the built-in data there with `crossrec data synth`"))
     if path.is_dir():
         found = _find_table(path, "interactions")
         if found is None:

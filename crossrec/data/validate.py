@@ -51,12 +51,24 @@ def _present(frame: pd.DataFrame) -> str:
     return ", ".join(c for c in frame.columns if c not in schema.BOOKKEEPING)
 
 
+# columns that mean something of their own: never suggested as another column's misspelling
+KNOWN_COLUMNS = frozenset(schema.INTERACTION_REQUIRED + schema.INTERACTION_OPTIONAL + schema.ITEM_REQUIRED
+                          + (schema.TITLE, schema.TEXT))
+
+
+def _close_column(name: str, frame: pd.DataFrame) -> str | None:
+    """The present column that looks like a misspelling of ``name`` (never a known column)."""
+    candidates = [c for c in frame.columns if c not in schema.BOOKKEEPING and c not in KNOWN_COLUMNS]
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
 def _require_columns(frame: pd.DataFrame, required, what: str) -> list[Problem]:
     problems = []
     present = [c for c in frame.columns if c not in schema.BOOKKEEPING]
     for name in required:
         if name not in frame.columns:
-            close = difflib.get_close_matches(name, present, n=1, cutoff=0.5)
+            close = [c for c in [_close_column(name, frame)] if c]
             if close:
                 fix = (f"rename column '{close[0]}' to '{name}', or map it: data.columns.{name}: {close[0]} "
                        f"(CLI: --column {name}={close[0]})")
@@ -234,13 +246,14 @@ def _check_columns(interactions: pd.DataFrame, items: pd.DataFrame, text_templat
     log.add(_require_columns(items, schema.ITEM_REQUIRED, "items"))
     for name in template_fields(text_template):
         if name not in items.columns:
-            close = difflib.get_close_matches(name, _present(items).split(", "), n=1, cutoff=0.5)
+            close = _close_column(name, items)
             log.add(Problem(
                 f"the text template {text_template!r} uses '{{{name}}}', but the items have no column "
                 f"'{name}' (columns present: {_present(items)})", file=file_of(items, "items"),
                 column=name,
-                fix=(f"rename '{close[0]}' to '{name}' or " if close else "") +
-                    "change data.text_template to use existing columns"))
+                fix=(f"rename '{close}' to '{name}', or " if close else "") +
+                    "set the text template to columns the items have: data.text_template (CLI: "
+                    "--text-template), e.g. '{" + (close or "<column>") + "}'"))
 
 
 def _clean_items(items: pd.DataFrame, text_template: str, report: Report, log: ProblemLog) -> pd.DataFrame:

@@ -115,7 +115,8 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         return value
 
     if "crossrec" in models:
-        run = timed("crossrec", lambda: train_retrieval(config, model_out, data=data, progress=progress))
+        run = timed("crossrec", lambda: train_retrieval(config, model_out, data=data, progress=progress,
+                                                        name="crossrec towers"))
         scorers.append(_named(run, "crossrec"))
         result.histories["crossrec"] = run.history
         if "ranking" in models:
@@ -129,7 +130,8 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         scorers.append(ItemKNNScorer(data.train, data.catalogue))
     if "id_two_tower" in models:
         id_config = replace(config, towers=replace(config.towers, use_text=False, use_item_ids=True))
-        run = timed("id_two_tower", lambda: train_retrieval(id_config, data=data, progress=progress))
+        run = timed("id_two_tower", lambda: train_retrieval(id_config, data=data, progress=progress,
+                                                            name="id_two_tower (baseline)"))
         scorers.append(_named(run, "id_two_tower"))
         result.histories["id_two_tower"] = run.history
     if "target_only" in models:
@@ -163,7 +165,8 @@ def _target_only(config: Config, data: ExperimentData, progress: bool, timed, re
         sub = _subset_data(data, data.train[schema.DOMAIN] == domain, config)
         if len(sub.examples) == 0:
             continue
-        run = timed(f"target_only:{domain}", lambda sub=sub: train_retrieval(config, data=sub, progress=progress))
+        run = timed(f"target_only:{domain}", lambda sub=sub, domain=domain: train_retrieval(
+            config, data=sub, progress=progress, name=f"target_only:{domain} (baseline)"))
         runs[index] = (run.model, run.model.all_item_embeddings())
         result.histories[f"target_only:{domain}"] = run.history
     return _PerDomainScorer(runs, data.catalogue)
@@ -220,7 +223,7 @@ def _zero_shot(config: Config, data: ExperimentData, domain: str, progress: bool
     asked = frame[in_domain & cold & (frame[schema.SPLIT] == schema.TEST)].assign(**{SLICE: ZERO_SHOT})
     test = query_sets(schema.TEST, asked, train, catalogue, h)
     zero = ExperimentData(frame, catalogue, train, examples, validation, test, domain, data.dataset, data.split_kind)
-    run = train_retrieval(config, data=zero, progress=progress)
+    run = train_retrieval(config, data=zero, progress=progress, name=f"crossrec towers without {domain} (zero-shot)")
     scorers = [_named(run, "crossrec"), PopularityScorer(train, catalogue)]
     return evaluate(scorers, test, catalogue, ks=tuple(config.eval.ks), exclude_seen=config.eval.exclude_seen,
                     ranks_out=ranks_out)

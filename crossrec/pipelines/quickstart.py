@@ -35,6 +35,31 @@ def _users(interactions: pd.DataFrame, items: pd.DataFrame) -> list[tuple[str, l
     return users
 
 
+def example_history(data_dir: Path) -> tuple[str, str]:
+    """(domain, item id) of the most popular book: a history to try the served models with."""
+    frame = pd.read_parquet(Path(data_dir) / "interactions.parquet", columns=[schema.DOMAIN, schema.ITEM_ID])
+    books = frame[frame[schema.DOMAIN] == "books"]
+    return "books", str((books if len(books) else frame)[schema.ITEM_ID].value_counts().index[0])
+
+
+def _show(label: str, history, rows, titles, k: int) -> None:
+    """A user's history as the picks use it (the most recent items and every item a pick is
+    explained by), then the picks with their explanation."""
+    title = lambda domain, item: titles.get((domain, item), item)  # noqa: E731
+    because = {(r["because"]["domain"], r["because"]["item_id"]) for r in rows if r.get("because")}
+    shown = [i for i, key in enumerate(history) if key in because or i >= len(history) - 2]
+    print(f"\n{label}; {len(history)} history items, these {len(shown)} are the most recent and those the "
+          "picks are explained by:")
+    for i in shown:
+        domain, item = history[i]
+        print(f"    {i + 1:>3}. {domain:<8} {title(domain, item)}")
+    print(f"  recommended {TARGET} (recommender model: retrieve, rank, top {k}):")
+    for rank, row in enumerate(rows, 1):
+        by = row.get("because")
+        reason = (f"  <- because you liked {title(by['domain'], by['item_id'])} ({by['weight']:.0%})" if by else "")
+        print(f"  {rank}. {title(TARGET, row['item_id'])}{reason}")
+
+
 def serve_and_query(saved_models: Path, data_dir: Path, k: int = 5) -> None:
     from crossrec.config import DataConfig
     from crossrec.data.loaders import load_dataset
@@ -52,18 +77,11 @@ def serve_and_query(saved_models: Path, data_dir: Path, k: int = 5) -> None:
         print(f"embedded server: gRPC 127.0.0.1:{server.port}, REST http://127.0.0.1:{server.rest_port}")
         with CrossrecClient(f"127.0.0.1:{server.port}") as client:
             for label, history in _users(dataset.interactions, dataset.items):
-                print(f"\n{label}; last of their history:")
-                for domain, item in history[-3:]:
-                    print(f"    {domain:<8} {titles.get((domain, item), item)}")
-                print(f"  recommended {TARGET} (recommender model: retrieve, rank, top {k}):")
-                for rank, row in enumerate(client.recommend(history, TARGET, k=k), 1):
-                    item = (TARGET, row["item_id"])
-                    because = row.get("because")
-                    key = (because["domain"], because["item_id"]) if because else None
-                    reason = (f"  <- because you liked {titles.get(key, key[1])} ({because['weight']:.0%})"
-                              if because else "")
-                    print(f"  {rank}. {titles.get(item, row['item_id'])}{reason}")
+                rows = client.recommend(history, TARGET, k=k)
+                _show(label, history, rows, titles, k)
+        print("\n(N%) after a pick: the history item that drove it most, and its share of the pick's "
+              "similarity to the whole history")
     finally:
         server.stop()
-        print("\nembedded server stopped")
+        print("embedded server stopped")
 

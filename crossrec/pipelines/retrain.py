@@ -279,6 +279,7 @@ class _Stages:
         started = time.perf_counter()
         reports = []
         run = train_retrieval(self.config, self.towers_dir, data=self.data, progress=self.progress,
+                              name="retrieval towers (warm-started)",
                               initialize=lambda model: reports.append(self._warm_start(model)),
                               callbacks=self.callbacks)
         history = run.history

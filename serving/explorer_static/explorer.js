@@ -95,14 +95,19 @@ async function predict(model, version, history, domain, k) {
   return answer.outputs;
 }
 
-function render(list, outputs, domain) {
+function render(list, outputs, domain, other) {
   list.replaceChildren();
   const ids = outputs.item_ids[0];
+  const elsewhere = new Set(other.item_ids[0].filter(Boolean));
   ids.forEach((itemId, i) => {
     if (!itemId) return;
     const li = document.createElement("li");
     li.dataset.itemId = itemId;
     li.dataset.domain = domain;
+    if (!elsewhere.has(itemId)) {  // in this list only: what the other order does not show
+      li.classList.add("only-here");
+      li.title = "not in the other list";
+    }
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = ` score ${Number(outputs.scores[0][i]).toFixed(4)}`;
@@ -126,6 +131,19 @@ function render(list, outputs, domain) {
   });
 }
 
+function historyNote(history, outputs) {
+  // how much of the history the model knows: unknown ids are served like a brand-new user
+  const note = $("history-note");
+  const known = outputs.history_known ? Number(outputs.history_known[0]) : history.length;
+  if (history.length && known === 0) {
+    note.textContent = `None of the ${history.length} history items is known to the model (unknown ids or ` +
+      "domains): this is the list a brand-new user gets.";
+  } else {
+    note.textContent = "";
+  }
+  note.hidden = !note.textContent;
+}
+
 async function recommend() {
   try {
     const history = parseHistory();
@@ -143,10 +161,14 @@ async function recommend() {
       if (out.because_item_ids) out.because_item_ids[0].forEach((b, i) => b && keys.push(`${out.because_domains[0][i]}:${b}`));
     }
     await learnTitles(keys).catch(() => {});
-    render($("served-list"), served, domain);
-    render($("retrieval-list"), twoTower, domain);
+    render($("served-list"), served, domain, twoTower);
+    render($("retrieval-list"), twoTower, domain, served);
     $("retrieval-model").textContent = "(retrieval, latest)";
-    setStatus(`${servedModel} v${version || "latest"}: ${served.item_ids[0].filter(Boolean).length} items for ${domain}`);
+    historyNote(history, served);
+    const got = served.item_ids[0].filter(Boolean).length;
+    const asked = Number($("k").value) > k ? ` (k is at most ${k} here)` : "";
+    setStatus(`${servedModel} v${version || "latest"}: ${got} items for ${domain}${asked}`);
+    $("answers").scrollIntoView({ behavior: "instant", block: "start" });
     document.body.dataset.answered = String(Date.now());
   } catch (e) {
     setStatus(e.message, true);
