@@ -228,6 +228,9 @@ class ExportConfig:
     index: Literal["brute_force", "scann"] = "brute_force"
     # The largest k a request may ask for (fixed at export).
     max_k: int = 100
+    # The most candidates one query of a `ranking` request may carry (fixed at export): a request's
+    # memory grows with its candidates squared (each candidate's place in its list).
+    max_candidates: int = 500
     # Which ranker the ranking and recommender models use: the distilled student (cheaper) or the teacher.
     ranker: Literal["student", "teacher"] = "student"
     # ScaNN: leaves of the partitioning tree per domain (null = 2 sqrt(items)), leaves searched

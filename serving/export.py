@@ -29,7 +29,7 @@ metrics and the index's parameters and measured recall.
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,21 +131,42 @@ def _metadata(name: str, number: int, module, parts, index_info: dict, state) ->
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "signature": signature_description(module.serve),
             "max_k": min(export.max_k, config.ranking.candidates) if name == "recommender" else export.max_k,
+            **({"max_candidates": export.max_candidates} if name == "ranking" else {}),
             "domains": parts.lookups.served, "zero_shot_domains": parts.lookups.zero_shot,
             "history_length": config.towers.history_length,
             "index": index_info if name in ("retrieval", "recommender") else None,
-            **parts.metadata, "config": to_dict(config),
+            **parts.metadata, "config": served_config(config),
             **({"training_state": state} if name == "retrieval" else {})}
 
 
+def served_config(config) -> dict:
+    """The config as a served version records it: every file path of the machine that trained it
+    (data, encoder preset, cache) left out; the data is identified by ``data_fingerprint``."""
+    values = to_dict(config)
+    data = values["data"]
+    for key in ("interactions", "items", "users"):
+        if data.get(key) is not None:
+            data[key] = "<path withheld>"
+    data["amazon_files"] = {domain: dict.fromkeys(files, "<path withheld>")
+                            for domain, files in (data.get("amazon_files") or {}).items()}
+    for key in ("preset", "cache_dir"):
+        if values["encoder"].get(key) is not None:
+            values["encoder"][key] = Path(values["encoder"][key]).name
+    return values
+
+
 def _save_module(module, folder: Path, metadata: dict, options) -> None:
-    """``module`` as a SavedModel in ``folder``, its metadata as an asset."""
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / METADATA_FILE
-        path.write_text(json.dumps(metadata, indent=2, default=str))
-        module.metadata = tf.saved_model.Asset(str(path))
-        tf.saved_model.save(module, str(folder), options=options, signatures={
-            "serving_default": module.serve, **getattr(module, "extra_signatures", {})})
+    """``module`` as a SavedModel in ``folder`` (the version's temporary folder), its metadata as
+    an asset. The asset's source is written inside that folder too, never in TMPDIR: a killed
+    export leaves only the temporary folder, which the next export removes."""
+    scratch = Path(folder) / ".metadata-source"
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = scratch / METADATA_FILE
+    path.write_text(json.dumps(metadata, indent=2, default=str))
+    module.metadata = tf.saved_model.Asset(str(path))
+    tf.saved_model.save(module, str(folder), options=options, signatures={
+        "serving_default": module.serve, **getattr(module, "extra_signatures", {})})
+    shutil.rmtree(scratch)
 
 
 def warmup_requests(name: str, parts) -> list[dict[str, np.ndarray]]:

@@ -114,3 +114,38 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                 entry.status.error_code = 2  # UNKNOWN
                 entry.status.error_message = status.error
         return response
+
+
+class _Undecodable:
+    """What a request that is not its method's message decodes to (see ``DecodeErrorsAreInvalid``)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class DecodeErrorsAreInvalid(grpc.ServerInterceptor):
+    """Bytes that are not the method's request message are INVALID_ARGUMENT with the reason, not
+    grpc's INTERNAL "Exception deserializing request!" (which tells a client nothing it can fix)."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        decode, behaviour = handler.request_deserializer, handler.unary_unary
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+
+        def tolerant(raw: bytes):
+            try:
+                return decode(raw)
+            except Exception as exc:  # protobuf's DecodeError and friends
+                return _Undecodable(exc)
+
+        def checked(request, context):
+            if isinstance(request, _Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"the request is not a valid {method} request message "
+                              f"({type(request.error).__name__}: {str(request.error)[:200]})")
+            return behaviour(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(checked, request_deserializer=tolerant,
+                                                   response_serializer=handler.response_serializer)

@@ -103,6 +103,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+HTTP_VERSIONS = ("1.0", "1.1")
+
+
 def _parse(raw: bytes) -> dict:
     try:
         body = json.loads(raw.decode("utf-8") or "{}")
@@ -112,6 +115,8 @@ def _parse(raw: bytes) -> dict:
         raise invalid(f"the request body is not JSON: {exc}") from None
     except RecursionError:
         raise invalid("the request body nests too deeply") from None
+    except ValueError:  # an integer literal past Python's 4,300-digit conversion limit
+        raise invalid("the request body holds a number too long to read (over 4,300 digits)") from None
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
     return body
@@ -150,11 +155,14 @@ class _ModelApi:
 
     async def endpoint(self, request: Request) -> JSONResponse:
         try:
+            if request.scope.get("http_version") not in HTTP_VERSIONS:
+                return JSONResponse({"error": f"HTTP/{request.scope.get('http_version')} is not supported; use "
+                                              "HTTP/1.1"}, status_code=505)
             name, version, label, verb = _route(request.url.path)
-            if request.method == "GET" and verb == ":predict":  # as TF Serving answers it
-                return JSONResponse({"error": "method GET is not allowed on :predict; use POST"}, status_code=405,
-                                    headers={"Allow": "POST"})
-            if request.method == "GET":
+            if request.method in ("GET", "HEAD") and verb == ":predict":  # as TF Serving answers it
+                return JSONResponse({"error": f"method {request.method} is not allowed on :predict; use POST"},
+                                    status_code=405, headers={"Allow": "POST"})
+            if request.method in ("GET", "HEAD"):  # HEAD: the GET answer's headers, never a prediction
                 return JSONResponse(await run_in_threadpool(self.get, name, version, label, verb))
             if verb != ":predict":
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"no such endpoint: POST {request.url.path[:200]}")

@@ -36,7 +36,11 @@ def json_value(value):
 def _leaf(value, dtype: tf.DType, name: str):
     if dtype == tf.string:
         if isinstance(value, str):
-            return value.encode("utf-8")
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800") is valid JSON, not text
+                raise invalid(f"input {name!r}: text that is not valid Unicode (character {exc.start}: a lone "
+                              "surrogate); send UTF-8 text or {\"b64\": ...}") from None
         if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
             try:
                 return base64.b64decode(value["b64"], validate=True)
@@ -61,6 +65,8 @@ def _leaf(value, dtype: tf.DType, name: str):
 
 
 def _shown(value) -> str:
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 

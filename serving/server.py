@@ -23,6 +23,7 @@ difference:
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -37,12 +38,13 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from crossrec.errors import ConfigError
 from serving.batching import Batcher, BatchingOptions
 from serving.explorer import explorer_routes
-from serving.grpc_api import ModelService, PredictionService
+from serving.grpc_api import DecodeErrorsAreInvalid, ModelService, PredictionService
 from serving.limits import RequestLimits
 from serving.models import AVAILABLE, ModelManager
 from serving.monitoring import ServingMetrics
 from serving.predictor import Predictor
 from serving.rest import make_rest_app
+from serving.rest_protocol import HeadDeadlineH11
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 KEEP_ALIVE_SECONDS = 5
@@ -73,6 +75,13 @@ class ServerOptions:
         for flag, path in (("--ssl_cert_file", cert), ("--ssl_key_file", key)):
             if path and not Path(path).is_file():
                 raise ConfigError(f"{flag} {path}: file not found")
+        if cert:  # gRPC would only say the port cannot be bound: the real cause, here
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            except (ssl.SSLError, ValueError) as exc:
+                raise ConfigError(f"--ssl_cert_file {cert} and --ssl_key_file {key} are not a certificate and its "
+                                  f"private key ({getattr(exc, 'reason', None) or exc}); check that both are PEM, "
+                                  "that the key is the certificate's own, and that they are not swapped") from None
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
@@ -115,7 +124,7 @@ class Server:
             raise ConfigError("--monitoring_config_file serves metrics on the REST port: give --rest_api_port too")
         if o.ui and not o.rest_api_port:
             raise ConfigError("--ui serves the explorer page on the REST port: give --rest_api_port too")
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=o.workers),
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=o.workers), interceptors=[DecodeErrorsAreInvalid()],
                              options=[("grpc.max_receive_message_length", o.max_request_bytes),
                                       ("grpc.max_send_message_length", 64 * 1024 * 1024),
                                       ("grpc.so_reuseport", 0)])  # a port in use is an error, not shared
@@ -159,7 +168,7 @@ class Server:
         config = uvicorn.Config(make_rest_app(self.predictor, o.max_request_bytes, o.metrics_path,
                                               explorer_routes(o.ui_data, self.manager) if o.ui else None), log_level="warning",
                                 timeout_keep_alive=KEEP_ALIVE_SECONDS, ssl_certfile=o.ssl_cert_file,
-                                ssl_keyfile=o.ssl_key_file, access_log=False, lifespan="off",
+                                ssl_keyfile=o.ssl_key_file, access_log=False, lifespan="off", http=HeadDeadlineH11,
                                 log_config=None)  # crossrec's logging, not handlers of uvicorn's own
         self.http_server = uvicorn.Server(config)
         self.rest_port = sock.getsockname()[1]

@@ -154,13 +154,18 @@ class RankingModule(RankedQueryModule):
 
     def __init__(self, parts: ExportParts):
         super().__init__(parts, "ranking")
+        self.max_candidates = int(parts.config.export.max_candidates)
         self.serve = tf.function(self._serve, input_signature=_history_specs() + [
             tf.TensorSpec([None, None], tf.string, name="candidate_item_ids")])
 
     def _serve(self, history_item_ids, history_domains, target_domain, candidate_item_ids):
         checks = self._history_checks(history_item_ids, history_domains, target_domain) + [
             tf.debugging.assert_equal(tf.shape(candidate_item_ids)[0], tf.shape(target_domain)[0],
-                                      message="candidate_item_ids: must have one row per query (as target_domain)")]
+                                      message="candidate_item_ids: must have one row per query (as target_domain)"),
+            tf.debugging.assert_less_equal(
+                tf.shape(candidate_item_ids)[1], self.max_candidates,
+                message=f"candidate_item_ids: at most {self.max_candidates} candidates per query "
+                        "(export.max_candidates, fixed at export)")]
         history_item_ids, history_domains, target_domain, candidate_item_ids = checked(
             checks, history_item_ids, history_domains, target_domain, candidate_item_ids)
         query, rows, _ = self._query(history_item_ids, history_domains, target_domain)

@@ -285,3 +285,17 @@ def test_broken_data_files_fail_with_input_errors_only(tmp_path):
             assert str(error).strip(), case
             outcomes["refused"] += 1
     assert outcomes["refused"] > DATA_CASES // 2, outcomes
+
+
+@pytest.mark.parametrize("raw", [b"\x05\x01\xff\x00\x13", b"\xff" * 64, b"\x0a\x05hello"[:4]])
+def test_bytes_that_are_not_a_request_are_invalid_argument(fuzz_server, raw):
+    """Random bytes once gave INTERNAL "Exception deserializing request!"."""
+    server, _, _ = fuzz_server
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    for method in ("Predict", "GetModelMetadata"):
+        call = channel.unary_unary(f"/tensorflow.serving.PredictionService/{method}")  # raw bytes in and out
+        with pytest.raises(grpc.RpcError) as error:
+            call(raw, timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"not a valid {method} request message" in error.value.details()
+    channel.close()

@@ -21,7 +21,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from crossrec import schema
 from crossrec.errors import ConfigError
 from serving.client import predict_request
-from serving.layout import new_version, versions
+from serving.layout import METADATA_FILE, new_version, versions
 from serving.limits import RequestLimits
 from serving.models import AVAILABLE, END, ModelManager, ModelSpec, wait_until_ready
 from serving.predictor import version_status
@@ -79,6 +79,27 @@ def test_an_absurd_k_is_refused_by_the_server_and_the_graph_allocates_nothing_fo
     with pytest.raises(tf.errors.InvalidArgumentError, match="k: must be at most 20"):
         model.signatures["serving_default"](**inputs)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB
+
+
+@pytest.mark.parametrize("width", [501, 100_000])
+def test_ranking_candidates_are_bounded_by_the_export_before_any_work(hard, width):
+    """[1, 100000] candidates (one "" value, 186 bytes) grew the server past 8 GB: the ranker's
+    list ranks are candidates squared. The export fixes max_candidates (500 by default) and the
+    signature refuses more before anything is computed."""
+    server, root, item = hard
+    inputs = {**{k: v for k, v in retrieval_inputs(item).items() if k not in ("k", "exclude_history")},
+              "candidate_item_ids": np.full((1, width), "", object)}
+    code, message = grpc_error(server, "ranking", inputs)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "candidate_item_ids: at most 500 candidates" in message
+    metadata = json.loads((root / "ranking" / "1" / "assets" / METADATA_FILE).read_text())
+    assert metadata["max_candidates"] == 500
+    model = tf.saved_model.load(str(root / "ranking" / "1"))  # as stock TF Serving runs it
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 500 candidates"):
+        model.signatures["serving_default"](**{key: tf.constant(v) for key, v in inputs.items()})
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB
+    ok = {**inputs, "candidate_item_ids": np.array([[item[1]] * 3], object)}
+    assert predict(server, "ranking", ok).outputs["engagement"].tensor_shape.dim[1].size == 3
 
 
 def test_batch_sizes_are_capped_per_model(hard):
@@ -260,6 +281,18 @@ def certificate(tmp_path_factory):
     return str(folder / "cert.pem"), str(folder / "key.pem")
 
 
+def test_a_swapped_or_garbage_certificate_says_so(certificate, tmp_path):
+    """It once said "gRPC port ... is not available; is another server running?"."""
+    cert, key = certificate
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    for cert_file, key_file in ((key, cert), (str(garbage), key)):
+        options = ServerOptions(port=0, rest_api_port=0, ssl_cert_file=cert_file, ssl_key_file=key_file)
+        with pytest.raises(ConfigError, match="are not a certificate and its private key") as error:
+            options.check_tls()
+        assert "another server" not in str(error.value)
+
+
 def test_tls_needs_both_files_and_refuses_missing_ones(certificate, tmp_path):
     cert, key = certificate
     for options, says in [(dict(ssl_cert_file=cert), "--ssl_cert_file needs --ssl_key_file"),
@@ -369,3 +402,81 @@ def test_status_by_label_over_rest(hard):
     server, _, _ = hard
     with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/models/retrieval", timeout=10) as r:
         assert json.loads(r.read())["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+@pytest.mark.parametrize("body, says", [
+    ('{"inputs": {"history_item_ids": [["\\ud800"]], "history_domains": [["books"]], "target_domain": ["books"], '
+     '"k": [3], "exclude_history": [true]}}', "input 'history_item_ids': text that is not valid Unicode"),
+    ('{"inputs": ' + "9" * 5000 + '}', "a number too long to read"),
+])
+def test_rest_text_that_is_not_unicode_and_endless_numbers_are_400s(hard, body, says):
+    """Both were 500s (UnicodeEncodeError, ValueError)."""
+    server, _, _ = hard
+    code, payload = post(server.rest_port, "/v1/models/retrieval:predict", body.encode())
+    assert code == 400 and says in json.loads(payload)["error"]
+
+
+def test_rest_head_never_predicts_and_unknown_http_versions_are_refused(hard, monkeypatch):
+    import serving.rest
+
+    server, _, item = hard
+    called = []
+    monkeypatch.setattr(serving.rest, "rest_predict", lambda *a: called.append(a) or {})
+    body = json.dumps({"instances": [rest_instance(item)]}).encode()
+    head = (b"HEAD /v1/models/retrieval:predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode())
+    sock = socket.create_connection(("127.0.0.1", server.rest_port), timeout=10)
+    with sock:
+        sock.sendall(head + b"\r\n\r\n" + body)
+        answer = sock.recv(65536)
+    assert answer.split(b" ", 2)[1] == b"405" and not called  # only POST may predict
+    code, payload = raw_http(server.rest_port, b"GET /v1/models/retrieval HTTP/9.9\r\nHost: x\r\nConnection: close")
+    assert code == 505 and "HTTP/9.9 is not supported" in json.loads(payload)["error"]
+
+
+def test_a_request_head_that_never_ends_is_closed(hard, monkeypatch):
+    """A request line without the blank line that ends the headers held the connection for over
+    60 s; the head now has a deadline (``serving.rest_protocol``)."""
+    import time
+
+    import serving.rest_protocol
+
+    monkeypatch.setattr(serving.rest_protocol, "HEAD_READ_SECONDS", 1.0)
+    server, _, _ = hard
+    sock = socket.create_connection(("127.0.0.1", server.rest_port), timeout=20)
+    with sock:
+        started = time.perf_counter()
+        sock.sendall(b"GET /v1/models/retrieval HTTP/1.1\r\nHost: x\r\n")  # no blank line, ever
+        assert sock.recv(1024) == b""  # closed by the server
+        assert time.perf_counter() - started < 10
+    # the server still answers everyone else
+    code, _ = raw_http(server.rest_port, b"GET /v1/models/retrieval HTTP/1.1\r\nHost: x\r\nConnection: close")
+    assert code == 200
+
+
+def test_an_export_writes_nothing_to_tmpdir(tiny_pipeline, tmp_path, monkeypatch):
+    """A killed export once left tmp*/crossrec_metadata.json in TMPDIR for good: everything an
+    export writes is inside the version's own temporary folder (removed by the next run)."""
+    import tempfile
+    from pathlib import Path
+
+    from serving.export import export_models
+
+    config, _, retrieval_dir, _ = tiny_pipeline
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    sources, save = [], tf.saved_model.save
+
+    def watched_save(module, folder, **kwargs):  # where the metadata asset's source is while saving
+        sources.append((Path(module.metadata.asset_path.numpy().decode()), Path(folder)))
+        return save(module, folder, **kwargs)
+
+    monkeypatch.setattr(tf.saved_model, "save", watched_save)
+    export_models(retrieval_dir, tmp_path / "saved_models", models=["retrieval"], progress=False)
+    (source, folder), = sources
+    assert folder in source.parents and folder.name.startswith(".tmp-")  # a kill leaves it in .tmp-* only
+    assert not list(scratch.rglob(METADATA_FILE))  # (TensorFlow's autograph files land there; not ours)
+    version = tmp_path / "saved_models" / "retrieval" / "1"
+    assert json.loads((version / "assets" / METADATA_FILE).read_text())["model"] == "retrieval"
+    assert not (version / ".metadata-source").exists()

@@ -63,6 +63,9 @@ def test_export_writes_each_model_as_version_1_with_metadata_and_named_signature
         metadata = json.loads((out / name / "1" / "assets" / METADATA_FILE).read_text())
         assert metadata["model"] == name and metadata["config"]["towers"]["embedding_dim"] == 16
         assert metadata["data_fingerprint"]
+        # no path of the training machine in a served artifact (the data is known by its fingerprint)
+        assert config.encoder.preset and str(config.encoder.preset) not in json.dumps(metadata)
+        assert str(config.encoder.cache_dir) not in json.dumps(metadata)
     retrieval = json.loads((out / "retrieval" / "1" / "assets" / METADATA_FILE).read_text())
     assert set(retrieval["signature"]["inputs"]) == {"history_item_ids", "history_domains", "target_domain", "k",
                                                      "exclude_history"}
@@ -494,3 +497,16 @@ def test_tensor_protos_written_directly_read_back_as_tensorflow_writes_them(arra
     reference = tf.make_tensor_proto(array)
     assert proto.dtype == reference.dtype and proto.tensor_shape == reference.tensor_shape
     np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(reference))
+
+
+def test_the_served_config_withholds_every_path():
+    from crossrec.config import Config, DataConfig, EncoderConfig
+    from serving.export import served_config
+
+    config = Config(data=DataConfig(interactions="/srv/private/interactions.parquet", items="/srv/private/items.csv",
+                                    amazon_files={"arts": {"reviews": "/srv/a.jsonl"}}),
+                    encoder=EncoderConfig(preset="/home/me/presets/minilm", cache_dir="/home/me/.cache/crossrec"))
+    text = json.dumps(served_config(config))
+    assert "/srv/" not in text and "/home/me" not in text
+    assert served_config(config)["encoder"]["preset"] == "minilm"
+    assert config.data.interactions == "/srv/private/interactions.parquet"  # the caller's config unchanged

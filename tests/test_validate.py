@@ -207,3 +207,15 @@ def test_items_without_title_point_to_the_text_template_flag(write):
     assert "uses '{title}', but the items have no column 'title'" in msg
     assert "item_id" not in msg.split("fix:")[1]
     assert "data.text_template (CLI: --text-template), e.g. '{<column>}'" in msg
+
+
+def test_ids_domains_and_texts_have_size_limits(write):
+    """A 50 MB user_id once validated and trained; the message names the size, not the value."""
+    long_id = "u" * 300_000
+    msgs = problems(write, interactions=GOOD_INTERACTIONS.replace("u2,", f"{long_id},", 1),
+                    items=GOOD_ITEMS.replace("The Last Nebula", "word " * 20_000, 1))
+    (id_msg,) = [m for m in msgs if "user_id is" in m]
+    assert "user_id is 300,000 characters long (at most 256)" in id_msg and "map each long value" in id_msg
+    assert len(id_msg) < 1_000  # the value itself is not quoted back
+    (text_msg,) = [m for m in msgs if "has a text of" in m]
+    assert "at most 65,536" in text_msg and len(text_msg) < 1_000

@@ -83,11 +83,23 @@ def _blank(series: pd.Series) -> pd.Series:
     return series.isna() | (series.astype(str).str.strip() == "")
 
 
+# The longest id, domain name and item text a dataset may hold (characters). An id is a key, not a
+# payload: a 50 MB user_id once validated and trained. Texts are cut by the encoder's sequence
+# length long before this; the bound is what a served request may carry (--max_string_bytes).
+MAX_ID_CHARS = {schema.USER_ID: 256, schema.ITEM_ID: 256, schema.DOMAIN: 64}
+MAX_TEXT_CHARS = 65_536
+
+
 def _clean_ids(frame: pd.DataFrame, columns, what: str, log: ProblemLog) -> None:
     for column in columns:
         log.rows(frame, _blank(frame[column]), what=what, column=column, message=f"{column} is empty",
                  fix=f"give every row a {column}, or delete the row")
         frame[column] = frame[column].astype(str).str.strip()
+        limit = MAX_ID_CHARS.get(column)
+        if limit:
+            log.rows(frame, frame[column].str.len() > limit, what=what, column=column,
+                     message=lambda r, c=column, n=limit: f"{c} is {len(r[c]):,} characters long (at most {n})",
+                     fix=f"{column}s are keys: map each long value to a short one (e.g. a hash) before loading")
 
 
 # The largest magnitude a rating or weight may have: beyond it a loss overflows float32 (a weight
@@ -261,6 +273,11 @@ def _clean_items(items: pd.DataFrame, text_template: str, report: Report, log: P
     fields = template_fields(text_template)
     _clean_ids(items, schema.ITEM_REQUIRED, "items", log)
     items[schema.TEXT] = build_text(items, text_template)
+    log.rows(items, items[schema.TEXT].str.len() > MAX_TEXT_CHARS, what="items",
+             column=fields[0] if len(fields) == 1 else None,
+             message=lambda r: f"item {r[schema.ITEM_ID]!r} ({r[schema.DOMAIN]}) has a text of "
+                               f"{len(r[schema.TEXT]):,} characters (at most {MAX_TEXT_CHARS:,})",
+             fix="shorten the item's title/description, or use a text template of shorter columns")
     log.rows(items, items[schema.TEXT].str.strip() == "", what="items",
              column=fields[0] if len(fields) == 1 else None,
              message=lambda r: f"item {r[schema.ITEM_ID]!r} ({r[schema.DOMAIN]}) has no text "
