@@ -134,7 +134,9 @@ COMPUTE = {
     "text_similarity": _text_similarity,
     "item_age": _item_age,
 }
-assert set(COMPUTE) == set(FEATURES), "every registered ranking feature needs exactly one function"
+if set(COMPUTE) != set(FEATURES):  # a feature registered without a function, or the reverse
+    raise ImportError(f"ranking features without exactly one function: {sorted(set(COMPUTE) ^ set(FEATURES))} "
+                      "(crossrec/ranking_features.py and ranking/features.py must name the same features)")
 
 
 @tf.keras.utils.register_keras_serializable("crossrec")
