@@ -40,7 +40,8 @@ from crossrec import schema
 from crossrec.errors import ConfigError
 from crossrec.quiet import quiet_logs
 from serving.batch_accounting import CountAll, IncompleteOutput, check_books, read_counts
-from serving.layout import METADATA_FILE, latest_version
+from serving.layout import METADATA_FILE
+from serving.model_set import latest_complete
 
 NAMESPACE = "crossrec.candidates"
 CANDIDATES_SCHEMA = pa.schema([("user_id", pa.string()), ("domain", pa.string()), ("rank", pa.int32()),
@@ -69,7 +70,7 @@ class ServedModel:
     @classmethod
     def latest(cls, model_dir: str | Path, name: str) -> ServedModel:
         base = Path(model_dir) / name
-        version = latest_version(base)
+        version = latest_complete(base)  # of a whole model set, never half of one
         if version is None:
             raise ConfigError(f"{base}: no exported version of the {name} model (run `crossrec export` first)")
         path = base / str(version)

@@ -28,6 +28,7 @@ metrics and the index's parameters and measured recall.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -43,7 +44,8 @@ from crossrec.errors import ConfigError
 from crossrec.typed import to_dict
 from serving import training_state
 from serving.index import DomainIndex
-from serving.layout import METADATA_FILE, new_version, write_file_atomically
+from serving.layout import METADATA_FILE, write_file_atomically
+from serving.model_set import publish_set
 from serving.parts import index_recall, load_parts
 from serving.signatures import ItemEncoderModule, RankingModule, RecommenderModule, RetrievalModule
 from serving.warmup import BATCH_SIZES, history_requests, write_warmup
@@ -63,12 +65,32 @@ class ExportResult:
 def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *, ranking_dir: str | Path | None = None,
                   config: Config | None = None, models=None, version: int | None = None,
                   recall_queries: np.ndarray | None = None, progress: bool = True,
-                  on_published=None) -> ExportResult:
-    """Writes the next version (or ``version``) of each model in ``models`` under ``out``;
-    ``on_published(model, version)`` is called as each one lands."""
+                  extra_metadata: dict | None = None) -> ExportResult:
+    """Publishes ``models`` under ``out`` as one model set (``serving.model_set``): the next
+    version (or ``version``) of every model, written aside and renamed into place together. An
+    interrupted publish of the same runs is finished instead (only its missing models are
+    written); one of other runs is rolled back. ``extra_metadata`` goes into every version's."""
     started = time.perf_counter()
     parts = load_parts(retrieval_dir, ranking_dir, config)
     config = parts.config
+    models = _checked_models(models, ranking_dir, parts)
+    set_id = _set_id(retrieval_dir, ranking_dir, config, models)
+    say = (lambda message: print(message, flush=True)) if progress else (lambda message: None)
+    result = ExportResult({}, {}, {}, 0.0)
+    with publish_set(out, models, set_id, version, say) as publish:
+        if publish.missing:
+            _write_set(publish, parts, retrieval_dir, ranking_dir, recall_queries, say, extra_metadata or {}, result)
+    for name in models:
+        result.versions[name] = publish.version
+        result.paths[name] = Path(out) / name / str(publish.version)
+        result.metadata.setdefault(name, json.loads((result.paths[name] / "assets" / METADATA_FILE).read_text()))
+    if "retrieval" in models:
+        training_state.prune(out)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _checked_models(models, ranking_dir, parts) -> list[str]:
     models = list(models or (MODELS if ranking_dir is not None else ("retrieval", "item_encoder")))
     unknown = set(models) - set(MODELS)
     if unknown:
@@ -76,32 +98,35 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
     if {"ranking", "recommender"} & set(models) and parts.ranker is None:
         raise ConfigError("the ranking and recommender models need a trained ranker: pass --ranking DIR "
                           "(from `crossrec train ranking`)")
-    export = config.export
+    return models
+
+
+def _set_id(retrieval_dir, ranking_dir, config: Config, models: list[str]) -> str:
+    """What identifies a set: the trained runs' files, the served config and the models."""
+    digest = hashlib.sha256(training_state.fingerprint(retrieval_dir, ranking_dir).encode())
+    digest.update(json.dumps([served_config(config), sorted(models)], sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:24]
+
+
+def _write_set(publish, parts, retrieval_dir, ranking_dir, recall_queries, say, extra: dict, result) -> None:
+    """Builds and saves every model the set still lacks into its staged folder."""
+    export = parts.config.export
     index_info = _build_index(parts, recall_queries)
     builders = {"retrieval": RetrievalModule, "ranking": RankingModule, "recommender": RecommenderModule,
                 "item_encoder": ItemEncoderModule}
-    result = ExportResult({}, {}, {}, 0.0)
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if export.index == "scann" else None)
     # retraining's state (user histories) goes beside the serving folder, never into it
-    state = training_state.store(out, retrieval_dir, ranking_dir) if "retrieval" in models else None
-    for name in models:
-        if progress:
-            print(f"exporting {name}", flush=True)
+    state = training_state.store(publish.base, retrieval_dir, ranking_dir) if "retrieval" in publish.missing else None
+    for name in publish.missing:
+        say(f"exporting {name} (version {publish.version})")
         module = builders[name](parts)
-        with new_version(Path(out) / name, version) as (tmp, number):
-            metadata = _metadata(name, number, module, parts, index_info, state)
-            _save_module(module, tmp, metadata, options)
-            if export.warmup:
-                write_warmup(tmp, name, warmup_requests(name, parts))
-        result.versions[name] = number
-        result.paths[name] = Path(out) / name / str(number)
+        folder = publish.folder(name)
+        metadata = {**_metadata(name, publish.version, module, parts, index_info, state),
+                    "set": publish.info, **extra}
+        _save_module(module, folder, metadata, options)
+        if export.warmup:
+            write_warmup(folder, name, warmup_requests(name, parts))
         result.metadata[name] = metadata
-        if on_published is not None:
-            on_published(name, number)
-    if state is not None:
-        training_state.prune(out)
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _build_index(parts, recall_queries: np.ndarray | None) -> dict:

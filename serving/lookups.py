@@ -54,11 +54,11 @@ class Lookups(tf.Module):
         """Item embeddings (float32) of ``rows``, any shape -> shape + [e]."""
         return self.embeddings.gather(rows)
 
-    def domain_index(self, names):
+    def domain_index(self, names, input_name: str = "target_domain"):
         """Domain names -> served positions (1-based); an unknown name is INVALID_ARGUMENT."""
         index = self.domain_table.lookup(names)
         known = ", ".join(self.served)
-        check = tf.debugging.assert_positive(index, message=f"target_domain: unknown domain; known domains: {known}")
+        check = tf.debugging.assert_positive(index, message=f"{input_name}: unknown domain; known domains: {known}")
         with tf.control_dependencies([check]):
             return tf.identity(index)
 

@@ -2,8 +2,10 @@
 
 ``ModelManager`` watches each model's base path (``<base>/<version>/``), loads the versions its
 version policy aspires to (default: the latest one), and switches to a new version only once it
-has loaded; the old one is unloaded after the switch. Requests already running keep the
-``LoadedModel`` they started with, so a switch never fails one. A version that fails to load is
+has loaded; the old one is unloaded after the switch. Only versions of complete model sets are
+loaded (``serving.model_set``), and the models of one set switch together, in one step, once
+every one of them has loaded: the server never serves two trainings' models side by side.
+Requests already running keep the ``LoadedModel`` they started with, so a switch never fails one. A version that fails to load is
 logged (with paths relative to the model's base, never the server's absolute ones), reported in
 its status, and never replaces a good one (a version's warm-up requests, ``serving.warmup``, are
 replayed as part of its load); it is retried as soon as any of its files changes (a
@@ -29,6 +31,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from crossrec.errors import ConfigError
 from serving.layout import METADATA_FILE, versions
+from serving.model_set import is_complete, set_in
 from serving.warmup import replay_warmup
 
 log = logging.getLogger("crossrec.serving")
@@ -151,6 +154,8 @@ class ModelManager:
         self.loader = loader
         self._lock = threading.Lock()
         self._served: dict[str, dict[int, LoadedModel]] = {s.name: {} for s in specs}
+        # loaded, waiting for the other models of their set before they serve
+        self._loaded: dict[str, dict[int, LoadedModel]] = {s.name: {} for s in specs}
         self._status: dict[str, dict[int, VersionStatus]] = {s.name: {} for s in specs}
         # (name, version) -> (the files' stamp when it failed, when, retries so far)
         self._failed: dict[tuple[str, int], tuple[tuple, float, int]] = {}
@@ -194,20 +199,33 @@ class ModelManager:
             raise KeyError(f"Unrecognized servable version label: {label}")
         return spec.labels[label]
 
+    def served_versions(self) -> dict[str, list[int]]:
+        """{model: the versions it serves now}, all read at one instant."""
+        with self._lock:
+            return {name: sorted(served) for name, served in self._served.items()}
+
     def ready(self) -> bool:
         with self._lock:
             return all(self._served[name] for name in self.specs)
 
     # -- loading (the watcher thread) -----------------------------------------------------------
     def poll(self) -> None:
+        """Loads what each model aspires to, then switches every model set whose members have all
+        loaded (in one step under the lock), then unloads what newer versions replaced."""
         for spec in self.specs.values():
-            self._poll_model(spec)
+            self._load_new(spec)
+        with self._lock:
+            self._switch_sets()
+            for spec in self.specs.values():
+                self._unload_replaced(spec)
 
-    def _poll_model(self, spec: ModelSpec) -> None:
-        present = versions(spec.base_path)
-        aspired = spec.aspired(present)
-        for version in aspired:
-            if version in self._served[spec.name]:
+    def _present(self, spec: ModelSpec) -> list[int]:
+        """The versions on disk that may serve: those of complete model sets (``serving.model_set``)."""
+        return [v for v in versions(spec.base_path) if is_complete(spec.base_path, v)]
+
+    def _load_new(self, spec: ModelSpec) -> None:
+        for version in spec.aspired(self._present(spec)):
+            if version in self._served[spec.name] or version in self._loaded[spec.name]:
                 continue
             path = spec.base_path / str(version)
             stamp = _files_stamp(path)
@@ -233,21 +251,49 @@ class ModelManager:
                 continue
             self._failed.pop((spec.name, version), None)
             with self._lock:
-                self._served[spec.name][version] = loaded
-                self._status[spec.name][version] = VersionStatus(AVAILABLE)
-            log.info("model %s version %s is available", spec.name, version)
-        # unload what is no longer aspired, but only once something newer serves in its place
-        with self._lock:
-            served = self._served[spec.name]
-            for version in [v for v in self._status[spec.name] if v not in present and v not in served]:
-                del self._status[spec.name][version]  # deleted from disk: no status left behind
-                self._failed.pop((spec.name, version), None)
-            keep = {v for v in aspired if v in served}
-            if keep:
-                for version in [v for v in served if v not in keep]:
-                    self._status[spec.name][version] = VersionStatus(END)
-                    del served[version]  # requests holding it finish with their own reference
-                    log.info("model %s version %s unloaded", spec.name, version)
+                self._loaded[spec.name][version] = loaded
+
+    def _set_members(self, name: str, version: int) -> list[str]:
+        """The models of this server in the set of ``name``'s ``version`` (just ``name`` without a set)."""
+        info = set_in(getattr(self._loaded[name][version], "metadata", {}), version)
+        if info is None:
+            return [name]
+        root = self.specs[name].base_path.parent.resolve()
+        by_folder = {spec.base_path.resolve(): spec.name for spec in self.specs.values()}
+        return [by_folder[root / m] for m in info["models"] if root / m in by_folder] or [name]
+
+    def _switch_sets(self) -> None:
+        """Serves each loaded version once every model of its set on this server has loaded it."""
+        for name in self.specs:
+            for version in list(self._loaded[name]):
+                if version not in self._loaded[name]:
+                    continue  # switched with an earlier member of its set
+                members = self._set_members(name, version)
+                if not all(version in self._loaded[m] or version in self._served[m] for m in members):
+                    continue  # a member is still loading (or failed: the set waits, the old one serves)
+                for member in members:
+                    if version in self._loaded[member]:
+                        self._served[member][version] = self._loaded[member].pop(version)
+                        self._status[member][version] = VersionStatus(AVAILABLE)
+                        log.info("model %s version %s is available", member, version)
+
+    def _unload_replaced(self, spec: ModelSpec) -> None:
+        """Unloads what is no longer aspired, but only once something newer serves in its place."""
+        present = self._present(spec)
+        aspired = spec.aspired(present)
+        served = self._served[spec.name]
+        for version in [v for v in self._loaded[spec.name] if v not in aspired]:
+            del self._loaded[spec.name][version]  # loaded, never served, no longer wanted
+            self._status[spec.name][version] = VersionStatus(END)
+        for version in [v for v in self._status[spec.name] if v not in present and v not in served]:
+            del self._status[spec.name][version]  # deleted from disk: no status left behind
+            self._failed.pop((spec.name, version), None)
+        keep = {v for v in aspired if v in served}
+        if keep:
+            for version in [v for v in served if v not in keep]:
+                self._status[spec.name][version] = VersionStatus(END)
+                del served[version]  # requests holding it finish with their own reference
+                log.info("model %s version %s unloaded", spec.name, version)
 
     def _set_status(self, name, version, status):
         with self._lock:

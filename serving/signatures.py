@@ -251,8 +251,10 @@ class RecommenderModule(RankedQueryModule):
 
 class ItemEncoderModule(tf.Module):
     """text + domain -> item embedding: the frozen/fine-tuned text encoder and the item tower's
-    text path (no item-ID part: a new item has none). A domain the towers never saw goes through
-    the domain-agnostic adapter and is centred on the mean of the known domains' text means."""
+    text path (no item-ID part: a new item has none). A zero-shot domain (served, with item text
+    but no interactions) goes through the domain-agnostic adapter and is centred on the mean of the
+    trained domains' text means; a domain that is not served is INVALID_ARGUMENT, as in every other
+    model (its vectors could not be searched in any served index)."""
 
     def __init__(self, parts: ExportParts):
         super().__init__(name="item_encoder")
@@ -283,7 +285,7 @@ class ItemEncoderModule(tf.Module):
         tokens = self.packer(self.tokenizer(text))
         vectors = tf.cast(self.encoder(tokens, training=False), tf.float32)
         vectors = vectors - tf.gather(self.text_means, self.text_domain.lookup(domain))
-        model_domain = tf.gather(self.lookups.model_domain, self.lookups.domain_table.lookup(domain))
+        model_domain = tf.gather(self.lookups.model_domain, self.lookups.domain_index(domain, "domain"))
         zeros = tf.zeros_like(model_domain)
         embedding = self.item_tower(vectors, model_domain, zeros, tf.zeros_like(zeros, tf.bool), training=False)
         return {"embedding": tf.cast(embedding, tf.float32)}

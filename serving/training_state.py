@@ -63,12 +63,19 @@ def fingerprint_of(files) -> str:
     return digest.hexdigest()[:24]
 
 
+def fingerprint(retrieval_dir: str | Path, ranking_dir: str | Path | None) -> str:
+    """The fingerprint of what a state of these runs would hold (without copying anything)."""
+    return fingerprint_of(_files(Path(retrieval_dir), Path(ranking_dir) if ranking_dir is not None else None))
+
+
 def store(base: str | Path, retrieval_dir: str | Path, ranking_dir: str | Path | None) -> dict:
     """Copies the runs' state into the store (once per content) and returns what a version's
     metadata records: ``{"path": relative to base, "fingerprint": ...}``."""
     files = _files(Path(retrieval_dir), Path(ranking_dir) if ranking_dir is not None else None)
     fingerprint = fingerprint_of(files)
     target = state_root(base) / fingerprint
+    for leftover in state_root(base).glob(".*.tmp-*"):  # a killed copy's (publishes into base hold a lock)
+        shutil.rmtree(leftover, ignore_errors=True)
     if not (target / "towers").is_dir():
         with atomic_directory(target, overwrite=True) as tmp:
             for inside, path in files:

@@ -151,6 +151,10 @@ def test_an_empty_batch_and_mismatched_widths_name_the_field(hard):
     assert "history_item_ids and history_domains: must have the same shape" in message
     code, message = grpc_error(server, "item_encoder", {"text": np.zeros(0, object), "domain": np.zeros(0, object)})
     assert "the batch is empty" in message
+    # a domain no model serves: item_encoder refuses it like the others (its vector could not be searched)
+    code, message = grpc_error(server, "item_encoder", {"text": np.array(["a mug", "a film"], object),
+                                                        "domain": np.array([item[0], "gardening"], object)})
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "domain: unknown domain; known domains:" in message
     # the signatures check it themselves, before any other op (as stock TF Serving runs them)
     model = tf.saved_model.load(str(hard[1] / "retrieval" / "1"))
     for _ in range(20):  # op order inside a graph varies: the check must come first every time

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from set_watch import KILL_AT, SetWatcher, run_killed
 
 from crossrec import schema
 from crossrec.config import load_config
@@ -274,30 +275,48 @@ def test_retraining_from_a_folder_without_training_state_is_a_clear_error(tmp_pa
         served_state(tmp_path)
 
 
-def test_a_retrain_killed_mid_training_resumes_and_publishes(served, tmp_path):
-    data_dir = new_data(served, tmp_path / "new")
-    config_path = tmp_path / "retrain.yaml"
+def test_a_retrain_killed_in_training_and_at_each_step_of_its_publish_ends_with_one_set_trained_once(served, tmp_path):
+    """kill -9 mid-training, between two renames of the publish and right after it, with a server
+    watching: it never serves a mix, each re-run resumes (training once), and the last one reports
+    the set the killed run published."""
     from crossrec.config import save_config
 
+    data_dir = new_data(served, tmp_path / "new")
+    config_path = tmp_path / "retrain.yaml"
     save_config(small_config(served, epochs=4), config_path)
-    command = [sys.executable, "-m", "crossrec.cli", "retrain", "--data", str(data_dir), "--from", str(served),
-               "--config", str(config_path), "--work-dir", str(tmp_path / "runs"), "--quiet"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    backups = []
-    while time.time() < deadline and first.poll() is None and not backups:
-        backups = list((tmp_path / "runs").glob("*/towers/backup/*"))
-        time.sleep(0.05)
-    assert backups, "training never wrote a backup"
-    time.sleep(0.3)  # into the next epoch
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert versions(served / "retrieval") == [1]  # nothing was published by the killed run
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert json.loads(second.stdout.strip().splitlines()[-1])["published"]["retrieval"] == 2
-    assert versions(served / "retrieval") == [1, 2]
+    args = ["retrain", "--data", str(data_dir), "--from", str(served), "--config", str(config_path),
+            "--work-dir", str(tmp_path / "runs"), "--quiet"]
+    models = ["retrieval", "ranking", "recommender", "item_encoder"]
+    with SetWatcher(served, models) as watch:
+        watch.wait_for(1)
+        first = subprocess.Popen([sys.executable, KILL_AT, "never:1", *args], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 240
+        backups = []
+        while time.time() < deadline and first.poll() is None and not backups:
+            backups = list((tmp_path / "runs").glob("*/towers/backup/*"))
+            time.sleep(0.05)
+        assert backups, "training never wrote a backup"
+        time.sleep(0.3)  # into the next epoch
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert versions(served / "retrieval") == [1]  # nothing was published by the killed run
+        second = run_killed("rename:2", args)  # training resumed and finished; half the set in place
+        assert second.returncode == -9, second.stdout + second.stderr
+        assert [m for m in models if versions(served / m) == [1, 2]] == ["retrieval", "ranking"]
+        assert served_state(served).version == 1  # retraining starts from the last complete set
+        third = run_killed("published:1", args)  # the publish finished, nothing trained again
+        assert third.returncode == -9, third.stdout + third.stderr
+        assert all(versions(served / m) == [1, 2] for m in models)
+        last = run_killed(None, args)
+        assert last.returncode == 0, last.stdout + last.stderr
+        watch.wait_for(2)
+    assert json.loads(last.stdout.strip().splitlines()[-1])["published"] == dict.fromkeys(models, 2)
+    assert watch.mixes == [] and [set(s.values()) for s in watch.seen] == [{1}, {2}]
     log = [json.loads(line) for line in next((tmp_path / "runs").glob("*/run_log.jsonl")).read_text().splitlines()]
-    starts = [r for r in log if r["event"] == "start"]
-    assert [s["resumed"] for s in starts] == [False, True]
+    events = [r["event"] for r in log]
+    assert [r["resumed"] for r in log if r["event"] == "start"] == [False, True, True]
+    assert events.count("towers_trained") == 1 and events.count("rankers_trained") == 1
+    assert events.count("towers_reused") == 1 and events.count("rankers_reused") == 1
+    assert events[-1] == "published" and "interrupted after its publish" in log[-1]["reason"]
+    assert versions(served / "retrieval") == [1, 2] and not list(served.glob("*/.tmp-*"))

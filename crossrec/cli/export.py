@@ -36,7 +36,9 @@ def register(commands) -> None:
         description="Export the trained towers and rankers as SavedModels under OUT/<model>/<version>/ "
                     "(TF Serving's layout; the next free version unless --version): retrieval (with a "
                     "brute-force or ScaNN index), ranking, recommender (retrieve -> rank in one call) and "
-                    "item_encoder (text -> embedding). Each version is written aside and renamed into place. "
+                    "item_encoder (text -> embedding). The models are one set: one version number for all, each "
+                    "written aside, all renamed into place together; run the same command again after a crash and "
+                    "it finishes the interrupted publish. "
                     "Also writes OUT/models.config for tensorflow/serving's --model_config_file.")
     export.add_argument("--retrieval", required=True, help="folder written by `crossrec train retrieval --out`")
     export.add_argument("--ranking", help="folder written by `crossrec train ranking --out` (needed for the "
@@ -47,6 +49,6 @@ def register(commands) -> None:
     export.add_argument("--max-k", type=int, help="the largest k a request may ask for (default 100)")
     export.add_argument("--models", help="comma-separated subset of retrieval,ranking,recommender,item_encoder "
                                          "(default: all four with --ranking, else retrieval,item_encoder)")
-    export.add_argument("--version", type=int, help="version number to write (default: the next free one)")
+    export.add_argument("--version", type=int, help="version number to give every model (default: the next free one in OUT)")
     export.add_argument("--quiet", action="store_true", help="no progress output")
     export.set_defaults(func=cmd_export)

@@ -13,12 +13,13 @@ by ``crossrec export``) and a folder of new data:
    them) vs the retrained towers; the run stops here, publishing nothing, when the new one is
    worse than ``retrain.max_regression`` allows;
 4. the rankers (warm-started when the domains are unchanged), then every served model is
-   exported as its next version (each written aside and renamed into place; the server switches
-   when the new version has loaded).
+   published as one model set (``serving.model_set``: one version number for all, each written
+   aside and all renamed into place together; the server switches the whole set at once).
 
 Every stage leaves its result in the run folder (``--work-dir``, one folder per served version,
 new data and config), so the same command after a crash or ``kill -9`` resumes: finished stages
-are reused, Keras BackupAndRestore resumes training, and models already published are skipped.
+are reused, Keras BackupAndRestore resumes training, a publish cut short is finished (its set's
+missing models only), and a run killed after its publish reports the set it published.
 ``run_log.jsonl`` in that folder records each stage as one JSON line.
 """
 
@@ -38,6 +39,14 @@ from crossrec.config import Config
 from crossrec.data.dataset import Dataset
 from crossrec.errors import ConfigError
 from crossrec.experiment import data_fingerprint, prepare_data
+from crossrec.pipelines.retrain_run import (
+    RetrainResult,
+    RunLog,
+    finished_by_an_earlier_run,
+    read_result,
+    write_json,
+    write_result,
+)
 from crossrec.pipelines.served_data import (
     merge_data,
     read_new_data,
@@ -47,31 +56,6 @@ from crossrec.pipelines.served_data import (
 from crossrec.typed import to_dict
 
 DEFAULT_WORK_DIR = ".runs/retrain"
-
-
-class RunLog:
-    """One JSON object per line: a stage, when, and what it found."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, event: str, **fields) -> dict:
-        record = {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
-        return record
-
-    def records(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 @dataclass
@@ -100,17 +84,6 @@ class Gate:
                 f"version {version}'s {self.served:.4f} x (1 - {self.max_regression}) = {self.threshold:.4f}")
 
 
-@dataclass
-class RetrainResult:
-    work_dir: Path
-    served_version: int
-    published: dict[str, int] | None
-    reason: str
-    gate: dict
-    change: dict
-    seconds: dict[str, float]
-
-
 def _fingerprint(*parts) -> str:
     digest = hashlib.sha256()
     for part in parts:
@@ -122,6 +95,14 @@ def _data_fingerprint(dataset: Dataset) -> str:
     order = [c for c in schema.ORDER_COLUMNS if c in dataset.interactions.columns]
     return data_fingerprint(dataset.interactions[list(schema.INTERACTION_REQUIRED) + order].astype(str)) + \
         data_fingerprint(dataset.items[[schema.DOMAIN, schema.ITEM_ID, schema.TEXT]].astype(str))
+
+
+def _new_data_fingerprint(new: Dataset) -> str:
+    """The new data as read (before merging): with the config, what names one retrain command."""
+    parts = [data_fingerprint(new.interactions.astype(str))]
+    if new.items is not None and len(new.items.columns):
+        parts.append(data_fingerprint(new.items.astype(str)))
+    return "".join(parts)
 
 
 def retrain(data: str | Path, base: str | Path = "saved_models", *, config: Config | None = None,
@@ -136,17 +117,21 @@ def retrain(data: str | Path, base: str | Path = "saved_models", *, config: Conf
     served = served_state(base)
     old_model, old_catalogue, served_config = load_trained(served.towers_dir)
     config = config or served_config
-    dataset, change = merge_data(read_training_data(served.towers_dir), read_new_data(data, items), config)
+    new_data = read_new_data(data, items)
+    run_key = _fingerprint(_new_data_fingerprint(new_data), to_dict(config))
+    finished = finished_by_an_earlier_run(served, run_key, Path(work_dir or DEFAULT_WORK_DIR), progress)
+    if finished is not None:
+        return finished
+    dataset, change = merge_data(read_training_data(served.towers_dir), new_data, config)
     fingerprint = _data_fingerprint(dataset)
-    work = Path(work_dir or DEFAULT_WORK_DIR) / f"from-v{served.version}-{_fingerprint(fingerprint, to_dict(config))}"
+    work = Path(work_dir or DEFAULT_WORK_DIR) / f"from-v{served.version}-{run_key}"
     log = RunLog(work / "run_log.jsonl")
-    done = work / "result.json"
-    if done.exists():
-        result = RetrainResult(**{**json.loads(done.read_text()), "work_dir": work})
-        _say(progress, f"this run already finished: {result.reason} (log: {log.path})")
-        return result
+    previous = read_result(work)
+    if previous is not None:
+        _say(progress, f"this run already finished: {previous.reason} (log: {log.path})")
+        return previous
     resumed = any(r["event"] == "start" for r in log.records())
-    stage = _Stages(config, served, old_model, old_catalogue, dataset, work, log, progress, callbacks)
+    stage = _Stages(config, served, old_model, old_catalogue, dataset, work, log, progress, callbacks, run_key)
     change.zero_shot_domains = stage.data.catalogue.zero_shot_domains
     log.write("start", served_version=served.version, base=str(served.base), new_data=str(data),
               data_fingerprint=fingerprint, resumed=resumed,
@@ -176,7 +161,7 @@ def retrain(data: str | Path, base: str | Path = "saved_models", *, config: Conf
     result = RetrainResult(work, served.version, published, reason,
                            {"metric": gate.metric, "served": gate.served, "retrained": gate.retrained,
                             "threshold": gate.threshold, "publish": gate.publish}, change.as_dict(), seconds)
-    _write_json(done, {k: v for k, v in result.__dict__.items() if k != "work_dir"})
+    write_result(result)
     _say(progress, reason)
     return result
 
@@ -184,12 +169,6 @@ def retrain(data: str | Path, base: str | Path = "saved_models", *, config: Conf
 def _say(progress: bool, message: str) -> None:
     if progress:
         print(message, flush=True)
-
-
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=_json_default))
-    tmp.replace(path)
 
 
 @dataclass
@@ -205,8 +184,9 @@ class _Stages:
     """The resumable stages of one run, each named for what it does and returning what it made;
     each reads its result back from the run folder if present."""
 
-    def __init__(self, config, served, old_model, old_catalogue, dataset, work, log, progress, callbacks):
+    def __init__(self, config, served, old_model, old_catalogue, dataset, work, log, progress, callbacks, run_key):
         self.config, self.served, self.old_model, self.old_catalogue = config, served, old_model, old_catalogue
+        self.run_key = run_key
         self.dataset, self.work, self.log, self.progress, self.callbacks = dataset, work, log, progress, callbacks
         self.data = prepare_data(config, dataset)
         self.towers_dir, self.ranking_dir = work / "towers", work / "ranking"
@@ -247,7 +227,7 @@ class _Stages:
         value = self._metric(model)
         self.log.write("served_metric", metric=self.config.retrain.metric, value=value, warm_start=report.as_dict(),
                        text_cache_hits=text.cache_hits, text_encoded=text.cache_misses)
-        _write_json(path, {"value": value})
+        write_json(path, {"value": value})
         return value
 
     def _seed_text_cache(self) -> None:
@@ -338,27 +318,20 @@ class _Stages:
         return self.ranking_dir
 
     def publish(self, towers: TrainedTowers, ranking_dir: Path | None) -> dict[str, int]:
-        """Every served model exported as its next version (models a killed run already published
-        are skipped): {model: version}."""
+        """Every served model as one new model set (``serving.model_set``); a publish a killed
+        run left half done is finished, not repeated: {model: version}."""
         from serving.export import export_models, write_model_config
         from towers.queries import sample_query_embeddings
 
-        path = self.work / "published.json"
-        published = json.loads(path.read_text()) if path.exists() else {}
-        remaining = [m for m in self.served.models if m not in published]
-        if remaining:
-            queries = sample_query_embeddings(towers.model, self.data.examples, self.config.export.recall_queries)
-
-            def landed(name, version):
-                published[name] = version
-                _write_json(path, published)
-                self.log.write("version_landed", model=name, version=version)
-
-            models = [m for m in remaining if ranking_dir is not None or m not in ("ranking", "recommender")]
-            export_models(towers.folder, self.served.base, ranking_dir=ranking_dir, config=self.config, models=models,
-                          recall_queries=queries, progress=self.progress, on_published=landed)
-            write_model_config(self.served.base)
-        return published
+        queries = sample_query_embeddings(towers.model, self.data.examples, self.config.export.recall_queries)
+        models = [m for m in self.served.models if ranking_dir is not None or m not in ("ranking", "recommender")]
+        result = export_models(towers.folder, self.served.base, ranking_dir=ranking_dir, config=self.config,
+                               models=models, recall_queries=queries, progress=self.progress,
+                               extra_metadata={"retrain_run": {"key": self.run_key,
+                                                               "from_version": self.served.version}})
+        write_model_config(self.served.base)
+        self.log.write("set_published", versions=result.versions)
+        return result.versions
 
 
 def with_overrides(config: Config, *, epochs: int | None = None, max_regression: float | None = None) -> Config:

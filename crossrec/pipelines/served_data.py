@@ -26,15 +26,21 @@ class ServedState:
     towers_dir: Path
     ranking_dir: Path | None
     models: list[str]  # models with at least one version under base
+    metadata: dict = field(default_factory=dict)  # the retrieval version's crossrec_metadata.json
 
 
 def served_state(base: str | Path) -> ServedState:
+    """What ``base`` serves: the newest *complete* model set (``serving.model_set``), never the
+    half of one a killed publish left."""
+    import json
+
     from serving.export import MODELS
-    from serving.layout import latest_version
+    from serving.layout import METADATA_FILE, latest_version
+    from serving.model_set import latest_complete
     from serving.training_state import locate
 
     base = Path(base)
-    version = latest_version(base / "retrieval")
+    version = latest_complete(base / "retrieval")
     if version is None:
         raise ConfigError(f"{base}/retrieval has no version to retrain from; train and export one first "
                           f"(`crossrec train retrieval`, `crossrec export --out {base}`)")
@@ -46,7 +52,9 @@ def served_state(base: str | Path) -> ServedState:
                           "run again with this version of `crossrec export`, then retrain")
     ranking = state / "ranking" if (state / "ranking" / "teacher.weights.h5").exists() else None
     models = [m for m in MODELS if latest_version(base / m) is not None]
-    return ServedState(base, version, towers, ranking, models)
+    metadata_file = base / "retrieval" / str(version) / "assets" / METADATA_FILE
+    metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+    return ServedState(base, version, towers, ranking, models, metadata)
 
 
 # --- merging old and new data -----------------------------------------------------------------
