@@ -422,3 +422,45 @@ def test_target_domain_history_dropout_asks_training_queries_as_cold_starts():
     cold = {**feats, "history": np.array([[0, 1, 0, 0], [0, 0, 0, 0]], np.int32)}  # items 3, 4 / 1, 2 are in-domain
     np.testing.assert_allclose(np.asarray(model(feats, training=True)), np.asarray(model(cold)), atol=1e-6)
     assert not np.allclose(np.asarray(model(feats)), np.asarray(model(cold)))  # evaluation keeps the history
+
+
+@pytest.mark.parametrize("text_only", [0.0, 0.5])
+def test_one_pass_training_step_equals_separate_passes(text_only, monkeypatch):
+    """A training step embeds history and targets in one pass of the item tower (every distinct
+    item once, the text path shared by the text-only loss): the same loss and gradients as
+    embedding them separately, when nothing random is drawn."""
+    import tensorflow as tf
+
+    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0, text_experts=2,
+                   text_only_loss_weight=text_only)
+    feats = {k: tf.constant(v) for k, v in THREE_QUERIES.items()}
+
+    def loss_and_gradients():
+        with tf.GradientTape() as tape:
+            outputs = model(feats, training=True)
+            loss = model.compute_loss(feats, None, outputs, training=True)
+        return outputs, float(loss), tape.gradient(loss, model.trainable_variables)
+
+    outputs, one_loss, one_grads = loss_and_gradients()
+    assert isinstance(outputs, dict) and ("text_only" in outputs) == (text_only > 0)
+    monkeypatch.setattr(type(model), "_one_pass", property(lambda self: False))
+    outputs, two_loss, two_grads = loss_and_gradients()
+    assert not isinstance(outputs, dict)
+    assert one_loss == pytest.approx(two_loss, rel=1e-5)
+    for one, two in zip(one_grads, two_grads, strict=True):
+        np.testing.assert_allclose(tf.convert_to_tensor(one), tf.convert_to_tensor(two), rtol=1e-4, atol=1e-6)
+
+
+def test_the_experts_matmul_equals_the_per_expert_sum():
+    model = _model(dropout=0.0, domain_dropout=0.0, text_experts=3)
+    tower = model.item_tower
+    text = np.random.default_rng(1).normal(size=(4, 5)).astype("float32")
+    kernel, bias = np.asarray(tower.expert_kernel), np.asarray(tower.expert_bias)
+    gate = np.asarray(tower.expert_gate(text))
+    mix = np.exp(gate) / np.exp(gate).sum(-1, keepdims=True)
+    shared = sum(mix[:, k:k + 1] * ((text - bias[k]) @ kernel[k]) for k in range(3))
+    hidden = np.asarray(tower.shared_hidden(text))
+    domain = np.array([0, 0, 0, 0], np.int32)  # domain 0: the shared path alone
+    part, _ = tower._text_part(text, domain, training=False)
+    np.testing.assert_allclose(np.asarray(part), shared, rtol=1e-4, atol=1e-5)
+    assert hidden.shape == (4, 16)

@@ -235,3 +235,21 @@ def test_sparse_adamw_moves_only_the_rows_a_step_used_and_those_as_adamw_does():
     np.testing.assert_allclose(got[[1, 4]], want[[1, 4]], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got[[0, 2, 3, 5]], start[[0, 2, 3, 5]])  # untouched: no decay, no momentum
     assert not np.allclose(want[[0, 2, 3, 5]], start[[0, 2, 3, 5]])  # (dense AdamW decays them every step)
+
+
+def test_only_tables_larger_than_a_step_reads_are_updated_row_wise(tiny_config):
+    """Collecting a step's rows costs more than updating a table a step mostly reads anyway."""
+    from dataclasses import replace
+
+    from crossrec.experiment import prepare_data
+    from towers.optimizer import rows_per_step, towers_optimizer
+    from towers.text import text_vectors
+    from towers.train import build_model
+
+    config = replace(tiny_config, train=replace(tiny_config.train, batch_size=2))
+    data = prepare_data(config)
+    model = build_model(config, data, text_vectors(config, data.catalogue))
+    table = model.item_tower.id_embedding.embeddings
+    assert rows_per_step(config) == 2 * (config.towers.history_length + 1) < table.shape[0]
+    assert towers_optimizer(model, 0.01, 0.0, rows_per_step=rows_per_step(config)).tables == [table]
+    assert towers_optimizer(model, 0.01, 0.0, rows_per_step=table.shape[0]).tables == []

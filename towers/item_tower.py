@@ -96,38 +96,67 @@ class ItemTower(keras.layers.Layer):
     def call(self, text, domain, row, id_known, log_count=None, training=False):
         # text: (b, text_dim) float; domain, row: (b,) int; id_known: (b,) bool;
         # log_count: (b,) float log(1 + training interactions), read by the gate only
-        parts = []
-        if self.use_text:
-            text = self.text_dropout(text, training=training)
-            hidden = self.shared_hidden(text)  # (b, 2e)
-            if self.text_experts:
-                experts = (ops.einsum("bd,kde->bke", text, self.expert_kernel)
-                           - ops.einsum("kd,kde->ke", self.expert_bias, self.expert_kernel)[None])
-                shared = ops.einsum("bk,bke->be", ops.softmax(self.expert_gate(text), axis=-1), experts)
-            else:
-                shared = self.shared_out(hidden)  # (b, e)
-            if training and self.domain_dropout > 0:
-                drop = keras.random.uniform(ops.shape(domain), seed=self.seed_generator) < self.domain_dropout
-                domain = ops.where(drop, ops.zeros_like(domain), domain)
-            per_domain = self.domain_adapters(hidden)  # (b, domains, e)
-            pick = ops.one_hot(domain, self.num_domains)[..., None]  # (b, domains, 1); domain 0 = agnostic only
-            pick = pick * ops.cast(ops.arange(self.num_domains) > 0, pick.dtype)[None, :, None]
-            parts.append(shared + ops.sum(per_domain * pick, axis=1))
-        if self.use_item_ids:
-            keep = ops.cast(id_known, "float32")
-            if training and self.item_id_dropout > 0 and self.use_text:
-                kept = keras.random.uniform(ops.shape(keep), seed=self.seed_generator) >= self.item_id_dropout
-                keep = keep * ops.cast(kept, "float32")
-            if self.gated:
-                logit = self.gate_bias + self.gate_text(hidden)[:, 0]
-                if log_count is not None:
-                    logit = logit + self.gate_count * ops.cast(log_count, logit.dtype)
-                gate = (ops.sigmoid(logit) * keep)[:, None]
-                text_part = ops.normalize(parts[0], axis=-1)
-                return ops.normalize((1.0 - gate) * text_part + gate * ops.normalize(self.id_embedding(row), axis=-1),
-                                     axis=-1)
-            parts.append(self.id_embedding(row) * keep[:, None])
-        return ops.normalize(ops.sum(ops.stack(parts), axis=0), axis=-1)
+        text_part, hidden = self._text_part(text, domain, training) if self.use_text else (None, None)
+        if self.gated:
+            return self._gated(text_part, hidden, row, self._id_keep(id_known, training), log_count)
+        return self.combine(text_part, self._id_part(row, id_known, training))
+
+    def parts(self, text, domain, row, id_known, training=False):
+        """(text part, ID part) of the ``sum`` fusion, before they are added and normalised:
+        ``combine(t, i)`` is the item's embedding and ``combine(t, None)`` its text-only one, from
+        one pass of the text path."""
+        if self.gated:
+            raise ValueError("parts() is the sum fusion's; fusion: gate mixes inside the tower")
+        return (self._text_part(text, domain, training)[0] if self.use_text else None,
+                self._id_part(row, id_known, training))
+
+    @staticmethod
+    def combine(text_part, id_part):
+        present = [p for p in (text_part, id_part) if p is not None]
+        return ops.normalize(present[0] if len(present) == 1 else present[0] + present[1], axis=-1)
+
+    def _text_part(self, text, domain, training):
+        text = self.text_dropout(text, training=training)
+        hidden = self.shared_hidden(text)  # (b, 2e)
+        if self.text_experts:
+            # every expert in one (b, d) x (d, k e) matmul: a third faster, forward and backward,
+            # than the einsum "bd,kde->bke" on 2 CPU cores (bench.towers' step split)
+            k, d, e = self.expert_kernel.shape
+            kernel = ops.reshape(ops.transpose(self.expert_kernel, (1, 0, 2)), (d, k * e))
+            experts = (ops.reshape(ops.matmul(text, kernel), (-1, k, e))
+                       - ops.einsum("kd,kde->ke", self.expert_bias, self.expert_kernel)[None])
+            mix = ops.softmax(self.expert_gate(text), axis=-1)
+            shared = ops.sum(mix[..., None] * experts, axis=1)
+        else:
+            shared = self.shared_out(hidden)  # (b, e)
+        if training and self.domain_dropout > 0:
+            drop = keras.random.uniform(ops.shape(domain), seed=self.seed_generator) < self.domain_dropout
+            domain = ops.where(drop, ops.zeros_like(domain), domain)
+        per_domain = self.domain_adapters(hidden)  # (b, domains, e)
+        pick = ops.one_hot(domain, self.num_domains)[..., None]  # (b, domains, 1); domain 0 = agnostic only
+        pick = pick * ops.cast(ops.arange(self.num_domains) > 0, pick.dtype)[None, :, None]
+        return shared + ops.sum(per_domain * pick, axis=1), hidden  # the gate reads hidden
+
+    def _id_keep(self, id_known, training):
+        keep = ops.cast(id_known, "float32")
+        if training and self.item_id_dropout > 0 and self.use_text:
+            kept = keras.random.uniform(ops.shape(keep), seed=self.seed_generator) >= self.item_id_dropout
+            keep = keep * ops.cast(kept, "float32")
+        return keep
+
+    def _id_part(self, row, id_known, training):
+        if not self.use_item_ids:
+            return None
+        return self.id_embedding(row) * self._id_keep(id_known, training)[:, None]
+
+    def _gated(self, text_part, hidden, row, keep, log_count):
+        logit = self.gate_bias + self.gate_text(hidden)[:, 0]
+        if log_count is not None:
+            logit = logit + self.gate_count * ops.cast(log_count, logit.dtype)
+        gate = (ops.sigmoid(logit) * keep)[:, None]
+        text_part = ops.normalize(text_part, axis=-1)
+        return ops.normalize((1.0 - gate) * text_part + gate * ops.normalize(self.id_embedding(row), axis=-1),
+                             axis=-1)
 
     def get_config(self):
         config = super().get_config()

@@ -70,6 +70,7 @@ class RetrievalModel(keras.Model):
                                     item_id_dropout=towers.item_id_dropout, domain_dropout=towers.domain_dropout,
                                     dropout=towers.dropout, id_embedding_init=towers.id_embedding_init,
                                     text_experts=towers.text_experts, fusion=towers.fusion, name="item_tower")
+        self.item_tower.build()  # its parts are also used outside its __call__ (``_one_pass_outputs``)
         self.user_tower = UserTower(num_domains, towers.history_length, towers.embedding_dim,
                                     self_attention_layers=towers.self_attention_layers,
                                     user_id_buckets=towers.user_id_buckets, dropout=towers.dropout,
@@ -162,8 +163,37 @@ class RetrievalModel(keras.Model):
             same = ops.equal(ops.take(self.item_domain, history), ops.cast(inputs["target_domain"], "int32")[:, None])
             cold = keras.random.uniform(ops.shape(history)[:1], seed=self.seed_generator) < share
             history = ops.where(ops.logical_and(same, cold[:, None]), ops.zeros_like(history), history)
+        if training and "target" in inputs and self._one_pass:
+            return self._one_pass_outputs(history, inputs)
         return self.query(self.item_embeddings(history, training=training), history, inputs["target_domain"],
                           inputs.get("user_id"), training=training)
+
+    @property
+    def _one_pass(self) -> bool:
+        """Whether a training step embeds history and candidates in one pass of the item tower
+        (every distinct item once, the text path shared by the hybrid and text-only vectors): with
+        cached text, in-batch negatives and the sum fusion (what the defaults are)."""
+        train, towers = self.train_config, self.towers_config
+        return (not self.text_encoders and train.negatives == "in_batch" and not train.sampled_negatives
+                and towers.fusion == "sum")
+
+    def _one_pass_outputs(self, history, inputs):
+        """Training outputs of a batch of windows: the queries, the targets' embeddings and their
+        text-only embeddings, every distinct item (history and target) through the tower once."""
+        target = ops.cast(inputs["target"], "int32")
+        unique, position = tf.unique(ops.concatenate([ops.reshape(history, [-1]), target], axis=0))
+        text_part, id_part = self.item_tower.parts(
+            self._text_vectors(unique, live=False), ops.take(self.item_domain, unique), unique,
+            ops.take(self.id_known, unique), training=True)
+        items = self.item_tower.combine(text_part, id_part)
+        split = tf.size(history)
+        history_embeddings = tf.reshape(tf.gather(items, position[:split]), tf.concat([tf.shape(history), [-1]], 0))
+        outputs = {"query": self.query(history_embeddings, history, inputs["target_domain"], inputs.get("user_id"),
+                                       training=True),
+                   "candidates": tf.gather(items, position[split:])}
+        if self.towers_config.text_only_loss_weight > 0 and text_part is not None:
+            outputs["text_only"] = tf.gather(self.item_tower.combine(text_part, None), position[split:])
+        return outputs
 
     def _sequence_queries(self, inputs, training):
         history = ops.cast(inputs["history"], "int32")
@@ -208,6 +238,8 @@ class RetrievalModel(keras.Model):
                           target_domain, user_id, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if isinstance(y_pred, dict):  # one pass (``_one_pass_outputs``): the candidates are embedded
+            return self._one_pass_loss(x, y_pred)
         query, target, weight = self._flat_targets(x, y_pred)
         if self.train_config.negatives == "catalogue":
             return self._catalogue_loss(query, target, weight, training)
@@ -239,6 +271,19 @@ class RetrievalModel(keras.Model):
         if text_only is not None:
             loss = loss + self.towers_config.text_only_loss_weight * self._task_loss(
                 query, ops.cast(text_only, "float32"), weight, probability, candidates_rows, mask)
+        return loss + ops.sum(self.losses) if self.losses else loss
+
+    def _one_pass_loss(self, x, outputs):
+        query, target, weight = self._flat_targets(x, outputs["query"])
+        probability = ops.take(self.item_probability, target) if self.train_config.logq_correction else None
+        mask = None
+        if self.train_config.same_domain_negatives:
+            domains = ops.take(self.item_domain, target)
+            mask = ops.equal(domains[:, None], domains[None, :])
+        loss = self._task_loss(query, ops.cast(outputs["candidates"], "float32"), weight, probability, target, mask)
+        if "text_only" in outputs:
+            loss = loss + self.towers_config.text_only_loss_weight * self._task_loss(
+                query, ops.cast(outputs["text_only"], "float32"), weight, probability, target, mask)
         return loss + ops.sum(self.losses) if self.losses else loss
 
     def _catalogue_loss(self, query, target, weight, training):

@@ -41,7 +41,7 @@ from towers.callbacks import RefreshTextTable, ResumableBackup, RetrievalEvaluat
 from towers.encoder import TextEncoder
 from towers.inputs import make_dataset
 from towers.model import RetrievalModel
-from towers.optimizer import towers_optimizer
+from towers.optimizer import rows_per_step, towers_optimizer
 from towers.queries import scorer_for
 from towers.text import TextVectors, per_domain_encoders, text_vectors
 
@@ -136,7 +136,8 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
         model = build_model(config, data, text)
         if initialize is not None:
             initialize(model)
-        model.compile(optimizer=towers_optimizer(model, config.train.learning_rate, config.train.weight_decay),
+        model.compile(optimizer=towers_optimizer(model, config.train.learning_rate, config.train.weight_decay,
+                                                 rows_per_step=rows_per_step(config)),
                       steps_per_execution=config.train.steps_per_execution)
     out = Path(out_dir) if out_dir else None
     if out is not None and not is_chief(strategy):  # every worker writes; only the chief's is the run
