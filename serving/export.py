@@ -74,12 +74,14 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
     parts = load_parts(retrieval_dir, ranking_dir, config)
     config = parts.config
     models = _checked_models(models, ranking_dir, parts)
-    set_id = _set_id(retrieval_dir, ranking_dir, config, models)
+    state_fingerprint = training_state.fingerprint(retrieval_dir, ranking_dir)
+    set_id = _set_id(state_fingerprint, config, models)
     say = (lambda message: print(message, flush=True)) if progress else (lambda message: None)
     result = ExportResult({}, {}, {}, 0.0)
     with publish_set(out, models, set_id, version, say) as publish:
         if publish.missing:
-            _write_set(publish, parts, retrieval_dir, ranking_dir, recall_queries, say, extra_metadata or {}, result)
+            _write_set(publish, parts, (retrieval_dir, ranking_dir, state_fingerprint), recall_queries, say,
+                       extra_metadata or {}, result)
     for name in models:
         result.versions[name] = publish.version
         result.paths[name] = Path(out) / name / str(publish.version)
@@ -101,22 +103,23 @@ def _checked_models(models, ranking_dir, parts) -> list[str]:
     return models
 
 
-def _set_id(retrieval_dir, ranking_dir, config: Config, models: list[str]) -> str:
+def _set_id(state_fingerprint: str, config: Config, models: list[str]) -> str:
     """What identifies a set: the trained runs' files, the served config and the models."""
-    digest = hashlib.sha256(training_state.fingerprint(retrieval_dir, ranking_dir).encode())
+    digest = hashlib.sha256(state_fingerprint.encode())
     digest.update(json.dumps([served_config(config), sorted(models)], sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
 
 
-def _write_set(publish, parts, retrieval_dir, ranking_dir, recall_queries, say, extra: dict, result) -> None:
-    """Builds and saves every model the set still lacks into its staged folder."""
+def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result) -> None:
+    """Builds and saves every model the set still lacks into its staged folder; ``runs``:
+    (retrieval run folder, ranking run folder or None, their training state's fingerprint)."""
     export = parts.config.export
     index_info = _build_index(parts, recall_queries)
     builders = {"retrieval": RetrievalModule, "ranking": RankingModule, "recommender": RecommenderModule,
                 "item_encoder": ItemEncoderModule}
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if export.index == "scann" else None)
     # retraining's state (user histories) goes beside the serving folder, never into it
-    state = training_state.store(publish.base, retrieval_dir, ranking_dir) if "retrieval" in publish.missing else None
+    state = training_state.store(publish.base, *runs) if "retrieval" in publish.missing else None
     for name in publish.missing:
         say(f"exporting {name} (version {publish.version})")
         module = builders[name](parts)

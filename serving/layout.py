@@ -3,17 +3,16 @@
 A version is a folder whose name is a positive integer, holding a SavedModel
 (``saved_model.pb`` + ``variables/``). New versions are written under a hidden temporary name in
 the model's folder (TF Serving and crossrec ignore names that are not integers) and renamed into
-place in one step, so no reader ever sees a half-written version.
+place in one step, so no reader ever sees a half-written version (``serving.model_set`` publishes
+them).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 METADATA_FILE = "crossrec_metadata.json"  # inside each version's assets/
@@ -88,29 +87,4 @@ def write_file_atomically(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def new_version(model_dir: str | Path, version: int | None = None) -> Iterator[tuple[Path, int]]:
-    """Yields (temporary folder, version); on success renames the folder to ``<model_dir>/<version>``.
-
-    On an error the temporary folder is removed and nothing is published. An existing version is
-    never overwritten."""
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = next_version(model_dir) if version is None else int(version)
-    if version < 1:
-        raise ValueError(f"version must be a positive integer, got {version}")
-    final = model_dir / str(version)
-    if final.exists():
-        raise FileExistsError(f"{final} already exists; versions are immutable (leave --version out to take the "
-                              "next free one)")
-    remove_abandoned(model_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{version}-{os.getpid()}-", dir=model_dir))
-    try:
-        yield tmp, version
-        os.rename(tmp, final)  # atomic on one file system
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -202,3 +202,13 @@ def publish_set(base: str | Path, models: list[str], set_id: str, version: int |
         finally:
             for tmp in publish.staged.values():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def new_version(model_dir: str | Path, version: int | None = None) -> Iterator[tuple[Path, int]]:
+    """One model's next version (or ``version``) published on its own: yields (folder to write,
+    version) and renames the folder into place on success; on an error nothing is published."""
+    model_dir = Path(model_dir)
+    version = next_version(model_dir) if version is None else version  # this model's own next
+    with publish_set(model_dir.parent, [model_dir.name], set_id="", version=version) as publish:
+        yield publish.folder(model_dir.name), publish.version

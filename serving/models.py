@@ -212,19 +212,20 @@ class ModelManager:
     def poll(self) -> None:
         """Loads what each model aspires to, then switches every model set whose members have all
         loaded (in one step under the lock), then unloads what newer versions replaced."""
+        present = {name: self._present(spec) for name, spec in self.specs.items()}
         for spec in self.specs.values():
-            self._load_new(spec)
+            self._load_new(spec, present[spec.name])
         with self._lock:
             self._switch_sets()
             for spec in self.specs.values():
-                self._unload_replaced(spec)
+                self._unload_replaced(spec, present[spec.name])
 
     def _present(self, spec: ModelSpec) -> list[int]:
         """The versions on disk that may serve: those of complete model sets (``serving.model_set``)."""
         return [v for v in versions(spec.base_path) if is_complete(spec.base_path, v)]
 
-    def _load_new(self, spec: ModelSpec) -> None:
-        for version in spec.aspired(self._present(spec)):
+    def _load_new(self, spec: ModelSpec, present: list[int]) -> None:
+        for version in spec.aspired(present):
             if version in self._served[spec.name] or version in self._loaded[spec.name]:
                 continue
             path = spec.base_path / str(version)
@@ -277,9 +278,8 @@ class ModelManager:
                         self._status[member][version] = VersionStatus(AVAILABLE)
                         log.info("model %s version %s is available", member, version)
 
-    def _unload_replaced(self, spec: ModelSpec) -> None:
+    def _unload_replaced(self, spec: ModelSpec, present: list[int]) -> None:
         """Unloads what is no longer aspired, but only once something newer serves in its place."""
-        present = self._present(spec)
         aspired = spec.aspired(present)
         served = self._served[spec.name]
         for version in [v for v in self._loaded[spec.name] if v not in aspired]:

@@ -68,11 +68,13 @@ def fingerprint(retrieval_dir: str | Path, ranking_dir: str | Path | None) -> st
     return fingerprint_of(_files(Path(retrieval_dir), Path(ranking_dir) if ranking_dir is not None else None))
 
 
-def store(base: str | Path, retrieval_dir: str | Path, ranking_dir: str | Path | None) -> dict:
+def store(base: str | Path, retrieval_dir: str | Path, ranking_dir: str | Path | None,
+          fingerprint: str | None = None) -> dict:
     """Copies the runs' state into the store (once per content) and returns what a version's
-    metadata records: ``{"path": relative to base, "fingerprint": ...}``."""
+    metadata records: ``{"path": relative to base, "fingerprint": ...}``; ``fingerprint``: the
+    runs' ``fingerprint()`` when the caller has it already (hashing the state twice is wasted)."""
     files = _files(Path(retrieval_dir), Path(ranking_dir) if ranking_dir is not None else None)
-    fingerprint = fingerprint_of(files)
+    fingerprint = fingerprint or fingerprint_of(files)
     target = state_root(base) / fingerprint
     for leftover in state_root(base).glob(".*.tmp-*"):  # a killed copy's (publishes into base hold a lock)
         shutil.rmtree(leftover, ignore_errors=True)

@@ -21,8 +21,9 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from crossrec import schema
 from crossrec.errors import ConfigError
 from serving.client import predict_request
-from serving.layout import METADATA_FILE, new_version, versions
+from serving.layout import METADATA_FILE, versions
 from serving.limits import RequestLimits
+from serving.model_set import new_version
 from serving.models import AVAILABLE, END, ModelManager, ModelSpec, wait_until_ready
 from serving.predictor import version_status
 from serving.server import Server, ServerOptions, free_port

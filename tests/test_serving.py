@@ -18,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from crossrec import schema
 from crossrec.errors import ConfigError
 from serving.client import CrossrecClient, _history_inputs
-from serving.layout import METADATA_FILE, new_version, next_version, versions
+from serving.layout import METADATA_FILE, next_version, versions
+from serving.model_set import new_version
 
 # --- layout ----------------------------------------------------------------------------------------
 
