@@ -27,12 +27,11 @@ from bench.roofline import distinct_items, input_seconds, matmul_rate, step_flop
 from crossrec import schema
 from crossrec.config import Config, EncoderConfig, SynthConfig, TrainConfig
 from crossrec.experiment import prepare_data
-from crossrec.features import Sequences
 from towers.encoder import TextEncoder
 from towers.inputs import make_dataset
 from towers.optimizer import rows_per_step, towers_optimizer
 from towers.text import text_vectors
-from towers.train import build_model, training_input
+from towers.train import build_model
 
 
 def training_speed(config: Config, data, steps: int, attempts: int = 4) -> float:
@@ -43,15 +42,14 @@ def training_speed(config: Config, data, steps: int, attempts: int = 4) -> float
     model.compile(optimizer=towers_optimizer(model, config.train.learning_rate, config.train.weight_decay,
                                              rows_per_step=rows_per_step(config)),
                   steps_per_execution=config.train.steps_per_execution)
-    inputs, rows = training_input(config, data)  # windows, or user sequences (targets counted)
-    per_row = inputs.targets / len(inputs) if isinstance(inputs, Sequences) else 1.0
+    rows = config.train.batch_size
     speeds = []
     for attempt in range(attempts):
-        dataset = make_dataset(inputs, rows).repeat().take(steps)
+        dataset = make_dataset(data.examples, rows).repeat().take(steps)
         start = time.perf_counter()
         model.fit(dataset, epochs=1, verbose=0, shuffle=False)  # tf.data already shuffles
         if attempt:  # the first call traces
-            speeds.append(steps * rows * per_row / (time.perf_counter() - start))
+            speeds.append(steps * rows / (time.perf_counter() - start))
     return float(np.median(speeds))
 
 
@@ -63,8 +61,8 @@ def roofline(config: Config, data, speed: float, results: Results) -> None:
                                  rows_per_step=rows_per_step(config))
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
-    inputs, rows = training_input(config, data)
-    dataset = make_dataset(inputs, rows)
+    rows = config.train.batch_size
+    dataset = make_dataset(data.examples, rows)
     batches = [b[0] if isinstance(b, tuple) else b for b in dataset.take(8)]
     flops = step_flops(model, rows, distinct_items(batches))
     rate = matmul_rate()
@@ -119,10 +117,6 @@ def main(argv=None) -> int:
         results.add("train cached-frozen, batch 1024, this tree (same run)", float(np.median(compared["after"])),
                     "examples/s")
         results.add(f"speed-up over {args.against}", compared["ratio"], "x", ">= 3")
-    sequences = replace(cached, train=replace(cached.train, examples="sequences"))
-    results.add("train cached-frozen, user sequences, ~1024 targets a batch",
-                training_speed(sequences, data, steps=16 if args.quick else 48, attempts=attempts), "examples/s", ">= 50000",
-                note="train.examples: sequences (a query at every position of each user's sequence)")
     steps = 2 if args.quick else 6
     for name, encoder in [("frozen (no cache)", replace(base.encoder, cache=False)),
                           ("lora rank 4", replace(base.encoder, freeze="lora", lora_rank=4)),

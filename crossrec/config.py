@@ -140,15 +140,9 @@ class TowerConfig:
     # (no item-ID part): trains the path new items take without dropping IDs from the hybrid
     # (0 = off). With it, item_id_dropout can be low: the hybrid mostly sees its IDs.
     text_only_loss_weight: float = 0.5
-    # How the hybrid's item-ID embeddings start: random (small normal noise), or zeros, so an
-    # item's ID part is only what its interactions taught it (rare items stay near their text).
-    id_embedding_init: Literal["random", "zeros"] = "random"
     # The shared text path: 0 = a two-layer MLP over the text vector; K > 0 = UniSRec's
     # mixture-of-experts adapter (K parametric-whitening experts and a softmax gate).
     text_experts: int = 8
-    # How the text and ID parts of a seen item combine: sum (their norms decide), or gate (a learned
-    # per-item gate on the item's training count and text mixes the two unit vectors).
-    fusion: Literal["sum", "gate"] = "sum"
     # false = an ID-only two-tower (no text): the baseline that shows what text adds.
     use_text: bool = True
     # Share of examples trained through the domain-agnostic adapter alone (what unseen domains use).
@@ -158,11 +152,6 @@ class TowerConfig:
     # domains for transfer and zero-shot use.
     center_text_by_domain: bool = True
     history_length: int = 32
-    # Share of training queries asked as a cross-domain cold start: their history loses every item
-    # of the target's domain, so the other domains' path is trained the way cold-start users use it.
-    target_domain_history_dropout: float = 0.0
-    # Self-attention blocks over the history before pooling (0 = attention pooling only, fastest).
-    self_attention_layers: int = 0
     # Hashed user-id embedding buckets (0 = none: users are known by their history alone).
     user_id_buckets: int = 0
     dropout: float = 0.1
@@ -185,20 +174,6 @@ class TrainConfig:
     # In-batch negatives only from the query's target domain (as evaluation and serving rank
     # within a domain); false = every in-batch item is a negative.
     same_domain_negatives: bool = True
-    # Mixed negative sampling: this many extra negatives per step, drawn uniformly from the items
-    # seen in training and shared by the batch (0 = in-batch negatives only). With logQ correction,
-    # each candidate's sampling probability is that of the mixture (batch x popularity + uniform).
-    sampled_negatives: int = 0
-    # Which items every training query is scored against: in_batch (the batch's targets, TFRS
-    # in-batch softmax with the options above) or catalogue (a full softmax over every item seen in
-    # training, masked to the query's domain by same_domain_negatives: exact, no logQ needed; one
-    # (batch x catalogue) matmul a step, so larger batches amortise it; needs a frozen encoder).
-    negatives: Literal["in_batch", "catalogue"] = "in_batch"
-    # How training examples are fed. windows: one history window per target interaction.
-    # sequences: each user's sequence once, a query at every position (SASRec-style; the same
-    # function, many times cheaper per target, memory per user instead of per interaction);
-    # batch_size still counts targets (about that many per batch).
-    examples: Literal["windows", "sequences"] = "windows"
     # Loss weight per domain (the cross-domain weighting alpha_i); missing domains weigh 1.
     domain_weights: dict[str, float] = field(default_factory=dict)
     # Sample batches so every domain is equally represented.
@@ -306,6 +281,37 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Options measured not to help and removed (README: Retrieval towers, "Retrieval levers,
+# measured"; Ranking): their key and the value every run had unless it set them. A saved config
+# of an older run (a served version's training state) still loads when it holds that value.
+REMOVED_KEYS = {
+    ("towers", "id_embedding_init"): "random",
+    ("towers", "fusion"): "sum",
+    ("towers", "target_domain_history_dropout"): 0.0,
+    ("towers", "self_attention_layers"): 0,
+    ("train", "sampled_negatives"): 0,
+    ("train", "negatives"): "in_batch",
+    ("train", "examples"): "windows",
+    ("ranking", "loss"): "listwise",
+}
+
+
+def _without_removed_keys(raw: dict, where: str) -> dict:
+    """``raw`` without the removed options that hold the behaviour crossrec now has; one set to
+    anything else is a ``ConfigError`` (its run cannot be reproduced, and silently ignoring it
+    would train something else)."""
+    for (section, key), kept in REMOVED_KEYS.items():
+        part = raw.get(section)
+        if not isinstance(part, dict) or key not in part:
+            continue
+        if part[key] != kept:
+            raise ConfigError(f"{where}: {section}.{key}: {part[key]!r} is no longer an option (it was measured not "
+                              f"to help; the README's Retrieval towers and Ranking sections keep the numbers); "
+                              f"crossrec always does what {key}: {kept!r} did. Delete the key")
+        raw = {**raw, section: {k: v for k, v in part.items() if k != key}}
+    return raw
+
+
 def load_config(path: str | Path | None) -> Config:
     """Reads a YAML config; ``None`` gives the defaults. Relative data paths are resolved
     against the config file's folder, so a config works from any working directory."""
@@ -320,7 +326,7 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    config = from_dict(Config, raw, where=str(path))
+    config = from_dict(Config, _without_removed_keys(raw, str(path)), where=str(path))
     _resolve_paths(config, Path(os.path.abspath(path.parent)))
     return config
 

@@ -145,58 +145,6 @@ def _right_aligned(rows: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-@dataclass
-class Sequences:
-    """Training input as user sequences: row i holds up to H positions of one user; ``history``
-    is the item at each position (right-aligned, 0 = padding) and ``target`` the item after it
-    (0 = none). Each interaction but a user's first is the target of exactly one position."""
-
-    history: np.ndarray  # (n, H) int32
-    target: np.ndarray  # (n, H) int32
-    target_domain: np.ndarray  # (n, H) int32
-    weight: np.ndarray  # (n, H) float32
-    user_id: np.ndarray  # (n,) object
-
-    def __len__(self) -> int:
-        return len(self.user_id)
-
-    @property
-    def targets(self) -> int:
-        return int((self.target > 0).sum())
-
-
-def training_sequences(interactions: pd.DataFrame, catalogue: Catalogue, history_length: int,
-                       domain_weights: dict[str, float] | None = None) -> Sequences:
-    """Each user's interactions cut into windows of H+1 items from the most recent back: the H
-    targets of a window see the items before them inside it (the first targets of a long user's
-    older windows see a shorter history than ``training_examples`` gives them)."""
-    frame = in_user_order(interactions)
-    rows = catalogue.rows(frame[schema.DOMAIN], frame[schema.ITEM_ID])
-    users = frame[schema.USER_ID].to_numpy()
-    domain_index = {d: i for i, d in enumerate(catalogue.domains)}
-    domains = np.array([domain_index.get(d, 0) for d in frame[schema.DOMAIN].to_numpy()], np.int32)
-    weights = frame[schema.WEIGHT].to_numpy(np.float32) if schema.WEIGHT in frame else np.ones(len(frame), np.float32)
-    if domain_weights:
-        weights = weights * np.array([domain_weights.get(d, 1.0) for d in frame[schema.DOMAIN]], np.float32)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], len(users)]
-    windows = [(s, e) for s, n_end in zip(starts, ends, strict=True)
-               for e in range(n_end - 1, s, -history_length)]  # e: the window's last (target) position
-    h = history_length
-    out = Sequences(np.zeros((len(windows), h), np.int32), np.zeros((len(windows), h), np.int32),
-                    np.zeros((len(windows), h), np.int32), np.zeros((len(windows), h), np.float32),
-                    np.empty(len(windows), object))
-    for i, (s, e) in enumerate(windows):
-        first = max(s, e - h)  # the window is rows first..e: m = e - first targets
-        m = e - first
-        out.history[i, h - m:] = rows[first:e]
-        out.target[i, h - m:] = rows[first + 1:e + 1]
-        out.target_domain[i, h - m:] = domains[first + 1:e + 1]
-        out.weight[i, h - m:] = weights[first + 1:e + 1]
-        out.user_id[i] = users[s]
-    return out
-
-
 def query_examples(known: pd.DataFrame, targets: pd.DataFrame, catalogue: Catalogue,
                    history_length: int) -> Examples:
     """Evaluation queries: one per target row; its history is the user's ``known`` interactions

@@ -71,9 +71,6 @@ class RankingConfig:
     random_negatives: int = 0
     # Training queries to mine lists for (a seeded random sample; null = every training example).
     max_queries: int | None = 50000
-    # pointwise: binary cross-entropy per candidate; listwise: softmax cross-entropy over each list
-    # (the default: every training list holds its one label).
-    loss: Literal["pointwise", "listwise"] = "listwise"
     # Inputs of the ranker: names from the feature registry (crossrec.ranking_features; the
     # README's "Ranking features" table). null = the registry's defaults of the sources that are on.
     features: list[str] | None = None

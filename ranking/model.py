@@ -74,25 +74,21 @@ class DeepNetwork(tf.keras.layers.Layer):
         return config
 
 
-def default_tasks(listwise: bool = False) -> dict[str, tfrs.tasks.Ranking]:
-    """One TFRS ranking task per head; each owns its loss and metrics."""
+def default_tasks() -> dict[str, tfrs.tasks.Ranking]:
+    """One TFRS ranking task per head; each owns its loss and metrics. Engagement is listwise:
+    softmax cross-entropy over each candidate list (every training list holds its one label;
+    binary cross-entropy per candidate measured far worse: README, Ranking)."""
     reduction = tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE
-    if listwise:
-        engagement = tf.keras.losses.CategoricalCrossentropy(from_logits=True, reduction=reduction)
-        metrics = []
-    else:
-        engagement = tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=reduction)
-        metrics = [tf.keras.metrics.AUC(from_logits=True, name="auc")]
-    distillation = tf.keras.losses.CategoricalCrossentropy(from_logits=True, reduction=reduction)
+    listwise = tf.keras.losses.CategoricalCrossentropy(from_logits=True, reduction=reduction)
     return {
-        ENGAGEMENT: tfrs.tasks.Ranking(loss=engagement, metrics=metrics, name="engagement_task"),
+        ENGAGEMENT: tfrs.tasks.Ranking(loss=listwise, name="engagement_task"),
         # Averaged over every candidate of the batch (only the true items carry a rating weight),
         # so the rating task's pull on the shared layers stays small next to engagement's; a
         # per-rating average (50x stronger at 50 candidates) measurably hurt the ranking.
         RATING: tfrs.tasks.Ranking(loss=tf.keras.losses.MeanSquaredError(reduction=reduction),
                                    metrics=[tf.keras.metrics.RootMeanSquaredError(name="rating_rmse")],
                                    name="rating_task"),
-        DISTILLATION: tfrs.tasks.Ranking(loss=distillation, name="distillation_task"),
+        DISTILLATION: tfrs.tasks.Ranking(loss=listwise, name="distillation_task"),
     }
 
 
@@ -107,7 +103,7 @@ class RankingModel(tfrs.models.Model):
 
     def __init__(self, features: RankingFeatures, *, cross: tf.keras.layers.Layer | None = None,
                  deep: tf.keras.layers.Layer | None = None, heads: dict | None = None, tasks: dict | None = None,
-                 task_weights: dict[str, float] | None = None, listwise: bool = False,
+                 task_weights: dict[str, float] | None = None,
                  distillation_weight: float = 0.0, rating_mean: float = 0.0, config: RankerConfig | None = None,
                  retrieval_scale: float | tf.Variable | None = 10.0,
                  normalise: tf.keras.layers.Layer | None = None, **kwargs):
@@ -131,8 +127,7 @@ class RankingModel(tfrs.models.Model):
                                                       bias_initializer=tf.keras.initializers.Constant(rating_mean))
         self.heads = heads
         # a task only for a head that exists: no rating metric (reported as 0.0) without ratings
-        self.tasks = {k: v for k, v in (tasks or default_tasks(listwise)).items() if k != RATING or RATING in heads}
-        self.listwise = listwise
+        self.tasks = {k: v for k, v in (tasks or default_tasks()).items() if k != RATING or RATING in heads}
         self.distillation_weight = float(distillation_weight)
 
     def in_view(self, tables: FeatureTables) -> RankingModel:
@@ -141,7 +136,7 @@ class RankingModel(tfrs.models.Model):
         retrieval scale) shared, so training one trains both and neither is ever swapped."""
         twin = RankingModel(RankingFeatures(tables, self.features.features, name="features"), cross=self.cross,
                             deep=self.deep, heads=self.heads, tasks=self.tasks, task_weights=self.task_weights,
-                            listwise=self.listwise, distillation_weight=self.distillation_weight,
+                            distillation_weight=self.distillation_weight,
                             retrieval_scale=self.retrieval_scale, normalise=self.normalise, name=self.name)
         twin({"query": np.zeros((1, self.features.embedding_dim), np.float32),
               "history": np.zeros((1, 1), np.int32), "candidates": np.ones((1, 2), np.int32)})
@@ -149,8 +144,7 @@ class RankingModel(tfrs.models.Model):
 
     def get_config(self):
         # the blocks are objects; what identifies a ranker is its weights plus RankerConfig
-        return {"task_weights": self.task_weights, "listwise": self.listwise,
-                "distillation_weight": self.distillation_weight}
+        return {"task_weights": self.task_weights, "distillation_weight": self.distillation_weight}
 
     def call(self, inputs, training=False):
         x = self.features(inputs)  # (b, L, F)
@@ -170,18 +164,12 @@ class RankingModel(tfrs.models.Model):
         losses = {}
         # per-list weights (b,) when given: new-item parity (ranking.train.fresh_parity_weights)
         list_weight = tf.cast(inputs.get("list_weight", tf.ones_like(mask[:, 0])), tf.float32)
-        if self.listwise:
-            masked = tf.where(mask > 0, logits, -1e9)
-            labels = tf.cast(inputs[ENGAGEMENT], tf.float32) * mask
-            total = tf.reduce_sum(labels, axis=1, keepdims=True)
-            has_positive = tf.cast(total[:, 0] > 0, tf.float32)  # lists without a positive weigh 0
-            losses[ENGAGEMENT] = self.tasks[ENGAGEMENT](labels / tf.maximum(total, 1.0), masked,
-                                                        sample_weight=has_positive * list_weight, training=training)
-        else:
-            labels = tf.cast(inputs[ENGAGEMENT], tf.float32)
-            losses[ENGAGEMENT] = self.tasks[ENGAGEMENT](labels[..., None], logits[..., None],
-                                                        sample_weight=mask * list_weight[:, None],
-                                                        training=training)
+        masked = tf.where(mask > 0, logits, -1e9)
+        labels = tf.cast(inputs[ENGAGEMENT], tf.float32) * mask
+        total = tf.reduce_sum(labels, axis=1, keepdims=True)
+        has_positive = tf.cast(total[:, 0] > 0, tf.float32)  # lists without a positive weigh 0
+        losses[ENGAGEMENT] = self.tasks[ENGAGEMENT](labels / tf.maximum(total, 1.0), masked,
+                                                    sample_weight=has_positive * list_weight, training=training)
         if "teacher" in inputs and self.distillation_weight > 0:
             # Listwise distillation: match the teacher's softmax over each candidate list, which
             # transfers its *order* (what serving uses) rather than its calibration.

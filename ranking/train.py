@@ -124,7 +124,7 @@ def build_ranker(config: Config, which: RankerConfig, tables: FeatureTables, *, 
     if tables.rating_mean is None:
         weights[RATING] = 0.0
     features = RankingFeatures(tables, which.features or ranking.features, name="features")
-    model = RankingModel(features, config=which, task_weights=weights, listwise=ranking.loss == "listwise",
+    model = RankingModel(features, config=which, task_weights=weights,
                          distillation_weight=distillation_weight, rating_mean=tables.rating_mean or 0.0, name=name,
                          retrieval_scale=1.0 / config.train.temperature if ranking.residual_on_retrieval else None)
     h = config.towers.history_length

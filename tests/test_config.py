@@ -78,3 +78,14 @@ def test_a_run_config_built_from_relative_flags_finds_its_data_from_any_folder(t
     assert loaded.data.interactions == str(tmp_path / "work" / "data" / "interactions.parquet")
     assert loaded.data.items == str(tmp_path / "work" / "data" / "items.parquet")
     assert config.data.interactions == "data/interactions.parquet"  # the caller's config is unchanged
+
+
+def test_a_removed_option_loads_at_its_old_default_and_is_refused_otherwise(write):
+    # a served version's saved config from before the options were removed holds their defaults
+    old = write("old.yaml", "towers:\n  fusion: sum\n  self_attention_layers: 0\n  embedding_dim: 32\n"
+                "train:\n  negatives: in_batch\n  sampled_negatives: 0\nranking:\n  loss: listwise\n")
+    assert load_config(old).towers.embedding_dim == 32
+    with pytest.raises(ConfigError, match=r"towers.fusion: 'gate' is no longer an option.*Delete the key"):
+        load_config(write("gate.yaml", "towers:\n  fusion: gate\n"))
+    with pytest.raises(ConfigError, match="train.examples: 'sequences' is no longer an option"):
+        load_config(write("seq.yaml", "train:\n  examples: sequences\n"))

@@ -143,8 +143,8 @@ def test_engagement_loss_ignores_padding_candidates():
         float(model.task_losses(batch)[ENGAGEMENT]), rel=1e-6)
 
 
-def test_listwise_loss_is_softmax_cross_entropy_over_each_list():
-    model = small_model(listwise=True)
+def test_engagement_loss_is_softmax_cross_entropy_over_each_list():
+    model = small_model()
     batch = labelled_batch()
     logits = model(batch)[ENGAGEMENT].numpy()
     masked = np.where(batch["candidates"] > 0, logits, -1e9)

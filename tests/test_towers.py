@@ -36,18 +36,6 @@ def test_item_tower_ids_apply_only_to_known_items():
     np.testing.assert_allclose(unknown[0], unknown[1], atol=1e-6)  # text only: equal texts, equal vectors
 
 
-def test_zero_initialised_ids_leave_an_untrained_item_at_its_text():
-    tower = ItemTower(num_items=5, num_domains=2, text_dim=8, embedding_dim=4, dropout=0.0, id_embedding_init="zeros")
-    text = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
-    known = np.asarray(tower(text, np.array([1, 1]), np.array([1, 2]), np.array([True, True])))
-    text_only = np.asarray(tower(text, np.array([1, 1]), np.array([1, 2]), np.array([False, False])))
-    np.testing.assert_allclose(known, text_only, atol=1e-6)
-    random = ItemTower(num_items=5, num_domains=2, text_dim=8, embedding_dim=4, dropout=0.0)
-    assert np.abs(np.asarray(random.id_embedding(np.array([1, 2])))).max() > 0  # the default: noise
-    id_only = ItemTower(5, 2, 0, embedding_dim=4, use_text=False, id_embedding_init="zeros")
-    assert np.abs(np.asarray(id_only.id_embedding(np.array([1, 2])))).max() > 0  # needs symmetry broken
-
-
 def test_the_mixture_of_experts_adapter_is_a_gated_sum_of_whitened_projections():
     tower = ItemTower(num_items=5, num_domains=2, text_dim=6, embedding_dim=4, use_item_ids=False, dropout=0.0,
                       text_experts=3)
@@ -63,28 +51,6 @@ def test_the_mixture_of_experts_adapter_is_a_gated_sum_of_whitened_projections()
     np.testing.assert_allclose(np.asarray(tower(text, np.array([0, 0]), np.array([1, 2]),
                                                 np.array([False, False]))), expected, atol=1e-5)
     assert not np.allclose(out, expected)  # the biases (whitening centres) moved it
-
-
-def test_the_fusion_gate_mixes_unit_text_and_id_vectors_by_training_count():
-    tower = ItemTower(num_items=5, num_domains=2, text_dim=6, embedding_dim=4, dropout=0.0, fusion="gate")
-    text = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
-    domain, rows = np.array([1, 1, 1]), np.array([1, 2, 3])
-    log_count = np.log1p(np.array([0.0, 3.0, 200.0], np.float32))
-    text_only = np.asarray(tower(text, domain, rows, np.array([False] * 3), log_count=log_count))
-    out = np.asarray(tower(text, domain, rows, np.array([True] * 3), log_count=log_count))
-    ids = np.asarray(tower.id_embedding(rows))
-    unit_ids = ids / np.linalg.norm(ids, axis=1, keepdims=True)
-    gate = 1 / (1 + np.exp(-(log_count - 2.0)))[:, None]  # the starting gate: sigmoid(log(1 + n) - 2)
-    expected = (1 - gate) * text_only + gate * unit_ids
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(out, expected, atol=1e-5)
-    # the more an item was seen, the closer it sits to its ID vector (one item, three counts)
-    same = np.asarray(tower(np.repeat(text[:1], 3, axis=0), domain, np.array([1, 1, 1]), np.array([True] * 3),
-                            log_count=log_count))
-    closeness = same @ unit_ids[0]
-    assert closeness[0] < closeness[1] < closeness[2]
-    with pytest.raises(ValueError, match="fusion"):
-        ItemTower(5, 2, 6, fusion="concat")
 
 
 def test_id_only_tower_needs_no_text():
@@ -299,29 +265,6 @@ def _softmax_loss(logits, mask, correction):
     return np.mean([np.log(np.exp(row[np.isfinite(row)]).sum()) - row[i] for i, row in enumerate(scores)])
 
 
-def test_mixed_negatives_add_sampled_items_with_the_mixtures_logq_correction():
-    import tensorflow as tf
-
-    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0)
-    model.train_config.sampled_negatives = 2
-    model.task._remove_accidental_hits = False
-    frequency = np.array([0, 0.1, 0.2, 0.3, 0.2, 0.2], np.float32)
-    model.item_probability.assign(frequency)
-    model.negative_pool = tf.constant([5], tf.int32)  # every draw is item 5 (domain 2)
-    feats = THREE_QUERIES
-    loss = float(model.compute_loss(feats, None, model(feats, training=True), training=True))
-    rows = np.array([1, 3, 4, 5, 5])
-    q = np.asarray(model(feats))
-    logits = q @ np.asarray(model.item_embeddings(rows)).T / 0.1
-    domain = np.array([0, 1, 1, 2, 2, 2])
-    mask = domain[feats["target"]][:, None] == domain[rows][None, :]
-    expected = _softmax_loss(logits, mask, np.log((3 * frequency[rows] + 2 / 1) / 5))  # (batch x f + draws / pool) / draws
-    assert loss == pytest.approx(expected, rel=1e-4)
-    # outside training there are no draws: the in-batch softmax with the popularity correction alone
-    in_batch = _softmax_loss(logits[:, :3], mask[:, :3], np.log(frequency[rows[:3]]))
-    assert float(model.compute_loss(feats, None, model(feats), training=False)) == pytest.approx(in_batch, rel=1e-4)
-
-
 def test_text_only_loss_adds_the_loss_of_candidates_embedded_from_text_alone():
     model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0, text_only_loss_weight=0.5)
     model.train_config.logq_correction = False
@@ -336,92 +279,6 @@ def test_text_only_loss_adds_the_loss_of_candidates_embedded_from_text_alone():
     text = q @ np.asarray(model.item_embeddings(feats["target"], use_ids=False)).T / 0.1
     assert not np.allclose(hybrid, text)  # the ID part matters
     assert loss == pytest.approx(_softmax_loss(hybrid, mask, zero) + 0.5 * _softmax_loss(text, mask, zero), rel=1e-4)
-
-
-@pytest.mark.parametrize("same_domain", [True, False])
-def test_catalogue_negatives_are_a_full_softmax_over_the_items_seen_in_training(same_domain):
-    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0)
-    model.train_config.negatives = "catalogue"
-    model.train_config.same_domain_negatives = same_domain
-    known = np.array([False, True, True, True, True, False])  # item 5 is new: never a negative
-    model = RetrievalModel(text_table=np.asarray(model.text_table), item_domain=np.asarray(model.item_domain),
-                           id_known=known, text_domain=np.asarray(model.text_domain),
-                           text_means=np.asarray(model.text_means),
-                           item_probability=np.full(6, 1 / 6, np.float32), num_domains=3,
-                           towers=model.towers_config, train=model.train_config)
-    feats = {**THREE_QUERIES, "weight": np.array([1.0, 2.0, 0.5], np.float32)}
-    q = np.asarray(model(feats))
-    pool = np.array([1, 2, 3, 4])
-    logits = q @ np.asarray(model.item_embeddings(pool)).T / 0.1
-    domain = np.array([0, 1, 1, 2, 2, 2])
-    mask = (domain[feats["target"]][:, None] == domain[pool][None, :]) if same_domain else np.ones((3, 4), bool)
-    label = [0, 2, 3]  # the targets' positions in the pool
-    per_query = [np.log(np.exp(row[m]).sum()) - row[label[i]] for i, (row, m) in enumerate(zip(logits, mask, strict=True))]
-    expected = np.sum(np.array(per_query) * feats["weight"]) / 3
-    loss = float(model.compute_loss(feats, None, model(feats), training=False))
-    assert loss == pytest.approx(expected, rel=1e-4)
-
-
-def test_all_positions_give_every_prefix_the_query_call_gives_it():
-    h, e = 6, 8
-    tower = UserTower(num_domains=3, history_length=h, embedding_dim=e, dropout=0.0, domain_dropout=0.0,
-                      user_id_buckets=4)
-    rng = np.random.default_rng(0)
-    emb = rng.normal(size=(3, h, e)).astype("float32")
-    mask = np.array([[False, False, True, True, True, True], [True] * 6, [False] * 5 + [True]])
-    dom, nxt = (rng.integers(1, 3, size=(3, h)).astype("int32") for _ in range(2))
-    bucket = np.array([0, 1, 2])
-    every = np.asarray(tower.all_positions(emb, mask, dom, nxt, bucket))
-    for t in range(h):  # the prefix 0..t, right-aligned in a window of h, as serving sends it
-        pe, pm, pd = np.zeros_like(emb), np.zeros_like(mask), np.zeros_like(dom)
-        pe[:, h - 1 - t:], pm[:, h - 1 - t:], pd[:, h - 1 - t:] = emb[:, :t + 1], mask[:, :t + 1], dom[:, :t + 1]
-        one = np.asarray(tower(pe * pm[..., None], pm, pd, nxt[:, t], bucket))
-        has = pm.any(axis=1)
-        np.testing.assert_allclose(every[has, t], one[has], atol=1e-5)
-
-
-def test_training_sequences_make_each_interaction_but_the_first_one_target():
-    from crossrec.features import training_sequences
-
-    items = pd.DataFrame({schema.ITEM_ID: list("abcdefg"), schema.DOMAIN: ["x"] * 4 + ["y"] * 3,
-                          schema.TEXT: list("abcdefg")})
-    catalogue = Catalogue.build(items, ["x", "y"])  # rows a1 .. g7
-    inter = pd.DataFrame({schema.USER_ID: ["u"] * 6 + ["v"] * 2, schema.ITEM_ID: list("abcdefab"),
-                          schema.DOMAIN: ["x"] * 4 + ["y"] * 2 + ["x"] * 2, schema.TIMESTAMP: [*range(6), 0, 1]})
-    seq = training_sequences(inter, catalogue, 3)
-    np.testing.assert_array_equal(seq.history, [[3, 4, 5], [0, 1, 2], [0, 0, 1]])
-    np.testing.assert_array_equal(seq.target, [[4, 5, 6], [0, 2, 3], [0, 0, 2]])
-    np.testing.assert_array_equal(seq.target_domain, [[1, 2, 2], [0, 1, 1], [0, 0, 1]])
-    assert seq.user_id.tolist() == ["u", "u", "v"]
-    assert seq.targets == len(training_examples(inter, catalogue, 3)) == 6
-
-
-def test_a_batch_of_sequences_has_the_loss_of_its_windows():
-    from crossrec.features import training_sequences
-
-    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0)
-    model.task._remove_accidental_hits = False
-    items = pd.DataFrame({schema.ITEM_ID: list("abcde"), schema.DOMAIN: ["x", "x", "y", "y", "y"],
-                          schema.TEXT: list("abcde")})
-    catalogue = Catalogue.build(items, ["x", "y"])  # rows 1..5; domains as _model's item_domain
-    inter = pd.DataFrame({schema.USER_ID: ["u"] * 4 + ["v"] * 3, schema.ITEM_ID: list("acdbbea"),
-                          schema.DOMAIN: ["x", "y", "y", "x", "x", "y", "x"], schema.TIMESTAMP: [*range(4), *range(3)]})
-    windows, seq = training_examples(inter, catalogue, 4), training_sequences(inter, catalogue, 4)
-    as_windows = {"history": windows.history, "target": windows.target, "target_domain": windows.target_domain,
-                  "weight": windows.weight}
-    as_sequences = {"history": seq.history, "target": seq.target, "target_domain": seq.target_domain,
-                    "weight": seq.weight}
-    expected = float(model.compute_loss(as_windows, None, model(as_windows), training=False))
-    assert float(model.compute_loss(as_sequences, None, model(as_sequences), training=False)) == pytest.approx(
-        expected, rel=1e-5)
-
-
-def test_target_domain_history_dropout_asks_training_queries_as_cold_starts():
-    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0, target_domain_history_dropout=1.0)
-    feats = {"history": np.array([[0, 1, 3, 4], [0, 0, 1, 2]], np.int32), "target_domain": np.array([2, 1], np.int32)}
-    cold = {**feats, "history": np.array([[0, 1, 0, 0], [0, 0, 0, 0]], np.int32)}  # items 3, 4 / 1, 2 are in-domain
-    np.testing.assert_allclose(np.asarray(model(feats, training=True)), np.asarray(model(cold)), atol=1e-6)
-    assert not np.allclose(np.asarray(model(feats)), np.asarray(model(cold)))  # evaluation keeps the history
 
 
 @pytest.mark.parametrize("text_only", [0.0, 0.5])
@@ -459,8 +316,6 @@ def test_the_experts_matmul_equals_the_per_expert_sum():
     gate = np.asarray(tower.expert_gate(text))
     mix = np.exp(gate) / np.exp(gate).sum(-1, keepdims=True)
     shared = sum(mix[:, k:k + 1] * ((text - bias[k]) @ kernel[k]) for k in range(3))
-    hidden = np.asarray(tower.shared_hidden(text))
     domain = np.array([0, 0, 0, 0], np.int32)  # domain 0: the shared path alone
-    part, _ = tower._text_part(text, domain, training=False)
+    part = tower._text_part(text, domain, training=False)
     np.testing.assert_allclose(np.asarray(part), shared, rtol=1e-4, atol=1e-5)
-    assert hidden.shape == (4, 16)

@@ -89,20 +89,23 @@ def test_id_only_two_tower_trains_without_an_encoder(tiny_config):
     assert run.text.table is None and np.isfinite(run.history["loss"]).all()
 
 
-def test_gated_fusion_reads_each_items_training_count_and_reloads(tiny_config, tmp_path):
-    config = replace(tiny_config, towers=replace(tiny_config.towers, fusion="gate"),
-                     train=replace(tiny_config.train, epochs=2))
-    data = prepare_data(config)
-    run = train_retrieval(config, tmp_path / "run", data=data, progress=False)
-    assert np.isfinite(run.history["loss"]).all()
-    counts = np.bincount(data.catalogue.rows(data.train[schema.DOMAIN], data.train[schema.ITEM_ID]),
-                         minlength=data.catalogue.size)
-    counts[0] = 0
-    np.testing.assert_allclose(np.asarray(run.model.item_log_count), np.log1p(counts), rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(run.model.id_known), counts > 0)
-    assert float(run.model.item_tower.gate_bias) != -2.0  # the gate trained
+def test_towers_saved_before_the_options_were_removed_still_load(tiny_config, tmp_path):
+    """A served version trained while the fusion gate existed holds one more model variable (each
+    item's log training count, right after ``id_known``): its towers still load, unchanged."""
+    import h5py
+
+    config = replace(tiny_config, train=replace(tiny_config.train, epochs=1))
+    run = train_retrieval(config, tmp_path / "run", progress=False)
+    with h5py.File(tmp_path / "run" / "towers.weights.h5", "r+") as weights:
+        own = weights["vars"]
+        names = [v.name for v in run.model._trainable_variables + run.model._non_trainable_variables]
+        skip = names.index("id_known") + 1
+        for i in reversed(range(skip, len(names))):  # make room at `skip`, as the old layout had it
+            own.move(str(i), str(i + 1))
+        own.create_dataset(str(skip), data=np.full(run.model.item_domain.shape, 7.0, np.float32))
     model, _, _ = load_trained(tmp_path / "run")
-    np.testing.assert_allclose(model.all_item_embeddings(), run.model.all_item_embeddings(), atol=1e-5)
+    np.testing.assert_allclose(model.all_item_embeddings(), run.model.all_item_embeddings(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.item_probability), np.asarray(run.model.item_probability))
 
 
 def test_given_split_asks_cold_start_of_users_whose_target_domain_left_training(tiny_config):
@@ -147,22 +150,6 @@ def test_a_diverged_fit_stops_and_saves_nothing(tiny_config, tmp_path):
     assert not (tmp_path / "run" / "towers.weights.h5").exists()
 
 
-def test_user_sequences_train_the_towers_with_fewer_rows(tiny_config, tmp_path):
-    from towers.train import training_input
-
-    config = replace(tiny_config, train=replace(tiny_config.train, examples="sequences"))
-    data = prepare_data(config)
-    sequences, rows = training_input(config, data)
-    assert sequences.targets == len(data.examples) and len(sequences) < len(data.examples) / 5
-    run = train_retrieval(config, tmp_path / "run", data=data, progress=False)
-    assert np.isfinite(run.history["loss"]).all() and run.history["loss"][-1] < run.history["loss"][0]
-    model, _, _ = load_trained(tmp_path / "run")  # the same towers as windows train: serving is unchanged
-    np.testing.assert_allclose(model.all_item_embeddings(), run.model.all_item_embeddings(), atol=1e-5)
-    balanced = replace(config, train=replace(config.train, balance_domains=True))
-    with pytest.raises(ConfigError, match="does not support train.balance_domains"):
-        train_retrieval(balanced, None, data=data, progress=False)
-
-
 def test_strategy_auto_is_the_default_strategy_on_cpu(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert resolve_kind(TrainConfig()) == "default"
@@ -171,15 +158,6 @@ def test_strategy_auto_is_the_default_strategy_on_cpu(monkeypatch):
     monkeypatch.delenv("TF_CONFIG")
     with pytest.raises(ConfigError, match="multi_worker needs the TF_CONFIG environment variable"):
         strategy_from_config(TrainConfig(strategy="multi_worker"))
-
-
-def test_catalogue_negatives_refuse_a_fine_tuned_encoder_before_any_work():
-    from crossrec.config import Config, EncoderConfig
-    from towers.train import train_retrieval
-
-    config = Config(encoder=EncoderConfig(freeze="top_layers"), train=TrainConfig(negatives="catalogue"))
-    with pytest.raises(ConfigError, match="would get no gradient"):
-        train_retrieval(config, dataset=object())  # never read: the check comes first
 
 
 def _examples(domains):

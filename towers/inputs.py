@@ -6,24 +6,20 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from crossrec.errors import ConfigError
-from crossrec.features import Examples, Sequences
+from crossrec.features import Examples
 from crossrec.windows import Windows
 
 
-def make_dataset(examples: Windows | Examples | Sequences, batch_size: int, *, seed: int = 0,
+def make_dataset(examples: Windows | Examples, batch_size: int, *, seed: int = 0,
                  balance_domains: bool = False, shuffle: bool = True, with_user_ids: bool = False,
                  shard: tuple[int, int] = (1, 0)) -> tf.data.Dataset:
-    """Batches of training features (windows, or user sequences: the same columns, one more
-    axis). Whole batches are gathered from in-memory tensors by a shuffled index (one shuffle per
+    """Batches of training features. Whole batches are gathered from in-memory tensors by a shuffled index (one shuffle per
     epoch), which is several times faster than slicing examples one by one; ``Windows`` keep one
     row per interaction and each batch's histories are built by one gather, so memory grows with
     the interactions, not interactions x history length. ``balance_domains`` draws every domain's
-    examples equally often instead (windows only). ``shard`` (count, index): this input
+    examples equally often instead. ``shard`` (count, index): this input
     pipeline's share of a multi-worker run: every pipeline shuffles the same way (same seed) and
     keeps every count-th example, all with the same number of batches."""
-    if balance_domains and isinstance(examples, Sequences):
-        raise ConfigError("train.balance_domains needs train.examples: windows")
     columns = {"target": examples.target, "target_domain": examples.target_domain, "weight": examples.weight}
     if isinstance(examples, Windows):
         columns.update(position=examples.position, user_start=examples.user_start)

@@ -4,12 +4,8 @@ adapter, plus an optional item-ID embedding (hybrid). The domain adapter is drop
 training items (``domain_dropout``), so the agnostic path alone is trained too: a domain never seen
 in training (domain index 0) uses only it. The ID embedding is dropped for a share of items
 (``item_id_dropout``) so text alone stays strong; items unseen in training have no ID embedding at
-all (row marked in ``id_known``).
-
-Fusion of the two parts: ``sum`` adds them (their norms decide the mix), ``gate`` mixes the unit
-text and ID vectors by a learned per-item gate g = sigmoid(a log(1 + n) + b + w.h) on the item's
-training-interaction count n and its text (h): frequent items can lean on their IDs, rare items
-on their text, and an item without an ID embedding (new, or dropped) has g = 0."""
+all (row marked in ``id_known``). The text and ID parts are added (their norms decide the mix)
+and normalised; a learned per-item gate measured no better (README, Retrieval levers)."""
 
 from __future__ import annotations
 
@@ -21,13 +17,8 @@ from keras import ops
 class ItemTower(keras.layers.Layer):
     def __init__(self, num_items: int, num_domains: int, text_dim: int, embedding_dim: int = 64,
                  use_text: bool = True, use_item_ids: bool = True, item_id_dropout: float = 0.5,
-                 domain_dropout: float = 0.2, dropout: float = 0.1, id_embedding_init: str = "random",
-                 text_experts: int = 0, fusion: str = "sum", **kwargs):
+                 domain_dropout: float = 0.2, dropout: float = 0.1, text_experts: int = 0, **kwargs):
         super().__init__(**kwargs)
-        if fusion not in ("sum", "gate"):
-            raise ValueError(f"fusion must be 'sum' or 'gate', not {fusion!r}")
-        self.fusion = fusion
-        self.id_embedding_init = id_embedding_init
         self.text_experts = text_experts
         if not use_text and not use_item_ids:
             raise ValueError("ItemTower needs text, item ids, or both (use_text and use_item_ids are both false)")
@@ -61,20 +52,8 @@ class ItemTower(keras.layers.Layer):
                                                      initializer="glorot_uniform", name="expert_kernel")
                 self.expert_gate = keras.layers.Dense(text_experts, name="expert_gate")
         if use_item_ids:
-            # In the hybrid the ID part starts at zero, so an item's ID embedding is only what its
-            # interactions taught it: rare items stay close to their text instead of carrying
-            # random noise (ID-only towers need a random start to break symmetry).
-            init = (keras.initializers.Zeros() if use_text and id_embedding_init == "zeros"
-                    else keras.initializers.RandomNormal(0, 0.05))
             self.id_embedding = keras.layers.Embedding(num_items, embedding_dim, name="item_id_embedding",
-                                                       embeddings_initializer=init)
-        self.gated = fusion == "gate" and use_text and use_item_ids
-        if self.gated:
-            # Starts at g = sigmoid(log(1 + n) - 2): 0.2 for an item seen once, 0.9 at 50 interactions.
-            self.gate_count = self.add_weight(shape=(), initializer="ones", name="gate_count")
-            self.gate_bias = self.add_weight(shape=(), initializer=keras.initializers.Constant(-2.0),
-                                             name="gate_bias")
-            self.gate_text = keras.layers.Dense(1, kernel_initializer="zeros", use_bias=False, name="gate_text")
+                                                       embeddings_initializer=keras.initializers.RandomNormal(0, 0.05))
 
     def build(self, *args, **kwargs):
         """Every sub-layer built from the tower's own sizes (its inputs' shapes add nothing), so
@@ -89,25 +68,16 @@ class ItemTower(keras.layers.Layer):
             self.domain_adapters.build(hidden)
         if self.use_item_ids:
             self.id_embedding.build((None,))
-        if self.gated:
-            self.gate_text.build(hidden)
         self.built = True
 
-    def call(self, text, domain, row, id_known, log_count=None, training=False):
-        # text: (b, text_dim) float; domain, row: (b,) int; id_known: (b,) bool;
-        # log_count: (b,) float log(1 + training interactions), read by the gate only
-        text_part, hidden = self._text_part(text, domain, training) if self.use_text else (None, None)
-        if self.gated:
-            return self._gated(text_part, hidden, row, self._id_keep(id_known, training), log_count)
-        return self.combine(text_part, self._id_part(row, id_known, training))
+    def call(self, text, domain, row, id_known, training=False):
+        # text: (b, text_dim) float; domain, row: (b,) int; id_known: (b,) bool
+        return self.combine(*self.parts(text, domain, row, id_known, training=training))
 
     def parts(self, text, domain, row, id_known, training=False):
-        """(text part, ID part) of the ``sum`` fusion, before they are added and normalised:
-        ``combine(t, i)`` is the item's embedding and ``combine(t, None)`` its text-only one, from
-        one pass of the text path."""
-        if self.gated:
-            raise ValueError("parts() is the sum fusion's; fusion: gate mixes inside the tower")
-        return (self._text_part(text, domain, training)[0] if self.use_text else None,
+        """(text part, ID part), before they are added and normalised: ``combine(t, i)`` is the
+        item's embedding and ``combine(t, None)`` its text-only one, from one pass of the text path."""
+        return (self._text_part(text, domain, training) if self.use_text else None,
                 self._id_part(row, id_known, training))
 
     @staticmethod
@@ -135,32 +105,20 @@ class ItemTower(keras.layers.Layer):
         per_domain = self.domain_adapters(hidden)  # (b, domains, e)
         pick = ops.one_hot(domain, self.num_domains)[..., None]  # (b, domains, 1); domain 0 = agnostic only
         pick = pick * ops.cast(ops.arange(self.num_domains) > 0, pick.dtype)[None, :, None]
-        return shared + ops.sum(per_domain * pick, axis=1), hidden  # the gate reads hidden
-
-    def _id_keep(self, id_known, training):
-        keep = ops.cast(id_known, "float32")
-        if training and self.item_id_dropout > 0 and self.use_text:
-            kept = keras.random.uniform(ops.shape(keep), seed=self.seed_generator) >= self.item_id_dropout
-            keep = keep * ops.cast(kept, "float32")
-        return keep
+        return shared + ops.sum(per_domain * pick, axis=1)
 
     def _id_part(self, row, id_known, training):
         if not self.use_item_ids:
             return None
-        return self.id_embedding(row) * self._id_keep(id_known, training)[:, None]
-
-    def _gated(self, text_part, hidden, row, keep, log_count):
-        logit = self.gate_bias + self.gate_text(hidden)[:, 0]
-        if log_count is not None:
-            logit = logit + self.gate_count * ops.cast(log_count, logit.dtype)
-        gate = (ops.sigmoid(logit) * keep)[:, None]
-        text_part = ops.normalize(text_part, axis=-1)
-        return ops.normalize((1.0 - gate) * text_part + gate * ops.normalize(self.id_embedding(row), axis=-1),
-                             axis=-1)
+        keep = ops.cast(id_known, "float32")
+        if training and self.item_id_dropout > 0 and self.use_text:
+            kept = keras.random.uniform(ops.shape(keep), seed=self.seed_generator) >= self.item_id_dropout
+            keep = keep * ops.cast(kept, "float32")
+        return self.id_embedding(row) * keep[:, None]
 
     def get_config(self):
         config = super().get_config()
         config.update({k: getattr(self, k) for k in (
             "num_items", "num_domains", "text_dim", "embedding_dim", "use_text", "use_item_ids",
-            "item_id_dropout", "domain_dropout", "dropout", "id_embedding_init", "text_experts", "fusion")})
+            "item_id_dropout", "domain_dropout", "dropout", "text_experts")})
         return config

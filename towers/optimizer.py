@@ -60,7 +60,5 @@ def towers_optimizer(model: keras.Model, learning_rate: float, weight_decay: flo
 
 
 def rows_per_step(config) -> int:
-    """At most how many item rows one training step reads: every target and history item of a
-    batch, and the sampled negatives."""
-    train = config.train
-    return train.batch_size * (config.towers.history_length + 1) + train.sampled_negatives
+    """At most how many item rows one training step reads: every target and history item of a batch."""
+    return config.train.batch_size * (config.towers.history_length + 1)

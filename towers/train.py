@@ -34,7 +34,7 @@ from crossrec.distribute import (
 from crossrec.errors import ConfigError, TrainingDiverged, raise_if_diverged
 from crossrec.evaluation import PopularityScorer, evaluate
 from crossrec.experiment import ExperimentData, data_fingerprint, prepare_data
-from crossrec.features import Catalogue, Examples, training_sequences
+from crossrec.features import Catalogue, Examples
 from crossrec.progress import epoch_bar
 from crossrec.typed import to_dict
 from towers.callbacks import RefreshTextTable, ResumableBackup, RetrievalEvaluation
@@ -52,30 +52,19 @@ def build_model(config: Config, data: ExperimentData, text: TextVectors) -> Retr
     catalogue = data.catalogue
     counts = np.bincount(catalogue.rows(data.train[schema.DOMAIN], data.train[schema.ITEM_ID]),
                          minlength=catalogue.size)
-    counts[0] = 0
     id_known = counts > 0
+    id_known[0] = False
     model = RetrievalModel(
         text_table=text.table, item_domain=catalogue.item_domain, id_known=id_known,
         text_domain=catalogue.text_domain,
         text_means=None if text.table is None else catalogue.text_means(text.table),
         item_probability=catalogue.frequencies(data.train), num_domains=len(catalogue.domains),
         towers=config.towers, train=config.train,
-        text_encoders=[e.layer for e in text.encoders], token_table=text.tokens, item_counts=counts)
+        text_encoders=[e.layer for e in text.encoders], token_table=text.tokens)
     h = config.towers.history_length
     model({"history": np.zeros((1, h), np.int32), "target_domain": np.zeros(1, np.int32),
            "user_id": np.array(["u"])})
     return model
-
-
-def training_input(config: Config, data: ExperimentData):
-    """(examples, batch size in rows): one window per target, or user sequences with as many
-    sequences per batch as give about ``train.batch_size`` targets."""
-    if config.train.examples == "windows":
-        return data.examples, config.train.batch_size
-    sequences = training_sequences(data.train, data.catalogue, config.towers.history_length,
-                                   config.train.domain_weights)
-    per_sequence = sequences.targets / max(len(sequences), 1)
-    return sequences, max(1, round(config.train.batch_size / max(per_sequence, 1.0)))
 
 
 def distributed_input(strategy, config: Config, examples, batch_size: int):
@@ -121,7 +110,6 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     BackupAndRestore backup in ``out_dir`` still wins, so an interrupted run resumes);
     ``callbacks`` are added to ``fit``'s; ``name`` labels its progress line."""
     started = time.perf_counter()
-    _check_combination(config)
     # First: MultiWorkerMirrored must set up its collectives before any other TensorFlow op runs.
     strategy = strategy_from_config(config.train)
     keras.utils.set_random_seed(config.train.seed)
@@ -143,7 +131,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     if out is not None and not is_chief(strategy):  # every worker writes; only the chief's is the run
         out = out / task_name(strategy)
     callbacks = fit_callbacks(config, data, text, out, list(callbacks))
-    dataset_, distribution = distributed_input(strategy, config, *training_input(config, data))
+    dataset_, distribution = distributed_input(strategy, config, data.examples, config.train.batch_size)
     fit_started = time.perf_counter()
     if progress:
         callbacks.append(epoch_bar(name, config.train.epochs, keras.callbacks.Callback))
@@ -166,22 +154,6 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     if out is not None:
         save_run(run, config, fit_seconds)
     return run
-
-
-def _check_combination(config: Config) -> None:
-    """Options that cannot work together, refused before any work."""
-    if config.train.negatives == "catalogue" and config.towers.use_text and config.encoder.freeze != "frozen":
-        raise ConfigError("train.negatives: catalogue scores every item each step from the cached text vectors, "
-                          f"so a fine-tuned encoder (encoder.freeze: {config.encoder.freeze}) would get no gradient; "
-                          "use encoder.freeze: frozen, or train.negatives: in_batch")
-    if config.train.examples == "sequences":
-        unsupported = {"train.balance_domains": config.train.balance_domains,
-                       "towers.self_attention_layers": config.towers.self_attention_layers,
-                       "towers.target_domain_history_dropout": config.towers.target_domain_history_dropout}
-        on = [k for k, v in unsupported.items() if v]
-        if on:
-            raise ConfigError(f"train.examples: sequences does not support {', '.join(on)} yet; "
-                              "turn them off or use train.examples: windows")
 
 
 def fit_callbacks(config: Config, data: ExperimentData, text: TextVectors, out: Path | None,

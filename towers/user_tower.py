@@ -1,7 +1,7 @@
 """``UserTower``: a user's history (item embeddings from the item towers, plus domain and recency
-embeddings), optional self-attention blocks, attention pooling whose query is the *target
-domain*, the most recent item, and an optional hashed user id -> one L2-normalised query; and
-``all_positions``, the same function for every prefix of a sequence in one pass."""
+embeddings), attention pooling whose query is the *target domain*, the most recent item, and an
+optional hashed user id -> one L2-normalised query. (Self-attention blocks before the pooling
+measured worse and slower: README, Retrieval levers.)"""
 
 from __future__ import annotations
 
@@ -31,13 +31,12 @@ def user_query(user_tower, item_domain, user_hashing, history_embeddings, histor
 @keras.saving.register_keras_serializable(package="crossrec")
 class UserTower(keras.layers.Layer):
     def __init__(self, num_domains: int, history_length: int, embedding_dim: int = 64,
-                 self_attention_layers: int = 0, user_id_buckets: int = 0, dropout: float = 0.1,
+                 user_id_buckets: int = 0, dropout: float = 0.1,
                  domain_dropout: float = 0.2, **kwargs):
         super().__init__(**kwargs)
         self.num_domains = num_domains
         self.history_length = history_length
         self.embedding_dim = embedding_dim
-        self.self_attention_layers = self_attention_layers
         self.user_id_buckets = user_id_buckets
         self.dropout = dropout
         self.domain_dropout = domain_dropout
@@ -46,10 +45,6 @@ class UserTower(keras.layers.Layer):
         self.history_domain.build((None,))  # read as a matrix (``_domain_vectors``), never called
         self.recency = keras.layers.Embedding(history_length, e, name="recency")  # slot H-1 = most recent
         self.target_domain = keras.layers.Embedding(num_domains, e, name="target_domain")
-        self.blocks = [keras.layers.MultiHeadAttention(2, e // 2, dropout=dropout, name=f"self_attention_{i}")
-                       for i in range(self_attention_layers)]
-        self.block_norms = [keras.layers.LayerNormalization(name=f"self_attention_norm_{i}")
-                            for i in range(self_attention_layers)]
         self.key = keras.layers.Dense(e, use_bias=False, name="pool_key")
         self.key.build((None, e))
         self.query = keras.layers.Dense(e, use_bias=False, name="pool_query")
@@ -79,9 +74,6 @@ class UserTower(keras.layers.Layer):
         mask_f = ops.cast(history_mask, "float32")[..., None]  # (b, H, 1)
         slots = ops.arange(self.history_length)
         x = (history_embeddings + self._domain_vectors(history_domain) + self.recency(slots)[None]) * mask_f
-        for attention, norm in zip(self.blocks, self.block_norms, strict=True):
-            pair_mask = ops.logical_and(history_mask[:, None, :], history_mask[:, :, None])
-            x = norm(x + attention(x, x, attention_mask=pair_mask, training=training)) * mask_f
         wanted = self.target_domain(target_domain)  # (b, e)
         # key(x_i) . query(w) == x_i . (query(w) K^T): project the one query, not every history slot.
         probe = ops.matmul(self.query(wanted), ops.transpose(self.key.kernel))  # (b, e)
@@ -106,52 +98,9 @@ class UserTower(keras.layers.Layer):
         mean = ops.sum(history_embeddings * mask_f, axis=1) / ops.maximum(ops.sum(mask_f, axis=1), 1.0)
         return ops.normalize(self.out(hidden) + mean + same_mean, axis=-1)
 
-    def all_positions(self, history_embeddings, history_mask, history_domain, next_domain, user_bucket=None,
-                      training=False):
-        """Every prefix of a sequence at once: query ``t`` is what ``call`` gives for the items up
-        to position ``t`` (right-aligned, so the item at ``t`` is the most recent) asking for
-        ``next_domain[:, t]``. (b, H, e) in, (b, H, e) out: one pass trains on every position of
-        a user's sequence (SASRec-style) instead of one history window per target."""
-        if self.blocks:
-            raise ValueError("all_positions needs towers.self_attention_layers: 0")
-        h, e = self.history_length, self.embedding_dim
-        if training and self.domain_dropout > 0:
-            drop = keras.random.uniform(ops.shape(next_domain), seed=self.seed_generator) < self.domain_dropout
-            next_domain = ops.where(drop, ops.zeros_like(next_domain), next_domain)
-        slots = ops.arange(h)
-        causal = slots[None, :] <= slots[:, None]  # (t, j): item j is in prefix t
-        valid = ops.logical_and(causal[None], history_mask[:, None, :])  # (b, t, j)
-        valid_f = ops.cast(valid, "float32")
-        # item j seen from position t sits where call() would put it: slot H-1-(t-j)
-        recency = self.recency(ops.clip(h - 1 - (slots[:, None] - slots[None, :]), 0, h - 1))  # (t, j, e)
-        base = history_embeddings + self._domain_vectors(history_domain)  # (b, j, e)
-        x = (base[:, None, :, :] + recency[None]) * valid_f[..., None]  # (b, t, j, e)
-        wanted = self.target_domain(next_domain)  # (b, t, e)
-        probe = ops.matmul(self.query(wanted), ops.transpose(self.key.kernel))
-        scores = ops.einsum("btje,bte->btj", x, probe) / np.sqrt(e)
-        scores = ops.where(valid, scores, ops.full_like(scores, -1e9))
-        weights = ops.softmax(scores, axis=-1) * valid_f
-        pooled = ops.einsum("btj,btje->bte", weights, x)
-        # the most recent item of prefix t is item t itself (zeros where the slot is padding)
-        last = (base + recency[h - 1, h - 1][None, None, :]) * ops.cast(history_mask, "float32")[..., None]
-        same = ops.logical_and(valid, ops.equal(history_domain[:, None, :], next_domain[:, :, None]))  # (b, t, j)
-        same_f = ops.cast(same, "float32")
-        same_mean = ops.einsum("btj,bje->bte", same_f, history_embeddings) / ops.maximum(
-            ops.sum(same_f, axis=-1, keepdims=True), 1.0)
-        latest = ops.argmax(ops.cast(same, "int32") * (slots[None, None, :] + 1), axis=-1)  # (b, t)
-        same_last = ops.take_along_axis(history_embeddings, latest[..., None], axis=1) * ops.cast(
-            ops.any(same, axis=-1), "float32")[..., None]
-        parts = [pooled, last, wanted, same_mean, same_last]
-        if self.user_embedding is not None and user_bucket is not None:
-            parts.append(ops.broadcast_to(self.user_embedding(user_bucket)[:, None, :], ops.shape(pooled)))
-        hidden = self.drop(self.hidden(ops.concatenate(parts, axis=-1)), training=training)
-        mean = ops.einsum("btj,bje->bte", valid_f, history_embeddings) / ops.maximum(
-            ops.sum(valid_f, axis=-1, keepdims=True), 1.0)
-        return ops.normalize(self.out(hidden) + mean + same_mean, axis=-1)
-
     def get_config(self):
         config = super().get_config()
         config.update({k: getattr(self, k) for k in (
-            "num_domains", "history_length", "embedding_dim", "self_attention_layers", "user_id_buckets",
+            "num_domains", "history_length", "embedding_dim", "user_id_buckets",
             "dropout", "domain_dropout")})
         return config
