@@ -23,13 +23,13 @@ UNSEEN_DOMAIN = "<unseen>"
 class Catalogue:
     """Items with their row indices (1..n) and the model's domain vocabulary."""
 
-    items: pd.DataFrame  # item_id, domain, text, row, domain_index; sorted by row
+    items: pd.DataFrame  # item_id, domain, text, row, domain_index (and retired); sorted by row
     domains: list[str]  # index 0 = UNSEEN_DOMAIN, then the domains the model was trained on
 
     @classmethod
     def build(cls, items: pd.DataFrame, trained_domains) -> Catalogue:
-        items = items[[schema.ITEM_ID, schema.DOMAIN, schema.TEXT]].sort_values(list(schema.ITEM_KEY))
-        items = items.reset_index(drop=True)
+        columns = [schema.ITEM_ID, schema.DOMAIN, schema.TEXT] + ([schema.RETIRED] if schema.RETIRED in items else [])
+        items = items[columns].sort_values(list(schema.ITEM_KEY)).reset_index(drop=True)
         domains = [UNSEEN_DOMAIN] + sorted(set(trained_domains))
         index = {d: i for i, d in enumerate(domains)}
         items["row"] = np.arange(1, len(items) + 1, dtype=np.int32)
@@ -75,10 +75,19 @@ class Catalogue:
         return np.concatenate([[0], self.items[schema.DOMAIN].map(index).to_numpy()]).astype(np.int32)
 
     @property
+    def retired(self) -> np.ndarray:
+        """(size,) bool: the row's item was retired (``crossrec catalogue retire``); row 0 -> False."""
+        flags = (self.items[schema.RETIRED].fillna(False).astype(bool).to_numpy() if schema.RETIRED in self.items
+                 else np.zeros(len(self.items), bool))
+        return np.concatenate([[False], flags])
+
+    @property
     def served_domain(self) -> np.ndarray:
-        """(size,) 1-based index into ``domain_names`` per row (row 0 -> 0): how an export
-        partitions its index, so a domain without training data is still searchable by name."""
-        return np.concatenate([[0], self.text_domain[1:] + 1]).astype(np.int32)
+        """(size,) 1-based index into ``domain_names`` per row (row 0 and retired items -> 0): how
+        an export partitions its index, so a domain without training data is still searchable by
+        name, and a retired item is in no partition (never recommended, still known in histories)."""
+        served = np.concatenate([[0], self.text_domain[1:] + 1]).astype(np.int32)
+        return np.where(self.retired, 0, served).astype(np.int32)
 
     @property
     def zero_shot_domains(self) -> list[str]:

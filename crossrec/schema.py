@@ -34,6 +34,8 @@ WEIGHT = "weight"
 TEXT = "text"
 TITLE = "title"
 SPLIT = "split"
+# Items taken off sale (``crossrec catalogue retire``): never recommended, still read in histories.
+RETIRED = "retired"
 
 ORDER_COLUMNS = (TIMESTAMP, SEQ_POS)
 INTERACTION_REQUIRED = (USER_ID, ITEM_ID, DOMAIN)

@@ -37,7 +37,11 @@ def load_parts(retrieval_dir: str | Path, ranking_dir: str | Path | None, config
 
     model, catalogue, trained_config = load_trained(retrieval_dir)
     config = config or trained_config
-    embeddings = model.all_item_embeddings()
+    stored = stored_embeddings(retrieval_dir, catalogue)
+    if stored is None:
+        embeddings = model.all_item_embeddings()
+    else:  # row 0 (padding) is never searched nor read unmasked: the towers' own value, as computed
+        embeddings = np.concatenate([np.asarray(model.item_embeddings(np.zeros(1, np.int32)), np.float32), stored])
     parts = ExportParts(config, catalogue, model, embeddings,
                         Lookups(catalogue, embeddings, config.towers.history_length, config.export.quantize))
     summary = Path(retrieval_dir) / "run_summary.json"
@@ -54,6 +58,24 @@ def load_parts(retrieval_dir: str | Path, ranking_dir: str | Path | None, config
         if rank_summary.exists():
             parts.metadata["ranking_metrics"] = json.loads(rank_summary.read_text()).get("test_metrics")
     return parts
+
+
+def stored_embeddings(retrieval_dir: str | Path, catalogue: Catalogue) -> np.ndarray | None:
+    """(items, e) the item embedding table the run wrote (``item_embeddings.parquet``, rows 1..n:
+    exactly what its towers computed, and after a catalogue change the served rows unchanged), or
+    None when the folder has none or it does not list the catalogue's items in row order."""
+    from crossrec import schema
+
+    path = Path(retrieval_dir) / "item_embeddings.parquet"
+    if not path.exists():
+        return None
+    import pandas as pd
+
+    table = pd.read_parquet(path)
+    keys = [schema.DOMAIN, schema.ITEM_ID]
+    if len(table) != len(catalogue) or not (table[keys].to_numpy() == catalogue.items[keys].to_numpy()).all():
+        return None
+    return np.stack(table["embedding"].to_numpy()).astype(np.float32)
 
 
 def index_recall(parts: ExportParts, queries: np.ndarray, k: int = 10) -> dict:

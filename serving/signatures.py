@@ -171,6 +171,8 @@ class RankingModule(RankedQueryModule):
         query, rows, _ = self._query(history_item_ids, history_domains, target_domain)
         domains = tf.broadcast_to(target_domain[:, None], tf.shape(candidate_item_ids))
         candidates = self.lookups.rows.lookup(item_keys(domains, candidate_item_ids))
+        # a retired item is unknown as a candidate (scored UNKNOWN_SCORE), known in histories
+        candidates = tf.where(tf.gather(self.lookups.item_served, candidates) > 0, candidates, 0)
         return self._rank(query, rows, candidates)
 
 

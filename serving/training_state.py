@@ -27,7 +27,8 @@ from crossrec.errors import ConfigError
 from serving.layout import METADATA_FILE, TRAINING_STATE, versions
 
 # What each state holds for `crossrec retrain`.
-TOWER_STATE = ("towers.weights.h5", "catalogue.parquet", "model_spec.json", "config.yaml", "run_summary.json", "data")
+TOWER_STATE = ("towers.weights.h5", "catalogue.parquet", "item_embeddings.parquet", "model_spec.json", "config.yaml",
+               "run_summary.json", "data")
 RANKING_STATE = ("teacher.weights.h5", "student.weights.h5", "ranking_spec.json", "config.yaml", "run_summary.json")
 SUFFIX = ".training_state"
 

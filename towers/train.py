@@ -232,10 +232,16 @@ def load_trained(out_dir: str | Path) -> tuple[RetrievalModel, Catalogue, Config
             text = TextVectors(np.zeros((size, dim), np.float32),
                                np.zeros((size, config.encoder.sequence_length), np.int32), encoder,
                                per_domain=per_domain)
-    empty_train = pd.DataFrame({schema.DOMAIN: [], schema.ITEM_ID: []})
-    model = build_model(config, ExperimentData(pd.DataFrame(), catalogue, empty_train, _no_examples()), text)
+    model = model_for_catalogue(config, catalogue, text)
     model.load_weights(str(out / "towers.weights.h5"))
     return model, catalogue, config
+
+
+def model_for_catalogue(config: Config, catalogue: Catalogue, text: TextVectors) -> RetrievalModel:
+    """Towers of ``config``'s shape for ``catalogue`` without training data (every item unseen,
+    uniform item frequencies): what weights are loaded or copied into."""
+    empty_train = pd.DataFrame({schema.DOMAIN: [], schema.ITEM_ID: []})
+    return build_model(config, ExperimentData(pd.DataFrame(), catalogue, empty_train, _no_examples()), text)
 
 
 def _no_examples() -> Examples:

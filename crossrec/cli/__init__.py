@@ -16,6 +16,7 @@ import crossrec  # noqa: F401  (sets up the TF/Keras environment first)
 from crossrec.cli import (
     bench,
     candidates,
+    catalogue,
     data,
     evaluate,
     export,
@@ -29,7 +30,8 @@ from crossrec.errors import CrossrecInputError
 
 EXIT_INPUT_ERROR = 2
 # commands that run TensorFlow: their device probe's noise is dropped once, up front (crossrec.quiet)
-TENSORFLOW_COMMANDS = {"train", "export", "serve", "candidates", "evaluate", "retrain", "bench", "quickstart"}
+TENSORFLOW_COMMANDS = {"train", "export", "serve", "candidates", "evaluate", "retrain", "catalogue", "bench",
+                       "quickstart"}
 
 DESCRIPTION = """\
 crossrec: a cross-domain recommender (text-encoder item towers, a shared user tower,
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"crossrec {crossrec.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data, train, export, serve, candidates, query, evaluate, retrain, bench, quickstart):
+    for module in (data, train, export, serve, candidates, query, evaluate, retrain, catalogue, bench, quickstart):
         module.register(commands)
     return parser
 

@@ -246,6 +246,26 @@ def validate(interactions: pd.DataFrame | Iterable[pd.DataFrame], items: pd.Data
     return interactions, items, users, report
 
 
+def validate_items(items: pd.DataFrame, *, columns: dict[str, str] | None = None,
+                   text_template: str = schema.DEFAULT_TEXT_TEMPLATE) -> pd.DataFrame:
+    """An items table alone (``crossrec catalogue add``), checked as ``validate`` checks items:
+    the required and template columns, ids, a non-empty text of bounded length, one row per item
+    key (rows with the same key and text merged). Raises ``DataError`` listing every problem."""
+    log = ProblemLog()
+    fields = template_fields(text_template)
+    items, found = _apply_mapping(items.copy(), dict(columns or {}), "items", schema.ITEM_REQUIRED + tuple(fields))
+    log.add(found + _require_columns(items, schema.ITEM_REQUIRED, "items"))
+    for name in fields:
+        if name not in items.columns:
+            log.add(Problem(f"the text template {text_template!r} uses '{{{name}}}', but the items have no column "
+                            f"'{name}' (columns present: {_present(items)})", file=file_of(items, "items"),
+                            column=name, fix="add the column, or set data.text_template to columns the items have"))
+    log.raise_if_any()
+    items = _clean_items(items, text_template, Report(), log)
+    log.raise_if_any()
+    return items
+
+
 def _check_columns(interactions: pd.DataFrame, items: pd.DataFrame, text_template: str, log: ProblemLog) -> None:
     """The required columns, an order column, and every column the text template names."""
     log.add(_require_columns(interactions, schema.INTERACTION_REQUIRED, "interactions"))

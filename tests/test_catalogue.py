@@ -1,0 +1,214 @@
+"""`crossrec catalogue add / retire`: new items served from their text without retraining, items
+taken off sale never returned, nothing else moved, bad input and kills publishing nothing."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from set_watch import SetWatcher, run_killed
+
+from crossrec import schema
+from crossrec.errors import ConfigError, DataError
+from crossrec.features import Catalogue
+from crossrec.pipelines.catalogue import add_items, retire_items
+from crossrec.pipelines.served_data import read_training_data, served_state
+from serving.client import _history_inputs
+from serving.layout import versions
+from serving.lookups import UNKNOWN_SCORE
+from serving.model_set import is_complete
+from serving.training_state import state_root
+
+MODELS = ("retrieval", "ranking", "recommender", "item_encoder")
+
+
+@pytest.fixture
+def served(tiny_exported, tmp_path):
+    """A private copy of the exported tiny pipeline (version 1 of every model) and its state."""
+    base = tmp_path / "saved_models"
+    shutil.copytree(tiny_exported[2], base)
+    shutil.copytree(state_root(tiny_exported[2]), state_root(base))
+    return base
+
+
+def _items(base: Path) -> pd.DataFrame:
+    return read_training_data(served_state(base).towers_dir).items
+
+
+def _new_items(base: Path, n: int = 4) -> pd.DataFrame:
+    """New books and kitchen items whose text is like existing ones' (so queries reach them)."""
+    old = _items(base)
+    rows = []
+    for domain in ("books", "kitchen"):
+        for i, (_, item) in enumerate(old[old[schema.DOMAIN] == domain].head(n // 2).iterrows()):
+            rows.append({"item_id": f"NEW-{domain}-{i}", "domain": domain, "title": f"{item['title']} (New Edition)",
+                         "categories": item["categories"]})
+    return pd.DataFrame(rows)
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _signature(base: Path, model: str, version: int):
+    return tf.saved_model.load(str(base / model / str(version))).signatures["serving_default"]
+
+
+def _queries(base: Path, n: int = 40):
+    """(history, domain) pairs: each user's first items of the training data, asked in every domain."""
+    data = read_training_data(served_state(base).towers_dir).interactions
+    out = []
+    for _, group in list(data.groupby(schema.USER_ID))[:n]:
+        history = list(zip(group[schema.DOMAIN], group[schema.ITEM_ID], strict=True))[:6]
+        out += [(history, domain) for domain in ("books", "kitchen", "movies")]
+    return out
+
+
+def _ask(signature, history, domain, k=20, exclude=True):
+    inputs = {key: tf.constant(v) for key, v in _history_inputs([history], [domain]).items()}
+    out = signature(**inputs, k=tf.constant([k]), exclude_history=tf.constant([exclude]))
+    return {key: value.numpy()[0] for key, value in out.items()}
+
+
+def test_added_items_are_placed_from_their_text_and_nothing_else_moves(served, tmp_path):
+    new = _new_items(served)
+    result = add_items(_write(new, tmp_path / "new.csv"), served, work_dir=tmp_path / "runs", progress=False)
+    assert result.published == dict.fromkeys(MODELS, 2) and result.added == len(new)
+    assert all(is_complete(served / m, 2) for m in MODELS)
+    # each added item's vector is what the served item encoder gives its text: the towers' text path
+    encoder = _signature(served, "item_encoder", 1)
+    texts = (new["title"] + ". " + new["categories"]).tolist()
+    expected = encoder(text=tf.constant(texts), domain=tf.constant(new["domain"].tolist()))["embedding"].numpy()
+    stored = pd.read_parquet(served_state(served).towers_dir / "item_embeddings.parquet")
+    added = stored.set_index("item_id").loc[new["item_id"], "embedding"]
+    np.testing.assert_allclose(np.stack(added.to_numpy()), expected, atol=1e-5)
+    # every answer that holds no added item is the one version 1 gave, scores included; the added
+    # items reach answers, and the ranker scores them (no interactions, no UNKNOWN_SCORE)
+    before, after = _signature(served, "retrieval", 1), _signature(served, "retrieval", 2)
+    unchanged = reached = 0
+    for history, domain in _queries(served):
+        old, fresh = _ask(before, history, domain), _ask(after, history, domain)
+        if any(i.startswith(b"NEW-") for i in fresh["item_ids"]):
+            reached += 1
+            continue
+        np.testing.assert_array_equal(fresh["item_ids"], old["item_ids"])
+        np.testing.assert_array_equal(fresh["scores"], old["scores"])
+        unchanged += 1
+    assert unchanged > 20 and reached > 0
+    ranking = tf.saved_model.load(str(served / "ranking" / "2")).signatures["serving_default"]
+    inputs = {key: tf.constant(v) for key, v in _history_inputs([_queries(served)[0][0]], ["books"]).items()}
+    scores = ranking(**inputs, candidate_item_ids=tf.constant([["NEW-books-0", "NEW-books-1"]]))["engagement"]
+    assert (scores.numpy() > UNKNOWN_SCORE / 2).all()
+    # the next retrain starts from the changed catalogue: the items are in its data, unseen
+    items = _items(served)
+    assert set(new["item_id"]) <= set(items[schema.ITEM_ID])
+    # the same command again: already published, nothing added twice
+    again = add_items(tmp_path / "new.csv", served, work_dir=tmp_path / "runs", progress=False)
+    assert again.published == dict.fromkeys(MODELS, 2) and "already published" in again.reason
+    assert versions(served / "retrieval") == [1, 2]
+
+
+def test_retired_items_are_never_returned_and_still_count_in_histories(served, tmp_path):
+    before = _signature(served, "recommender", 1)
+    queries = _queries(served)
+    counts = {}
+    for history, domain in queries:
+        for item in _ask(before, history, domain, k=10)["item_ids"]:
+            counts[(domain, item.decode())] = counts.get((domain, item.decode()), 0) + 1
+    retire = [key for key, _ in sorted(counts.items(), key=lambda kv: -kv[1])[:3] if key[1]]
+    listed = pd.DataFrame({"domain": [d for d, _ in retire], "item_id": [i for _, i in retire]})
+    result = retire_items(_write(listed, tmp_path / "retire.csv"), served, work_dir=tmp_path / "runs", progress=False)
+    assert result.published == dict.fromkeys(MODELS, 2) and result.retired == 3
+    gone = {i.encode() for _, i in retire}
+    retrieval, recommender = _signature(served, "retrieval", 2), _signature(served, "recommender", 2)
+    for history, domain in queries:
+        for signature, k in ((retrieval, 20), (recommender, 10)):
+            assert not gone & set(_ask(signature, history, domain, k=k)["item_ids"])
+    ranking = _signature(served, "ranking", 2)
+    history = [(retire[0][0], retire[0][1])] + queries[0][0]
+    inputs = {key: tf.constant(v) for key, v in _history_inputs([history], [retire[0][0]]).items()}
+    out = ranking(**inputs, candidate_item_ids=tf.constant([[retire[0][1]]]))
+    assert out["engagement"].numpy()[0, 0] == UNKNOWN_SCORE
+    # a retired item in a history is still a known item of it
+    old = _ask(_signature(served, "retrieval", 1), history, retire[0][0])
+    assert _ask(retrieval, history, retire[0][0])["history_known"] == old["history_known"] == len(history)
+    # retraining keeps them retired: its catalogue searches them in no domain
+    catalogue = Catalogue.build(_items(served), ["books", "kitchen", "movies"])
+    rows = catalogue.rows([d for d, _ in retire], [i for _, i in retire])
+    assert (catalogue.served_domain[rows] == 0).all() and catalogue.retired[rows].all()
+    # retiring them again publishes nothing
+    again = retire_items(tmp_path / "retire.csv", served, work_dir=tmp_path / "runs2", progress=False)
+    assert again.published == dict.fromkeys(MODELS, 2)  # this very command published version 2
+
+
+@pytest.mark.parametrize("case", ["duplicate", "unknown_domain", "empty_text", "huge_title", "already_served"])
+def test_bad_new_items_are_clear_errors_and_publish_nothing(served, tmp_path, case):
+    new = _new_items(served)
+    expected = {
+        "duplicate": r"'NEW-books-0' \(books\) is listed more than once",
+        "unknown_domain": r"domain 'garden' is not served \(served domains: books, kitchen, movies\)",
+        "empty_text": r"has no text",
+        "huge_title": r"has a text of 10,485,\d+ characters",
+        "already_served": r"is in the served catalogue already",
+    }[case]
+    if case == "duplicate":
+        new = pd.concat([new, new.head(1)], ignore_index=True)  # the same row twice (other text: validate's rule)
+    elif case == "unknown_domain":
+        new.loc[1, "domain"] = "garden"
+    elif case == "empty_text":
+        new.loc[2, ["title", "categories"]] = ""
+    elif case == "huge_title":
+        new.loc[0, "title"] = "x" * (10 << 20)
+    else:
+        new.loc[3, ["item_id", "domain"]] = _items(served)[[schema.ITEM_ID, schema.DOMAIN]].iloc[0].to_list()
+    path = _write(new, tmp_path / "new.csv")
+    with pytest.raises(DataError, match=expected) as error:
+        add_items(path, served, work_dir=tmp_path / "runs", progress=False)
+    assert "new.csv" in str(error.value) and "row" in str(error.value)
+    assert versions(served / "retrieval") == [1]
+
+
+def test_retiring_an_unknown_item_names_it_and_publishes_nothing(served, tmp_path):
+    listed = _write(pd.DataFrame({"domain": ["books"], "item_id": ["NOPE"]}), tmp_path / "retire.csv")
+    with pytest.raises(DataError, match=r"item 'NOPE' \(books\) is not in the served catalogue"):
+        retire_items(listed, served, work_dir=tmp_path / "runs", progress=False)
+    with pytest.raises(DataError, match="missing column"):
+        retire_items(_write(pd.DataFrame({"item_id": ["x"]}), tmp_path / "ids.csv"), served, progress=False)
+    assert versions(served / "retrieval") == [1]
+
+
+def test_towers_that_cannot_place_an_item_from_cached_text_are_refused():
+    from dataclasses import replace
+
+    from crossrec.config import Config
+    from crossrec.pipelines.catalogue_state import check_servable
+
+    summary = {"text_encoder": {"fingerprint": "abc"}}
+    config = Config()
+    check_servable(config, summary)
+    with pytest.raises(ConfigError, match="ID-only"):
+        check_servable(replace(config, towers=replace(config.towers, use_text=False)), summary)
+    with pytest.raises(ConfigError, match="encoder.freeze: lora.*next `crossrec retrain`"):
+        check_servable(replace(config, encoder=replace(config.encoder, freeze="lora")), summary)
+
+
+def test_a_killed_add_leaves_the_old_set_serving_and_the_same_command_finishes_it(served, tmp_path):
+    path = _write(_new_items(served), tmp_path / "new.csv")
+    args = ["catalogue", "add", "--items", str(path), "--model_base_path", str(served),
+            "--work-dir", str(tmp_path / "runs"), "--quiet"]
+    with SetWatcher(served, MODELS) as watch:
+        watch.wait_for(1)
+        killed = run_killed("rename:2", args)
+        assert killed.returncode == -9, killed.stdout + killed.stderr
+        assert served_state(served).version == 1  # the half-renamed set is not complete: 1 serves
+        finished = run_killed(None, args)
+        assert finished.returncode == 0, finished.stderr
+        watch.wait_for(2)
+    assert watch.mixes == []
+    assert json.loads(finished.stdout.strip().splitlines()[-1])["published"] == dict.fromkeys(MODELS, 2)
+    assert all(is_complete(served / m, 2) for m in MODELS) and versions(served / "retrieval") == [1, 2]
+    assert not list(served.glob("*/.tmp-*"))
