@@ -53,6 +53,18 @@ def halves(dataset: Dataset) -> tuple[Dataset, Dataset]:
     return Dataset(first, first_items), Dataset(second, new_items)
 
 
+def week_one(config: Config, work: Path) -> tuple[Dataset, Dataset, Dataset, Config]:
+    """(the whole data, its first half, its second half, the config that trains on the first
+    half, saved in ``work / "first"``): last week's data and this week's."""
+    full = load_dataset(config.data).clean()
+    first, second = halves(full)
+    first.save(work / "first", overwrite=True)
+    first_config = replace(config, data=replace(config.data, interactions=str(work / "first"), items=None,
+                                                format="table", amazon_files={},
+                                                text_template=text_template(config.data)))
+    return full, first, second, first_config
+
+
 def _overall(metrics: list[dict], model: str = "crossrec") -> dict[str, dict]:
     return {r["slice"]: r for r in metrics if r.get("domain") == "all" and r.get("model") == model}
 
@@ -144,13 +156,8 @@ def main(argv=None) -> int:
     results = Results("retrain")
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.work_dir or scratch)
-        full = load_dataset(config.data).clean()
-        first, second = halves(full)
-        first.save(work / "first", overwrite=True)
+        full, first, second, first_config = week_one(config, work)
         second.save(work / "second", overwrite=True)
-        first_config = replace(config, data=replace(config.data, interactions=str(work / "first"), items=None,
-                                                    format="table", amazon_files={},
-                                                    text_template=text_template(config.data)))
         results.add("interactions, first half", len(first.interactions), "")
         results.add("interactions, second half (new)", len(second.interactions), "")
         _first_half(first_config, work, results)

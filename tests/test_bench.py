@@ -70,6 +70,18 @@ def test_retrain_benchmark_smoke(tiny_preset, tmp_path, monkeypatch):
     assert rows["retrain: texts encoded"]["value"] == rows["retrain: new items / users / interactions"]["value"]
 
 
+def test_catalogue_benchmark_smoke(tiny_preset, tmp_path, monkeypatch):
+    from bench import catalogue
+
+    monkeypatch.setenv("CROSSREC_CACHE", str(tmp_path / "cache"))
+    assert catalogue.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path)]) == 0
+    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "catalogue.json").read_text())["rows"]}
+    assert rows["catalogue add, the new items: file to the new version's first gRPC answer"]["value"] > 0
+    assert rows["catalogue add, 200 more items: items added"]["value"] == 200
+    assert 0 <= rows["old answers unchanged (version 2 top 10 holds no new item)"]["value"] <= 1
+    assert rows["new items, ndcg@10: added / retrained"]["target"] == ">= 0.9"
+
+
 def test_one_command_runs_the_benchmarks_and_writes_one_table_with_targets(tiny_preset, tmp_path, capsys):
     from crossrec.cli import main
 
