@@ -66,31 +66,24 @@ def _serve(base: Path) -> tuple[subprocess.Popen, int]:
     return server, port
 
 
-def _refresh(work: Path, new_items: pd.DataFrame, history, results: Results, label: str) -> tuple[float, Path]:
-    """``crossrec catalogue add`` under a running server: (seconds from the file to the new
-    version's first gRPC answer, the run folder). The probe: the ranking model scores a new item,
-    which the version before does not know."""
+def _refresh(work: Path, client, new_items: pd.DataFrame, history, results: Results,
+             label: str) -> tuple[float, Path]:
+    """``crossrec catalogue add`` while ``client``'s server serves ``work / "saved_models"``:
+    (seconds from the file to the new version's first gRPC answer, the run folder). The probe:
+    the ranking model scores a new item, which the version before does not know."""
     from crossrec.pipelines.catalogue import add_items
-    from serving.client import CrossrecClient
 
     path = work / f"{label.replace(' ', '_').replace(',', '')}.csv"
     new_items.to_csv(path, index=False)
-    server, port = _serve(work / "saved_models")
     probe = new_items.iloc[0]
-    try:
-        with CrossrecClient(f"127.0.0.1:{port}") as client:
-            started = time.perf_counter()
-            result = add_items(path, work / "saved_models", work_dir=work / "catalogue",
-                               progress=False)
-            published = time.perf_counter() - started
-            while client.rank(history, probe[schema.DOMAIN], [str(probe[schema.ITEM_ID])])[0]["engagement"] < -1e8:
-                if time.perf_counter() - started > 600:
-                    raise RuntimeError("the new version did not answer within 10 minutes")
-                time.sleep(0.05)
-            answering = time.perf_counter() - started
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    started = time.perf_counter()
+    result = add_items(path, work / "saved_models", work_dir=work / "catalogue", progress=False)
+    published = time.perf_counter() - started
+    while client.rank(history, probe[schema.DOMAIN], [str(probe[schema.ITEM_ID])])[0]["engagement"] < -1e8:
+        if time.perf_counter() - started > 600:
+            raise RuntimeError("the new version did not answer within 10 minutes")
+        time.sleep(0.05)
+    answering = time.perf_counter() - started
     results.add(f"catalogue add, {label}: items added", result.added, "items")
     for stage, seconds in result.seconds.items():
         results.add(f"catalogue add, {label}: {stage}", seconds, "s",
@@ -138,6 +131,7 @@ def main(argv=None) -> int:
     from crossrec.data.dataset import Dataset
     from crossrec.data.loaders import load_dataset, text_template
     from crossrec.data.splits import new_item
+    from serving.client import CrossrecClient
 
     parser = bench_parser(__doc__, "small built-in data and one epoch (a smoke run)")
     parser.add_argument("--config", help="YAML config of the data and training (default: the built-in data)")
@@ -167,7 +161,19 @@ def main(argv=None) -> int:
         user = targets.iloc[0][schema.USER_ID]
         history = list(served[served[schema.USER_ID] == user][[schema.DOMAIN, schema.ITEM_ID]].itertuples(
             index=False, name=None))[-5:]
-        refresh_s, refresh_run = _refresh(work, new_items, history, results, "the new items")
+        server, port = _serve(work / "saved_models")
+        try:
+            with CrossrecClient(f"127.0.0.1:{port}") as client:
+                refresh_s, refresh_run = _refresh(work, client, new_items, history, results, "the new items")
+                more = 200 if args.quick else 10_000
+                copies = [new_items.assign(**{schema.ITEM_ID: new_items[schema.ITEM_ID].astype(str) + f"-ed{k}",
+                                              schema.TITLE: new_items[schema.TITLE].astype(str) + f" (edition {k})"})
+                          for k in range(2, 3 + more // len(new_items))]
+                _refresh(work, client, pd.concat(copies, ignore_index=True).head(more), history, results,
+                         f"{more:,} more items")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
         retrain_s = _train_and_export(config, work / "with_text_data", work / "with_text_run", work / "retrained")
         results.add("retrain knowing the new items' text: towers, rankers, export", retrain_s, "s")
         results.add("catalogue add to gRPC answer / retrain time", refresh_s / retrain_s, "x", "<= 0.1")
@@ -185,11 +191,6 @@ def main(argv=None) -> int:
                    for domain in sorted(full.items[schema.DOMAIN].unique())]
         added = {i.encode() for i in new_items[schema.ITEM_ID].astype(str)}
         _old_answers_unchanged(work / "saved_models", queries, added, results)
-        more = 200 if args.quick else 10_000
-        copies = [new_items.assign(**{schema.ITEM_ID: new_items[schema.ITEM_ID].astype(str) + f"-ed{k}",
-                                      schema.TITLE: new_items[schema.TITLE].astype(str) + f" (edition {k})"})
-                  for k in range(2, 3 + more // len(new_items))]
-        _refresh(work, pd.concat(copies, ignore_index=True).head(more), history, results, f"{more:,} more items")
     results.write(args.results_dir)
     return 0
 

@@ -110,6 +110,36 @@ def test_added_items_are_placed_from_their_text_and_nothing_else_moves(served, t
     again = add_items(tmp_path / "new.csv", served, work_dir=tmp_path / "runs", progress=False)
     assert again.published == dict.fromkeys(MODELS, 2) and "already published" in again.reason
     assert versions(served / "retrieval") == [1, 2]
+    # the weekly retrain starts from the changed version: the added items' first clicks train them
+    _retrain_with_clicks_on(new, served, tmp_path)
+
+
+def _retrain_with_clicks_on(new: pd.DataFrame, served: Path, tmp_path: Path) -> None:
+    from test_retrain import small_config
+
+    from crossrec.pipelines.retrain import retrain
+    from towers.train import load_trained
+
+    old = read_training_data(served_state(served).towers_dir).interactions
+    start = int(old[schema.TIMESTAMP].max()) + 100
+    users = sorted(old[schema.USER_ID].unique())[:24]
+    week = tmp_path / "week"
+    week.mkdir()
+    rows = []
+    # each user clicks an added item, then two older ones of its domain (which leave-last-out holds out)
+    for j, user in enumerate(users):
+        item, domain = new["item_id"].iat[j % len(new)], new["domain"].iat[j % len(new)]
+        later = old.loc[old[schema.DOMAIN] == domain, schema.ITEM_ID].unique()[j % 5:j % 5 + 2]
+        rows += [{"user_id": user, "item_id": i, "domain": domain, "timestamp": start + 10 * j + n}
+                 for n, i in enumerate([item, *later])]
+    pd.DataFrame(rows).to_csv(week / "interactions.csv", index=False)
+    result = retrain(week, served, config=small_config(served), work_dir=tmp_path / "retrain", progress=False)
+    assert result.published == dict.fromkeys(MODELS, 3), result.reason
+    model, catalogue, _ = load_trained(served_state(served).towers_dir)
+    rows = catalogue.rows(new["domain"], new["item_id"])
+    # clicked, so they train ID embeddings of their own (unless the retrain's evaluation split holds
+    # one out as a new item of its test slice)
+    assert (rows > 0).all() and np.asarray(model.id_known)[rows].sum() >= len(rows) - 1
 
 
 def test_retired_items_are_never_returned_and_still_count_in_histories(served, tmp_path):
