@@ -127,11 +127,30 @@ def _old_answers_unchanged(base: Path, queries: list, added: set[bytes], results
                 note=f"{compared} queries compared")
 
 
+def _both_additions(work: Path, new_items: pd.DataFrame, history, more: int, results: Results) -> tuple[float, Path]:
+    """The new items, then ``more`` items made of their texts with an edition number, added while
+    one ``crossrec serve`` watches the folder: (the first addition's seconds, its run folder)."""
+    from serving.client import CrossrecClient
+
+    server, port = _serve(work / "saved_models")
+    try:
+        with CrossrecClient(f"127.0.0.1:{port}") as client:
+            first = _refresh(work, client, new_items, history, results, "the new items")
+            copies = [new_items.assign(**{schema.ITEM_ID: new_items[schema.ITEM_ID].astype(str) + f"-ed{k}",
+                                          schema.TITLE: new_items[schema.TITLE].astype(str) + f" (edition {k})"})
+                      for k in range(2, 3 + more // len(new_items))]
+            _refresh(work, client, pd.concat(copies, ignore_index=True).head(more), history, results,
+                     f"{more:,} more items")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return first
+
+
 def main(argv=None) -> int:
     from crossrec.data.dataset import Dataset
     from crossrec.data.loaders import load_dataset, text_template
     from crossrec.data.splits import new_item
-    from serving.client import CrossrecClient
 
     parser = bench_parser(__doc__, "small built-in data and one epoch (a smoke run)")
     parser.add_argument("--config", help="YAML config of the data and training (default: the built-in data)")
@@ -161,19 +180,7 @@ def main(argv=None) -> int:
         user = targets.iloc[0][schema.USER_ID]
         history = list(served[served[schema.USER_ID] == user][[schema.DOMAIN, schema.ITEM_ID]].itertuples(
             index=False, name=None))[-5:]
-        server, port = _serve(work / "saved_models")
-        try:
-            with CrossrecClient(f"127.0.0.1:{port}") as client:
-                refresh_s, refresh_run = _refresh(work, client, new_items, history, results, "the new items")
-                more = 200 if args.quick else 10_000
-                copies = [new_items.assign(**{schema.ITEM_ID: new_items[schema.ITEM_ID].astype(str) + f"-ed{k}",
-                                              schema.TITLE: new_items[schema.TITLE].astype(str) + f" (edition {k})"})
-                          for k in range(2, 3 + more // len(new_items))]
-                _refresh(work, client, pd.concat(copies, ignore_index=True).head(more), history, results,
-                         f"{more:,} more items")
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        refresh_s, refresh_run = _both_additions(work, new_items, history, 200 if args.quick else 10_000, results)
         retrain_s = _train_and_export(config, work / "with_text_data", work / "with_text_run", work / "retrained")
         results.add("retrain knowing the new items' text: towers, rankers, export", retrain_s, "s")
         results.add("catalogue add to gRPC answer / retrain time", refresh_s / retrain_s, "x", "<= 0.1")

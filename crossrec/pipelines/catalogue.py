@@ -90,7 +90,7 @@ def retire_items(items: str | Path, base: str | Path = "saved_models", *, work_d
     served = served_state(base)
     config = load_config(served.towers_dir / "config.yaml")
     keys = _read_keys(items, config)
-    key = _key("retire", keys)
+    key = _key("retire", keys[list(schema.ITEM_KEY)])
     done = _published_before(served, key, progress)
     if done is not None:
         return done
@@ -199,7 +199,7 @@ def _say(progress: bool, message: str) -> None:
 
 
 # --- reading and checking the input -----------------------------------------------------------
-def _read(path: str | Path, config: Config) -> pd.DataFrame:
+def _read(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(Problem("file not found", file=str(path),
@@ -213,7 +213,7 @@ def _read(path: str | Path, config: Config) -> pd.DataFrame:
 def _read_new_items(path, config: Config) -> pd.DataFrame:
     """The new items, validated like the training data's (``validate_items``); an item listed
     twice is an error (which of its rows is meant cannot be guessed)."""
-    frame = _read(path, config)
+    frame = _read(path)
     new = validate_items(frame, columns=config.data.columns, text_template=text_template(config.data))
     if len(new) < len(frame):
         mapped = frame.rename(columns={source: canonical for canonical, source in config.data.columns.items()})
@@ -226,7 +226,7 @@ def _read_new_items(path, config: Config) -> pd.DataFrame:
 
 
 def _read_keys(path, config: Config) -> pd.DataFrame:
-    frame = _read(path, config).rename(columns={s: c for c, s in config.data.columns.items()})
+    frame = _read(path).rename(columns={s: c for c, s in config.data.columns.items()})
     missing = [c for c in schema.ITEM_REQUIRED if c not in frame.columns]
     if missing:
         raise DataError(Problem(f"missing column(s) {', '.join(missing)} (columns present: "
