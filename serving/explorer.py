@@ -9,7 +9,9 @@ through a small read-only JSON API under ``/ui/api/``:
 - ``info``: the served models' domains, and the data's source and counts;
 - ``items?q=TEXT&domain=D&limit=N``: items whose title or id contains TEXT (case-insensitive);
 - ``users?q=TEXT&limit=N`` and ``users/<id>``: users, and one user's history (oldest first);
-- ``titles?keys=D:ID,D:ID``: titles of items (of any domain).
+- ``titles?keys=D:ID,D:ID``: titles of items (of any domain);
+- ``added?keys=D:ID,D:ID``: which of them ``crossrec catalogue add`` placed since the served
+  towers were trained (from the served version's training state), with their titles.
 """
 
 from __future__ import annotations
@@ -74,9 +76,50 @@ class ExplorerData:
         return [self.item(d, i) for d, i in zip(rows[schema.DOMAIN], rows[schema.ITEM_ID], strict=True)]
 
 
+class AddedItems:
+    """The items added by ``crossrec catalogue add`` since the served towers were trained: read
+    from the training state of the version served now (once per version)."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self._cache: dict[tuple[Path, int], dict] = {}
+
+    def served(self) -> tuple[int | None, dict]:
+        """(the served version, {(domain, item_id): {"title", "after_version"}})."""
+        from serving.training_state import ADDED_ITEMS, locate
+
+        for name in ("recommender", "retrieval"):
+            spec = self.manager.specs.get(name)
+            try:
+                version = self.manager.get(name).version if spec else None
+            except KeyError:
+                continue
+            if version is None:
+                continue
+            base = Path(spec.base_path).parent
+            if (base, version) not in self._cache:
+                try:
+                    path = locate(base, version) / "towers" / ADDED_ITEMS
+                except Exception:  # noqa: BLE001  (no state beside the folder: nothing to mark)
+                    path = None
+                frame = pd.read_parquet(path) if path is not None and path.is_file() else None
+                self._cache[(base, version)] = {} if frame is None else {
+                    (d, i): {"title": t, "after_version": int(v)} for d, i, t, v in
+                    zip(frame[schema.DOMAIN], frame[schema.ITEM_ID], frame["title"], frame["after_version"],
+                        strict=True)}
+            return version, self._cache[(base, version)]
+        return None, {}
+
+
 def _limit(request: Request) -> int:
     value = request.query_params.get("limit", "20")
     return max(1, min(MAX_RESULTS, int(value))) if value.isdigit() else 20
+
+
+def _keys(request: Request) -> list[tuple[str, str]]:
+    """The request's ``keys=D:ID,D:ID`` (at most 500)."""
+    keys = [k.partition(":") for k in request.query_params.get("keys", "").split(",")[:500] if ":" in k]
+    return [(d, i) for d, _, i in keys]
 
 
 def served_domains(manager) -> list[str]:
@@ -92,6 +135,7 @@ def served_domains(manager) -> list[str]:
 
 def explorer_routes(data: ExplorerData | None, manager) -> list:
     """The page, its static files and its JSON API (every answer JSON, errors included)."""
+    added_items = AddedItems(manager)
 
     def need_data():
         return JSONResponse({"error": "no data folder: start the server with --ui_data PATH to search items "
@@ -102,9 +146,10 @@ def explorer_routes(data: ExplorerData | None, manager) -> list:
 
     async def info(request: Request):
         domains = served_domains(manager)
+        added = len(added_items.served()[1])
         if data is None:
-            return JSONResponse({"data": None, "domains": domains, "items": 0, "users": 0})
-        return JSONResponse({"data": data.source, "items": len(data.items), "users": len(data.users),
+            return JSONResponse({"data": None, "domains": domains, "items": 0, "users": 0, "added": added})
+        return JSONResponse({"data": data.source, "items": len(data.items), "users": len(data.users), "added": added,
                              "domains": domains or sorted(data.items[schema.DOMAIN].unique().tolist())})
 
     async def items(request: Request):
@@ -130,10 +175,14 @@ def explorer_routes(data: ExplorerData | None, manager) -> list:
         return JSONResponse({"user_id": request.path_params["user"], "history": history})
 
     async def titles(request: Request):
-        keys = [k.partition(":") for k in request.query_params.get("keys", "").split(",")[:500] if ":" in k]
-        return JSONResponse({f"{d}:{i}": (data.titles.get((d, i)) if data else None) for d, _, i in keys})
+        return JSONResponse({f"{d}:{i}": (data.titles.get((d, i)) if data else None) for d, i in _keys(request)})
+
+    async def added(request: Request):
+        version, items = added_items.served()
+        found = {f"{d}:{i}": items[(d, i)] for d, i in _keys(request) if (d, i) in items}
+        return JSONResponse({"version": version, "count": len(items), "items": found})
 
     return [Route("/ui", page), Route("/ui/", page),
             Route("/ui/api/info", info), Route("/ui/api/items", items), Route("/ui/api/users", users),
-            Route("/ui/api/users/{user:path}", user), Route("/ui/api/titles", titles),
+            Route("/ui/api/users/{user:path}", user), Route("/ui/api/titles", titles), Route("/ui/api/added", added),
             Mount("/ui/static", app=StaticFiles(directory=STATIC), name="explorer_static")]

@@ -65,11 +65,13 @@ class ExportResult:
 def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *, ranking_dir: str | Path | None = None,
                   config: Config | None = None, models=None, version: int | None = None,
                   recall_queries: np.ndarray | None = None, progress: bool = True,
-                  extra_metadata: dict | None = None) -> ExportResult:
+                  extra_metadata: dict | None = None, reuse: dict[str, Path] | None = None) -> ExportResult:
     """Publishes ``models`` under ``out`` as one model set (``serving.model_set``): the next
     version (or ``version``) of every model, written aside and renamed into place together. An
     interrupted publish of the same runs is finished instead (only its missing models are
-    written); one of other runs is rolled back. ``extra_metadata`` goes into every version's."""
+    written); one of other runs is rolled back. ``extra_metadata`` goes into every version's.
+    ``reuse``: {model: a version folder of that very model} (what a catalogue change leaves as it
+    is: ``item_encoder``), copied with this version's metadata instead of built and traced again."""
     started = time.perf_counter()
     parts = load_parts(retrieval_dir, ranking_dir, config)
     config = parts.config
@@ -81,7 +83,7 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
     with publish_set(out, models, set_id, version, say) as publish:
         if publish.missing:
             _write_set(publish, parts, (retrieval_dir, ranking_dir, state_fingerprint), recall_queries, say,
-                       extra_metadata or {}, result)
+                       extra_metadata or {}, result, reuse or {})
     for name in models:
         result.versions[name] = publish.version
         result.paths[name] = Path(out) / name / str(publish.version)
@@ -110,9 +112,10 @@ def _set_id(state_fingerprint: str, config: Config, models: list[str]) -> str:
     return digest.hexdigest()[:24]
 
 
-def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result) -> None:
-    """Builds and saves every model the set still lacks into its staged folder; ``runs``:
-    (retrieval run folder, ranking run folder or None, their training state's fingerprint)."""
+def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result, reuse: dict) -> None:
+    """Builds and saves every model the set still lacks into its staged folder (or copies the one
+    ``reuse`` names); ``runs``: (retrieval run folder, ranking run folder or None, their training
+    state's fingerprint)."""
     export = parts.config.export
     index_info = _build_index(parts, recall_queries)
     builders = {"retrieval": RetrievalModule, "ranking": RankingModule, "recommender": RecommenderModule,
@@ -121,6 +124,12 @@ def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result) -
     # retraining's state (user histories) goes beside the serving folder, never into it
     state = training_state.store(publish.base, *runs) if "retrieval" in publish.missing else None
     for name in publish.missing:
+        if name in reuse:
+            say(f"copying {name} (version {publish.version}): unchanged since {reuse[name]}")
+            result.metadata[name] = _copy_version(reuse[name], publish.folder(name), {
+                "version": publish.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "set": publish.info, **extra})
+            continue
         say(f"exporting {name} (version {publish.version})")
         module = builders[name](parts)
         folder = publish.folder(name)
@@ -195,6 +204,15 @@ def _save_module(module, folder: Path, metadata: dict, options) -> None:
     tf.saved_model.save(module, str(folder), options=options, signatures={
         "serving_default": module.serve, **getattr(module, "extra_signatures", {})})
     shutil.rmtree(scratch)
+
+
+def _copy_version(source: Path, folder: Path, changes: dict) -> dict:
+    """A served version's files copied into ``folder`` (staged), its metadata updated by ``changes``."""
+    shutil.copytree(source, folder, dirs_exist_ok=True)
+    path = Path(folder) / "assets" / METADATA_FILE
+    metadata = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps(metadata, indent=2, default=str))
+    return metadata
 
 
 def warmup_requests(name: str, parts) -> list[dict[str, np.ndarray]]:

@@ -19,6 +19,30 @@ def item_keys(domains, item_ids):
     return tf.strings.join([domains, item_ids], separator=KEY_SEPARATOR)
 
 
+class Domains(tf.Module):
+    """Domain names -> served positions (1-based) and the towers' domain index of each: all the
+    catalogue a text-only model (``item_encoder``) needs, so it holds no per-item table."""
+
+    def __init__(self, catalogue: Catalogue):
+        super().__init__(name="domains")
+        self.served = list(catalogue.domain_names)
+        self.zero_shot = catalogue.zero_shot_domains
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(self.served or [""]),
+                                                tf.constant(np.arange(1, max(len(self.served), 1) + 1, dtype=np.int32))),
+            default_value=0)
+        # served position -> the towers' domain index (0 for zero-shot domains)
+        self.model_domain = tf.constant([0] + [catalogue.domain_index(d) for d in self.served], tf.int32)
+
+    def index(self, names, input_name: str = "target_domain"):
+        """Domain names -> served positions (1-based); an unknown name is INVALID_ARGUMENT."""
+        index = self.table.lookup(names)
+        known = ", ".join(self.served)
+        check = tf.debugging.assert_positive(index, message=f"{input_name}: unknown domain; known domains: {known}")
+        with tf.control_dependencies([check]):
+            return tf.identity(index)
+
+
 class Lookups(tf.Module):
     """Item keys <-> rows, domain names -> indices, the item embedding table.
 
@@ -34,14 +58,9 @@ class Lookups(tf.Module):
         self.rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(items["row"].to_numpy(np.int32))),
             default_value=0)
-        self.served = list(catalogue.domain_names)
-        self.zero_shot = catalogue.zero_shot_domains
-        self.domain_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(self.served or [""]),
-                                                tf.constant(np.arange(1, max(len(self.served), 1) + 1, dtype=np.int32))),
-            default_value=0)
-        # served position -> the towers' domain index (0 for zero-shot domains)
-        self.model_domain = tf.constant([0] + [catalogue.domain_index(d) for d in self.served], tf.int32)
+        self.domains = Domains(catalogue)
+        self.served, self.zero_shot, self.model_domain = self.domains.served, self.domains.zero_shot, \
+            self.domains.model_domain
         self.item_ids = tf.constant(np.concatenate([[""], items[schema.ITEM_ID].astype(str).to_numpy()]).astype(bytes))
         self.row_domain_names = tf.constant(
             np.concatenate([[""], items[schema.DOMAIN].astype(str).to_numpy()]).astype(bytes))
@@ -56,11 +75,7 @@ class Lookups(tf.Module):
 
     def domain_index(self, names, input_name: str = "target_domain"):
         """Domain names -> served positions (1-based); an unknown name is INVALID_ARGUMENT."""
-        index = self.domain_table.lookup(names)
-        known = ", ".join(self.served)
-        check = tf.debugging.assert_positive(index, message=f"{input_name}: unknown domain; known domains: {known}")
-        with tf.control_dependencies([check]):
-            return tf.identity(index)
+        return self.domains.index(names, input_name)
 
     def history_rows(self, item_ids, domains):
         """[b, h] ids + domains (oldest first, "" = padding) -> [b, H] rows, right-aligned, the

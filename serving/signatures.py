@@ -103,9 +103,9 @@ class RetrievalModule(QueryModule):
         self.max_k = parts.config.export.max_k
         specs = _history_specs() + [tf.TensorSpec([None], tf.int32, name="k"),
                                     tf.TensorSpec([None], tf.bool, name="exclude_history")]
-        self.serve = tf.function(self._serve, input_signature=specs)
+        self.serve = tf.function(self._serve, input_signature=specs, autograph=False)
         # the same answer without the explanations, for batch jobs (a third cheaper at 1,024 users)
-        self.candidates = tf.function(self._candidates, input_signature=specs)
+        self.candidates = tf.function(self._candidates, input_signature=specs, autograph=False)
         self.extra_signatures = {"candidates": self.candidates}
 
     def _serve(self, history_item_ids, history_domains, target_domain, k, exclude_history):
@@ -156,7 +156,7 @@ class RankingModule(RankedQueryModule):
         super().__init__(parts, "ranking")
         self.max_candidates = int(parts.config.export.max_candidates)
         self.serve = tf.function(self._serve, input_signature=_history_specs() + [
-            tf.TensorSpec([None, None], tf.string, name="candidate_item_ids")])
+            tf.TensorSpec([None, None], tf.string, name="candidate_item_ids")], autograph=False)
 
     def _serve(self, history_item_ids, history_domains, target_domain, candidate_item_ids):
         checks = self._history_checks(history_item_ids, history_domains, target_domain) + [
@@ -193,7 +193,8 @@ class RecommenderModule(RankedQueryModule):
         self.new_item_policy = parts.config.ranking.new_items
         self.source_candidates = int(parts.config.ranking.source_candidates) if self.source_names else 0
         self.serve = tf.function(self._serve_top, input_signature=_history_specs() + [
-            tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")])
+            tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")],
+            autograph=False)
 
     def _proposals(self, rows, target, exclude_history):
         """(b, S * source_candidates) item rows proposed by the sources (0 = none)."""
@@ -267,7 +268,11 @@ class ItemEncoderModule(tf.Module):
             raise ConfigError("item_encoder: the towers were trained without text (towers.use_text: false)")
         encoder = TextEncoder(parts.config.encoder)
         self.tokenizer, self.packer, self.encoder = encoder.tokenizer, encoder.packer, encoder.layer
-        self.item_tower = model.item_tower
+        # the item tower's text path alone: its weights are tracked, its per-item ID table is not,
+        # so this model holds nothing per item (a catalogue change leaves it as it is)
+        tower = model.item_tower
+        self.text_path_weights = tower.text_path_weights()
+        self._text_embedding = lambda vectors, domain: tower.text_embedding(vectors, domain)
         catalogue = parts.catalogue
         names = catalogue.domain_names
         means = np.asarray(model.text_means)
@@ -275,9 +280,10 @@ class ItemEncoderModule(tf.Module):
         self.text_domain = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(names), tf.constant(np.arange(len(names), dtype=np.int32))),
             default_value=len(names))
-        self.lookups = parts.lookups
+        self.domains = parts.lookups.domains  # no per-item table: the catalogue is not in this model
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None], tf.string, name="text"),
-                                                               tf.TensorSpec([None], tf.string, name="domain")])
+                                                               tf.TensorSpec([None], tf.string, name="domain")],
+                                 autograph=False)
 
     def _serve(self, text, domain):
         checks = [tf.debugging.assert_positive(tf.size(text), message="text: the batch is empty; send at least one item"),
@@ -287,8 +293,6 @@ class ItemEncoderModule(tf.Module):
         tokens = self.packer(self.tokenizer(text))
         vectors = tf.cast(self.encoder(tokens, training=False), tf.float32)
         vectors = vectors - tf.gather(self.text_means, self.text_domain.lookup(domain))
-        model_domain = tf.gather(self.lookups.model_domain, self.lookups.domain_index(domain, "domain"))
-        zeros = tf.zeros_like(model_domain)
-        embedding = self.item_tower(vectors, model_domain, zeros, tf.zeros_like(zeros, tf.bool), training=False)
-        return {"embedding": tf.cast(embedding, tf.float32)}
+        model_domain = tf.gather(self.domains.model_domain, self.domains.index(domain, "domain"))
+        return {"embedding": tf.cast(self._text_embedding(vectors, model_domain), tf.float32)}
 

@@ -27,8 +27,11 @@ from crossrec.errors import ConfigError
 from serving.layout import METADATA_FILE, TRAINING_STATE, versions
 
 # What each state holds for `crossrec retrain`.
+# ``added_items.parquet``: the items ``crossrec catalogue add`` placed since the towers were trained
+# (domain, item_id, title, after_version); a retrain trains them and starts the list afresh.
+ADDED_ITEMS = "added_items.parquet"
 TOWER_STATE = ("towers.weights.h5", "catalogue.parquet", "item_embeddings.parquet", "model_spec.json", "config.yaml",
-               "run_summary.json", "data")
+               "run_summary.json", "data", ADDED_ITEMS)
 RANKING_STATE = ("teacher.weights.h5", "student.weights.h5", "ranking_spec.json", "config.yaml", "run_summary.json")
 SUFFIX = ".training_state"
 

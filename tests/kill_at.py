@@ -2,11 +2,14 @@
 SIGKILL at one step of a publish, so the kill tests reach every step the same way each time.
 
 Steps (N counts from 1):
+  state:N     after the N-th folder a run writes whole before it publishes (``crossrec catalogue``:
+              the changed towers, then rankers)
   save:N      after the N-th model is written aside (nothing renamed into place yet)
   rename:N    after the N-th staged model is renamed into place (the set is incomplete until the last)
   published:1 after the whole set is in place, before anything else (models.config, run log, result)
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -18,7 +21,7 @@ import crossrec  # noqa: E402,F401  (environment first)
 
 step, count = sys.argv[1].split(":")
 count = int(count)
-seen = {"save": 0, "rename": 0, "published": 0}
+seen = {"state": 0, "save": 0, "rename": 0, "published": 0}
 
 
 def tick(name: str) -> None:
@@ -28,7 +31,20 @@ def tick(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+import crossrec.data.io as data_io  # noqa: E402
 import serving.export as export  # noqa: E402
+
+_atomic_directory = data_io.atomic_directory
+
+
+@contextlib.contextmanager
+def atomic_directory(*args, **kwargs):
+    with _atomic_directory(*args, **kwargs) as folder:
+        yield folder
+    tick("state")
+
+
+data_io.atomic_directory = atomic_directory
 
 _save_module, _write_model_config, _rename = export._save_module, export.write_model_config, os.rename
 

@@ -3,6 +3,9 @@ taken off sale never returned, nothing else moved, bad input and kills publishin
 
 import json
 import shutil
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from set_watch import SetWatcher, run_killed
+from stock_tf import as_lists, stock_answers
 
 from crossrec import schema
 from crossrec.errors import ConfigError, DataError
@@ -74,11 +78,81 @@ def _ask(signature, history, domain, k=20, exclude=True):
     return {key: value.numpy()[0] for key, value in out.items()}
 
 
+class _UnderLoad:
+    """``with _UnderLoad(base, history, probe) as load``: the embedded server (gRPC and the explorer
+    page) over ``base``, asked without pause by two clients: the recommender for ``history``, and the
+    ranker for the ``probe`` item (scored UNKNOWN_SCORE by every version that does not know it)."""
+
+    def __init__(self, base: Path, history, probe: tuple[str, str]):
+        from serving.models import ModelManager, ModelSpec
+
+        self.manager = ModelManager([ModelSpec(m, base / m) for m in MODELS])
+        self.history, self.probe = history, probe
+        self.errors: list[str] = []
+        self.asked = 0
+        self.knows: list[bool] = []  # per probe answer: whether the served ranker knew the probe item
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        from serving.models import wait_until_ready
+        from serving.server import Server, ServerOptions, free_port
+
+        self.server = Server(self.manager, ServerOptions(port=0, rest_api_port=free_port(), poll_seconds=0.2,
+                                                         ui=True)).start()
+        assert wait_until_ready(self.manager)
+        self._threads = [threading.Thread(target=self._ask, args=(probe,), daemon=True) for probe in (False, True)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _ask(self, probe: bool) -> None:
+        from serving.client import CrossrecClient
+
+        domain, item = self.probe
+        with CrossrecClient(f"127.0.0.1:{self.server.port}", timeout=60) as client:
+            while not self._stop.wait(0.02):
+                try:
+                    if probe:
+                        score = client.rank(self.history, domain, [item])[0]["engagement"]
+                        self.knows.append(score > UNKNOWN_SCORE / 2)
+                    else:
+                        assert client.recommend(self.history, domain, k=10)
+                        self.asked += 1
+                except Exception as error:  # noqa: BLE001  (every failed request is recorded)
+                    self.errors.append(repr(error))
+
+    def rest(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.server.rest_port}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        self.server.stop()
+
+
 def test_added_items_are_placed_from_their_text_and_nothing_else_moves(served, tmp_path):
     new = _new_items(served)
-    result = add_items(_write(new, tmp_path / "new.csv"), served, work_dir=tmp_path / "runs", progress=False)
+    probe = (new["domain"].iat[0], new["item_id"].iat[0])
+    with _UnderLoad(served, _queries(served)[0][0], probe) as load:
+        result = add_items(_write(new, tmp_path / "new.csv"), served, work_dir=tmp_path / "runs", progress=False)
+        deadline = time.monotonic() + 60
+        while load.manager.get("ranking").version != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # answers from version 2 under the same load
+        # the explorer marks the added items (and only them) in the version it serves
+        keys = ",".join(f"{d}:{i}" for d, i in [probe, ("books", _items(served)[schema.ITEM_ID].iat[0])])
+        added = load.rest(f"/ui/api/added?keys={keys}")
+        assert load.rest("/ui/api/info")["added"] == len(new)
     assert result.published == dict.fromkeys(MODELS, 2) and result.added == len(new)
     assert all(is_complete(served / m, 2) for m in MODELS)
+    # no request failed while version 2 was published and loaded; the probe's answers switched once
+    assert load.errors == [] and load.asked > 10, load.errors[:3]
+    switch = load.knows.index(True)
+    assert switch > 0 and all(load.knows[switch:]), load.knows
+    assert added == {"version": 2, "count": len(new),
+                     "items": {f"{probe[0]}:{probe[1]}": {"title": new["title"].iat[0], "after_version": 1}}}
     # each added item's vector is what the served item encoder gives its text: the towers' text path
     encoder = _signature(served, "item_encoder", 1)
     texts = (new["title"] + ". " + new["categories"]).tolist()
@@ -103,6 +177,15 @@ def test_added_items_are_placed_from_their_text_and_nothing_else_moves(served, t
     inputs = {key: tf.constant(v) for key, v in _history_inputs([_queries(served)[0][0]], ["books"]).items()}
     scores = ranking(**inputs, candidate_item_ids=tf.constant([["NEW-books-0", "NEW-books-1"]]))["engagement"]
     assert (scores.numpy() > UNKNOWN_SCORE / 2).all()
+    # stock TensorFlow (as stock TF Serving) serves the refreshed version alike
+    history = _queries(served)[0][0]
+    asked = {**as_lists(_history_inputs([history], ["books"])), "k": [10], "exclude_history": [True]}
+    stock = stock_answers(served, 2, {"recommender": asked, "ranking": {
+        **as_lists(_history_inputs([history], ["books"])), "candidate_item_ids": [["NEW-books-0", "NEW-books-1"]]}})
+    assert stock["loaded"] == []
+    assert stock["outputs"]["recommender"]["item_ids"][0] == [
+        i.decode() for i in _ask(_signature(served, "recommender", 2), history, "books", k=10)["item_ids"]]
+    np.testing.assert_allclose(stock["outputs"]["ranking"]["engagement"], scores.numpy(), rtol=1e-5)
     # the next retrain starts from the changed catalogue: the items are in its data, unseen
     items = _items(served)
     assert set(new["item_id"]) <= set(items[schema.ITEM_ID])
@@ -226,19 +309,24 @@ def test_towers_that_cannot_place_an_item_from_cached_text_are_refused():
         check_servable(replace(config, encoder=replace(config.encoder, freeze="lora")), summary)
 
 
-def test_a_killed_add_leaves_the_old_set_serving_and_the_same_command_finishes_it(served, tmp_path):
+def test_an_add_killed_at_any_step_leaves_the_old_set_serving_and_the_same_command_finishes_it(served, tmp_path):
     path = _write(_new_items(served), tmp_path / "new.csv")
     args = ["catalogue", "add", "--items", str(path), "--model_base_path", str(served),
             "--work-dir", str(tmp_path / "runs"), "--quiet"]
     with SetWatcher(served, MODELS) as watch:
         watch.wait_for(1)
-        killed = run_killed("rename:2", args)
-        assert killed.returncode == -9, killed.stdout + killed.stderr
-        assert served_state(served).version == 1  # the half-renamed set is not complete: 1 serves
+        # each run killed one step further (see kill_at.py; a step counts in its own run): the changed
+        # towers written, two models written aside, one renamed into place, two more (three of four),
+        # the whole set in place
+        for step in ("state:1", "save:2", "rename:1", "rename:2", "published:1"):
+            killed = run_killed(step, args)
+            assert killed.returncode == -9, (step, killed.stdout + killed.stderr)
+            assert served_state(served).version == (2 if step == "published:1" else 1), step
         finished = run_killed(None, args)
         assert finished.returncode == 0, finished.stderr
         watch.wait_for(2)
     assert watch.mixes == []
-    assert json.loads(finished.stdout.strip().splitlines()[-1])["published"] == dict.fromkeys(MODELS, 2)
+    assert [set(seen.values()) for seen in watch.seen] == [{1}, {2}]
+    assert "already published" in json.loads(finished.stdout.strip().splitlines()[-1])["reason"]
     assert all(is_complete(served / m, 2) for m in MODELS) and versions(served / "retrieval") == [1, 2]
     assert not list(served.glob("*/.tmp-*"))

@@ -80,6 +80,15 @@ class ItemTower(keras.layers.Layer):
         return (self._text_part(text, domain, training) if self.use_text else None,
                 self._id_part(row, id_known, training))
 
+    def text_embedding(self, text, domain):
+        """The item's embedding from its text alone (a new item: no ID part), at inference."""
+        return self.combine(self._text_part(text, domain, training=False), None)
+
+    def text_path_weights(self) -> list:
+        """The weights ``text_embedding`` reads: every weight but the per-item ID table."""
+        table = {id(w) for w in self.id_embedding.weights} if self.use_item_ids else set()
+        return [w for w in self.weights if id(w) not in table]
+
     @staticmethod
     def combine(text_part, id_part):
         present = [p for p in (text_part, id_part) if p is not None]

@@ -120,8 +120,11 @@ def _publish(served: ServedState, config: Config, catalogue: Catalogue, edit: Ca
         seconds.update(_write_state(work, served, config, catalogue, edit, change, encoder_fingerprint, progress))
     publish_started = time.perf_counter()
     models = [m for m in served.models if served.ranking_dir is not None or m not in ("ranking", "recommender")]
+    # the item encoder reads no per-item table: the served one is the next version's, copied
+    encoder = served.base / "item_encoder" / str(served.version)
+    reuse = {"item_encoder": encoder} if "item_encoder" in models and (encoder / "saved_model.pb").is_file() else {}
     result = export_models(work / "towers", served.base, ranking_dir=work / "ranking" if served.ranking_dir else None,
-                           models=models, progress=progress, extra_metadata={"catalogue_change": change})
+                           models=models, progress=progress, extra_metadata={"catalogue_change": change}, reuse=reuse)
     write_model_config(served.base)
     seconds["publish"] = round(time.perf_counter() - publish_started, 2)
     seconds["total"] = round(time.perf_counter() - started, 2)
@@ -171,10 +174,14 @@ def _state_complete(work: Path, served: ServedState) -> bool:
 
 
 def _published_before(served: ServedState, key: str, progress: bool) -> CatalogueResult | None:
-    """The result of this same command when it already published the set served now."""
+    """The result of this same command when it already published the set served now (a run
+    killed after the set was in place gets the rest of its publish: the model config)."""
+    from serving.export import write_model_config
+
     change = served.metadata.get("catalogue_change") or {}
     if change.get("key") != key:
         return None
+    write_model_config(served.base)
     models = (served.metadata.get("set") or {}).get("models", served.models)
     reason = (f"already published as version {served.version} of {', '.join(models)} by an earlier run of this "
               "command; nothing to do")

@@ -124,6 +124,23 @@ def write_towers(out: Path, served_towers: Path, model, catalogue: Catalogue, em
     summary["items"] = len(catalogue)
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
     _write_data(out / "data", served_towers / "data", edit)
+    _write_added(out, served_towers, edit, change)
+
+
+def _write_added(out: Path, served_towers: Path, edit: CatalogueEdit, change: dict) -> None:
+    """The items added since the towers were trained (the served list and this edit's), which the
+    explorer marks: placed from their text, not trained yet."""
+    from serving.training_state import ADDED_ITEMS
+
+    frames = [pd.read_parquet(served_towers / ADDED_ITEMS)] if (served_towers / ADDED_ITEMS).exists() else []
+    if edit.add is not None and len(edit.add):
+        title = edit.add[schema.TITLE] if schema.TITLE in edit.add else edit.add[schema.TEXT]
+        frames.append(pd.DataFrame({schema.DOMAIN: edit.add[schema.DOMAIN].astype(str).to_numpy(),
+                                    schema.ITEM_ID: edit.add[schema.ITEM_ID].astype(str).to_numpy(),
+                                    "title": title.astype(str).str.slice(0, 300).to_numpy(),
+                                    "after_version": np.int64(change["from_version"])}))
+    if frames:
+        pd.concat(frames, ignore_index=True).to_parquet(out / ADDED_ITEMS, index=False)
 
 
 def _write_data(out: Path, served: Path, edit: CatalogueEdit) -> None:

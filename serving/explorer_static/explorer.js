@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const titles = new Map(); // "domain:item_id" -> title
+const added = new Map(); // "domain:item_id" -> version it was added after (crossrec catalogue add)
 
 async function getJSON(url, options) {
   const response = await fetch(url, options);
@@ -31,9 +32,26 @@ async function learnTitles(keys) {
   const missing = [...new Set(keys)].filter((k) => !titles.has(k));
   for (let i = 0; i < missing.length; i += 200) {
     const part = missing.slice(i, i + 200);
-    const found = await getJSON(`/ui/api/titles?keys=${encodeURIComponent(part.join(","))}`);
-    for (const key of part) titles.set(key, found[key] || null);
+    const keys = encodeURIComponent(part.join(","));
+    const [found, fresh] = await Promise.all([getJSON(`/ui/api/titles?keys=${keys}`),
+                                              getJSON(`/ui/api/added?keys=${keys}`).catch(() => ({ items: {} }))]);
+    for (const key of part) {
+      const item = fresh.items[key];
+      if (item) added.set(key, item.after_version);
+      titles.set(key, found[key] || (item && item.title) || null);
+    }
   }
+}
+
+function addedBadge(domain, itemId) {
+  // items `crossrec catalogue add` placed from their text since the towers were trained
+  const after = added.get(`${domain}:${itemId}`);
+  if (after === undefined) return "";
+  const span = document.createElement("span");
+  span.className = "added";
+  span.textContent = "new";
+  span.title = `added by crossrec catalogue add after version ${after}: placed from its text, not trained on clicks yet`;
+  return span;
 }
 
 function label(domain, itemId) {
@@ -111,7 +129,7 @@ function render(list, outputs, domain, other) {
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = ` score ${Number(outputs.scores[0][i]).toFixed(4)}`;
-    li.append(label(domain, itemId), score);
+    li.append(label(domain, itemId), " ", addedBadge(domain, itemId), score);
     const because = document.createElement("div");
     because.className = "because";
     if (outputs.because_item_ids) {
@@ -227,6 +245,7 @@ async function start() {
   const info = await getJSON("/ui/api/info");
   $("data-source").textContent = info.data ? `data: ${info.data} (${info.users} users, ${info.items} items)`
                                            : "no data folder (--ui_data): type histories as domain:item_id";
+  if (info.added) $("data-source").textContent += ` · ${info.added} items added since training (marked new)`;
   for (const d of info.domains) {
     $("target-domain").append(new Option(d, d));
     $("item-domain").append(new Option(d, d));
