@@ -15,7 +15,8 @@ from pathlib import Path
 
 from bench.common import RESULTS, Results, Row, bench_parser
 
-BENCHMARKS = ("towers", "ranking", "serving", "batch", "batch_stress", "retrain", "catalogue", "scale")
+BENCHMARKS = ("towers", "ranking", "serving", "batch", "batch_stress", "retrain", "catalogue", "catalogue_scale",
+              "scale")
 # Beyond the shared flags: `crossrec bench` runs the scale benchmark's 1x and 4x points only
 # (python -m bench.scale runs 1x..64x, about 40 minutes).
 EXTRA_FLAGS = {"scale": ["--scales", "1,4"]}

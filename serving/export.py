@@ -71,7 +71,8 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
     interrupted publish of the same runs is finished instead (only its missing models are
     written); one of other runs is rolled back. ``extra_metadata`` goes into every version's.
     ``reuse``: {model: a version folder of that very model} (what a catalogue change leaves as it
-    is: ``item_encoder``), copied with this version's metadata instead of built and traced again."""
+    is: ``item_encoder``), copied with this version's metadata (``copied_from``: its version, so a
+    server that has it loaded serves it again without a load) instead of built and traced again."""
     started = time.perf_counter()
     parts = load_parts(retrieval_dir, ranking_dir, config)
     config = parts.config
@@ -128,7 +129,7 @@ def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result, r
             say(f"copying {name} (version {publish.version}): unchanged since {reuse[name]}")
             result.metadata[name] = _copy_version(reuse[name], publish.folder(name), {
                 "version": publish.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "set": publish.info, **extra})
+                "set": publish.info, "copied_from": int(Path(reuse[name]).name), **extra})
             continue
         say(f"exporting {name} (version {publish.version})")
         module = builders[name](parts)

@@ -16,12 +16,13 @@ copy filled in place loads once complete), and otherwise every ``retry_seconds``
 
 from __future__ import annotations
 
+import filecmp
 import json
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tensorflow as tf
@@ -100,6 +101,15 @@ def load_saved_model(name: str, version: int, path: Path) -> LoadedModel:
     if loaded.warmup_requests:
         log.info("model %s version %s: replayed %d warm-up requests", name, version, loaded.warmup_requests)
     return loaded
+
+
+def _same_files(a: Path, b: Path, skip: Path) -> bool:
+    """Whether folders ``a`` and ``b`` hold the same files with the same bytes (``skip`` aside)."""
+    def files(root):
+        return sorted(f.relative_to(root) for f in root.rglob("*") if f.is_file() and f.relative_to(root) != skip)
+
+    names = files(a)
+    return names == files(b) and all(filecmp.cmp(a / f, b / f, shallow=False) for f in names)
 
 
 def _files_stamp(path: Path) -> tuple:
@@ -239,7 +249,7 @@ class ModelManager:
                 retries = retries + 1 if same else 0
             self._set_status(spec.name, version, VersionStatus(LOADING))
             try:
-                loaded = self.loader(spec.name, version, path)
+                loaded = self._copy_of_loaded(spec.name, version, path) or self.loader(spec.name, version, path)
             except Exception as exc:  # a broken version never replaces a good one
                 text = str(exc).strip().replace(str(spec.base_path.resolve()), spec.name)
                 text = text.replace(str(spec.base_path), spec.name)
@@ -253,6 +263,20 @@ class ModelManager:
             self._failed.pop((spec.name, version), None)
             with self._lock:
                 self._loaded[spec.name][version] = loaded
+
+    def _copy_of_loaded(self, name: str, version: int, path: Path) -> LoadedModel | None:
+        """The version this one's metadata says it was copied from (``copied_from``: a catalogue
+        change leaves the ``item_encoder`` as it was), when that one is loaded here and every file
+        but the metadata is byte-identical: served again under the new number, not loaded twice."""
+        metadata_file = path / "assets" / METADATA_FILE
+        metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+        source = metadata.get("copied_from") if isinstance(metadata, dict) else None
+        with self._lock:
+            old = self._served[name].get(source) or self._loaded[name].get(source)
+        if old is None or not _same_files(old.path, path, skip=Path("assets") / METADATA_FILE):
+            return None
+        log.info("model %s version %s: the files of version %s, served again", name, version, source)
+        return replace(old, version=version, path=path, metadata=metadata)
 
     def _set_members(self, name: str, version: int) -> list[str]:
         """The models of this server in the set of ``name``'s ``version`` (just ``name`` without a set)."""

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
-from backbones import make_tiny_preset
 
 import crossrec  # noqa: F401  (environment first, before anything imports TensorFlow)
+from bench.tiny_encoder import make_tiny_preset
 from crossrec.config import Config, DataConfig, EncoderConfig, SynthConfig, TowerConfig, TrainConfig
 from crossrec.data.synth import generate
 

@@ -136,10 +136,13 @@ def test_added_items_are_placed_from_their_text_and_nothing_else_moves(served, t
     new = _new_items(served)
     probe = (new["domain"].iat[0], new["item_id"].iat[0])
     with _UnderLoad(served, _queries(served)[0][0], probe) as load:
+        encoder = load.manager.get("item_encoder").module
         result = add_items(_write(new, tmp_path / "new.csv"), served, work_dir=tmp_path / "runs", progress=False)
         deadline = time.monotonic() + 60
         while load.manager.get("ranking").version != 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        # the item encoder's version 2 is version 1's files: served again, not loaded twice
+        assert load.manager.get("item_encoder").version == 2 and load.manager.get("item_encoder").module is encoder
         time.sleep(1.0)  # answers from version 2 under the same load
         # the explorer marks the added items (and only them) in the version it serves
         keys = ",".join(f"{d}:{i}" for d, i in [probe, ("books", _items(served)[schema.ITEM_ID].iat[0])])

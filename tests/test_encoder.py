@@ -4,8 +4,8 @@ import builtins
 
 import numpy as np
 import pytest
-from backbones import make_tiny_preset
 
+from bench.tiny_encoder import make_tiny_preset
 from crossrec.config import EncoderConfig
 from crossrec.errors import ConfigError
 from towers.cache import EmbeddingCache

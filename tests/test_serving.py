@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -156,6 +157,36 @@ def test_brute_force_exports_load_with_tensorflow_alone(exported, tmp_path):
     assert {name: sorted(outputs) for name, outputs in report["outputs"].items()} == {
         "retrieval": [*because, *counts, "item_ids", "scores"], "ranking": ["engagement", "rating"],
         "recommender": [*because, *counts, "item_ids", "retrieval_scores", "scores"]}
+
+
+def test_a_copied_version_is_served_again_without_a_load_and_a_changed_copy_is_loaded(exported, tmp_path):
+    from serving.models import ModelManager, ModelSpec, load_saved_model
+
+    model = tmp_path / "saved_models" / "item_encoder"
+
+    def copy(version: int, source: Path, **metadata) -> Path:
+        shutil.copytree(source, model / str(version))
+        path = model / str(version) / "assets" / METADATA_FILE
+        values = {k: v for k, v in json.loads(path.read_text()).items() if k != "set"}  # this model alone
+        path.write_text(json.dumps({**values, "version": version, **metadata}))
+        return model / str(version)
+
+    copy(1, exported[2] / "item_encoder" / "1")
+    loads = []
+    manager = ModelManager([ModelSpec("item_encoder", model)],
+                           loader=lambda name, version, path: loads.append(version) or load_saved_model(name, version,
+                                                                                                         path))
+    manager.poll()
+    first = manager.get("item_encoder")
+    copy(2, model / "1", copied_from=1)
+    manager.poll()
+    second = manager.get("item_encoder")
+    assert second.version == 2 and second.module is first.module and loads == [1]
+    assert second.metadata["copied_from"] == 1 and manager.served_versions() == {"item_encoder": [2]}
+    # the metadata's word is not enough: a copy whose files differ is loaded
+    (copy(3, model / "2", copied_from=2) / "assets" / "note.txt").write_text("changed")
+    manager.poll()
+    assert manager.get("item_encoder").version == 3 and loads == [1, 3]
 
 
 # --- the embedded server -----------------------------------------------------------------------------

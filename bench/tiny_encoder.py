@@ -1,4 +1,5 @@
-"""Tiny random keras-hub BERT presets for fast tests (saved and loaded like real ones)."""
+"""Tiny random keras-hub BERT presets (saved and loaded like real ones): the tests' encoder, and
+the benchmarks' where only the cost of everything but encoding is measured."""
 
 from pathlib import Path
 
