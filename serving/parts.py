@@ -36,7 +36,20 @@ def load_parts(retrieval_dir: str | Path, ranking_dir: str | Path | None, config
     from towers.train import load_trained
 
     model, catalogue, trained_config = load_trained(retrieval_dir)
-    config = config or trained_config
+    rankers = None
+    if ranking_dir is not None:
+        from ranking.train import load_ranking
+
+        teacher, student, _ = load_ranking(ranking_dir)
+        rankers = (teacher, student)
+    return assemble_parts(model, catalogue, config or trained_config, retrieval_dir, rankers, ranking_dir)
+
+
+def assemble_parts(model, catalogue: Catalogue, config: Config, retrieval_dir: str | Path,
+                   rankers: tuple | None = None, ranking_dir: str | Path | None = None) -> ExportParts:
+    """The parts of the runs in ``retrieval_dir`` (and ``ranking_dir``) from their trained models
+    (the towers, and the rankers as (teacher, student or None)) when the caller holds them already
+    (``crossrec catalogue`` just built them): what ``load_parts`` gives after loading them."""
     stored = stored_embeddings(retrieval_dir, catalogue)
     if stored is None:
         embeddings = model.all_item_embeddings()
@@ -49,10 +62,8 @@ def load_parts(retrieval_dir: str | Path, ranking_dir: str | Path | None, config
         run = json.loads(summary.read_text())
         parts.metadata["data_fingerprint"] = run.get("data_fingerprint")
         parts.metadata["retrieval_metrics"] = run.get("test_metrics")
-    if ranking_dir is not None:
-        from ranking.train import load_ranking
-
-        teacher, student, _ = load_ranking(ranking_dir)
+    if rankers is not None:
+        teacher, student = rankers
         parts.ranker = student if config.export.ranker == "student" and student is not None else teacher
         rank_summary = Path(ranking_dir) / "run_summary.json"
         if rank_summary.exists():
@@ -65,17 +76,16 @@ def stored_embeddings(retrieval_dir: str | Path, catalogue: Catalogue) -> np.nda
     exactly what its towers computed, and after a catalogue change the served rows unchanged), or
     None when the folder has none or it does not list the catalogue's items in row order."""
     from crossrec import schema
+    from towers.embedding_table import FILE, read_item_embeddings
 
-    path = Path(retrieval_dir) / "item_embeddings.parquet"
+    path = Path(retrieval_dir) / FILE
     if not path.exists():
         return None
-    import pandas as pd
-
-    table = pd.read_parquet(path)
+    table, embeddings = read_item_embeddings(path)
     keys = [schema.DOMAIN, schema.ITEM_ID]
     if len(table) != len(catalogue) or not (table[keys].to_numpy() == catalogue.items[keys].to_numpy()).all():
         return None
-    return np.stack(table["embedding"].to_numpy()).astype(np.float32)
+    return embeddings
 
 
 def index_recall(parts: ExportParts, queries: np.ndarray, k: int = 10) -> dict:

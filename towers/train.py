@@ -38,6 +38,8 @@ from crossrec.features import Catalogue, Examples
 from crossrec.progress import epoch_bar
 from crossrec.typed import to_dict
 from towers.callbacks import RefreshTextTable, ResumableBackup, RetrievalEvaluation
+from towers.embedding_table import FILE as EMBEDDINGS_FILE
+from towers.embedding_table import write_item_embeddings
 from towers.encoder import TextEncoder
 from towers.inputs import make_dataset
 from towers.model import RetrievalModel
@@ -191,10 +193,7 @@ def save_run(run: RetrievalRun, config: Config, fit_seconds: float) -> None:
     text_dim = 0 if run.text.table is None else int(run.text.table.shape[1])
     (out / "model_spec.json").write_text(json.dumps({"domains": catalogue.domains, "text_dim": text_dim}))
     save_config(config, out / "config.yaml")
-    embeddings = run.model.all_item_embeddings()[1:]
-    table = catalogue.items[[schema.DOMAIN, schema.ITEM_ID]].copy()
-    table["embedding"] = list(embeddings)
-    table.to_parquet(out / "item_embeddings.parquet", index=False)
+    write_item_embeddings(out / EMBEDDINGS_FILE, catalogue.items, run.model.all_item_embeddings()[1:])
     run.metrics.to_csv(out / "test_metrics.csv", index=False)
     if run.data.dataset is not None:  # what `crossrec retrain` adds new data to
         run.data.dataset.save(out / "data", overwrite=True)
