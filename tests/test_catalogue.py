@@ -244,6 +244,19 @@ def test_retired_items_are_never_returned_and_still_count_in_histories(served, t
     for history, domain in queries:
         for signature, k in ((retrieval, 20), (recommender, 10)):
             assert not gone & set(_ask(signature, history, domain, k=k)["item_ids"])
+    # the Beam batch job reads the changed version like any other: no retired item among its
+    # candidates (version 1's top 10 held them)
+    before_retrieval = _signature(served, "retrieval", 1)
+    assert any(gone & set(_ask(before_retrieval, h, d, k=10)["item_ids"]) for h, d in queries)
+    from serving.batch import run_candidates
+
+    users = pd.DataFrame([{"user_id": f"u{i}", "domain": domain, "history_item_ids": [i for _, i in history],
+                           "history_domains": [d for d, _ in history]} for i, (history, domain) in enumerate(queries)])
+    users.to_parquet(tmp_path / "users.parquet")
+    batch = run_candidates(served, tmp_path / "batch", users=str(tmp_path / "users.parquet"), k=10)
+    assert batch.counts["users_scored"] == len(queries)
+    candidates = pd.concat(pd.read_parquet(f) for f in (tmp_path / "batch").glob("candidates-*.parquet"))
+    assert len(candidates) and not set(zip(candidates["domain"], candidates["item_id"], strict=True)) & set(retire)
     ranking = _signature(served, "ranking", 2)
     history = [(retire[0][0], retire[0][1])] + queries[0][0]
     inputs = {key: tf.constant(v) for key, v in _history_inputs([history], [retire[0][0]]).items()}

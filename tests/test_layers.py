@@ -69,9 +69,10 @@ def backward_edges(graph: dict[str, set[str]]) -> list[str]:
 
 
 # What ranking and serving may take from the towers: the model, its loading, its query embeddings,
-# the text encoder (the item_encoder signature) and the warm-start report type.
+# the text encoder (the item_encoder signature), the warm-start report type and the run's item
+# embedding table file.
 TOWERS_API = {"towers.model", "towers.train.load_trained", "towers.train.RetrievalRun", "towers.queries",
-              "towers.encoder", "towers.warm_start.WarmStartReport"}
+              "towers.encoder", "towers.warm_start.WarmStartReport", "towers.embedding_table"}
 
 
 def towers_imports(path: Path) -> set[str]:
