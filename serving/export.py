@@ -46,7 +46,7 @@ from serving import training_state
 from serving.index import DomainIndex
 from serving.layout import METADATA_FILE, write_file_atomically
 from serving.model_set import publish_set
-from serving.parts import ExportParts, index_recall, load_parts
+from serving.parts import index_recall, load_parts
 from serving.signatures import ItemEncoderModule, RankingModule, RecommenderModule, RetrievalModule
 from serving.warmup import BATCH_SIZES, history_requests, write_warmup
 
@@ -65,19 +65,16 @@ class ExportResult:
 def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *, ranking_dir: str | Path | None = None,
                   config: Config | None = None, models=None, version: int | None = None,
                   recall_queries: np.ndarray | None = None, progress: bool = True,
-                  extra_metadata: dict | None = None, reuse: dict[str, Path] | None = None,
-                  parts: ExportParts | None = None) -> ExportResult:
+                  extra_metadata: dict | None = None, reuse: dict[str, Path] | None = None) -> ExportResult:
     """Publishes ``models`` under ``out`` as one model set (``serving.model_set``): the next
     version (or ``version``) of every model, written aside and renamed into place together. An
     interrupted publish of the same runs is finished instead (only its missing models are
     written); one of other runs is rolled back. ``extra_metadata`` goes into every version's.
     ``reuse``: {model: a version folder of that very model} (what a catalogue change leaves as it
     is: ``item_encoder``), copied with this version's metadata (``copied_from``: its version, so a
-    server that has it loaded serves it again without a load) instead of built and traced again.
-    ``parts``: these runs' parts when the caller holds their models already
-    (``serving.parts.assemble_parts``), instead of loading them again."""
+    server that has it loaded serves it again without a load) instead of built and traced again."""
     started = time.perf_counter()
-    parts = parts or load_parts(retrieval_dir, ranking_dir, config)
+    parts = load_parts(retrieval_dir, ranking_dir, config)
     config = parts.config
     models = _checked_models(models, ranking_dir, parts)
     state_fingerprint = training_state.fingerprint(retrieval_dir, ranking_dir)

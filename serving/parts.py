@@ -36,20 +36,7 @@ def load_parts(retrieval_dir: str | Path, ranking_dir: str | Path | None, config
     from towers.train import load_trained
 
     model, catalogue, trained_config = load_trained(retrieval_dir)
-    rankers = None
-    if ranking_dir is not None:
-        from ranking.train import load_ranking
-
-        teacher, student, _ = load_ranking(ranking_dir)
-        rankers = (teacher, student)
-    return assemble_parts(model, catalogue, config or trained_config, retrieval_dir, rankers, ranking_dir)
-
-
-def assemble_parts(model, catalogue: Catalogue, config: Config, retrieval_dir: str | Path,
-                   rankers: tuple | None = None, ranking_dir: str | Path | None = None) -> ExportParts:
-    """The parts of the runs in ``retrieval_dir`` (and ``ranking_dir``) from their trained models
-    (the towers, and the rankers as (teacher, student or None)) when the caller holds them already
-    (``crossrec catalogue`` just built them): what ``load_parts`` gives after loading them."""
+    config = config or trained_config
     stored = stored_embeddings(retrieval_dir, catalogue)
     if stored is None:
         embeddings = model.all_item_embeddings()
@@ -62,8 +49,10 @@ def assemble_parts(model, catalogue: Catalogue, config: Config, retrieval_dir: s
         run = json.loads(summary.read_text())
         parts.metadata["data_fingerprint"] = run.get("data_fingerprint")
         parts.metadata["retrieval_metrics"] = run.get("test_metrics")
-    if rankers is not None:
-        teacher, student = rankers
+    if ranking_dir is not None:
+        from ranking.train import load_ranking
+
+        teacher, student, _ = load_ranking(ranking_dir)
         parts.ranker = student if config.export.ranker == "student" and student is not None else teacher
         rank_summary = Path(ranking_dir) / "run_summary.json"
         if rank_summary.exists():

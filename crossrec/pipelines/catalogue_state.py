@@ -164,16 +164,14 @@ def _write_data(out: Path, served: Path, edit: CatalogueEdit) -> None:
     items.to_parquet(out / "items.parquet", index=False)
 
 
-def write_rankers(out: Path, served_ranking: Path, catalogue: Catalogue, added_embeddings: np.ndarray) -> tuple:
+def write_rankers(out: Path, served_ranking: Path, catalogue: Catalogue, added_embeddings: np.ndarray) -> None:
     """The rankers' state folder for the changed catalogue: their weights, and per-item tables
-    grown by the added rows (the towers' vector, no interactions, never seen, no neighbours).
-    Returns the rankers written: (teacher, student or None)."""
+    grown by the added rows (the towers' vector, no interactions, never seen, no neighbours)."""
     from ranking.train import STUDENT, TEACHER, build_ranker, load_ranking
 
     teacher, student, config = load_ranking(served_ranking)
     spec = json.loads((served_ranking / "ranking_spec.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
-    written = {}
     for file, name, which, old in (("teacher", TEACHER, config.ranking.teacher, teacher),
                                    ("student", STUDENT, config.ranking.student, student)):
         if old is None:
@@ -183,12 +181,10 @@ def write_rankers(out: Path, served_ranking: Path, catalogue: Catalogue, added_e
                            distillation_weight=config.ranking.distillation_weight if name == STUDENT else 0.0)
         _copy_ranker_weights(new, old)
         new.save_weights(str(out / f"{file}.weights.h5"))  # the names load_ranking reads
-        written[file] = new
     spec["num_items"] = int(catalogue.size)
     (out / "ranking_spec.json").write_text(json.dumps(spec, indent=2))
     for name in ("config.yaml", "run_summary.json"):
         shutil.copy2(served_ranking / name, out / name)
-    return written.get("teacher"), written.get("student")
 
 
 def _grown_tables(tables: dict, spec: dict, catalogue: Catalogue, added_embeddings: np.ndarray):
