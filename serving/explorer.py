@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from crossrec import schema
 from crossrec.config import DataConfig
+from crossrec.errors import ConfigError
 
 STATIC = Path(__file__).resolve().parent / "explorer_static"
 MAX_RESULTS = 50
@@ -100,7 +101,7 @@ class AddedItems:
             if (base, version) not in self._cache:
                 try:
                     path = locate(base, version) / "towers" / ADDED_ITEMS
-                except Exception:  # noqa: BLE001  (no state beside the folder: nothing to mark)
+                except ConfigError:  # no training state beside the folder: nothing to mark
                     path = None
                 frame = pd.read_parquet(path) if path is not None and path.is_file() else None
                 self._cache[(base, version)] = {} if frame is None else {

@@ -128,7 +128,7 @@ def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result, r
         if name in reuse:
             say(f"copying {name} (version {publish.version}): unchanged since {reuse[name]}")
             result.metadata[name] = _copy_version(reuse[name], publish.folder(name), {
-                "version": publish.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "version": publish.version, "created": _now(),
                 "set": publish.info, "copied_from": int(Path(reuse[name]).name), **extra})
             continue
         say(f"exporting {name} (version {publish.version})")
@@ -166,7 +166,7 @@ def _metadata(name: str, number: int, module, parts, index_info: dict, state) ->
     config = parts.config
     export = config.export
     return {"model": name, "version": number, "crossrec_version": crossrec.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": _now(),
             "signature": signature_description(module.serve),
             "max_k": min(export.max_k, config.ranking.candidates) if name == "recommender" else export.max_k,
             **({"max_candidates": export.max_candidates} if name == "ranking" else {}),
@@ -175,6 +175,11 @@ def _metadata(name: str, number: int, module, parts, index_info: dict, state) ->
             "index": index_info if name in ("retrieval", "recommender") else None,
             **parts.metadata, "config": served_config(config),
             **({"training_state": state} if name == "retrieval" else {})}
+
+
+def _now() -> str:
+    """A version's ``created`` time (UTC, ISO 8601)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def served_config(config) -> dict:
