@@ -24,7 +24,8 @@ from crossrec.features import concat_examples
 from crossrec.metrics import ranking_metrics
 from ranking.candidates import CandidateLists
 from ranking.evaluate import list_ranks
-from ranking.train import score_lists, train_ranking
+from ranking.scoring import score_lists
+from ranking.train import train_ranking
 from towers.train import train_retrieval
 
 

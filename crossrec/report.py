@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+PAIRED_TITLES = {"served": "The served list (served)", "crossrec": "crossrec's towers alone (crossrec)"}
 HEADLINE = ["recall@10", "recall@50", "recall@100", "ndcg@10", "mrr"]
 
 
@@ -55,26 +56,35 @@ def paired_table(paired: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
                              sort=True).fillna("")
 
 
+def reference_model(models) -> str:
+    """The model a report measures the others against: the served list when it was measured (the
+    product), else crossrec's towers."""
+    return "served" if "served" in set(models) else "crossrec"
+
+
 def summary_lines(metrics: pd.DataFrame, paired: pd.DataFrame | None = None, digits: int = 4) -> list[str]:
     """Per slice (all domains together): the model with the best NDCG@10 and its interval, and how
-    crossrec compares with the best other model on the same queries (paired interval; a
-    difference counts when its interval excludes 0)."""
+    the served list (or, without it, crossrec's towers) compares with the best other model on the
+    same queries (paired interval; a difference counts when its interval excludes 0)."""
     lines = []
     overall = metrics[(metrics["domain"] == "all") & metrics["ndcg@10"].notna()]
+    ours = reference_model(overall["model"])
     for name, group in overall.groupby("slice", sort=True):
         best = group.sort_values("ndcg@10", ascending=False).iloc[0]
         text = f"{name} ({int(best['queries'])} queries): best {best['model']} {best['ndcg@10']:.{digits}f}"
         if pd.notna(best.get("ndcg@10_lo")):
             text += f" [{best['ndcg@10_lo']:.{digits}f}, {best['ndcg@10_hi']:.{digits}f}]"
-        others = group[group["model"] != "crossrec"].sort_values("ndcg@10", ascending=False)
-        if paired is not None and not paired.empty and "crossrec" in set(group["model"]) and len(others):
+        reference = ours if ours in set(group["model"]) else "crossrec"
+        others = group[~group["model"].isin({reference, "served", "crossrec"})].sort_values("ndcg@10", ascending=False)
+        if paired is not None and not paired.empty and reference in set(group["model"]) and len(others):
             rival = others.iloc[0]["model"]
-            row = paired[(paired["versus"] == rival) & (paired["slice"] == name) & (paired["domain"] == "all")]
+            row = paired[(paired["model"] == reference) & (paired["versus"] == rival) & (paired["slice"] == name)
+                         & (paired["domain"] == "all")]
             if len(row):
                 r = row.iloc[0]
                 verdict = ("ahead of" if r["diff_lo"] > 0 else "behind" if r["diff_hi"] < 0 else
                            "not told apart from")
-                text += (f"; crossrec is {verdict} {rival}: {r['diff']:+.{digits}f} "
+                text += (f"; {reference} is {verdict} the best baseline, {rival}: {r['diff']:+.{digits}f} "
                          f"[{r['diff_lo']:+.{digits}f}, {r['diff_hi']:+.{digits}f}]")
         lines.append(text)
     return lines
@@ -119,10 +129,12 @@ def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, note
                  metrics.pivot_table(index=["slice", "domain"], columns="model", values=metric, sort=True))
         parts += [f"## {metric}", "", _markdown(table), ""]
     if paired is not None and not paired.empty:
-        parts += ["## crossrec against each model on the same queries", "",
-                  "Difference in NDCG@10 (crossrec minus the model), its paired 95% bootstrap interval, the "
-                  "relative difference, and the share of 1,000 resamples in which crossrec is ahead. A win is "
-                  "told from noise when the interval excludes 0.", "", _markdown(paired_table(paired)), ""]
+        for reference, group in sorted(paired.groupby("model"), key=lambda kv: kv[0] != "served"):
+            what = PAIRED_TITLES.get(reference, reference)
+            parts += [f"## {what} against each model on the same queries", "",
+                      f"Difference in NDCG@10 ({reference} minus the model), its paired 95% bootstrap interval, the "
+                      f"relative difference, and the share of 1,000 resamples in which {reference} is ahead. A win is "
+                      "told from noise when the interval excludes 0.", "", _markdown(paired_table(group)), ""]
     counts = metrics.drop_duplicates(["slice", "domain"]).set_index(["slice", "domain"])["queries"]
     parts += ["## Queries per slice and domain", "", _markdown(counts.to_frame()), ""]
     if reranking is not None:

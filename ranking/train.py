@@ -34,7 +34,7 @@ from crossrec.typed import to_dict
 from ranking.candidates import CandidateLists, merge_candidates, mine_candidates
 from ranking.evaluate import list_ranks, rerank_metrics, source_recall
 from ranking.model import ENGAGEMENT, RATING, RankingFeatures, RankingModel
-from ranking.policy import served_scores
+from ranking.scoring import score_lists, served_order, served_ranker, target_ratings
 from ranking.sources import propose
 from ranking.tables import FeatureTables, build_tables, fresh_items, label_tail, label_view
 
@@ -169,27 +169,6 @@ def make_list_dataset(lists: CandidateLists, batch_size: int, *, shuffle: bool =
         index = index.shuffle(len(lists), seed=seed, reshuffle_each_iteration=True)
     return (index.batch(batch_size).map(lambda i: {k: tf.gather(t, i) for k, t in tensors.items()},
                                         num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
-
-
-def score_lists(model: RankingModel, lists: CandidateLists, batch_size: int = 1024, head: str = ENGAGEMENT) -> np.ndarray:
-    """(n, L) scores of one head for every candidate list."""
-    features = lists.features()
-    if not hasattr(model, "_serve_lists"):  # one trace per model: every dimension left open
-        spec = {k: tf.TensorSpec([None] * v.ndim, tf.as_dtype(v.dtype)) for k, v in features.items()}
-        model._serve_lists = tf.function(lambda f: model(f, training=False), input_signature=[spec])
-    out = []
-    for s in range(0, len(lists), batch_size):
-        part = {k: tf.constant(v[s:s + batch_size], dtype=spec.dtype)
-                for (k, v), spec in zip(features.items(), model._serve_lists.input_signature[0].values(), strict=True)}
-        out.append(model._serve_lists(part)[head].numpy())
-    return np.concatenate(out) if out else np.zeros(lists.candidates.shape, np.float32)
-
-
-def target_ratings(model: RankingModel, lists: CandidateLists) -> np.ndarray:
-    """(n,) the rating head's prediction for each query's true target."""
-    single = CandidateLists(lists.examples, lists.query, lists.examples.target[:, None].astype(np.int32),
-                            np.zeros((len(lists), 1), np.float32))
-    return score_lists(model, single, head=RATING)[:, 0]
 
 
 def in_training_view(model: RankingModel, data: RankingData) -> RankingModel:
@@ -330,19 +309,9 @@ def evaluate_rankers(teacher: RankingModel, student: RankingModel | None, slices
         if data.rating_mean is not None:
             ratings[STUDENT] = lambda lists: target_ratings(student, lists)
     if config is not None:
-        served = student if config.export.ranker == "student" and student is not None else teacher
+        served = served_ranker(teacher, student, config)
         orders[SERVED] = lambda lists: served_order(served, lists, data.tables, config.ranking.new_items)
     return rerank_metrics(orders, slices, data.catalogue, ratings=ratings)
-
-
-def served_order(model: RankingModel, lists: CandidateLists, tables: FeatureTables, new_items: str) -> np.ndarray:
-    """(n, L) scores in the order the ``recommender`` SavedModel serves each list."""
-    scores = score_lists(model, lists)
-    if new_items != "retrieval_rank":
-        return scores
-    is_new = tables.popularity[lists.candidates] <= 0
-    return served_scores(scores, np.where(lists.candidates > 0, lists.retrieval_scores, -np.inf), lists.candidates,
-                         is_new).numpy()
 
 
 def _check_same_catalogue(trained: Catalogue, current: Catalogue, where) -> None:

@@ -50,10 +50,11 @@ def load_parts(retrieval_dir: str | Path, ranking_dir: str | Path | None, config
         parts.metadata["data_fingerprint"] = run.get("data_fingerprint")
         parts.metadata["retrieval_metrics"] = run.get("test_metrics")
     if ranking_dir is not None:
+        from ranking.scoring import served_ranker
         from ranking.train import load_ranking
 
         teacher, student, _ = load_ranking(ranking_dir)
-        parts.ranker = student if config.export.ranker == "student" and student is not None else teacher
+        parts.ranker = served_ranker(teacher, student, config)
         rank_summary = Path(ranking_dir) / "run_summary.json"
         if rank_summary.exists():
             parts.metadata["ranking_metrics"] = json.loads(rank_summary.read_text()).get("test_metrics")

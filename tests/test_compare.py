@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -14,8 +15,17 @@ from crossrec.report import write_report
 def test_all_models_and_slices_are_compared_and_reported(tiny_config, tmp_path):
     result = compare_models(tiny_config, zero_shot_domain="kitchen", progress=False)
     metrics = result.metrics
-    assert set(metrics["model"]) == {"crossrec", "popularity", "id_two_tower", "target_only"}
+    assert set(metrics["model"]) == {"crossrec", "served", "popularity", "id_two_tower", "target_only"}
     assert set(metrics["slice"]) == {"warm", "cold_start", "new_item", "zero_shot"}
+    # the served list is asked the same queries as every model, and ranks them as the re-ranking
+    # table's served order does on the same merged lists (a target outside the list is a miss)
+    served = metrics[metrics["model"] == "served"].set_index(["slice", "domain"])
+    towers = metrics[metrics["model"] == "crossrec"].set_index(["slice", "domain"])
+    assert set(served.index.get_level_values(0)) == {"warm", "cold_start", "new_item"}
+    assert (served["queries"] == towers["queries"].loc[served.index]).all()
+    rerank = result.reranking[result.reranking["model"] == "served"].set_index(["slice", "domain"])
+    np.testing.assert_allclose(served["ndcg@10"], rerank["ndcg@10"].loc[served.index], rtol=1e-9)
+    np.testing.assert_allclose(served["recall@10"], rerank["recall@10"].loc[served.index], rtol=1e-9)
     zero = metrics[metrics["slice"] == "zero_shot"]
     assert set(zero["domain"]) == {"kitchen", "all"}
     # zero-shot asks exactly the cold-start queries of its domain (the same users and targets)
@@ -27,13 +37,16 @@ def test_all_models_and_slices_are_compared_and_reported(tiny_config, tmp_path):
     assert (metrics["ndcg@10"] <= metrics["ndcg@10_hi"] + 1e-12).all()
     # crossrec against each baseline on the same queries: a paired difference with its interval
     paired = result.paired
-    assert set(paired["versus"]) == {"popularity", "id_two_tower", "target_only"}
+    assert set(paired[paired["model"] == "served"]["versus"]) == {"crossrec", "popularity", "id_two_tower",
+                                                                  "target_only"}
+    assert set(paired[paired["model"] == "crossrec"]["versus"]) == {"popularity", "id_two_tower", "target_only"}
+    paired = paired[paired["model"] == "crossrec"]
     row = paired[(paired["versus"] == "popularity") & (paired["slice"] == "warm") & (paired["domain"] == "all")].iloc[0]
     ours = metrics[(metrics["model"] == "crossrec") & (metrics["slice"] == "warm") & (metrics["domain"] == "all")]
     theirs = metrics[(metrics["model"] == "popularity") & (metrics["slice"] == "warm") & (metrics["domain"] == "all")]
     assert row["diff"] == pytest.approx(ours["ndcg@10"].iloc[0] - theirs["ndcg@10"].iloc[0])
     assert row["diff_lo"] <= row["diff"] <= row["diff_hi"] and 0 <= row["a_ahead"] <= 1
-    path = write_report(metrics, tmp_path / "report", title="t", histories=result.histories, paired=paired,
+    path = write_report(metrics, tmp_path / "report", title="t", histories=result.histories, paired=result.paired,
                         ranks=result.ranks)
     text = path.read_text()
     assert "## NDCG@10 by slice and domain" in text and "| zero_shot | kitchen |" in text
@@ -42,7 +55,8 @@ def test_all_models_and_slices_are_compared_and_reported(tiny_config, tmp_path):
     assert f"{row['ndcg@10']:.4f} [{row['ndcg@10_lo']:.4f}, {row['ndcg@10_hi']:.4f}]" in text
     assert (tmp_path / "report" / "recall_at_k.png").stat().st_size > 1000
     assert (tmp_path / "report" / "training_curves.png").exists()
-    assert "## crossrec against each model on the same queries" in text
+    assert text.index("## The served list (served) against each model") < text.index(
+        "## crossrec's towers alone (crossrec) against each model")
     assert len(pd.read_parquet(tmp_path / "report" / "ranks.parquet")) == len(result.ranks) > 0
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]
 

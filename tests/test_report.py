@@ -55,6 +55,26 @@ def test_missing_cells_are_blank_and_the_report_starts_with_a_summary(tmp_path):
                             "diff": 0.01, "diff_lo": 0.004, "diff_hi": 0.016, "relative": 0.2, "a_ahead": 0.99}])
     lines = summary_lines(metrics, paired)
     assert lines[0] == ("warm (500 queries): best crossrec 0.0600 [0.0550, 0.0650]; crossrec is ahead of "
-                        "id_two_tower: +0.0100 [+0.0040, +0.0160]")
+                        "the best baseline, id_two_tower: +0.0100 [+0.0040, +0.0160]")
     report = write_report(metrics, tmp_path, title="t", paired=paired).read_text()
     assert report.index("## Summary") < report.index("## NDCG@10") and "nan" not in report.lower()
+
+
+def test_with_the_served_list_measured_the_summary_and_the_first_paired_table_are_about_it(tmp_path):
+    metrics = metrics_frame()
+    served = metrics[metrics["model"] == "crossrec"].assign(model="served", **{"ndcg@10": 0.07})
+    metrics = pd.concat([metrics, served[served["slice"] == "warm"]], ignore_index=True)
+    cell = {"slice": "warm", "domain": "all", "relative": 0.2, "a_ahead": 0.5}
+    paired = pd.DataFrame([
+        {"model": "served", "versus": "id_two_tower", "diff": 0.02, "diff_lo": -0.001, "diff_hi": 0.04, **cell},
+        {"model": "served", "versus": "crossrec", "diff": 0.01, "diff_lo": 0.002, "diff_hi": 0.02, **cell},
+        {"model": "crossrec", "versus": "id_two_tower", "diff": 0.01, "diff_lo": 0.004, "diff_hi": 0.016, **cell}])
+    lines = summary_lines(metrics, paired)
+    # measured against the best baseline (never the towers), in its own paired row
+    assert lines[0].endswith("served is not told apart from the best baseline, id_two_tower: +0.0200 "
+                             "[-0.0010, +0.0400]")
+    assert lines[1].startswith("zero_shot") and "crossrec is" not in lines[1]  # no paired row there
+    report = write_report(metrics, tmp_path, title="t", paired=paired).read_text()
+    served_at = report.index("## The served list (served) against each model")
+    assert served_at < report.index("## crossrec's towers alone (crossrec) against each model")
+    assert "+0.0100 [+0.0020, +0.0200]" in report[served_at:report.index("## crossrec's towers alone")]

@@ -217,8 +217,9 @@ def rest(server, path, body=None):
 
 
 def test_the_recommender_merges_the_sources_and_ranks_like_the_in_process_pipeline(exported, tiny_pipeline):
+    from ranking.scoring import served_order
     from ranking.tables import build_tables
-    from ranking.train import _lists, _text_vectors, load_ranking, served_order
+    from ranking.train import _lists, _text_vectors, load_ranking
 
     config, run, out, _ = exported
     _, student, _ = load_ranking(tiny_pipeline[3])

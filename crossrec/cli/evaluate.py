@@ -52,14 +52,15 @@ def register(commands) -> None:
         "evaluate", help="compare crossrec with baselines; write a Markdown/JSON/PNG report",
         description="Train crossrec and its baselines on one split and rank the full corpus of each target "
                     "domain for every held-out interaction. Writes report.md (each cell with its 95% bootstrap "
-                    "interval; crossrec against each model on the same queries), metrics.json, metrics.csv, "
+                    "interval; the served list and crossrec's towers against each model on the same queries), metrics.json, metrics.csv, "
                     "paired.csv, ranks.parquet (every query's rank) and PNG plots to --out.")
     add_source_flags(evaluate)
     add_training_flags(evaluate)
     evaluate.add_argument("--out", required=True, help="report folder")
     evaluate.add_argument("--models", default="crossrec,popularity,id_two_tower,target_only,ranking",
-                          help="comma-separated, from crossrec, popularity, id_two_tower, target_only, item_knn, "
-                               "ranking (re-ranks crossrec's candidates; default: all but item_knn)")
+                          help="comma-separated, from crossrec (the towers alone), popularity, id_two_tower, "
+                               "target_only, item_knn, ranking (trains the ranker on crossrec's candidates and adds "
+                               "the served row: the recommender's answer; default: all but item_knn)")
     evaluate.add_argument("--zero-shot-domain", help="also retrain without any interaction of this domain and ask "
                                                      "it the cold-start queries of that domain (the zero_shot "
                                                      "slice; the domain is then the cold-start domain unless "

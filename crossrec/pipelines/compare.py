@@ -8,7 +8,11 @@ Models:
   history alone (no transfer); one model per domain.
 - ``item_knn`` (on request): item-to-item cosine similarity of co-occurrence, a reference.
 - ``ranking``: the ranker (and its distilled student) trained on crossrec's candidate lists; it
-  is compared with the retrieval order on the same top-K lists (``Comparison.reranking``).
+  is compared with the retrieval order on the same top-K lists (``Comparison.reranking``), and
+  adds the ``served`` row: what the ``recommender`` SavedModel answers (the towers' candidates
+  merged with the candidate sources, ranked by the exported ranker in the served order) asked the
+  same test queries as every other model; a target the merged list misses is a miss. ``crossrec``
+  is then the towers alone (retrieval without the sources and the ranker).
 Slices: the split's own (``warm``, ``cold_start``, ``new_item``), plus ``zero_shot`` when a
 zero-shot domain is named: crossrec retrained with every interaction of that domain removed, and
 asked the ``cold_start`` slice's queries of that domain (same users, targets and histories), so
@@ -43,6 +47,7 @@ from crossrec.windows import training_examples
 from towers.queries import query_embeddings, scorer_for
 from towers.train import train_retrieval
 
+SERVED = "served"  # the row of the served list (the ``recommender``'s answer), with ``ranking``
 MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "item_knn", "ranking")
 DEFAULT_MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "ranking")
 
@@ -124,6 +129,7 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
 
             ranked = timed("ranking", lambda: train_ranking(config, run, ranking_out, progress=progress))
             result.reranking = ranked.metrics
+            served_ranks = _served_ranks(ranked, config)
     if "popularity" in models:
         scorers.append(PopularityScorer(data.train, data.catalogue))
     if "item_knn" in models:
@@ -140,12 +146,44 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
     ranks: list[pd.DataFrame] = []
     frames = [evaluate(scorers, data.test, data.catalogue, ks=ks, exclude_seen=config.eval.exclude_seen,
                        ranks_out=ranks)]
+    if "ranking" in models:
+        ranks.extend(served_ranks)
+        frames.append(pooled_metrics(pd.concat(served_ranks, ignore_index=True), ks).drop(columns="seeds"))
     if zero_shot_domain:
         frames.append(timed("zero_shot", lambda: _zero_shot(config, data, zero_shot_domain, progress, ranks)))
     result.metrics = pd.concat(frames, ignore_index=True)
     result.ranks = pd.concat(ranks, ignore_index=True) if ranks else pd.DataFrame()
-    result.paired = paired_comparisons(result.ranks)
+    result.paired = paired_against_baselines(result.ranks)
     return result
+
+
+def _served_ranks(ranked, config: Config) -> list[pd.DataFrame]:
+    """Each test query's rank in the served list (``ranking.scoring.served_order`` over the merged
+    candidate lists, which are mined for the evaluator's test queries in their order); a target
+    outside the list ranks last (``ranking.evaluate.MISS``)."""
+    from ranking.evaluate import list_ranks
+    from ranking.scoring import served_order, served_ranker
+
+    ranker = served_ranker(ranked.teacher, ranked.student, config)
+    frames = []
+    for slice_name, lists in ranked.data.test:
+        ranks = list_ranks(lists, served_order(ranker, lists, ranked.data.tables, config.ranking.new_items))
+        frames.append(pd.DataFrame({"model": SERVED, "slice": slice_name,
+                                    "domain": ranked.data.catalogue.item_domain_name[lists.examples.target],
+                                    "query": np.arange(len(ranks)), "rank": ranks}))
+    return frames
+
+
+def paired_against_baselines(ranks: pd.DataFrame) -> pd.DataFrame:
+    """On the same queries (``crossrec.evaluation.paired_comparisons``): the served list (when
+    measured) against every other model, the towers among them, and the towers (``crossrec``)
+    against every baseline."""
+    if ranks.empty:
+        return pd.DataFrame()
+    frames = [paired_comparisons(ranks, reference=SERVED),
+              paired_comparisons(ranks[ranks["model"] != SERVED], reference="crossrec")]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _check_models(models) -> None:
@@ -189,7 +227,7 @@ def compare_over_seeds(config: Config, seeds: int = 1, **kwargs) -> Comparison:
     result = runs[0]
     result.ranks = pd.concat([r.ranks.assign(seed=i) for i, r in enumerate(runs)], ignore_index=True)
     result.metrics = pooled_metrics(result.ranks, tuple(config.eval.ks))
-    result.paired = paired_comparisons(result.ranks)
+    result.paired = paired_against_baselines(result.ranks)
     result.seconds = {name: round(sum(r.seconds.get(name, 0.0) for r in runs), 1) for name in result.seconds}
     return result
 
