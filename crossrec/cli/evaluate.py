@@ -59,8 +59,8 @@ def register(commands) -> None:
     evaluate.add_argument("--out", required=True, help="report folder")
     evaluate.add_argument("--models", default="crossrec,popularity,id_two_tower,target_only,ranking",
                           help="comma-separated, from crossrec (the towers alone), popularity, id_two_tower, "
-                               "target_only, item_knn, ranking (trains the ranker on crossrec's candidates and adds "
-                               "the served row: the recommender's answer; default: all but item_knn)")
+                               "target_only, item_knn, sasrec, ranking (trains the ranker on crossrec's candidates and adds "
+                               "the served row: the recommender's answer; default: all but item_knn and sasrec)")
     evaluate.add_argument("--zero-shot-domain", help="also retrain without any interaction of this domain and ask "
                                                      "it the cold-start queries of that domain (the zero_shot "
                                                      "slice; the domain is then the cold-start domain unless "

@@ -7,6 +7,8 @@ Models:
 - ``target_only``: the text model trained on one domain alone, queried with that domain's
   history alone (no transfer); one model per domain.
 - ``item_knn`` (on request): item-to-item cosine similarity of co-occurrence, a reference.
+- ``sasrec`` (on request): SASRec over item IDs, causal self-attention trained at every position
+  (``towers.sasrec``), the field's reference sequential model.
 - ``ranking``: the ranker (and its distilled student) trained on crossrec's candidate lists; it
   is compared with the retrieval order on the same top-K lists (``Comparison.reranking``), and
   adds the ``served`` row: what the ``recommender`` SavedModel answers (the towers' candidates
@@ -48,7 +50,7 @@ from towers.queries import query_embeddings, scorer_for
 from towers.train import train_retrieval
 
 SERVED = "served"  # the row of the served list (the ``recommender``'s answer), with ``ranking``
-MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "item_knn", "ranking")
+MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "item_knn", "sasrec", "ranking")
 DEFAULT_MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "ranking")
 
 
@@ -134,6 +136,10 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         scorers.append(PopularityScorer(data.train, data.catalogue))
     if "item_knn" in models:
         scorers.append(ItemKNNScorer(data.train, data.catalogue))
+    if "sasrec" in models:
+        from towers.sasrec import train_sasrec
+
+        scorers.append(timed("sasrec", lambda: train_sasrec(config, data, progress=progress)))
     if "id_two_tower" in models:
         id_config = replace(config, towers=replace(config.towers, use_text=False, use_item_ids=True))
         run = timed("id_two_tower", lambda: train_retrieval(id_config, data=data, progress=progress,
