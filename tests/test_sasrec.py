@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from crossrec import schema
 from crossrec.data.dataset import Dataset
@@ -57,3 +58,19 @@ def test_it_learns_what_comes_next_where_popularity_cannot(tiny_config):
     # a test query's history is its training part: the validation item (the one right after it)
     # is unknown to it and comes first, the target second (NDCG 1 / log2(3) = 0.63)
     assert ndcg["sasrec"] > 0.5 > 0.2 > ndcg["popularity"]
+
+
+def test_the_loss_is_the_softmax_over_the_next_items_domain_catalogue():
+    item_domain = np.array([0, 1, 1, 1, 2, 2, 2, 2], np.int32)  # rows 1-3: domain 1, rows 4-7: domain 2
+    model = SASRec(8, item_domain, 4, SASRecSettings(dim=8, heads=2, dropout=0.0))
+    inputs = np.array([[0, 1, 4, 2], [5, 6, 3, 7]], np.int32)
+    targets = np.array([[0, 4, 2, 6], [6, 3, 7, 1]], np.int32)
+    states = model(inputs)
+    loss = float(model.compute_loss(inputs, targets, states))
+    table, states = np.asarray(model.item_embedding.embeddings), np.asarray(states)
+    losses = []
+    for b, p in zip(*np.nonzero(targets), strict=True):
+        rows = np.flatnonzero(item_domain == item_domain[targets[b, p]])
+        logits = table[rows] @ states[b, p]
+        losses.append(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[rows == targets[b, p]][0])
+    assert loss == pytest.approx(np.mean(losses), rel=1e-5)

@@ -58,6 +58,7 @@ class SASRec(keras.Model):
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
         self.dropout = keras.layers.Dropout(settings.dropout)
         self.item_domain = tf.constant(item_domain, tf.int32)
+        self.domain_rows = _domain_rows(np.asarray(item_domain))
 
     def call(self, rows, training=False):
         rows = ops.cast(rows, "int32")
@@ -69,22 +70,39 @@ class SASRec(keras.Model):
         return self.norm(x)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Mean cross-entropy of every real position's next item against its domain's catalogue."""
+        """Mean cross-entropy of every real position's next item against its domain's catalogue
+        (each domain's rows are one slice of the table: the logits cover that slice only)."""
         targets = ops.cast(y, "int32")
         real = targets > 0
         states = tf.boolean_mask(y_pred, real)  # (n, d)
         wanted = tf.boolean_mask(targets, real)  # (n,)
-        logits = ops.matmul(states, ops.transpose(self.item_embedding.embeddings))  # (n, items)
         domain = ops.take(self.item_domain, wanted)
-        same = ops.equal(domain[:, None], self.item_domain[None, :]) & (ops.arange(logits.shape[-1]) > 0)[None, :]
-        logits = ops.where(same, logits, -1e9)
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(wanted, logits, from_logits=True))
+        table = self.item_embedding.embeddings
+        total = 0.0
+        for index, (start, stop) in self.domain_rows.items():
+            mine = ops.equal(domain, index)
+            logits = ops.matmul(tf.boolean_mask(states, mine), ops.transpose(table[start:stop]))
+            total += ops.sum(keras.losses.sparse_categorical_crossentropy(
+                tf.boolean_mask(wanted, mine) - start, logits, from_logits=True))
+        return total / ops.cast(ops.maximum(ops.size(wanted), 1), "float32")
 
     def query_vectors(self, history: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """(n, d) the last position's state of each right-aligned history."""
         out = [np.asarray(self(history[s:s + batch_size], training=False)[:, -1])
                for s in range(0, len(history), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.settings.dim), np.float32)
+
+
+def _domain_rows(item_domain: np.ndarray) -> dict[int, tuple[int, int]]:
+    """Each domain's (first row, row after its last): a catalogue keeps a domain's rows together."""
+    rows = {}
+    for index in np.unique(item_domain[1:]):
+        where = np.flatnonzero(item_domain == index)
+        if index > 0:
+            if where[-1] - where[0] + 1 != len(where):
+                raise ValueError(f"the rows of domain {index} are not contiguous")
+            rows[int(index)] = (int(where[0]), int(where[-1]) + 1)
+    return rows
 
 
 def training_sequences(train: pd.DataFrame, catalogue: Catalogue, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,13 +143,17 @@ class SASRecScorer:
         return self.model.query_vectors(history) @ self.items[candidate_rows].T
 
 
+VALIDATION_QUERIES = 2000  # per slice: enough to choose an epoch, a fraction of a large split's cost
+
+
 class _SelectOnValidation(keras.callbacks.Callback):
-    """NDCG@10 on the validation queries (not new items: an ID model has nothing for them) after
+    """NDCG@10 on (at most 2,000 per slice of) the validation queries (not new items: an ID model has nothing for them) after
     each epoch; stops after ``patience`` epochs without a gain and restores the best weights."""
 
     def __init__(self, data, settings: SASRecSettings, progress: bool):
         super().__init__()
-        self.queries = [q for q in data.validation if q.slice != NEW_ITEM and len(q.examples)]
+        self.queries = [q.sample(VALIDATION_QUERIES, seed=0) for q in data.validation
+                        if q.slice != NEW_ITEM and len(q.examples)]
         self.catalogue, self.settings, self.progress = data.catalogue, settings, progress
         self.best, self.best_weights, self.waited = -1.0, None, 0
 
