@@ -9,12 +9,13 @@ from typing import Literal
 from crossrec.errors import ConfigError
 from crossrec.ranking_features import (
     CANDIDATE_SOURCES,
+    DEFAULT_SOURCES,
     RANKING_FEATURES,
     check_features,
     default_features,
 )
 
-DEFAULT_STUDENT_FEATURES = tuple(default_features(CANDIDATE_SOURCES, student=True))
+DEFAULT_STUDENT_FEATURES = tuple(default_features(DEFAULT_SOURCES, student=True))
 RANKING_TASKS = ("engagement", "rating")
 __all__ = ["CANDIDATE_SOURCES", "DEFAULT_STUDENT_FEATURES", "RANKING_FEATURES", "RANKING_TASKS", "RankerConfig",
            "RankingConfig"]
@@ -44,9 +45,10 @@ class RankingConfig:
     # also always hold the true next item).
     candidates: int = 50
     # Candidate sources merged with the towers' top-K (ranking.sources): co_visitation (items
-    # that follow one another in users' sequences) and propagation (a random walk item -> users
-    # -> items: what users like this one have). [] = the towers' list alone.
-    sources: list[str] = field(default_factory=lambda: list(CANDIDATE_SOURCES))
+    # that follow one another in users' sequences), propagation (a random walk item -> users
+    # -> items: what users like this one have) and item_knn (items whose users overlap, cosine;
+    # off by default). [] = the towers' list alone.
+    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
     # Candidates each source adds (before duplicates of the towers' list are dropped).
     source_candidates: int = 25
     # Neighbours each item keeps per domain in a source's table.

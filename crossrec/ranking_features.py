@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from crossrec.errors import ConfigError
 
-CO_VISITATION, PROPAGATION = "co_visitation", "propagation"
+CO_VISITATION, PROPAGATION, ITEM_KNN = "co_visitation", "propagation", "item_knn"
 # The candidate sources (``ranking.sources``); each is also a feature group of the ranker.
-CANDIDATE_SOURCES = (CO_VISITATION, PROPAGATION)
+CANDIDATE_SOURCES = (CO_VISITATION, PROPAGATION, ITEM_KNN)
+DEFAULT_SOURCES = (CO_VISITATION, PROPAGATION)
 
 # symbolic widths: the towers' embedding size and the catalogue's domain count (with padding)
 EMBEDDING, DOMAINS = "embedding", "domains"
@@ -53,6 +54,8 @@ FEATURES = {f.name: f for f in (
                    "and the candidate's place in the list by that weight"),
     RankingFeature(PROPAGATION, 3, ("popularity", "propagation_neighbours", "propagation_weights"),
                    "the same for the propagation source"),
+    RankingFeature(ITEM_KNN, 3, ("popularity", "item_knn_neighbours", "item_knn_weights"),
+                   "the same for the item-kNN source"),
     RankingFeature("text_similarity", 2, ("item_domain", "text_vectors"),
                    "cosine of the candidate's text-alone vector with the user's most recent item of its "
                    "domain, and a flag that there is one"),

@@ -19,6 +19,9 @@ candidate.
   data and on Amazon Arts/Office beta 0 reached the most held-out targets, 0.5 and 1 fewer). A
   user's interests spread from the users most like them, which fills a domain the user has no
   history in.
+- ``item_knn``: item-to-item cosine of the items' user sets (``|U_a & U_b| / sqrt(|U_a| |U_b|)``,
+  the item-kNN baseline of ``crossrec evaluate`` cut to each item's strongest neighbours per
+  domain), every history position weighing the same.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import scipy.sparse as sp
 
 from crossrec import schema
 from crossrec.features import Catalogue, in_user_order
-from crossrec.ranking_features import CANDIDATE_SOURCES, CO_VISITATION, PROPAGATION
+from crossrec.ranking_features import CO_VISITATION, DEFAULT_SOURCES, ITEM_KNN, PROPAGATION
 from ranking.candidates import best_columns, domain_chunks
 
 
@@ -124,17 +127,23 @@ def co_visitation(interactions: pd.DataFrame, catalogue: Catalogue, *, window: i
     return _top_per_domain(pairs, catalogue, per_domain, CO_VISITATION, position_decay)
 
 
-def propagation(interactions: pd.DataFrame, catalogue: Catalogue, *, beta: float = 0.0, per_domain: int = 30,
-                max_user_items: int = 200) -> NeighbourTable:
+def _user_items(interactions: pd.DataFrame, catalogue: Catalogue, max_user_items: int) -> sp.csr_matrix:
+    """(users, size) binary: who interacted with what (repeats count once); a very long user adds
+    deg^2 item pairs, so only their ``max_user_items`` most recent interactions are kept."""
     rows, users = _sequence_rows(interactions, catalogue)
     codes, _ = pd.factorize(users)
-    if max_user_items:  # a very long user adds deg^2 pairs: keep their most recent interactions
+    if max_user_items:
         from_end = pd.Series(codes).groupby(codes).cumcount(ascending=False).to_numpy()
         rows, codes = rows[from_end < max_user_items], codes[from_end < max_user_items]
-    size = catalogue.size
-    graph = sp.coo_matrix((np.ones(len(rows), np.float32), (codes, rows)), shape=(codes.max() + 1 if len(codes) else 0,
-                                                                                    size)).tocsr()
-    graph.data[:] = 1.0  # repeated interactions count once
+    graph = sp.coo_matrix((np.ones(len(rows), np.float32), (codes, rows)),
+                          shape=(codes.max() + 1 if len(codes) else 0, catalogue.size)).tocsr()
+    graph.data[:] = 1.0
+    return graph
+
+
+def propagation(interactions: pd.DataFrame, catalogue: Catalogue, *, beta: float = 0.0, per_domain: int = 30,
+                max_user_items: int = 200) -> NeighbourTable:
+    graph = _user_items(interactions, catalogue, max_user_items)
     user_degree = np.asarray(graph.sum(axis=1)).ravel()
     item_degree = np.asarray(graph.sum(axis=0)).ravel()
     to_items = sp.diags(1.0 / np.maximum(user_degree, 1.0)) @ graph  # P(u -> i)
@@ -144,9 +153,18 @@ def propagation(interactions: pd.DataFrame, catalogue: Catalogue, *, beta: float
     return _top_per_domain(walk, catalogue, per_domain, PROPAGATION, 0.0)
 
 
-def build_sources(interactions: pd.DataFrame, catalogue: Catalogue, names=CANDIDATE_SOURCES, *,
+def item_knn(interactions: pd.DataFrame, catalogue: Catalogue, *, per_domain: int = 30,
+             max_user_items: int = 200) -> NeighbourTable:
+    graph = _user_items(interactions, catalogue, max_user_items)
+    degree = np.asarray(graph.sum(axis=0)).ravel()
+    norm = sp.diags((1.0 / np.sqrt(np.maximum(degree, 1.0))).astype(np.float32))
+    cosine = (norm @ (graph.T @ graph) @ norm).tocsr()
+    return _top_per_domain(cosine, catalogue, per_domain, ITEM_KNN, 0.0)
+
+
+def build_sources(interactions: pd.DataFrame, catalogue: Catalogue, names=DEFAULT_SOURCES, *,
                   per_domain: int = 30) -> list[NeighbourTable]:
-    builders = {CO_VISITATION: co_visitation, PROPAGATION: propagation}
+    builders = {CO_VISITATION: co_visitation, PROPAGATION: propagation, ITEM_KNN: item_knn}
     return [builders[name](interactions, catalogue, per_domain=per_domain) for name in names]
 
 

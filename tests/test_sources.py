@@ -1,4 +1,4 @@
-"""Candidate sources (co-visitation, propagation), their merge with the towers' list, the ranker's
+"""Candidate sources (co-visitation, propagation, item-kNN), their merge with the towers' list, the ranker's
 new features read from them, and the label view the ranker trains in."""
 
 import numpy as np
@@ -9,7 +9,7 @@ from crossrec import schema
 from crossrec.features import Catalogue, Examples
 from ranking.candidates import CandidateLists, merge_candidates
 from ranking.model import RankingFeatures
-from ranking.sources import NeighbourTable, co_visitation, propagation, propose
+from ranking.sources import NeighbourTable, co_visitation, item_knn, propagation, propose
 from ranking.tables import FeatureTables, build_tables, label_tail, label_view
 
 
@@ -75,6 +75,25 @@ def test_propagation_spreads_from_the_users_who_share_the_history():
     assert np.isclose(flat[b1], flat[b2])
 
 
+def test_the_item_knn_source_orders_as_the_item_knn_baseline_does():
+    from crossrec.evaluation import ItemKNNScorer
+
+    frame, catalogue = tiny([("u1", "a", "a1"), ("u1", "b", "b1"), ("u1", "a", "a1"), ("u2", "a", "a1"),
+                             ("u2", "b", "b2"), ("u2", "a", "a2"), ("u3", "a", "a2"), ("u3", "b", "b3"),
+                             ("u4", "b", "b1"), ("u4", "a", "a2")])
+    table = item_knn(frame, catalogue, per_domain=10)  # every neighbour kept
+    history = np.array([[0, row(catalogue, "a", "a1"), row(catalogue, "a", "a2")]], np.int32)
+    pool = np.flatnonzero(catalogue.item_domain_name == "b")
+    ours = table.scores(history).toarray()[0, pool]
+    queries = Examples(history, np.zeros(1, np.int32), np.zeros(1, np.int32), np.array(["q"], object),
+                       np.ones(1, np.float32))
+    theirs = ItemKNNScorer(frame, catalogue).score(queries, pool)[0]
+    # the same cosines up to the table's scale (its mean kept weight is 1); the fresh item: 0
+    scale = theirs[theirs > 0].mean() / ours[ours > 0].mean()
+    np.testing.assert_allclose(ours * scale, theirs, rtol=1e-5)
+    assert ours[pool == row(catalogue, "b", "fresh")] == 0 and (ours > 0).sum() == 3
+
+
 def test_proposals_leave_out_seen_items_but_keep_the_target():
     frame, catalogue = tiny([("u1", "a", "a1"), ("u1", "b", "b1"), ("u2", "a", "a1"), ("u2", "b", "b2")])
     table = propagation(frame, catalogue)
@@ -104,7 +123,7 @@ def random_tables(seed=0, size=9, dim=3, width=4):
     rng = np.random.default_rng(seed)
     sources = [NeighbourTable(name, rng.integers(0, size, (size, width)).astype(np.int32),
                               rng.random((size, width)).astype(np.float32), decay)
-               for name, decay in (("co_visitation", 1.0), ("propagation", 0.0))]
+               for name, decay in (("co_visitation", 1.0), ("propagation", 0.0), ("item_knn", 0.0))]
     for s in sources:
         s.neighbours[0] = 0
     popularity = rng.integers(0, 3, size).astype(np.float32)
@@ -122,7 +141,7 @@ def test_source_text_and_age_features_match_numpy():
     query = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
     out = layer({"query": query, "history": history, "candidates": candidates}).numpy()
     assert out.shape == (2, 3, layer.output_dim) and layer.output_dim == 3 + 3 + 2 + 2 + 1
-    for s, table in enumerate(tables.sources):
+    for s, table in enumerate(tables.sources[:2]):
         expected = np.take_along_axis(table.scores(history).toarray(), candidates, 1)
         np.testing.assert_allclose(out[..., 3 * s], np.log1p(expected), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(out[..., 3 * s + 1], expected > 0)
