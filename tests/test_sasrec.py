@@ -32,7 +32,7 @@ def test_each_users_sequence_is_cut_from_its_end_into_right_aligned_pieces():
 
 
 def test_a_position_never_sees_a_later_item():
-    model = SASRec(20, np.ones(20, np.int32), 6, SASRecSettings(dim=8, blocks=2, heads=2, dropout=0.0))
+    model = SASRec(20, np.ones(20, np.int32), 6, SASRecSettings(dim=8, blocks=2, heads=2), dropout=0.0)
     rows = np.array([[0, 0, 3, 4, 5, 6]], np.int32)
     changed = rows.copy()
     changed[0, -1] = 9
@@ -50,7 +50,7 @@ def test_it_learns_what_comes_next_where_popularity_cannot(tiny_config):
     items = pd.DataFrame({schema.ITEM_ID: [f"i{k}" for k in range(40)], schema.DOMAIN: "books", schema.TEXT: "t"})
     config = replace(tiny_config, split=replace(tiny_config.split, holdout_fraction=0.1))
     data = prepare_data(config, Dataset(_frame(sequences), items))
-    scorer = train_sasrec(config, data, settings=SASRecSettings(dim=16, heads=2, dropout=0.0, learning_rate=0.01,
+    scorer = train_sasrec(config, data, settings=SASRecSettings(dim=16, heads=2, dropouts=(0.0,), learning_rate=0.01,
                                                                 batch_size=32, max_epochs=15, patience=15))
     warm = [q for q in data.test if q.slice == "warm"]
     metrics = evaluate([scorer, PopularityScorer(data.train, data.catalogue)], warm, data.catalogue, ks=(10,))
@@ -62,7 +62,7 @@ def test_it_learns_what_comes_next_where_popularity_cannot(tiny_config):
 
 def test_the_loss_is_the_softmax_over_the_next_items_domain_catalogue():
     item_domain = np.array([0, 1, 1, 1, 2, 2, 2, 2], np.int32)  # rows 1-3: domain 1, rows 4-7: domain 2
-    model = SASRec(8, item_domain, 4, SASRecSettings(dim=8, heads=2, dropout=0.0))
+    model = SASRec(8, item_domain, 4, SASRecSettings(dim=8, heads=2), dropout=0.0)
     inputs = np.array([[0, 1, 4, 2], [5, 6, 3, 7]], np.int32)
     targets = np.array([[0, 4, 2, 6], [6, 3, 7, 1]], np.int32)
     states = model(inputs)
