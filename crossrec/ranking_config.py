@@ -71,6 +71,10 @@ class RankingConfig:
     new_items: Literal["retrieval_rank", "ranker"] = "retrieval_rank"
     # Extra random items of the target domain per training list (0 = only retrieval's hard negatives).
     random_negatives: int = 0
+    # Share of the training queries asked a second time as a cross-domain cold start (their
+    # history's items of the target's domain removed, where other domains remain), so the ranker
+    # sees lists of users new to a domain (ranking.train.cold_start_copies).
+    cold_start_lists: float = 0.0
     # Training queries to mine lists for (a seeded random sample; null = every training example).
     max_queries: int | None = 50000
     # Inputs of the ranker: names from the feature registry (crossrec.ranking_features; the

@@ -27,7 +27,7 @@ from crossrec.data.dataset import Dataset
 from crossrec.data.splits import NEW_ITEM
 from crossrec.errors import ConfigError, raise_if_diverged
 from crossrec.experiment import prepare_data
-from crossrec.features import Catalogue, query_examples
+from crossrec.features import Catalogue, Examples, query_examples
 from crossrec.metrics import ranking_metrics
 from crossrec.progress import epoch_bar
 from crossrec.typed import to_dict
@@ -99,6 +99,8 @@ def mine_ranking_data(retrieval_model, data, config: Config, *, progress: bool =
     if ranking.max_queries and len(examples) > ranking.max_queries:
         keep = np.sort(np.random.default_rng(ranking.seed).choice(len(examples), ranking.max_queries, replace=False))
         examples = examples.subset(keep)
+    if ranking.cold_start_lists:
+        examples = cold_start_copies(examples, catalogue, ranking.cold_start_lists, ranking.seed)
     if progress:
         print(f"mining candidates for {len(examples)} training queries (sources: {', '.join(ranking.sources) or 'none'})",
               flush=True)
@@ -114,6 +116,23 @@ def mine_ranking_data(retrieval_model, data, config: Config, *, progress: bool =
                 for q in query_sets if len(q.examples)]
 
     return RankingData(train, held_out(data.validation), held_out(data.test), catalogue, tables, label_tables)
+
+
+def cold_start_copies(examples: Examples, catalogue: Catalogue, share: float, seed: int) -> Examples:
+    """``examples`` followed by a seeded ``share`` of them asked again as a cross-domain cold start:
+    every history item of the target's domain removed (the rest stays in order, right-aligned);
+    an example whose history has no other domain gets no copy."""
+    domain = catalogue.item_domain
+    history = examples.history
+    other = (history > 0) & (domain[history] != domain[examples.target][:, None])
+    chosen = np.random.default_rng(seed).random(len(examples)) < share
+    copy = np.flatnonzero(chosen & other.any(axis=1))
+    order = np.argsort(other[copy], axis=1, kind="stable")  # removed slots first: right-aligned
+    cold = np.take_along_axis(np.where(other[copy], history[copy], 0), order, axis=1).astype(history.dtype)
+    both = np.r_[np.arange(len(examples)), copy]
+    merged = examples.subset(both)
+    merged.history[len(examples):] = cold
+    return merged
 
 
 def build_ranker(config: Config, which: RankerConfig, tables: FeatureTables, *, distillation_weight: float = 0.0,

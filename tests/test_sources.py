@@ -241,3 +241,19 @@ def test_a_source_feature_without_its_source_names_the_fix():
     with pytest.raises(ConfigError, match="ranking.features: co_visitation needs that source in ranking.sources"):
         RankingConfig(sources=["propagation"], features=["retrieval_score", "co_visitation"])
     assert "co_visitation" not in RankingConfig(sources=["propagation"]).features
+
+
+def test_cold_start_copies_drop_the_target_domain_from_the_history():
+    from ranking.train import cold_start_copies
+
+    frame, catalogue = tiny([("u1", "a", "a1"), ("u1", "b", "b1"), ("u1", "a", "a2"), ("u1", "a", "a3")])
+    a1, a2, a3 = (row(catalogue, "a", i) for i in ("a1", "a2", "a3"))
+    b1 = row(catalogue, "b", "b1")
+    examples = Examples(np.array([[a1, b1, a2], [0, a1, a2], [0, b1, a1]], np.int32), np.array([a3, a3, a2], np.int32),
+                        np.ones(3, np.int32), np.array(["u1", "u2", "u3"], object), np.ones(3, np.float32))
+    out = cold_start_copies(examples, catalogue, 1.0, seed=0)
+    # the first and third get a copy (another domain remains); the second has only domain a
+    np.testing.assert_array_equal(out.history[:3], examples.history)
+    np.testing.assert_array_equal(out.history[3:], [[0, 0, b1], [0, 0, b1]])
+    assert list(out.target[3:]) == [a3, a2] and list(out.user_id[3:]) == ["u1", "u3"]
+    assert len(cold_start_copies(examples, catalogue, 0.0, seed=0)) == 3
