@@ -73,8 +73,10 @@ class RankingConfig:
     random_negatives: int = 0
     # Share of the training queries asked a second time as a cross-domain cold start (their
     # history's items of the target's domain removed, where other domains remain), so the ranker
-    # sees lists of users new to a domain (ranking.train.cold_start_copies).
-    cold_start_lists: float = 0.0
+    # sees lists of users new to a domain (ranking.train.cold_start_copies). Measured on Amazon
+    # Arts/Office, all users: served NDCG@10 cold start +8%, warm +3% (both paired intervals
+    # above 0); the built-in data: unchanged. 0 = off (the ranker then trains 1/3 faster).
+    cold_start_lists: float = 0.5
     # Training queries to mine lists for (a seeded random sample; null = every training example).
     max_queries: int | None = 50000
     # Inputs of the ranker: names from the feature registry (crossrec.ranking_features; the
@@ -121,6 +123,8 @@ class RankingConfig:
                               f"{', '.join(CANDIDATE_SOURCES)}")
         if not 0.0 <= self.fresh_item_share < 1.0:
             raise ConfigError(f"ranking.fresh_item_share: expected a share in [0, 1), got {self.fresh_item_share}")
+        if not 0.0 <= self.cold_start_lists <= 1.0:
+            raise ConfigError(f"ranking.cold_start_lists: expected a share in [0, 1], got {self.cold_start_lists}")
         for name in ("source_candidates", "source_neighbours", "label_tail"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ranking.{name}: expected 0 or more, got {getattr(self, name)}")

@@ -89,3 +89,10 @@ def test_a_removed_option_loads_at_its_old_default_and_is_refused_otherwise(writ
         load_config(write("gate.yaml", "towers:\n  fusion: gate\n"))
     with pytest.raises(ConfigError, match="train.examples: 'sequences' is no longer an option"):
         load_config(write("seq.yaml", "train:\n  examples: sequences\n"))
+
+
+def test_shares_outside_zero_to_one_name_the_key():
+    from crossrec.config import RankingConfig
+
+    with pytest.raises(ConfigError, match=r"ranking.cold_start_lists: expected a share in \[0, 1\], got 1.5"):
+        RankingConfig(cold_start_lists=1.5)

@@ -51,7 +51,8 @@ def test_it_learns_what_comes_next_where_popularity_cannot(tiny_config):
     config = replace(tiny_config, split=replace(tiny_config.split, holdout_fraction=0.1))
     data = prepare_data(config, Dataset(_frame(sequences), items))
     scorer = train_sasrec(config, data, settings=SASRecSettings(dim=16, heads=2, dropouts=(0.0,), learning_rate=0.01,
-                                                                batch_size=32, max_epochs=15, patience=15))
+                                                                batch_size=32, max_epochs=15, patience=15,
+                                                                min_steps=1))
     warm = [q for q in data.test if q.slice == "warm"]
     metrics = evaluate([scorer, PopularityScorer(data.train, data.catalogue)], warm, data.catalogue, ks=(10,))
     ndcg = metrics[metrics["domain"] == "all"].set_index("model")["ndcg@10"]

@@ -42,6 +42,7 @@ class SASRecSettings:
     batch_size: int = 128
     max_epochs: int = 40
     patience: int = 3
+    min_steps: int = 200
 
 
 class SASRec(keras.Model):
@@ -184,14 +185,17 @@ def train_sasrec(config, data, *, progress: bool = False, settings: SASRecSettin
     catalogue = data.catalogue
     inputs, targets = training_sequences(data.train, catalogue, length)
     dataset = (tf.data.Dataset.from_tensor_slices((inputs, targets)).shuffle(len(inputs), seed=config.train.seed)
-               .batch(settings.batch_size).prefetch(tf.data.AUTOTUNE))
+               .repeat().batch(settings.batch_size).prefetch(tf.data.AUTOTUNE))
+    # an "epoch" (one validation) is a pass over the pieces, and never fewer than min_steps steps:
+    # small data (2,000 users: 16 steps a pass) would otherwise stop before it learnt anything
+    steps = max(-(-len(inputs) // settings.batch_size), settings.min_steps)
     best, chosen = None, -1.0
     for dropout in settings.dropouts:
         keras.utils.set_random_seed(config.train.seed)
         model = SASRec(catalogue.size, catalogue.item_domain, length, settings, dropout=dropout, name="sasrec")
         model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate))
         selection = _SelectOnValidation(data, settings, progress, f"sasrec (dropout {dropout})")
-        model.fit(dataset, epochs=settings.max_epochs, verbose=0, shuffle=False,  # tf.data shuffles
+        model.fit(dataset, epochs=settings.max_epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
                   callbacks=[selection, keras.callbacks.TerminateOnNaN()])
         if best is None or selection.best > chosen:
             best, chosen = model, selection.best
