@@ -9,13 +9,12 @@ from typing import Literal
 from crossrec.errors import ConfigError
 from crossrec.ranking_features import (
     CANDIDATE_SOURCES,
-    DEFAULT_SOURCES,
     RANKING_FEATURES,
     check_features,
     default_features,
 )
 
-DEFAULT_STUDENT_FEATURES = tuple(default_features(DEFAULT_SOURCES, student=True))
+DEFAULT_STUDENT_FEATURES = tuple(default_features(CANDIDATE_SOURCES, student=True))
 RANKING_TASKS = ("engagement", "rating")
 __all__ = ["CANDIDATE_SOURCES", "DEFAULT_STUDENT_FEATURES", "RANKING_FEATURES", "RANKING_TASKS", "RankerConfig",
            "RankingConfig"]
@@ -46,9 +45,10 @@ class RankingConfig:
     candidates: int = 50
     # Candidate sources merged with the towers' top-K (ranking.sources): co_visitation (items
     # that follow one another in users' sequences), propagation (a random walk item -> users
-    # -> items: what users like this one have) and item_knn (items whose users overlap, cosine;
-    # off by default). [] = the towers' list alone.
-    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
+    # -> items: what users like this one have) and item_knn (items whose users overlap, cosine:
+    # on Amazon Arts/Office served cold start +8%, warm +2%, both outside the noise; the built-in
+    # data -1%, inside it). [] = the towers' list alone.
+    sources: list[str] = field(default_factory=lambda: list(CANDIDATE_SOURCES))
     # Candidates each source adds (before duplicates of the towers' list are dropped).
     source_candidates: int = 25
     # Neighbours each item keeps per domain in a source's table.

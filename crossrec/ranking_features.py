@@ -12,7 +12,6 @@ from crossrec.errors import ConfigError
 CO_VISITATION, PROPAGATION, ITEM_KNN = "co_visitation", "propagation", "item_knn"
 # The candidate sources (``ranking.sources``); each is also a feature group of the ranker.
 CANDIDATE_SOURCES = (CO_VISITATION, PROPAGATION, ITEM_KNN)
-DEFAULT_SOURCES = (CO_VISITATION, PROPAGATION)
 
 # symbolic widths: the towers' embedding size and the catalogue's domain count (with padding)
 EMBEDDING, DOMAINS = "embedding", "domains"

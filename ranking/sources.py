@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from crossrec import schema
 from crossrec.features import Catalogue, in_user_order
-from crossrec.ranking_features import CO_VISITATION, DEFAULT_SOURCES, ITEM_KNN, PROPAGATION
+from crossrec.ranking_features import CANDIDATE_SOURCES, CO_VISITATION, ITEM_KNN, PROPAGATION
 from ranking.candidates import best_columns, domain_chunks
 
 
@@ -162,7 +162,7 @@ def item_knn(interactions: pd.DataFrame, catalogue: Catalogue, *, per_domain: in
     return _top_per_domain(cosine, catalogue, per_domain, ITEM_KNN, 0.0)
 
 
-def build_sources(interactions: pd.DataFrame, catalogue: Catalogue, names=DEFAULT_SOURCES, *,
+def build_sources(interactions: pd.DataFrame, catalogue: Catalogue, names=CANDIDATE_SOURCES, *,
                   per_domain: int = 30) -> list[NeighbourTable]:
     builders = {CO_VISITATION: co_visitation, PROPAGATION: propagation, ITEM_KNN: item_knn}
     return [builders[name](interactions, catalogue, per_domain=per_domain) for name in names]
