@@ -132,14 +132,7 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
             ranked = timed("ranking", lambda: train_ranking(config, run, ranking_out, progress=progress))
             result.reranking = ranked.metrics
             served_ranks = _served_ranks(ranked, config)
-    if "popularity" in models:
-        scorers.append(PopularityScorer(data.train, data.catalogue))
-    if "item_knn" in models:
-        scorers.append(ItemKNNScorer(data.train, data.catalogue))
-    if "sasrec" in models:
-        from towers.sasrec import train_sasrec
-
-        scorers.append(timed("sasrec", lambda: train_sasrec(config, data, progress=progress)))
+    scorers += _reference_scorers(models, config, data, progress, timed)
     if "id_two_tower" in models:
         id_config = replace(config, towers=replace(config.towers, use_text=False, use_item_ids=True))
         run = timed("id_two_tower", lambda: train_retrieval(id_config, data=data, progress=progress,
@@ -190,6 +183,20 @@ def paired_against_baselines(ranks: pd.DataFrame) -> pd.DataFrame:
               paired_comparisons(ranks[ranks["model"] != SERVED], reference="crossrec")]
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _reference_scorers(models, config: Config, data: ExperimentData, progress: bool, timed) -> list:
+    """The baselines that are not crossrec's towers: popularity, item-kNN, SASRec."""
+    scorers = []
+    if "popularity" in models:
+        scorers.append(PopularityScorer(data.train, data.catalogue))
+    if "item_knn" in models:
+        scorers.append(ItemKNNScorer(data.train, data.catalogue))
+    if "sasrec" in models:
+        from towers.sasrec import train_sasrec
+
+        scorers.append(timed("sasrec", lambda: train_sasrec(config, data, progress=progress)))
+    return scorers
 
 
 def _check_models(models) -> None:
