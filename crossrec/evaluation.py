@@ -23,6 +23,9 @@ from crossrec.metrics import (
     resampled_means,
 )
 
+TOWERS = "crossrec"  # the row of crossrec's towers alone (the ``--models`` name and every report's)
+SERVED = "served"  # the row of the served list: the ``recommender``'s answer (towers + sources + ranker)
+
 
 class Scorer(Protocol):
     name: str
@@ -85,6 +88,13 @@ def target_ranks(scorer: Scorer, queries: QuerySet, catalogue: Catalogue, *, exc
     return ranks
 
 
+def rank_frame(model: str, slice_name: str, target_domains: np.ndarray, ranks: np.ndarray) -> pd.DataFrame:
+    """One model's ranks on one query set, in the layout ``pooled_metrics`` and
+    ``paired_comparisons`` read: model, slice, domain, query (its index in the set), rank."""
+    return pd.DataFrame({"model": model, "slice": slice_name, "domain": target_domains,
+                         "query": np.arange(len(ranks)), "rank": ranks})
+
+
 def evaluate(scorers: list[Scorer], query_sets: list[QuerySet], catalogue: Catalogue, *, ks=(10, 50, 100),
              exclude_seen: bool = True, ranks_out: list | None = None) -> pd.DataFrame:
     """One row per (model, slice, domain) plus an "all" domain row per (model, slice), with 95%
@@ -96,9 +106,8 @@ def evaluate(scorers: list[Scorer], query_sets: list[QuerySet], catalogue: Catal
             if len(queries.examples) == 0:
                 continue
             ranks = target_ranks(scorer, queries, catalogue, exclude_seen=exclude_seen)
-            domains = catalogue.item_domain_name[queries.examples.target]
-            frames.append(pd.DataFrame({"model": scorer.name, "slice": queries.slice, "domain": domains,
-                                        "query": np.arange(len(ranks)), "rank": ranks}))
+            frames.append(rank_frame(scorer.name, queries.slice, catalogue.item_domain_name[queries.examples.target],
+                                     ranks))
     if ranks_out is not None:  # every query's rank, for paired comparisons
         ranks_out.extend(frames)
     if not frames:
@@ -191,7 +200,7 @@ def pooled_metrics(ranks: pd.DataFrame, ks=(10, 50, 100)) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_comparisons(ranks: pd.DataFrame, reference: str = "crossrec", metric: str = "ndcg@10") -> pd.DataFrame:
+def paired_comparisons(ranks: pd.DataFrame, reference: str = TOWERS, metric: str = "ndcg@10") -> pd.DataFrame:
     """``reference`` against every other model on the same queries, per slice and domain (and
     "all"): the difference in ``metric`` with its paired 95% bootstrap interval, the relative
     difference, and the share of resamples in which ``reference`` is ahead. ``ranks`` is what

@@ -146,6 +146,13 @@ def ratings_column(frame: pd.DataFrame) -> np.ndarray | None:
     return pd.to_numeric(frame[schema.RATING], errors="coerce").to_numpy(np.float32)
 
 
+def keep_right_aligned(history: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Each history row reduced to its ``keep`` entries, in their order, right-aligned (padding 0 on
+    the left), the layout every model reads."""
+    order = np.argsort(keep, axis=1, kind="stable")  # dropped slots first, kept ones after, in order
+    return np.take_along_axis(np.where(keep, history, 0), order, axis=1).astype(history.dtype)
+
+
 def _right_aligned(rows: np.ndarray, length: int) -> np.ndarray:
     out = np.zeros(length, np.int32)
     tail = rows[-length:]

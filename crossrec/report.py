@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-PAIRED_TITLES = {"served": "The served list (served)", "crossrec": "crossrec's towers alone (crossrec)"}
+from crossrec.evaluation import SERVED, TOWERS
+
+PAIRED_TITLES = {SERVED: f"The served list ({SERVED})", TOWERS: f"crossrec's towers alone ({TOWERS})"}
 HEADLINE = ["recall@10", "recall@50", "recall@100", "ndcg@10", "mrr"]
 
 
@@ -59,7 +61,7 @@ def paired_table(paired: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
 def reference_model(models) -> str:
     """The model a report measures the others against: the served list when it was measured (the
     product), else crossrec's towers."""
-    return "served" if "served" in set(models) else "crossrec"
+    return SERVED if SERVED in set(models) else TOWERS
 
 
 def summary_lines(metrics: pd.DataFrame, paired: pd.DataFrame | None = None, digits: int = 4) -> list[str]:
@@ -74,8 +76,8 @@ def summary_lines(metrics: pd.DataFrame, paired: pd.DataFrame | None = None, dig
         text = f"{name} ({int(best['queries'])} queries): best {best['model']} {best['ndcg@10']:.{digits}f}"
         if pd.notna(best.get("ndcg@10_lo")):
             text += f" [{best['ndcg@10_lo']:.{digits}f}, {best['ndcg@10_hi']:.{digits}f}]"
-        reference = ours if ours in set(group["model"]) else "crossrec"
-        others = group[~group["model"].isin({reference, "served", "crossrec"})].sort_values("ndcg@10", ascending=False)
+        reference = ours if ours in set(group["model"]) else TOWERS
+        others = group[~group["model"].isin({reference, SERVED, TOWERS})].sort_values("ndcg@10", ascending=False)
         if paired is not None and not paired.empty and reference in set(group["model"]) and len(others):
             rival = others.iloc[0]["model"]
             row = paired[(paired["model"] == reference) & (paired["versus"] == rival) & (paired["slice"] == name)
@@ -129,7 +131,7 @@ def write_report(metrics: pd.DataFrame, out_dir: str | Path, *, title: str, note
                  metrics.pivot_table(index=["slice", "domain"], columns="model", values=metric, sort=True))
         parts += [f"## {metric}", "", _markdown(table), ""]
     if paired is not None and not paired.empty:
-        for reference, group in sorted(paired.groupby("model"), key=lambda kv: kv[0] != "served"):
+        for reference, group in sorted(paired.groupby("model"), key=lambda kv: kv[0] != SERVED):
             what = PAIRED_TITLES.get(reference, reference)
             parts += [f"## {what} against each model on the same queries", "",
                       f"Difference in NDCG@10 ({reference} minus the model), its paired 95% bootstrap interval, the "

@@ -26,8 +26,9 @@ from crossrec.config import Config, RankerConfig, load_config, save_config
 from crossrec.data.dataset import Dataset
 from crossrec.data.splits import NEW_ITEM
 from crossrec.errors import ConfigError, raise_if_diverged
+from crossrec.evaluation import SERVED
 from crossrec.experiment import prepare_data
-from crossrec.features import Catalogue, Examples, query_examples
+from crossrec.features import Catalogue, Examples, keep_right_aligned, query_examples
 from crossrec.metrics import ranking_metrics
 from crossrec.progress import epoch_bar
 from crossrec.typed import to_dict
@@ -39,7 +40,7 @@ from ranking.sources import propose
 from ranking.tables import FeatureTables, build_tables, fresh_items, label_tail, label_view
 
 MONITOR = "val_ndcg_at_10"
-RETRIEVAL_ORDER, TEACHER, STUDENT, SERVED = "retrieval", "ranker", "student", "served"
+RETRIEVAL_ORDER, TEACHER, STUDENT = "retrieval", "ranker", "student"
 
 
 @dataclass
@@ -127,11 +128,9 @@ def cold_start_copies(examples: Examples, catalogue: Catalogue, share: float, se
     other = (history > 0) & (domain[history] != domain[examples.target][:, None])
     chosen = np.random.default_rng(seed).random(len(examples)) < share
     copy = np.flatnonzero(chosen & other.any(axis=1))
-    order = np.argsort(other[copy], axis=1, kind="stable")  # removed slots first: right-aligned
-    cold = np.take_along_axis(np.where(other[copy], history[copy], 0), order, axis=1).astype(history.dtype)
     both = np.r_[np.arange(len(examples)), copy]
     merged = examples.subset(both)
-    merged.history[len(examples):] = cold
+    merged.history[len(examples):] = keep_right_aligned(history[copy], other[copy])
     return merged
 
 

@@ -233,10 +233,10 @@ def test_evaluation_lists_leave_out_seen_items_and_do_not_force_the_target_in(re
 
 
 def test_fit_lowers_the_loss_distils_a_student_and_reloads_with_identical_scores(retrieval_run, tmp_path):
+    from crossrec.evaluation import SERVED
     from ranking.scoring import score_lists
     from ranking.train import (
         RETRIEVAL_ORDER,
-        SERVED,
         STUDENT,
         TEACHER,
         load_ranking,

@@ -42,7 +42,7 @@ def test_a_position_never_sees_a_later_item():
     assert not np.allclose(a[:, -1], b[:, -1])
 
 
-def test_it_learns_what_comes_next_where_popularity_cannot(tiny_config):
+def test_it_learns_what_comes_next_where_popularity_cannot(tiny_config, capsys):
     # every user walks the same cycle of 40 items from a random start: the next item is the one
     # after the last, and every item is about as popular as any other
     rng = np.random.default_rng(0)
@@ -52,7 +52,9 @@ def test_it_learns_what_comes_next_where_popularity_cannot(tiny_config):
     data = prepare_data(config, Dataset(_frame(sequences), items))
     scorer = train_sasrec(config, data, settings=SASRecSettings(dim=16, heads=2, dropouts=(0.0,), learning_rate=0.01,
                                                                 batch_size=32, max_epochs=15, patience=15,
-                                                                min_steps=1))
+                                                                min_steps=1), progress=True)
+    shown = capsys.readouterr().out  # one progress line per model, with the metric that chooses its epoch
+    assert "training sasrec (dropout 0.0)" in shown and "val_ndcg_at_10" in shown
     warm = [q for q in data.test if q.slice == "warm"]
     metrics = evaluate([scorer, PopularityScorer(data.train, data.catalogue)], warm, data.catalogue, ks=(10,))
     ndcg = metrics[metrics["domain"] == "all"].set_index("model")["ndcg@10"]

@@ -27,6 +27,7 @@ from crossrec import schema
 from crossrec.data.splits import NEW_ITEM
 from crossrec.evaluation import evaluate
 from crossrec.features import Catalogue, Examples, in_user_order
+from crossrec.progress import epoch_bar
 
 
 @dataclass(frozen=True)
@@ -152,20 +153,18 @@ class _SelectOnValidation(keras.callbacks.Callback):
     """NDCG@10 on (at most 2,000 per slice of) the validation queries (not new items: an ID model has nothing for them) after
     each epoch; stops after ``patience`` epochs without a gain and restores the best weights."""
 
-    def __init__(self, data, settings: SASRecSettings, progress: bool, name: str = "sasrec"):
+    def __init__(self, data, settings: SASRecSettings):
         super().__init__()
-        self.label = name
         self.queries = [q.sample(VALIDATION_QUERIES, seed=0) for q in data.validation
                         if q.slice != NEW_ITEM and len(q.examples)]
-        self.catalogue, self.settings, self.progress = data.catalogue, settings, progress
+        self.catalogue, self.settings = data.catalogue, settings
         self.best, self.best_weights, self.waited = -1.0, None, 0
 
     def on_epoch_end(self, epoch, logs=None):
         frame = evaluate([SASRecScorer(self.model)], self.queries, self.catalogue, ks=(10,))
         value = float(frame[frame["domain"] == "all"]["ndcg@10"].mean()) if len(frame) else 0.0
-        if self.progress:
-            print(f"{self.label} epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}, "
-                  f"validation NDCG@10 {value:.4f}", flush=True)
+        if logs is not None:  # shown by the progress line (callbacks after this one see it)
+            logs["val_ndcg_at_10"] = value
         if value > self.best:
             self.best, self.best_weights, self.waited = value, self.model.get_weights(), 0
         else:
@@ -194,9 +193,12 @@ def train_sasrec(config, data, *, progress: bool = False, settings: SASRecSettin
         keras.utils.set_random_seed(config.train.seed)
         model = SASRec(catalogue.size, catalogue.item_domain, length, settings, dropout=dropout, name="sasrec")
         model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate))
-        selection = _SelectOnValidation(data, settings, progress, f"sasrec (dropout {dropout})")
+        selection = _SelectOnValidation(data, settings)
+        callbacks = [selection, keras.callbacks.TerminateOnNaN()]
+        if progress:
+            callbacks.append(epoch_bar(f"sasrec (dropout {dropout})", settings.max_epochs, keras.callbacks.Callback))
         model.fit(dataset, epochs=settings.max_epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
-                  callbacks=[selection, keras.callbacks.TerminateOnNaN()])
+                  callbacks=callbacks)
         if best is None or selection.best > chosen:
             best, chosen = model, selection.best
     trained = np.zeros(catalogue.size, bool)

@@ -37,21 +37,23 @@ from crossrec.data.loaders import load_dataset
 from crossrec.data.splits import COLD_START, SLICE, ZERO_SHOT
 from crossrec.errors import ConfigError
 from crossrec.evaluation import (
+    SERVED,
+    TOWERS,
     ItemKNNScorer,
     PopularityScorer,
     evaluate,
     paired_comparisons,
     pooled_metrics,
+    rank_frame,
 )
 from crossrec.experiment import ExperimentData, prepare_data, query_sets
-from crossrec.features import Catalogue, Examples
+from crossrec.features import Catalogue, Examples, keep_right_aligned
 from crossrec.windows import training_examples
 from towers.queries import query_embeddings, scorer_for
 from towers.train import train_retrieval
 
-SERVED = "served"  # the row of the served list (the ``recommender``'s answer), with ``ranking``
-MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "item_knn", "sasrec", "ranking")
-DEFAULT_MODELS = ("crossrec", "popularity", "id_two_tower", "target_only", "ranking")
+MODELS = (TOWERS, "popularity", "id_two_tower", "target_only", "item_knn", "sasrec", "ranking")
+DEFAULT_MODELS = (TOWERS, "popularity", "id_two_tower", "target_only", "ranking")
 
 
 @dataclass
@@ -77,17 +79,8 @@ class _PerDomainScorer:
         domain = int(self.catalogue.item_domain[candidate_rows[0]])
         model, items = self.runs[domain]
         history = np.where(self.catalogue.item_domain[queries.history] == domain, queries.history, 0)
-        own = Examples(_right_align(history), queries.target, queries.target_domain, queries.user_id, queries.weight)
+        own = Examples(keep_right_aligned(history, history > 0), queries.target, queries.target_domain, queries.user_id, queries.weight)
         return query_embeddings(model, own) @ items[candidate_rows].T
-
-
-def _right_align(history: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(history)
-    for i, row in enumerate(history):
-        kept = row[row > 0]
-        if len(kept):
-            out[i, -len(kept):] = kept
-    return out
 
 
 def _subset_data(data: ExperimentData, keep: pd.Series, config: Config) -> ExperimentData:
@@ -121,11 +114,11 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         result.seconds[name] = round(time.perf_counter() - start, 1)
         return value
 
-    if "crossrec" in models:
-        run = timed("crossrec", lambda: train_retrieval(config, model_out, data=data, progress=progress,
+    if TOWERS in models:
+        run = timed(TOWERS, lambda: train_retrieval(config, model_out, data=data, progress=progress,
                                                         name="crossrec towers"))
-        scorers.append(_named(run, "crossrec"))
-        result.histories["crossrec"] = run.history
+        scorers.append(_named(run, TOWERS))
+        result.histories[TOWERS] = run.history
         if "ranking" in models:
             from ranking.train import train_ranking
 
@@ -167,9 +160,8 @@ def _served_ranks(ranked, config: Config) -> list[pd.DataFrame]:
     frames = []
     for slice_name, lists in ranked.data.test:
         ranks = list_ranks(lists, served_order(ranker, lists, ranked.data.tables, config.ranking.new_items))
-        frames.append(pd.DataFrame({"model": SERVED, "slice": slice_name,
-                                    "domain": ranked.data.catalogue.item_domain_name[lists.examples.target],
-                                    "query": np.arange(len(ranks)), "rank": ranks}))
+        frames.append(rank_frame(SERVED, slice_name, ranked.data.catalogue.item_domain_name[lists.examples.target],
+                                 ranks))
     return frames
 
 
@@ -180,7 +172,7 @@ def paired_against_baselines(ranks: pd.DataFrame) -> pd.DataFrame:
     if ranks.empty:
         return pd.DataFrame()
     frames = [paired_comparisons(ranks, reference=SERVED),
-              paired_comparisons(ranks[ranks["model"] != SERVED], reference="crossrec")]
+              paired_comparisons(ranks[ranks["model"] != SERVED], reference=TOWERS)]
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -203,7 +195,7 @@ def _check_models(models) -> None:
     unknown = set(models) - set(MODELS)
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
-    if "ranking" in models and "crossrec" not in models:
+    if "ranking" in models and TOWERS not in models:
         raise ConfigError("the ranking model re-ranks crossrec's candidates: add crossrec to the models")
 
 
@@ -275,6 +267,6 @@ def _zero_shot(config: Config, data: ExperimentData, domain: str, progress: bool
     test = query_sets(schema.TEST, asked, train, catalogue, h)
     zero = ExperimentData(frame, catalogue, train, examples, validation, test, domain, data.dataset, data.split_kind)
     run = train_retrieval(config, data=zero, progress=progress, name=f"crossrec towers without {domain} (zero-shot)")
-    scorers = [_named(run, "crossrec"), PopularityScorer(train, catalogue)]
+    scorers = [_named(run, TOWERS), PopularityScorer(train, catalogue)]
     return evaluate(scorers, test, catalogue, ks=tuple(config.eval.ks), exclude_seen=config.eval.exclude_seen,
                     ranks_out=ranks_out)
