@@ -1,0 +1,77 @@
+"""The feed's selection across domains (ranking.feed): one scale for every domain, and the greedy
+choice for relevance, diversity (MMR) and calibration (Steck)."""
+
+import numpy as np
+import pytest
+
+import crossrec  # noqa: F401  (environment first)
+from ranking.feed import calibrated_scores, domain_shares, select, select_reference
+
+
+def requests(seed=0, b=8, c=40, d=3, e=8):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(b, c, e))
+    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return {"scores": rng.random((b, c)).astype(np.float32), "domains": rng.integers(0, d, (b, c)).astype(np.int32),
+            "vectors": vectors.astype(np.float32), "valid": rng.random((b, c)) > 0.1,
+            "target": rng.dirichlet(np.ones(d), b).astype(np.float32)}
+
+
+def picks(r, n, diversity, calibration, max_n=20):
+    b = len(r["scores"])
+    out = select(r["scores"], r["domains"], r["vectors"], r["valid"], r["target"], np.full(b, n, np.int32),
+                 np.full(b, diversity, np.float32), np.full(b, calibration, np.float32), max_n).numpy()
+    return [[int(x) for x in row if x >= 0] for row in out]
+
+
+def test_no_diversity_and_no_calibration_give_exactly_the_score_order():
+    r = requests()
+    for i, chosen in enumerate(picks(r, 15, 0.0, 0.0)):
+        order = [c for c in np.argsort(-r["scores"][i], kind="stable") if r["valid"][i][c]]
+        assert chosen == order[:15]
+
+
+@pytest.mark.parametrize("diversity,calibration", [(0.3, 0.0), (0.0, 2.0), (0.5, 1.0), (1.0, 0.0)])
+def test_the_graph_chooses_as_the_numpy_reference(diversity, calibration):
+    r = requests(seed=1)
+    for i, chosen in enumerate(picks(r, 12, diversity, calibration)):
+        assert chosen == select_reference(r["scores"][i], r["domains"][i], r["vectors"][i], r["valid"][i],
+                                          r["target"][i], 12, diversity, calibration)
+
+
+def test_full_diversity_never_repeats_a_near_duplicate():
+    r = requests(seed=2, b=4, c=40)
+    r["vectors"][:, 20:] = r["vectors"][:, :20]  # every item has a twin
+    r["valid"][:] = True
+    for chosen in picks(r, 20, 1.0, 0.0):
+        assert len({c % 20 for c in chosen}) == len(chosen) == 20
+
+
+def test_a_whole_share_for_one_domain_returns_that_domain_only():
+    r = requests(seed=3)
+    r["target"][:] = [0.0, 1.0, 0.0]
+    for i, chosen in enumerate(picks(r, 10, 0.2, 0.1)):
+        assert chosen and all(r["domains"][i][c] == 1 for c in chosen)
+
+
+def test_calibration_brings_the_lists_shares_to_the_target():
+    r = requests(seed=4, b=2, c=60, d=2)
+    r["domains"][:] = np.arange(60) % 2
+    r["scores"][:] = np.where(r["domains"] == 0, 1.0, 0.1) * r["scores"]  # relevance favours domain 0
+    r["valid"][:] = True
+    r["target"][:] = [0.5, 0.5]
+    in_one = [[sum(r["domains"][i][c] == 1 for c in chosen) for i, chosen in enumerate(picks(r, 10, 0.0, weight))]
+              for weight in (0.0, 1.0, 50.0)]
+    for i in range(2):  # more of the target's share as the weight grows, all of it at a large weight
+        assert in_one[0][i] <= 2 and in_one[0][i] < in_one[1][i] < 5 and in_one[2][i] == 5
+
+
+def test_scores_of_different_domains_are_probabilities_of_the_next_interaction():
+    history = np.array([[0, 0, 1, -1], [-1, -1, -1, -1]], np.int32)  # 2 in domain 0, 1 in domain 1; none
+    shares = domain_shares(history, 2, prior=np.array([0.5, 0.5]), prior_weight=1.0).numpy()
+    np.testing.assert_allclose(shares, [[2.5 / 4, 1.5 / 4], [0.5, 0.5]], rtol=1e-6)
+    logits = np.array([[[2.0, 1.0, 0.0], [5.0, 5.0, 9.0]]] * 2, np.float32)  # (b, D lists, L)
+    valid = np.array([[[True, True, True], [True, True, False]]] * 2)
+    p = calibrated_scores(logits, valid, shares, np.array([0, 1])).numpy()
+    np.testing.assert_allclose(p.sum(axis=-1), shares, rtol=1e-5)  # each domain's list holds its share
+    assert p[0, 1, 2] == 0 and p[0, 1, 0] == pytest.approx(p[0, 1, 1])
