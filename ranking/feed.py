@@ -61,8 +61,8 @@ def _kl_if_added(target, counts, onehot, step):
 
 
 def select(scores, domains, vectors, valid, target, n, diversity, calibration, max_n: int):
-    """The feed's picks, best first: (b, max_n) indices into the candidates (-1 past ``n`` or when
-    none is left). ``scores`` (b, C) the calibrated scores; ``domains`` (b, C) domain indices;
+    """The feed's picks, best first: (b, min(max_n, max n)) indices into the candidates (-1 past
+    ``n`` or when none is left). ``scores`` (b, C) the calibrated scores; ``domains`` (b, C) domain indices;
     ``vectors`` (b, C, e) unit item vectors; ``valid`` (b, C); ``target`` (b, D) the shares to
     calibrate to (a 0 share leaves the domain out); ``n``, ``diversity``, ``calibration`` (b,)."""
     scores = tf.cast(scores, tf.float32)
@@ -91,9 +91,10 @@ def select(scores, domains, vectors, valid, target, n, diversity, calibration, m
         counts += tf.where(live[:, None], tf.gather(onehot, best, axis=1, batch_dims=1), 0.0)
         return t + 1, available, closest, counts, picks.write(t, pick)
 
+    steps = tf.maximum(tf.minimum(max_n, tf.reduce_max(n)), 1)  # as many as the largest n asks
     start = (tf.constant(0), allowed, tf.fill([batch, width], -1.0), tf.zeros([batch, num_domains]),
-             tf.TensorArray(tf.int32, size=max_n))
-    *_, picks = tf.while_loop(lambda t, *_: t < max_n, step, start)
+             tf.TensorArray(tf.int32, size=steps))
+    *_, picks = tf.while_loop(lambda t, *_: t < steps, step, start)
     return tf.transpose(picks.stack())
 
 

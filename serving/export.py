@@ -13,7 +13,9 @@ input/output names, written to ``<base>/<model>/<version>/`` (see ``serving.layo
 ``ranking``       history_item_ids, history_domains, target_domain, candidate_item_ids [b, c]
                   string  ->  engagement [b, c] (logit; unknown candidates get -1e9), rating [b, c]
 ``recommender``   the retrieval inputs -> retrieve ``ranking.candidates`` -> rank -> top k:
-                  item_ids [b, k], scores [b, k] (ranker), retrieval_scores [b, k], history counts, because_*
+                  item_ids [b, k], scores [b, k] (ranker), retrieval_scores [b, k], history counts, because_*;
+                  and ``feed`` (``serving.feed``): one list across every domain, with diversity and
+                  calibration set per request
 ``item_encoder``  text [b] string, domain [b] string -> embedding [b, e]: index a new item from
                   its text without retraining (the only model with TF Text ops: its tokenizer)
 
@@ -43,11 +45,12 @@ from crossrec.config import Config
 from crossrec.errors import ConfigError
 from crossrec.typed import to_dict
 from serving import training_state
+from serving.feed import FeedRecommenderModule
 from serving.index import DomainIndex
 from serving.layout import METADATA_FILE, write_file_atomically
 from serving.model_set import publish_set
 from serving.parts import index_recall, load_parts
-from serving.signatures import ItemEncoderModule, RankingModule, RecommenderModule, RetrievalModule
+from serving.signatures import ItemEncoderModule, RankingModule, RetrievalModule
 from serving.warmup import BATCH_SIZES, history_requests, write_warmup
 
 MODELS = ("retrieval", "ranking", "recommender", "item_encoder")
@@ -119,7 +122,7 @@ def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result, r
     state's fingerprint)."""
     export = parts.config.export
     index_info = _build_index(parts, recall_queries)
-    builders = {"retrieval": RetrievalModule, "ranking": RankingModule, "recommender": RecommenderModule,
+    builders = {"retrieval": RetrievalModule, "ranking": RankingModule, "recommender": FeedRecommenderModule,
                 "item_encoder": ItemEncoderModule}
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if export.index == "scann" else None)
     # retraining's state (user histories) goes beside the serving folder, never into it
@@ -168,6 +171,7 @@ def _metadata(name: str, number: int, module, parts, index_info: dict, state) ->
     return {"model": name, "version": number, "crossrec_version": crossrec.__version__,
             "created": _now(),
             "signature": signature_description(module.serve),
+            **({"feed_signature": signature_description(module.feed)} if hasattr(module, "feed") else {}),
             "max_k": min(export.max_k, config.ranking.candidates) if name == "recommender" else export.max_k,
             **({"max_candidates": export.max_candidates} if name == "ranking" else {}),
             "domains": parts.lookups.served, "zero_shot_domains": parts.lookups.zero_shot,

@@ -221,6 +221,20 @@ class RecommenderModule(RankedQueryModule):
         repeated = tf.reduce_any(same & earlier[None], axis=2)
         return tf.where(repeated, tf.zeros_like(candidates), candidates)
 
+    def _served_list(self, query, rows, target, exclude_history):
+        """The merged candidates (b, L), the ranker's engagement logits, the towers' scores and
+        the scores whose descending order is the served order (``ranking.policy``)."""
+        _, found = self._retrieve(query, rows, target, exclude_history, self.candidates)
+        if self.source_names:
+            found = self._drop_duplicates(tf.concat([found, self._proposals(rows, target, exclude_history)], axis=1))
+        ranked = self._rank(query, rows, found)["engagement"]
+        towers = tf.reduce_sum(query[:, None, :] * self.lookups.embedding_rows(found), axis=-1)
+        order_by = ranked
+        if self.new_item_policy == "retrieval_rank":  # new items keep the towers' place (ranking.policy)
+            is_new = tf.gather(self.ranker.features.tables["popularity"], found) <= 0
+            order_by = served_scores(ranked, towers, found, is_new)
+        return found, ranked, towers, order_by
+
     def _serve_top(self, history_item_ids, history_domains, target_domain, k, exclude_history):
         limit = min(self.max_k, self.candidates)
         checks = self._history_checks(history_item_ids, history_domains, target_domain) + \
@@ -232,15 +246,7 @@ class RecommenderModule(RankedQueryModule):
             checks, history_item_ids, history_domains, target_domain, k, exclude_history)
         query, rows, target = self._query(history_item_ids, history_domains, target_domain)
         width = tf.minimum(tf.reduce_max(k), limit)
-        _, found = self._retrieve(query, rows, target, exclude_history, self.candidates)
-        if self.source_names:
-            found = self._drop_duplicates(tf.concat([found, self._proposals(rows, target, exclude_history)], axis=1))
-        ranked = self._rank(query, rows, found)["engagement"]
-        towers = tf.reduce_sum(query[:, None, :] * self.lookups.embedding_rows(found), axis=-1)
-        order_by = ranked
-        if self.new_item_policy == "retrieval_rank":  # new items keep the towers' place (ranking.policy)
-            is_new = tf.gather(self.ranker.features.tables["popularity"], found) <= 0
-            order_by = served_scores(ranked, towers, found, is_new)
+        found, ranked, towers, order_by = self._served_list(query, rows, target, exclude_history)
         _, order = tf.math.top_k(order_by, k=width)
         picked = tf.gather(found, order, batch_dims=1)
         scores = tf.gather(ranked, order, batch_dims=1)

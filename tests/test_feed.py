@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import crossrec  # noqa: F401  (environment first)
+from crossrec import schema
 from ranking.feed import calibrated_scores, domain_shares, select, select_reference
 
 
@@ -75,3 +76,71 @@ def test_scores_of_different_domains_are_probabilities_of_the_next_interaction()
     p = calibrated_scores(logits, valid, shares, np.array([0, 1])).numpy()
     np.testing.assert_allclose(p.sum(axis=-1), shares, rtol=1e-5)  # each domain's list holds its share
     assert p[0, 1, 2] == 0 and p[0, 1, 0] == pytest.approx(p[0, 1, 1])
+
+
+def _feed_request(histories, n, diversity=0.0, calibration=0.0, shares=None, exclude=True):
+    import tensorflow as tf
+
+    width = max(len(h) for h in histories)
+    ids = [[i for _, i in h] + [""] * (width - len(h)) for h in histories]
+    domains = [[d for d, _ in h] + [""] * (width - len(h)) for h in histories]
+    b = len(histories)
+    return dict(history_item_ids=tf.constant(ids, tf.string), history_domains=tf.constant(domains, tf.string),
+                n=tf.constant([n] * b, tf.int32), diversity=tf.constant([diversity] * b, tf.float32),
+                calibration=tf.constant([calibration] * b, tf.float32),
+                target_shares=tf.constant(shares if shares is not None else np.zeros((b, 0)), tf.float32),
+                exclude_history=tf.constant([exclude] * b))
+
+
+@pytest.fixture(scope="module")
+def feed_model(tiny_exported):
+    import tensorflow as tf
+
+    config, run, out, _ = tiny_exported
+    loaded = tf.saved_model.load(str(out / "recommender" / "1"))
+    examples = run.data.test[0].examples
+    items = run.data.catalogue.items.set_index("row")
+    histories = [[(items.loc[r, schema.DOMAIN], items.loc[r, schema.ITEM_ID]) for r in row[row > 0]]
+                 for row in examples.history[:4]]
+    return loaded, run.data.catalogue.domain_names, histories
+
+
+def test_the_served_feed_with_one_domains_whole_share_is_that_domains_recommendation(feed_model):
+    import tensorflow as tf
+
+    loaded, domains, histories = feed_model
+    for d, domain in enumerate(domains):
+        shares = np.zeros((len(histories), len(domains)), np.float32)
+        shares[:, d] = 1.0
+        feed = loaded.signatures["feed"](**_feed_request(histories, 6, shares=shares))
+        top = loaded.signatures["serving_default"](**{k: v for k, v in _feed_request(histories, 6).items()
+                                                     if k in ("history_item_ids", "history_domains",
+                                                              "exclude_history")},
+                                                  target_domain=tf.constant([domain] * len(histories)),
+                                                  k=tf.constant([6] * len(histories)))
+        assert feed["item_ids"].numpy().tolist() == top["item_ids"].numpy().tolist()
+        assert {x.decode() for x in feed["domains"].numpy().ravel()} <= {domain, ""}
+
+
+def test_the_served_feed_mixes_domains_in_each_domains_served_order(feed_model):
+    loaded, domains, histories = feed_model
+    feed = loaded.signatures["feed"](**_feed_request(histories, 12))
+    for i, history in enumerate(histories):
+        got = [(d.decode(), x.decode()) for d, x in zip(feed["domains"][i].numpy(), feed["item_ids"][i].numpy(),
+                                                          strict=True) if x]
+        scores = feed["scores"][i].numpy()[:len(got)]
+        assert len(got) == 12 == len(set(got)) and not set(got) & set(history)
+        assert len({d for d, _ in got}) > 1 and (np.diff(scores) <= 1e-7).all()  # the one scale's order
+
+
+@pytest.mark.parametrize("change,named", [({"diversity": -0.1}, "diversity"), ({"calibration": float("nan")},
+                                          "calibration"), ({"n": 21}, "n: must be at most 20"),
+                                          ({"shares": [[0.3, 0.3, 0.3]]}, "target_shares"),
+                                          ({"shares": [[0.5, 0.5]]}, "target_shares")])
+def test_bad_feed_requests_are_invalid_arguments_naming_the_input(feed_model, change, named):
+    import tensorflow as tf
+
+    loaded, _, histories = feed_model
+    args = {"n": 5, "diversity": 0.0, "calibration": 0.0, "shares": None, **change}
+    with pytest.raises(tf.errors.InvalidArgumentError, match=named):
+        loaded.signatures["feed"](**_feed_request(histories[:1], **args))
