@@ -56,6 +56,28 @@ class CrossrecClient:
                                    "exclude_history": np.array([exclude_history])}, version=version)
         return _rows(out, 0, extra=("retrieval_scores",))
 
+    def feed(self, history: History, n: int = 10, *, diversity: float = 0.0, calibration: float = 0.0,
+             shares: dict[str, float] | None = None, domains: list[str] | None = None, exclude_history: bool = True,
+             model: str = "recommender", version: int | None = None) -> Recommendations:
+        """One list across every domain (the ``recommender``'s ``feed`` signature): ``diversity``
+        in [0, 1], ``calibration`` >= 0, ``shares`` the target share per domain (None: the
+        history's; ``domains``: the model's domain order, from its metadata, needed with shares).
+        Each row also has ``"domain"``."""
+        target = np.zeros((1, 0), np.float32)
+        if shares is not None:
+            if domains is None:
+                raise ValueError("feed(shares=...): pass domains=, the model's domains in order (its metadata)")
+            target = np.array([[float(shares.get(d, 0.0)) for d in domains]], np.float32)
+        inputs = {k: v for k, v in _history_inputs([history], [""]).items() if k != "target_domain"}
+        out = self.predict(model, {**inputs, "n": np.array([n], np.int32),
+                                   "diversity": np.array([diversity], np.float32),
+                                   "calibration": np.array([calibration], np.float32), "target_shares": target,
+                                   "exclude_history": np.array([exclude_history])}, version=version, signature="feed")
+        rows = _rows(out, 0, extra=("retrieval_scores",))
+        for row, domain in zip(rows, [d.decode() for d in out["domains"][0] if d], strict=True):
+            row["domain"] = domain
+        return rows
+
     def retrieve(self, history: History, domain: str, k: int = 10, *, exclude_history: bool = True,
                  model: str = "retrieval", version: int | None = None) -> Recommendations:
         """Top k by the towers alone (the ``retrieval`` model)."""

@@ -463,6 +463,14 @@ def test_export_serve_and_query_from_the_command_line(tiny_pipeline, tmp_path, c
         assert "none of the 2 history items is known to the model" in capsys.readouterr().err
         assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", "toys", "--k", "3"]) == 2
         assert "INVALID_ARGUMENT" in capsys.readouterr().err
+        # one feed across every domain, over gRPC (the recommender's feed signature)
+        assert main(["query", "--server", f"127.0.0.1:{port}", "--feed", "--k", "8", "--diversity", "0.3",
+                     "--calibration", "1", *flags]) == 0
+        lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()]
+        assert lines[0].startswith("score: the probability") and len(lines) == 9
+        assert len({x.split()[1].split(":")[0] for x in lines[1:]}) > 1  # DOMAIN:ITEM_ID from several domains
+        assert main(["query", "--server", f"127.0.0.1:{port}", "--feed", "--diversity", "2", *flags]) == 2
+        assert "diversity: must be a number from 0 to 1" in capsys.readouterr().err
     finally:
         server.terminate()
         server.wait(timeout=30)

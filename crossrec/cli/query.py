@@ -20,9 +20,14 @@ def cmd_query(args: argparse.Namespace) -> int:
         if not sep or not domain or not item:
             raise ConfigError(f"--history {value!r}: expected DOMAIN:ITEM_ID, e.g. --history books:BO00012")
         history.append((domain, item))
+    if not args.feed and not args.domain:
+        raise ConfigError("crossrec query: --domain DOMAIN is required (or --feed for one list across every domain)")
     with CrossrecClient(args.server, timeout=args.timeout) as client:
         try:
-            if args.model == "retrieval":
+            if args.feed:
+                rows = client.feed(history, args.k, diversity=args.diversity, calibration=args.calibration,
+                                   exclude_history=not args.keep_seen)
+            elif args.model == "retrieval":
                 rows = client.retrieve(history, args.domain, args.k, exclude_history=not args.keep_seen)
             else:
                 rows = client.recommend(history, args.domain, args.k, exclude_history=not args.keep_seen,
@@ -40,7 +45,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(SCORE_MEANING.get(args.model, "score: the model's score, higher first"))
+    print(SCORE_MEANING["feed" if args.feed else args.model] if (args.feed or args.model in SCORE_MEANING)
+          else "score: the model's score, higher first")
     for rank, row in enumerate(rows, 1):
         because = row.get("because")
         reason = ""
@@ -48,13 +54,17 @@ def cmd_query(args: argparse.Namespace) -> int:
             by = (because["domain"], because["item_id"])
             reason = f"  because of {by[0]}:{by[1]}" + (f" {titles[by]}" if by in titles else "") + \
                 f" ({because['weight']:.0%})"
-        title = titles.get((args.domain, row["item_id"]), "")
-        name = f"{row['item_id']:<16} {title[:40]:<40}" if titles else f"{row['item_id']:<24}"
+        domain = row.get("domain", args.domain)
+        title = titles.get((domain, row["item_id"]), "")
+        item = f"{domain}:{row['item_id']}" if args.feed else row["item_id"]
+        name = f"{item:<16} {title[:40]:<40}" if titles else f"{item:<24}"
         print(f"{rank:3d}. {name} score {row['score']:.4f}{reason}")
     return 0
 
 
 SCORE_MEANING = {
+    "feed": "score: the probability that the item is the user's next one, on one scale for every domain "
+            "(higher first; diversity and calibration may order the list otherwise)",
     "recommender": "score: the ranker's engagement logit (higher = more likely the user's next item); "
                    "(N%): the history item's share of the pick's similarity to the whole history",
     "retrieval": "score: the towers' dot product of the user's and the item's vectors (higher first); "
@@ -79,7 +89,13 @@ def register(commands) -> None:
     query.add_argument("--server", default="127.0.0.1:8500", help="gRPC address (default 127.0.0.1:8500)")
     query.add_argument("--history", action="append", default=[], metavar="DOMAIN:ITEM_ID",
                        help="one history item, oldest first (repeatable)")
-    query.add_argument("--domain", required=True, help="the domain to recommend from")
+    query.add_argument("--domain", help="the domain to recommend from (required without --feed)")
+    query.add_argument("--feed", action="store_true", help="one list across every domain (the recommender's "
+                                                           "feed signature) instead of one domain")
+    query.add_argument("--diversity", type=float, default=0.0,
+                       help="with --feed: 0 to 1, how much to avoid items like those already listed (default 0)")
+    query.add_argument("--calibration", type=float, default=0.0,
+                       help="with --feed: >= 0, how strongly to match the history's domain shares (default 0)")
     query.add_argument("--k", type=int, default=10, help="how many (default 10)")
     query.add_argument("--model", default="recommender", help="recommender (retrieve + rank, default) or retrieval")
     query.add_argument("--keep-seen", action="store_true", help="allow items already in the history")
