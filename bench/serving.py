@@ -6,7 +6,9 @@
   vectors: recall@10 against exact, and single-query latency (target from issue 5: recall@10 >=
   0.95 with the defaults).
 - One ``recommender`` request in-process over 100k items, the served list (the towers' 50 and
-  each candidate source's 25, merged and ranked) against the towers' 50 alone: p50 and p99.
+  each candidate source's 25, merged and ranked) against the towers' 50 alone: p50 and p99; and
+  the ``feed`` signature (10 items from every domain, diversity 0.3, calibration 1) against the
+  served list's request (target from issue 32: <= 1.5x).
 - The ``recommender`` model (retrieve 50 + sources -> rank with the student -> top 10) over 100k items,
   served by ``crossrec serve`` in its own process and queried with the official gRPC stubs:
   p50/p99 latency for one client (target p99 <= 15 ms), throughput with 4 client processes
@@ -98,11 +100,12 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
     from ranking.sources import NeighbourTable
     from ranking.tables import FeatureTables
     from ranking.train import build_ranker
+    from serving.feed import FeedRecommenderModule
     from serving.index import DomainIndex
     from serving.layout import METADATA_FILE
     from serving.lookups import Lookups
     from serving.parts import ExportParts
-    from serving.signatures import RecommenderModule, RetrievalModule
+    from serving.signatures import RetrievalModule
 
     domains = ["<unseen>", "books", "kitchen", "movies"]
     catalogue = synthetic_catalogue(n, domains)
@@ -119,7 +122,7 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
     tables = FeatureTables(vectors, catalogue.item_domain, len(domains), np.ones(len(vectors), np.float32),
                            sources=sources)
     parts.ranker = build_ranker(config, config.ranking.student, tables)
-    module = (RecommenderModule if name == "recommender" else RetrievalModule)(parts)
+    module = (FeedRecommenderModule if name == "recommender" else RetrievalModule)(parts)
     path = out / name / "1"
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if config.export.index == "scann" else None)
     tf.saved_model.save(module, str(path), options=options,
@@ -303,8 +306,32 @@ def served_list_benchmark(results: Results, model, config: Config, quick: bool) 
             p[label] = (1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99))
             results.add(f"recommender p50, {label}, {n // 1000}k items, in-process", p[label][0], "ms")
             results.add(f"recommender p99, {label}, {n // 1000}k items, in-process", p[label][1], "ms")
+        feed = tf.saved_model.load(str(path)).signatures["feed"]  # the served list's export
+        p["feed"] = _feed_times(feed, asks, requests)
+        results.add(f"feed p50, n 10 from 3 domains, {n // 1000}k items, in-process", p["feed"][0], "ms",
+                    note="diversity 0.3, calibration 1")
+        results.add(f"feed p99, n 10 from 3 domains, {n // 1000}k items, in-process", p["feed"][1], "ms")
+    sources = len(config.ranking.sources)
     results.add("served list / towers' 50 only, p50", p["served list"][0] / p["towers' 50 only"][0], "x",
-                note="two sources: gather, segment sum over the catalogue, top 25 each")
+                note=f"{sources} sources: gather, segment sum over the catalogue, top {config.ranking.source_candidates} "
+                     "each")
+    results.add("feed / recommender request, p50", p["feed"][0] / p["served list"][0], "x", "<= 1.5",
+                note="the feed asks the recommender once per domain, then picks greedily")
+
+
+def _feed_times(feed, asks: list[dict], requests: int) -> tuple[float, float]:
+    """p50 and p99 (ms) of ``feed`` asked the histories of ``asks`` for 10 items."""
+    feeds = [{"history_item_ids": a["history_item_ids"], "history_domains": a["history_domains"],
+              "n": tf.constant([10], tf.int32), "diversity": tf.constant([0.3]), "calibration": tf.constant([1.0]),
+              "target_shares": tf.zeros([1, 0]), "exclude_history": a["exclude_history"]} for a in asks]
+    for ask in feeds[:4]:
+        feed(**ask)
+    times = []
+    for i in range(requests):
+        start = time.perf_counter()
+        {k: v.numpy() for k, v in feed(**feeds[i % len(feeds)]).items()}
+        times.append(time.perf_counter() - start)
+    return 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99)
 
 
 def small_config(preset: str | None) -> Config:

@@ -38,6 +38,8 @@ def test_serving_benchmark_smoke(tiny_preset, tmp_path):
         assert rows[f"gRPC recommender throughput, 2 client processes, batching {batching}"]["value"] > 0
     assert rows["throughput at 2 clients: batching on / off"]["target"] == ">= 2"  # 8 in a full run
     assert rows["first request with warm-up / steady-state p50"]["value"] > 0
+    assert rows["feed / recommender request, p50"]["value"] > 0 and rows["feed / recommender request, p50"][
+        "target"] == "<= 1.5"
 
 
 def test_batch_benchmark_smoke(tiny_preset, tmp_path):
