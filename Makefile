@@ -31,7 +31,7 @@ browser:
 
 test: install browser
 	$(VENV)/bin/ruff check crossrec towers ranking serving tests bench
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile  # two workers, a test file each at a time (CI has 2 cores)
 
 quickstart: install
 	$(VENV)/bin/crossrec quickstart --out $(RUN_DIR)

@@ -61,38 +61,17 @@ def test_batch_stress_benchmark_smoke(tiny_preset, tmp_path):
     assert rows["runs whose rows differ from the first"]["status"] == "met"
 
 
-def test_retrain_benchmark_smoke(tiny_preset, tmp_path, monkeypatch):
-    from bench import retrain
+def test_feed_benchmark_smoke(tiny_preset, tmp_path):
+    from bench import feed
 
-    monkeypatch.setenv("CROSSREC_CACHE", str(tmp_path / "cache"))  # a cache without these texts yet
-    assert retrain.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path)]) == 0
-    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "retrain.json").read_text())["rows"]}
-    assert rows["retrain: all (merge, gate, train, export)"]["value"] > 0
-    # the second half's new items were the only texts encoded
-    assert rows["retrain: texts encoded"]["value"] == rows["retrain: new items / users / interactions"]["value"]
-
-
-def test_catalogue_benchmark_smoke(tiny_preset, tmp_path, monkeypatch):
-    from bench import catalogue
-
-    monkeypatch.setenv("CROSSREC_CACHE", str(tmp_path / "cache"))
-    assert catalogue.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path)]) == 0
-    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "catalogue.json").read_text())["rows"]}
-    assert rows["catalogue add, the new items: file to the new version's first gRPC answer"]["value"] > 0
-    assert rows["catalogue add, the new items: items added"]["value"] == rows["new items"]["value"]
-    assert 0 <= rows["old answers unchanged (version 2 top 10 holds no new item)"]["value"] <= 1
-    assert rows["new items, ndcg@10: added / retrained"]["target"] == ">= 0.9"
-
-
-def test_catalogue_scale_benchmark_smoke(tiny_preset, tmp_path):
-    from bench import catalogue_scale
-
-    assert catalogue_scale.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path)]) == 0
-    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "catalogue_scale.json").read_text())["rows"]}
-    sizes = [int(name.split(" to ")[1].split(":")[0].replace(",", "")) for name in rows if name.endswith(": total")]
-    assert len(sizes) == 2 and sizes[1] == sizes[0] + 100
-    assert all(rows[f"100 items added to {s:,}: {stage}"]["value"] > 0 for s in sizes for stage in ("publish", "load"))
-    assert rows["growth exponent of total time with the catalogue"]["target"] == "<= 0.1"
+    assert feed.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path), "--users", "60"]) == 0
+    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "feed.json").read_text())["rows"]}
+    plain = "diversity 0.0, calibration 0.0"
+    assert 0 <= rows[f"{plain}: ndcg@10"]["value"] <= 1 and 0 < rows[f"{plain}: coverage"]["value"] <= 1
+    # calibration pulls the list towards the history's domain shares
+    assert rows["diversity 0.0, calibration 1.0: kl"]["value"] < rows[f"{plain}: kl"]["value"]
+    assert rows["chosen setting: calibration KL / score order"]["target"] == "<= 0.5"
+    assert (tmp_path / "feed_tradeoff.png").stat().st_size > 0
 
 
 def test_one_command_runs_the_benchmarks_and_writes_one_table_with_targets(tiny_preset, tmp_path, capsys):
