@@ -296,18 +296,14 @@ def served_list_benchmark(results: Results, model, config: Config, quick: bool) 
             path = export_synthetic(model, which, n, Path(tmp) / label.split()[0].strip("'"))
             serve = tf.saved_model.load(str(path)).signatures["serving_default"]
             asks = [{k: tf.constant(v) for k, v in request_inputs(20, seed, n).items()} for seed in range(16)]
-            for ask in asks[:4]:
-                serve(**ask)
-            times = []
-            for i in range(requests):
-                start = time.perf_counter()
-                {k: v.numpy() for k, v in serve(**asks[i % len(asks)]).items()}
-                times.append(time.perf_counter() - start)
-            p[label] = (1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99))
+            p[label] = _percentiles(serve, asks, requests)
             results.add(f"recommender p50, {label}, {n // 1000}k items, in-process", p[label][0], "ms")
             results.add(f"recommender p99, {label}, {n // 1000}k items, in-process", p[label][1], "ms")
         feed = tf.saved_model.load(str(path)).signatures["feed"]  # the served list's export
-        p["feed"] = _feed_times(feed, asks, requests)
+        feeds = [{"history_item_ids": a["history_item_ids"], "history_domains": a["history_domains"],
+                  "n": tf.constant([10], tf.int32), "diversity": tf.constant([0.3]), "calibration": tf.constant([1.0]),
+                  "target_shares": tf.zeros([1, 0]), "exclude_history": a["exclude_history"]} for a in asks]
+        p["feed"] = _percentiles(feed, feeds, requests)
         results.add(f"feed p50, n 10 from 3 domains, {n // 1000}k items, in-process", p["feed"][0], "ms",
                     note="diversity 0.3, calibration 1")
         results.add(f"feed p99, n 10 from 3 domains, {n // 1000}k items, in-process", p["feed"][1], "ms")
@@ -319,17 +315,15 @@ def served_list_benchmark(results: Results, model, config: Config, quick: bool) 
                 note="the feed asks the recommender once per domain, then picks greedily")
 
 
-def _feed_times(feed, asks: list[dict], requests: int) -> tuple[float, float]:
-    """p50 and p99 (ms) of ``feed`` asked the histories of ``asks`` for 10 items."""
-    feeds = [{"history_item_ids": a["history_item_ids"], "history_domains": a["history_domains"],
-              "n": tf.constant([10], tf.int32), "diversity": tf.constant([0.3]), "calibration": tf.constant([1.0]),
-              "target_shares": tf.zeros([1, 0]), "exclude_history": a["exclude_history"]} for a in asks]
-    for ask in feeds[:4]:
-        feed(**ask)
+def _percentiles(signature, asks: list[dict], requests: int) -> tuple[float, float]:
+    """p50 and p99 (ms) of ``signature`` asked ``asks`` in turn, ``requests`` times, after four
+    calls that warm it up."""
+    for ask in asks[:4]:
+        signature(**ask)
     times = []
     for i in range(requests):
         start = time.perf_counter()
-        {k: v.numpy() for k, v in feed(**feeds[i % len(feeds)]).items()}
+        {k: v.numpy() for k, v in signature(**asks[i % len(asks)]).items()}
         times.append(time.perf_counter() - start)
     return 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99)
 

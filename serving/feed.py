@@ -97,7 +97,8 @@ class FeedRecommenderModule(RecommenderModule):
         found, ranked, towers, order_by = self._served_list(query, rows, target,
                                                             tf.repeat(exclude_history, domains, axis=0))
         # one scale: the r-th served item gets the r-th largest probability of its domain's list
-        probability = tf.nn.softmax(tf.where(found > 0, ranked, -1e9), axis=1) * tf.cast(found > 0, tf.float32)
+        logits = tf.ensure_shape(tf.where(found > 0, ranked, -1e9), [None, None])  # a known rank for the optimizer
+        probability = tf.nn.softmax(logits, axis=1) * tf.cast(found > 0, tf.float32)
         by_rank = tf.sort(probability, axis=1, direction="DESCENDING")[:, :width]
         _, order = tf.math.top_k(order_by, k=width)
         picked = tf.gather(found, order, batch_dims=1)  # (b * D, K) each domain's served list
