@@ -30,6 +30,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+# What a caller gets without choosing (crossrec query --feed, CrossrecClient.feed): on the built-in
+# data (bench.feed, 2,000 users) NDCG@10 1.02x the score order's, calibration KL 0.12x, intra-list
+# diversity 1.35x; the signature itself takes both weights from every request.
+FEED_DEFAULTS = {"diversity": 0.3, "calibration": 2.0}
 ALPHA = 0.01  # Steck's smoothing of the list's shares towards the target (keeps the KL finite)
 _EPS = 1e-9
 

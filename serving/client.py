@@ -25,6 +25,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from ranking.feed import FEED_DEFAULTS
+
 History = list[tuple[str, str]]
 
 
@@ -56,11 +58,12 @@ class CrossrecClient:
                                    "exclude_history": np.array([exclude_history])}, version=version)
         return _rows(out, 0, extra=("retrieval_scores",))
 
-    def feed(self, history: History, n: int = 10, *, diversity: float = 0.0, calibration: float = 0.0,
+    def feed(self, history: History, n: int = 10, *, diversity: float = FEED_DEFAULTS["diversity"],
+             calibration: float = FEED_DEFAULTS["calibration"],
              shares: dict[str, float] | None = None, domains: list[str] | None = None, exclude_history: bool = True,
              model: str = "recommender", version: int | None = None) -> Recommendations:
         """One list across every domain (the ``recommender``'s ``feed`` signature): ``diversity``
-        in [0, 1], ``calibration`` >= 0, ``shares`` the target share per domain (None: the
+        in [0, 1], ``calibration`` >= 0 (defaults chosen by ``bench.feed``; 0 and 0 = the score order), ``shares`` the target share per domain (None: the
         history's; ``domains``: the model's domain order, from its metadata, needed with shares).
         Each row also has ``"domain"``."""
         target = np.zeros((1, 0), np.float32)

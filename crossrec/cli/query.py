@@ -25,8 +25,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     with CrossrecClient(args.server, timeout=args.timeout) as client:
         try:
             if args.feed:
-                rows = client.feed(history, args.k, diversity=args.diversity, calibration=args.calibration,
-                                   exclude_history=not args.keep_seen)
+                weights = {k: v for k, v in (("diversity", args.diversity), ("calibration", args.calibration))
+                           if v is not None}
+                rows = client.feed(history, args.k, exclude_history=not args.keep_seen, **weights)
             elif args.model == "retrieval":
                 rows = client.retrieve(history, args.domain, args.k, exclude_history=not args.keep_seen)
             else:
@@ -92,10 +93,12 @@ def register(commands) -> None:
     query.add_argument("--domain", help="the domain to recommend from (required without --feed)")
     query.add_argument("--feed", action="store_true", help="one list across every domain (the recommender's "
                                                            "feed signature) instead of one domain")
-    query.add_argument("--diversity", type=float, default=0.0,
-                       help="with --feed: 0 to 1, how much to avoid items like those already listed (default 0)")
-    query.add_argument("--calibration", type=float, default=0.0,
-                       help="with --feed: >= 0, how strongly to match the history's domain shares (default 0)")
+    query.add_argument("--diversity", type=float,
+                       help="with --feed: 0 to 1, how much to avoid items like those already listed "
+                            "(default: the client's, chosen by bench.feed; 0 = by score alone)")
+    query.add_argument("--calibration", type=float,
+                       help="with --feed: >= 0, how strongly to match the history's domain shares "
+                            "(default: the client's, chosen by bench.feed; 0 = not at all)")
     query.add_argument("--k", type=int, default=10, help="how many (default 10)")
     query.add_argument("--model", default="recommender", help="recommender (retrieve + rank, default) or retrieval")
     query.add_argument("--keep-seen", action="store_true", help="allow items already in the history")
