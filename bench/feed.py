@@ -77,11 +77,12 @@ def list_metrics(rows: np.ndarray, targets: set, history: np.ndarray, text: np.n
 def ask_grid(feed, histories, points, batch: int = 64) -> dict:
     """(diversity, calibration) -> (users, N) item ids and domains, asked in batches."""
     import tensorflow as tf
+    from tqdm.auto import tqdm
 
     from serving.client import _history_inputs
 
     out = {}
-    for diversity, calibration in points:
+    for diversity, calibration in tqdm(points, desc="asking the feed", unit="setting"):
         ids, domains = [], []
         for start in range(0, len(histories), batch):
             part = histories[start:start + batch]

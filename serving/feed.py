@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ranking.feed import domain_shares, select
+from ranking.feed import calibrated_scores, domain_shares, select
 from serving.lookups import UNKNOWN_SCORE
 from serving.parts import ExportParts
 from serving.signatures import RecommenderModule, checked
@@ -97,17 +97,15 @@ class FeedRecommenderModule(RecommenderModule):
         found, ranked, towers, order_by = self._served_list(query, rows, target,
                                                             tf.repeat(exclude_history, domains, axis=0))
         # one scale: the r-th served item gets the r-th largest probability of its domain's list
-        logits = tf.ensure_shape(tf.where(found > 0, ranked, -1e9), [None, None])  # a known rank for the optimizer
-        probability = tf.nn.softmax(logits, axis=1) * tf.cast(found > 0, tf.float32)
-        by_rank = tf.sort(probability, axis=1, direction="DESCENDING")[:, :width]
+        history_domain = tf.gather(self.lookups.item_served, rows[::domains]) - 1  # (b, H), -1 = none
+        shares = domain_shares(history_domain, domains, self._prior())  # (b, D)
+        logits = tf.ensure_shape(tf.reshape(ranked, [batch, domains, -1]), [None, None, None])  # a known rank
+        probability = calibrated_scores(logits, tf.reshape(found > 0, [batch, domains, -1]), shares, tf.range(domains))
+        by_rank = tf.sort(probability, axis=2, direction="DESCENDING")[:, :, :width]
         _, order = tf.math.top_k(order_by, k=width)
         picked = tf.gather(found, order, batch_dims=1)  # (b * D, K) each domain's served list
         retrieval = tf.gather(towers, order, batch_dims=1)
-        history_domain = tf.gather(self.lookups.item_served, rows[::domains]) - 1  # (b, H), -1 = none
-        shares = domain_shares(history_domain, domains, self._prior())  # (b, D)
-        scores = tf.reshape(by_rank, [batch, domains, width]) * shares[:, :, None]
-        flat = [tf.reshape(t, [batch, domains * width]) for t in (picked, retrieval)]
-        picked, retrieval, scores = flat[0], flat[1], tf.reshape(scores, [batch, domains * width])
+        picked, retrieval, scores = (tf.reshape(t, [batch, domains * width]) for t in (picked, retrieval, by_rank))
         domain_of = tf.tile(tf.repeat(tf.range(domains), width)[None, :], [batch, 1])
         explicit = tf.reduce_any(target_shares >= 0, axis=1, keepdims=True) & (tf.shape(target_shares)[1] > 0)
         target = tf.where(explicit, tf.pad(target_shares, [[0, 0], [0, domains - tf.shape(target_shares)[1]]]), shares)
