@@ -25,6 +25,7 @@ from crossrec.ranking_features import (
     check_features,
     width,
 )
+from ranking.source_scores import SourceScores
 from ranking.tables import FeatureTables
 
 
@@ -99,8 +100,7 @@ def _recency(b: Batch):
 
 
 def _source(name: str, b: Batch):
-    score = tf.gather(b.layer.source_scores(name, b.history), b.candidates, batch_dims=1)  # (b, L)
-    score = tf.where(b.candidates > 0, score, 0.0)
+    score = b.layer.source_scores(name, b.history).of(b.candidates)  # (b, L), 0 for padding
     return tf.stack([tf.math.log1p(score), tf.cast(score > 0, tf.float32), list_rank(score, b.candidates)], axis=-1)
 
 
@@ -162,20 +162,10 @@ class RankingFeatures(tf.keras.layers.Layer):
     def output_dim(self) -> int:
         return width(self.features, self.embedding_dim, self.num_domains)
 
-    def source_scores(self, name: str, history) -> tf.Tensor:
-        """(b, size) the history's summed neighbour weight per item row under source ``name``."""
-        history = tf.cast(history, tf.int32)
-        size = tf.shape(self.tables["popularity"])[0]
-        horizon = tf.shape(history)[1]
-        distance = tf.cast(tf.range(horizon - 1, -1, -1), tf.float32)
-        position = 1.0 / tf.pow(1.0 + distance, self.position_decay[name])  # (H,)
-        neighbours = tf.gather(self.tables[f"{name}_neighbours"], history)  # (b, H, M)
-        weights = tf.gather(self.tables[f"{name}_weights"], history) * position[None, :, None]
-        weights *= tf.cast(history > 0, tf.float32)[..., None]
-        batch = tf.shape(history)[0]
-        segments = tf.range(batch)[:, None, None] * size + neighbours
-        dense = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(segments, [-1]), batch * size)
-        return tf.reshape(dense, [batch, size])
+    def source_scores(self, name: str, history) -> SourceScores:
+        """The history's scores under source ``name`` (``ranking.source_scores``)."""
+        return SourceScores(self.tables[f"{name}_neighbours"], self.tables[f"{name}_weights"],
+                            self.position_decay[name], history)
 
     def call(self, inputs):
         batch = Batch(self, inputs)

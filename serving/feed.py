@@ -11,12 +11,14 @@ Inputs: ``history_item_ids``, ``history_domains`` (as every model), ``n`` (b,), 
 (b,) in [0, 1], ``calibration`` (b,) >= 0, ``target_shares`` (b, D) in the order of the model's
 domains (its metadata), each row summing to 1, or (b, 0) / a row of -1s for the history's shares,
 and ``exclude_history`` (b,). Outputs: ``item_ids``, ``domains``, ``scores`` (the calibrated
-probability), ``retrieval_scores`` and the ``because_*`` explanation, n wide ("" / -inf past n).
+probability), ``retrieval_scores`` and the ``because_*`` explanation, n wide ("" / -inf past n), and
+``history_known`` (b,), the history items the model knows (0: served as a brand-new user).
 Standard TensorFlow ops only: stock TF Serving serves it.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from ranking.feed import calibrated_scores, domain_shares, select
@@ -43,15 +45,18 @@ class FeedRecommenderModule(RecommenderModule):
     def __init__(self, parts: ExportParts):
         super().__init__(parts)
         self.per_domain = int(min(self.max_k, self.candidates))  # each domain's served list in the feed
+        self.prior = tf.constant(self._prior(parts), tf.float32)
         self.feed = tf.function(self._feed, input_signature=_feed_specs(), autograph=False)
         self.extra_signatures = {"feed": self.feed}
 
-    def _prior(self):
-        """(D,) the training interactions' share per served domain (uniform when there are none)."""
-        popularity = tf.cast(self.ranker.features.tables["popularity"], tf.float32)
-        counts = tf.math.unsorted_segment_sum(popularity, self.lookups.item_served, len(self.lookups.served) + 1)[1:]
-        total = tf.reduce_sum(counts)
-        return tf.where(total > 0, counts / tf.maximum(total, 1e-9), tf.fill(tf.shape(counts), 1.0 / len(self.lookups.served)))
+    def _prior(self, parts: ExportParts) -> np.ndarray:
+        """(D,) the training interactions' share per served domain (uniform when there are none):
+        a constant of the export (an added item has no interactions, so a catalogue refresh keeps it)."""
+        popularity = np.asarray(parts.ranker.features.tables["popularity"].numpy(), np.float64)
+        served = np.asarray(self.lookups.item_served.numpy())
+        counts = np.bincount(served, weights=popularity, minlength=len(self.lookups.served) + 1)[1:]
+        total = counts.sum()
+        return counts / total if total > 0 else np.full(len(counts), 1.0 / len(counts))
 
     def _feed_checks(self, history_item_ids, history_domains, n, diversity, calibration, target_shares,
                      exclude_history):
@@ -95,10 +100,10 @@ class FeedRecommenderModule(RecommenderModule):
         query, rows, target = self._query(tf.repeat(history_item_ids, domains, axis=0),
                                           tf.repeat(history_domains, domains, axis=0), names)
         found, ranked, towers, order_by = self._served_list(query, rows, target,
-                                                            tf.repeat(exclude_history, domains, axis=0))
+                                                            tf.repeat(exclude_history, domains, axis=0), domains)
         # one scale: the r-th served item gets the r-th largest probability of its domain's list
         history_domain = tf.gather(self.lookups.item_served, rows[::domains]) - 1  # (b, H), -1 = none
-        shares = domain_shares(history_domain, domains, self._prior())  # (b, D)
+        shares = domain_shares(history_domain, domains, self.prior)  # (b, D)
         logits = tf.ensure_shape(tf.reshape(ranked, [batch, domains, -1]), [None, None, None])  # a known rank
         probability = calibrated_scores(logits, tf.reshape(found > 0, [batch, domains, -1]), shares, tf.range(domains))
         by_rank = tf.sort(probability, axis=2, direction="DESCENDING")[:, :, :width]
@@ -109,8 +114,7 @@ class FeedRecommenderModule(RecommenderModule):
         domain_of = tf.tile(tf.repeat(tf.range(domains), width)[None, :], [batch, 1])
         explicit = tf.reduce_any(target_shares >= 0, axis=1, keepdims=True) & (tf.shape(target_shares)[1] > 0)
         target = tf.where(explicit, tf.pad(target_shares, [[0, 0], [0, domains - tf.shape(target_shares)[1]]]), shares)
-        vectors = self.lookups.embedding_rows(picked)
-        vectors = tf.math.l2_normalize(vectors, axis=-1)
+        vectors = tf.math.l2_normalize(self.lookups.embedding_rows(picked), axis=-1)
         choice = select(scores, domain_of, vectors, picked > 0, target, n, diversity, calibration, self.max_k)
         limit = tf.minimum(tf.reduce_max(n), self.max_k)
         choice = choice[:, :limit]
@@ -122,4 +126,5 @@ class FeedRecommenderModule(RecommenderModule):
                 "domains": tf.where(beyond, tf.constant(b""), names_of),
                 "scores": tf.where(beyond, UNKNOWN_SCORE, tf.gather(scores, index, batch_dims=1)),
                 "retrieval_scores": tf.where(beyond, UNKNOWN_SCORE, tf.gather(retrieval, index, batch_dims=1)),
+                "history_known": tf.reduce_sum(tf.cast(rows[::domains] > 0, tf.int32), axis=1),
                 **self._because(items, rows[::domains], beyond)}

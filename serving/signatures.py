@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from crossrec.errors import ConfigError
 from ranking.policy import served_scores
+from ranking.source_scores import sorted_member
 from serving.lookups import UNKNOWN_SCORE, item_keys
 from serving.parts import ExportParts
 from towers.model import user_query
@@ -196,20 +197,20 @@ class RecommenderModule(RankedQueryModule):
             tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")],
             autograph=False)
 
-    def _proposals(self, rows, target, exclude_history):
-        """(b, S * source_candidates) item rows proposed by the sources (0 = none)."""
-        in_domain = tf.equal(tf.convert_to_tensor(self.lookups.item_served)[None, :], target[:, None])  # (b, size)
-        batch = tf.shape(rows)[0]
-        size = tf.shape(in_domain)[1]
-        seen = tf.where(exclude_history[:, None], rows, tf.zeros_like(rows))
-        seen_mask = tf.scatter_nd(tf.stack([tf.repeat(tf.range(batch), tf.shape(rows)[1]), tf.reshape(seen, [-1])], 1),
-                                  tf.ones([tf.size(seen)], tf.float32), [batch, size]) > 0
+    def _proposals(self, rows, target, exclude_history, repeats: int = 1):
+        """(b, S * source_candidates) item rows proposed by the sources (0 = none): each source's
+        best-scored items of the target domain that the history reaches (``ranking.source_scores``).
+        ``repeats``: each history comes in that many consecutive rows (the feed's domains), scored once."""
+        width = int(min(self.source_candidates, self.lookups.item_served.shape[0]))
         found = []
         for name in self.source_names:
-            scores = self.ranker.features.source_scores(name, rows)
-            scores = tf.where(in_domain & ~seen_mask, scores, 0.0)
-            top, picked = tf.math.top_k(scores, k=tf.minimum(self.source_candidates, size))
-            found.append(tf.where(top > 0, picked, 0))
+            reached = self.ranker.features.source_scores(name, rows[::repeats]).reached()  # (b / repeats, N)
+            items, scores = (tf.repeat(t, repeats, axis=0) for t in reached)
+            allowed = tf.equal(tf.gather(self.lookups.item_served, items), target[:, None])
+            allowed &= ~(exclude_history[:, None] & sorted_member(items, rows))
+            top, picked = tf.math.top_k(tf.where(allowed, scores, 0.0), k=tf.minimum(width, tf.shape(items)[1]))
+            picked = tf.where(top > 0, tf.gather(items, picked, batch_dims=1), 0)
+            found.append(tf.pad(picked, [[0, 0], [0, width - tf.shape(picked)[1]]]))
         return tf.concat(found, axis=1)
 
     @staticmethod
@@ -221,12 +222,14 @@ class RecommenderModule(RankedQueryModule):
         repeated = tf.reduce_any(same & earlier[None], axis=2)
         return tf.where(repeated, tf.zeros_like(candidates), candidates)
 
-    def _served_list(self, query, rows, target, exclude_history):
+    def _served_list(self, query, rows, target, exclude_history, repeats: int = 1):
         """The merged candidates (b, L), the ranker's engagement logits, the towers' scores and
-        the scores whose descending order is the served order (``ranking.policy``)."""
+        the scores whose descending order is the served order (``ranking.policy``); ``repeats`` as
+        in ``_proposals``."""
         _, found = self._retrieve(query, rows, target, exclude_history, self.candidates)
         if self.source_names:
-            found = self._drop_duplicates(tf.concat([found, self._proposals(rows, target, exclude_history)], axis=1))
+            proposals = self._proposals(rows, target, exclude_history, repeats)
+            found = self._drop_duplicates(tf.concat([found, proposals], axis=1))
         ranked = self._rank(query, rows, found)["engagement"]
         towers = tf.reduce_sum(query[:, None, :] * self.lookups.embedding_rows(found), axis=-1)
         order_by = ranked

@@ -257,3 +257,33 @@ def test_cold_start_copies_drop_the_target_domain_from_the_history():
     np.testing.assert_array_equal(out.history[3:], [[0, 0, b1], [0, 0, b1]])
     assert list(out.target[3:]) == [a3, a2] and list(out.user_id[3:]) == ["u1", "u3"]
     assert len(cold_start_copies(examples, catalogue, 0.0, seed=0)) == 3
+
+
+def test_the_graphs_sparse_source_scores_equal_the_numpy_table():
+    """``ranking.source_scores`` (sorted entries, no catalogue-wide tensor) gives every item the
+    history reaches the score ``NeighbourTable.scores`` gives it, once, and 0 elsewhere."""
+    import tensorflow as tf
+
+    from ranking.source_scores import SourceScores, sorted_member
+
+    rng = np.random.default_rng(0)
+    size, width = 400, 12
+    neighbours = rng.integers(0, size, (size, width)).astype(np.int32)
+    weights = np.where((neighbours > 0) & (rng.random((size, width)) > 0.2), rng.random((size, width)), 0.0)
+    table = NeighbourTable("t", neighbours, weights.astype(np.float32), position_decay=1.0)
+    history = rng.integers(0, size, (6, 9)).astype(np.int32)
+    history[:, :3] = 0  # right-aligned padding
+    history[5] = 0  # a history with no item
+    dense = table.scores(history).toarray()
+    scores = SourceScores(tf.constant(table.neighbours), tf.constant(table.weights), 1.0, tf.constant(history))
+    candidates = np.concatenate([rng.integers(0, size, (6, 30)), np.zeros((6, 2), np.int64)], axis=1)
+    np.testing.assert_allclose(scores.of(tf.constant(candidates, tf.int32)).numpy(),
+                               np.take_along_axis(dense, candidates, 1), rtol=1e-6)
+    items, values = (t.numpy() for t in scores.reached())
+    for row in range(len(history)):
+        reached = items[row] > 0
+        assert sorted(items[row][reached]) == list(np.flatnonzero(dense[row]))  # each reached item once
+        np.testing.assert_allclose(values[row][reached], dense[row, items[row][reached]], rtol=1e-6)
+        assert not values[row][~reached].any()
+    member = sorted_member(tf.constant(candidates, tf.int32), tf.constant(history)).numpy()
+    assert (member == np.array([[c > 0 and c in set(h) for c in row] for row, h in zip(candidates, history, strict=True)])).all()
