@@ -24,7 +24,8 @@ import tensorflow as tf
 
 from bench.common import Results, bench_parser
 from bench.serving import export_synthetic, small_config, small_towers
-from serving.batch import CANDIDATES_SCHEMA, Query, SavedModelHandler, ServedModel, run_candidates
+from serving.batch import CANDIDATES_SCHEMA, run_candidates
+from serving.batch_handlers import Query, SavedModelHandler, ServedModel
 
 
 def users_table(n_users: int, n_items: int, history: int = 20, seed: int = 0) -> pd.DataFrame:

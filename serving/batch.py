@@ -9,8 +9,10 @@ core) and on a cluster (``--runner`` Dataflow, Flink, Spark: Beam pipeline optio
   user's history is built (ordered by ``timestamp`` or ``seq_pos``);
 
 runs the exported ``retrieval`` SavedModel (and, with ``--rank-top N``, the ``recommender``
-model, whose top N of the merged and ranked candidate sources head each list) through ``RunInference`` with ``SavedModelHandler``, a small ``ModelHandler`` over
-``tf.saved_model.load`` that scores whole batches, keyed by user, and writes Parquet shards
+model, whose top N of the merged and ranked candidate sources head each list; with ``--feed N``
+the recommender's ``feed`` alone, one list across every domain per user, ``serving.batch_feed``)
+through ``RunInference`` with the handlers of ``serving.batch_handlers`` (``ModelHandler``s over
+``tf.saved_model.load`` that score whole batches), keyed by user, and writes Parquet shards
 ``candidates-*.parquet`` with ``user_id, domain, rank, item_id, score, model_name,
 model_version``. Bad rows (no user id, unknown domain, malformed history) go to
 ``dead_letter-*.parquet`` with the reason; the run goes on. With ``--rank-top`` retrieval and the
@@ -25,163 +27,27 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from crossrec import schema
 from crossrec.errors import ConfigError
 from crossrec.quiet import quiet_logs
 from serving.batch_accounting import CountAll, IncompleteOutput, check_books, read_counts
-from serving.layout import METADATA_FILE
-from serving.model_set import latest_complete
+from serving.batch_feed import FEED_DOMAIN, FeedHandler, FeedRequest
+from serving.batch_handlers import Query, RecommenderHandler, SavedModelHandler, ServedModel
 
-NAMESPACE = "crossrec.candidates"
 CANDIDATES_SCHEMA = pa.schema([("user_id", pa.string()), ("domain", pa.string()), ("rank", pa.int32()),
                                ("item_id", pa.string()), ("score", pa.float32()), ("model_name", pa.string()),
                                ("model_version", pa.int64())])
 DEAD_LETTER_SCHEMA = pa.schema([("user_id", pa.string()), ("reason", pa.string()), ("row", pa.string())])
-
-
-@dataclass
-class Query:
-    user_id: str
-    domain: str
-    history_item_ids: list[str]
-    history_domains: list[str]
-
-
-@dataclass
-class ServedModel:
-    """A served version on disk: where it is and what its metadata says."""
-
-    name: str
-    version: int
-    path: Path
-    metadata: dict = field(default_factory=dict)
-
-    @classmethod
-    def latest(cls, model_dir: str | Path, name: str) -> ServedModel:
-        base = Path(model_dir) / name
-        version = latest_complete(base)  # of a whole model set, never half of one
-        if version is None:
-            raise ConfigError(f"{base}: no exported version of the {name} model (run `crossrec export` first)")
-        path = base / str(version)
-        metadata_file = path / "assets" / METADATA_FILE
-        metadata = json.loads(metadata_file.read_text()) if metadata_file.exists() else {}
-        return cls(name, version, path, metadata)
-
-
-# --- the model handler -------------------------------------------------------------------------------
-
-def _pad(histories: Sequence[list[str]]) -> np.ndarray:
-    width = max(1, max(len(h) for h in histories))
-    out = np.full((len(histories), width), b"", dtype=object)
-    for i, history in enumerate(histories):
-        out[i, :len(history)] = [str(v).encode() for v in history]
-    return out
-
-
-class SavedModelHandler(ModelHandler[Query, dict, object]):
-    """Runs a SavedModel signature on whole batches of ``Query``s (one call per batch).
-
-    ``retrieval``: asks for ``k`` plus the user's seen items of the target domain (so that every
-    seen item can be left out, not only those in the model's history window), then keeps the top
-    ``k`` unseen ones. Yields ``{"item_ids", "scores", "history_known", "history_in_domain"}``.
-    """
-
-    def __init__(self, served: ServedModel, *, k: int, exclude_seen: bool = True, max_batch_size: int = 1024):
-        if (served.metadata.get("index") or {}).get("kind") == "scann":
-            from serving.index import DomainIndex
-
-            max_batch_size = min(max_batch_size, DomainIndex.SCANN_MAX_QUERIES)  # what a ScaNN export accepts
-        # fixed batches (min = max): BatchElements' adaptive sizes start at 1 and vary by 25%
-        super().__init__(min_batch_size=max_batch_size, max_batch_size=max_batch_size)
-        self.served = served
-        self.k = k
-        self.exclude_seen = exclude_seen
-        self.max_k = int(served.metadata.get("max_k") or k)
-
-    def load_model(self):
-        import tensorflow as tf
-
-        from serving.models import register_custom_ops
-
-        register_custom_ops()
-        signatures = tf.saved_model.load(str(self.served.path)).signatures
-        # "candidates" answers without the explanations (cheaper); exports before it have only the default
-        return signatures.get("candidates", signatures["serving_default"])
-
-    def run_inference(self, batch: Sequence[Query], model, inference_args=None) -> Iterable[dict]:
-        import tensorflow as tf
-
-        seen = [{item for item, d in zip(q.history_item_ids, q.history_domains, strict=True) if d == q.domain}
-                for q in batch]
-        ask = [min(self.max_k, self.k + (len(s) if self.exclude_seen else 0)) for s in seen]
-        out = model(history_item_ids=tf.constant(_pad([q.history_item_ids for q in batch])),
-                    history_domains=tf.constant(_pad([q.history_domains for q in batch])),
-                    target_domain=tf.constant([q.domain.encode() for q in batch]),
-                    k=tf.constant(ask, tf.int32), exclude_history=tf.constant([self.exclude_seen] * len(batch)))
-        ids, scores = out["item_ids"].numpy(), out["scores"].numpy()
-        known, in_domain = out["history_known"].numpy(), out["history_in_domain"].numpy()
-        for i in range(len(batch)):
-            items, values = [], []
-            for item, score in zip(ids[i], scores[i], strict=True):
-                item = item.decode()
-                if not item or (self.exclude_seen and item in seen[i]):
-                    continue
-                items.append(item)
-                values.append(float(score))
-                if len(items) == self.k:
-                    break
-            yield {"item_ids": items, "scores": values, "history_known": int(known[i]),
-                   "history_in_domain": int(in_domain[i])}
-
-    def get_num_bytes(self, batch: Sequence[Query]) -> int:
-        return sum(16 * (1 + len(q.history_item_ids)) for q in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return NAMESPACE
-
-
-@dataclass
-class _TwoModels:
-    """Both loaded signatures (RunInference keeps its model by weak reference: not a tuple)."""
-
-    retrieval: object
-    recommender: object
-
-
-class RecommenderHandler(SavedModelHandler):
-    """Retrieval and the ``recommender`` model on the same batch of ``Query``s (no join between
-    two inference steps): the recommender's first ``top`` items (the served path: the towers' and
-    the candidate sources' proposals merged and ranked), then the retrieved items it did not pick.
-    Yields the retrieval answer with that head (``ranked`` = its length)."""
-
-    def __init__(self, retrieval: SavedModelHandler, served: ServedModel, *, top: int, exclude_seen: bool = True):
-        super().__init__(served, k=top, exclude_seen=exclude_seen,
-                         max_batch_size=retrieval.batch_elements_kwargs()["max_batch_size"])
-        self.retrieval = retrieval
-        self.top = top
-
-    def load_model(self) -> _TwoModels:
-        return _TwoModels(self.retrieval.load_model(), super().load_model())
-
-    def run_inference(self, batch: Sequence[Query], model: _TwoModels, inference_args=None):
-        retrieved_lists = self.retrieval.run_inference(batch, model.retrieval)
-        for retrieved, served in zip(retrieved_lists, super().run_inference(batch, model.recommender), strict=True):
-            head = served["item_ids"]
-            rest = [(item, score) for item, score in zip(retrieved["item_ids"], retrieved["scores"], strict=True)
-                    if item not in set(head)][:max(0, len(retrieved["item_ids"]) - len(head))]
-            yield {**retrieved, "item_ids": head + [item for item, _ in rest],
-                   "scores": served["scores"] + [score for _, score in rest], "ranked": len(head)}
 
 
 # --- parsing and checking rows -------------------------------------------------------------------------
@@ -203,9 +69,10 @@ class ParseUsers(beam.DoFn):
     """A users-table row -> one ``((user, domain), Query)`` per target domain, or a dead letter
     with the reason."""
 
-    def __init__(self, domains: list[str], known_domains: list[str]):
+    def __init__(self, domains: list[str], known_domains: list[str], feed: bool = False):
         self.domains = domains
         self.known = set(known_domains)
+        self.feed = feed  # one query per user, for every domain at once (FEED_DOMAIN)
 
     def process(self, row: dict):
         user = row.get(schema.USER_ID)
@@ -222,6 +89,10 @@ class ParseUsers(beam.DoFn):
             return
         if any(v is None for v in items) or any(v is None for v in doms):
             yield _dead(user, "malformed history: a null item id or domain", row)
+            return
+        if self.feed:
+            yield (str(user), FEED_DOMAIN), Query(str(user), FEED_DOMAIN, [str(v) for v in items],
+                                                  [str(v) for v in doms])
             return
         targets = [row[schema.DOMAIN]] if row.get(schema.DOMAIN) is not None else self.domains
         for domain in targets:
@@ -256,7 +127,7 @@ def to_table(elements, model_name: str, model_version: int, ranked_name: str | N
     for (user, domain), result in elements:
         n, ranked = len(result["item_ids"]), min(result.get("ranked", 0), len(result["item_ids"]))
         columns["user_id"] += [user] * n
-        columns["domain"] += [domain] * n
+        columns["domain"] += result["domains"] if "domains" in result else [domain] * n  # a feed: each item's
         columns["rank"] += range(1, n + 1)
         columns["item_id"] += result["item_ids"]
         columns["score"] += result["scores"]
@@ -277,9 +148,12 @@ class CandidatesResult:
 def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | None = None,
                    interactions: str | None = None, k: int = 100, rank_top: int = 0, domains: list[str] | None = None,
                    exclude_seen: bool = True, batch_size: int = 1024, pipeline_args: list[str] | None = None,
-                   shards: int = 0) -> CandidatesResult:
-    """Builds and runs the candidates pipeline; returns where the shards are and the counts."""
-    source, retrieval, ranking, targets, known = _check_request(model_dir, users, interactions, k, rank_top, domains)
+                   shards: int = 0, feed: FeedRequest | None = None) -> CandidatesResult:
+    """Builds and runs the candidates pipeline; returns where the shards are and the counts.
+    ``feed``: one feed across every domain per user (``serving.batch_feed``) instead of lists
+    per domain (``k``, ``rank_top`` and ``domains`` do not apply)."""
+    source, retrieval, ranking, targets, known = _check_request(model_dir, users, interactions, k, rank_top, domains,
+                                                                feed)
     output = str(output)
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
@@ -288,16 +162,15 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     options = PipelineOptions(pipeline_args, save_main_session=False)
     started = time.perf_counter()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    keyed, dead = _read_queries(pipeline, source, users is not None, targets, known)
-    handler = SavedModelHandler(retrieval, k=k, exclude_seen=exclude_seen, max_batch_size=batch_size)
-    if ranking is not None:
-        handler = RecommenderHandler(handler, ranking, top=rank_top, exclude_seen=exclude_seen)
+    keyed, dead = _read_queries(pipeline, source, users is not None, targets, known, feed is not None)
+    step, handler = _handler(retrieval, ranking, k, rank_top, feed, exclude_seen, batch_size)
     # ((user, domain), result dict); retrieval and ranking in one step: nothing to join
-    results = keyed | ("RetrieveAndRank" if ranking else "Retrieve") >> RunInference(KeyedModelHandler(handler))
+    results = keyed | step >> RunInference(KeyedModelHandler(handler))
     tables = (results
               | "BatchRows" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-              | "ToTables" >> beam.Map(to_table, retrieval.name, retrieval.version,
-                                       ranking.name if ranking else None, ranking.version if ranking else None))
+              | "ToTables" >> beam.Map(to_table, *((ranking.name, ranking.version, None, None) if feed else
+                                                  (retrieval.name, retrieval.version, ranking.name if ranking else None,
+                                                   ranking.version if ranking else None))))
     tables | "WriteCandidates" >> beam.io.WriteToParquetBatched(FileSystems.join(output, "candidates"),
                                                                 CANDIDATES_SCHEMA, file_name_suffix=".parquet",
                                                                 num_shards=shards)
@@ -309,6 +182,7 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     problems = check_books(counts, output)
     summary = {"input": str(source), "runner": runner_name, "retrieval": f"{retrieval.name}/{retrieval.version}",
                "ranking": f"{ranking.name}/{ranking.version}" if ranking else None, "k": k, "rank_top": rank_top,
+               "feed": vars(feed) if feed else None,
                "exclude_seen": exclude_seen, "counts": counts, "complete": not problems, "problems": problems,
                "seconds": round(time.perf_counter() - started, 2)}
     with FileSystems.create(FileSystems.join(output, "summary.json")) as f:
@@ -319,9 +193,22 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     return CandidatesResult(output, counts, time.perf_counter() - started)
 
 
-def _check_request(model_dir, users, interactions, k: int, rank_top: int, domains):
+def _handler(retrieval, ranking, k: int, rank_top: int, feed: FeedRequest | None, exclude_seen: bool,
+             batch_size: int):
+    """(the inference step's name, its model handler)."""
+    if feed is not None:
+        return "Feed", FeedHandler(ranking, feed, exclude_seen=exclude_seen, max_batch_size=batch_size)
+    handler = SavedModelHandler(retrieval, k=k, exclude_seen=exclude_seen, max_batch_size=batch_size)
+    if ranking is None:
+        return "Retrieve", handler
+    return "RetrieveAndRank", RecommenderHandler(handler, ranking, top=rank_top, exclude_seen=exclude_seen)
+
+
+def _check_request(model_dir, users, interactions, k: int, rank_top: int, domains, feed: FeedRequest | None = None):
     """(input path, retrieval model, recommender model or None, target domains, known domains),
     every argument checked against the export before a pipeline is built."""
+    if feed is not None and (rank_top or domains):
+        raise ConfigError("--feed: one list across every domain per user; --rank-top and --domains do not apply")
     if (users is None) == (interactions is None):
         raise ConfigError("give exactly one input: --input users.parquet or --interactions interactions.parquet")
     source = Path(users or interactions)
@@ -332,21 +219,23 @@ def _check_request(model_dir, users, interactions, k: int, rank_top: int, domain
     if not known:
         raise ConfigError(f"{retrieval.path}: no domain list in its metadata; re-export it with this crossrec")
     max_k = int(retrieval.metadata.get("max_k") or k)
-    if not 1 <= k <= max_k:
+    if feed is None and not 1 <= k <= max_k:
         raise ConfigError(f"--k {k}: must be between 1 and the export's max_k ({max_k}); re-export with a larger "
                           "export.max_k for more")
     targets = domains or known
     unknown = sorted(set(targets) - set(known))
     if unknown:
         raise ConfigError(f"--domains: unknown {unknown}; the model knows {known}")
-    ranking = ServedModel.latest(model_dir, "recommender") if rank_top else None
+    ranking = ServedModel.latest(model_dir, "recommender") if rank_top or feed else None
+    if feed is not None:
+        feed.check(ranking)
     if ranking is not None and rank_top > int(ranking.metadata.get("max_k") or rank_top):
         raise ConfigError(f"--rank-top {rank_top}: the recommender answers at most {ranking.metadata['max_k']} items; "
                           "ask for fewer or re-export with a larger export.max_k")
     return source, retrieval, ranking, targets, known
 
 
-def _read_queries(pipeline, source: Path, is_users: bool, targets, known):
+def _read_queries(pipeline, source: Path, is_users: bool, targets, known, feed: bool = False):
     """(keyed queries, dead letters): ((user, domain), Query) per user and target domain, read
     from a users table or built from an interactions table; rows that cannot be a query go to
     the dead letters with their reason."""
@@ -359,7 +248,7 @@ def _read_queries(pipeline, source: Path, is_users: bool, targets, known):
                 | "GroupByUser" >> beam.GroupByKey()
                 | "BuildHistories" >> beam.ParDo(HistoryFromInteractions()).with_outputs("dead", main="rows"))
         early_dead, rows = rows.dead, rows.rows
-    parsed = rows | "Check" >> beam.ParDo(ParseUsers(targets, known)).with_outputs("dead", main="queries")
+    parsed = rows | "Check" >> beam.ParDo(ParseUsers(targets, known, feed)).with_outputs("dead", main="queries")
     dead = parsed.dead if is_users else (early_dead, parsed.dead) | "AllDead" >> beam.Flatten()
     return parsed.queries, dead  # few per-row steps: each costs per row
 

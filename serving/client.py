@@ -143,7 +143,8 @@ def _history_inputs(histories: list[History], domains: list[str]) -> dict[str, n
 class Recommendations(list):
     """The answer's rows (a list of dicts), and how much of the history the model used:
     ``history_known`` (items it knows; 0 = served like a brand-new user) and ``history_in_domain``
-    (of those, in the target domain; 0 = a cross-domain cold start)."""
+    (of those, in the target domain; 0 = a cross-domain cold start; None for a feed, which has
+    no target domain)."""
 
     history_known: int | None = None
     history_in_domain: int | None = None
@@ -153,6 +154,7 @@ def _rows(out: dict[str, np.ndarray], i: int, extra=()) -> Recommendations:
     rows = Recommendations()
     if "history_known" in out:
         rows.history_known = int(out["history_known"][i])
+    if "history_in_domain" in out:  # not in a feed's answer: it has no target domain
         rows.history_in_domain = int(out["history_in_domain"][i])
     for j, item in enumerate(out["item_ids"][i]):
         if not item:

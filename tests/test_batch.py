@@ -151,6 +151,41 @@ def test_rank_top_heads_each_list_with_the_recommenders_merged_and_ranked_answer
         assert mine[:3] == head and mine[3:] == [i for i in retrieved if i not in head][:3]
 
 
+def test_feed_gives_each_user_one_list_across_domains_as_the_feed_signature_does(tiny_exported, tmp_path):
+    from crossrec.cli import main
+    from serving.batch_feed import FeedRequest
+
+    _, run, saved_models, _ = tiny_exported
+    users = users_table(run, 6).drop(columns=[schema.DOMAIN])
+    users.to_parquet(tmp_path / "users.parquet")
+    result = run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"),
+                            feed=FeedRequest(5, diversity=0.5, calibration=1.0), batch_size=4)
+    out = read(tmp_path / "out", "candidates")
+    assert result.counts["queries"] == result.counts["users_scored"] == len(users)  # one list per user
+    assert result.counts["rows"] == len(out) and set(out["model_name"]) == {"recommender"}
+    feed = tf.saved_model.load(str(saved_models / "recommender" / "1")).signatures["feed"]
+    for user in users.to_dict("records"):
+        answer = feed(history_item_ids=tf.constant([list(user["history_item_ids"]) or [""]]),
+                      history_domains=tf.constant([list(user["history_domains"]) or [""]]),
+                      n=tf.constant([5]), diversity=tf.constant([0.5]), calibration=tf.constant([1.0]),
+                      target_shares=tf.zeros([1, 0]), exclude_history=tf.constant([True]))
+        expected = [(d.decode(), i.decode()) for d, i in zip(answer["domains"][0].numpy(),
+                                                             answer["item_ids"][0].numpy(), strict=True) if i]
+        mine = out[out["user_id"] == user[schema.USER_ID]].sort_values("rank")
+        assert list(zip(mine["domain"], mine["item_id"], strict=True)) == expected
+    assert out["domain"].nunique() > 1  # the rows name each item's own domain
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["feed"] == {
+        "n": 5, "diversity": 0.5, "calibration": 1.0}
+    with pytest.raises(ConfigError, match="--rank-top and --domains do not apply"):
+        run_candidates(saved_models, tmp_path / "out2", users=str(tmp_path / "users.parquet"), rank_top=3,
+                       feed=FeedRequest(5))
+    with pytest.raises(ConfigError, match="--diversity 2.0: must be a number from 0 to 1"):
+        run_candidates(saved_models, tmp_path / "out2", users=str(tmp_path / "users.parquet"),
+                       feed=FeedRequest(5, diversity=2.0))
+    assert main(["candidates", "--model-dir", str(saved_models), "--input", str(tmp_path / "users.parquet"),
+                 "--output", str(tmp_path / "out3"), "--diversity", "0.2"]) == 2  # a feed's weight without --feed
+
+
 def test_k_beyond_the_exported_max_k_is_a_clear_error(tiny_exported, tmp_path):
     _, run, saved_models, _ = tiny_exported
     users_table(run, 1).to_parquet(tmp_path / "users.parquet")

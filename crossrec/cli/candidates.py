@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import argparse
 
+from crossrec.errors import ConfigError
+
 
 def cmd_candidates(args: argparse.Namespace) -> int:
     from serving.batch import run_candidates
+    from serving.batch_feed import FeedRequest
 
     pipeline_args = list(args.pipeline_args)
+    feed = None
+    if args.feed:
+        weights = {k: v for k, v in (("diversity", args.diversity), ("calibration", args.calibration)) if v is not None}
+        feed = FeedRequest(args.feed, **weights)
+    elif args.diversity is not None or args.calibration is not None:
+        raise ConfigError("--diversity and --calibration set a feed: give --feed N as well")
     if args.runner:
         pipeline_args.append(f"--runner={args.runner}")
     domains = [d.strip() for d in args.domains.split(",")] if args.domains else None
     result = run_candidates(args.model_dir, args.output, users=args.input, interactions=args.interactions, k=args.k,
                             rank_top=args.rank_top, domains=domains, exclude_seen=not args.keep_seen,
-                            batch_size=args.batch_size, pipeline_args=pipeline_args)
+                            batch_size=args.batch_size, pipeline_args=pipeline_args, feed=feed)
     c = result.counts
-    print(f"candidates for {c['users_scored']} (user, domain) queries in {result.seconds:.0f} s -> "
+    asked = "users' feeds" if feed else "(user, domain) queries"
+    print(f"candidates for {c['users_scored']} {asked} in {result.seconds:.0f} s -> "
           f"{result.output}/candidates-*.parquet")
     print(f"  cross-domain cold start (no history in the domain): {c['cold_start_users']}; unknown to the model "
           f"(no known history item): {c['unknown_users']}; dead letters: {c['dead_letters']}"
@@ -47,6 +57,15 @@ def register(commands) -> None:
     candidates.add_argument("--rank-top", type=int, default=0, help="head each list with the recommender model's top N")
     candidates.add_argument("--domains", help="comma-separated domains to recommend from, for rows without a "
                                               "domain column (default: every domain of the model)")
+    candidates.add_argument("--feed", type=int, default=0, metavar="N",
+                            help="one feed of N items across every domain per user (the recommender's feed "
+                                 "signature; each row's domain is the item's) instead of lists per domain")
+    candidates.add_argument("--diversity", type=float,
+                            help="with --feed: 0 to 1, how much to avoid items like those already listed "
+                                 "(default: as crossrec query --feed, chosen by bench.feed; 0 = by score alone)")
+    candidates.add_argument("--calibration", type=float,
+                            help="with --feed: >= 0, how strongly to match the history's domain shares "
+                                 "(default: as crossrec query --feed, chosen by bench.feed; 0 = not at all)")
     candidates.add_argument("--keep-seen", action="store_true", help="allow items the user already has")
     candidates.add_argument("--batch-size", type=int, default=1024, help="users per model call (default 1024)")
     candidates.add_argument("--runner", help="Beam runner (default: the local FnApiRunner, one thread per core; "
