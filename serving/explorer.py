@@ -6,7 +6,8 @@ server's own Predict API (``POST /v1/models/<name>[/versions/<v>]:predict``) exa
 does. What the Predict API cannot tell, titles and users' histories, comes from a data folder
 through a small read-only JSON API under ``/ui/api/``:
 
-- ``info``: the served models' domains, and the data's source and counts;
+- ``info``: the served models' domains, the data's source and counts, and the feed's default
+  weights (``ranking.feed.FEED_DEFAULTS``: where the page's diversity and calibration sliders start);
 - ``items?q=TEXT&domain=D&limit=N``: items whose title or id contains TEXT (case-insensitive);
 - ``users?q=TEXT&limit=N`` and ``users/<id>``: users, and one user's history (oldest first);
 - ``titles?keys=D:ID,D:ID``: titles of items (of any domain);
@@ -27,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from crossrec import schema
 from crossrec.config import DataConfig
 from crossrec.errors import ConfigError
+from ranking.feed import FEED_DEFAULTS
 
 STATIC = Path(__file__).resolve().parent / "explorer_static"
 MAX_RESULTS = 50
@@ -147,10 +149,10 @@ def explorer_routes(data: ExplorerData | None, manager) -> list:
 
     async def info(request: Request):
         domains = served_domains(manager)
-        added = len(added_items.served()[1])
+        common = {"added": len(added_items.served()[1]), "feed_defaults": FEED_DEFAULTS}
         if data is None:
-            return JSONResponse({"data": None, "domains": domains, "items": 0, "users": 0, "added": added})
-        return JSONResponse({"data": data.source, "items": len(data.items), "users": len(data.users), "added": added,
+            return JSONResponse({"data": None, "domains": domains, "items": 0, "users": 0, **common})
+        return JSONResponse({"data": data.source, "items": len(data.items), "users": len(data.users), **common,
                              "domains": domains or sorted(data.items[schema.DOMAIN].unique().tolist())})
 
     async def items(request: Request):

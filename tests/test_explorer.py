@@ -76,6 +76,34 @@ def _ask(driver, history, domain, version=None):
     return ids("served-list"), ids("retrieval-list")
 
 
+def _feed(driver, n=None, sliders=None):
+    """The page's feed as (domain, item_id): by the button, or by moving ``sliders`` while a feed
+    is on show (the page asks again by itself)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    body = driver.find_element(By.TAG_NAME, "body")
+    before = body.get_attribute("data-fed")
+    if n is not None:
+        box = driver.find_element(By.ID, "feed-n")
+        box.clear()
+        box.send_keys(str(n))
+    if sliders:  # set them all, then one change event: one request
+        for name, value in sliders.items():
+            driver.execute_script("document.getElementById(arguments[0]).value = arguments[1];", name, value)
+        driver.execute_script("document.getElementById(arguments[0]).dispatchEvent(new Event('change'));", name)
+    else:
+        driver.find_element(By.ID, "feed").click()
+    WebDriverWait(driver, 90).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-fed") not in (None, before)
+        and d.find_element(By.ID, "diversity-value").text  # the sliders' labels were drawn
+        or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+    assert "error" not in driver.find_element(By.ID, "status").get_attribute("class"), \
+        driver.find_element(By.ID, "status").text
+    return [tuple(x) for x in driver.execute_script(
+        "return Array.from(document.querySelectorAll('#feed-list li')).map(li => [li.dataset.domain, li.dataset.itemId])")]
+
+
 def test_the_page_answers_like_the_grpc_client_and_follows_a_publish(explorer, tiny_pipeline, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -106,6 +134,13 @@ def test_the_page_answers_like_the_grpc_client_and_follows_a_publish(explorer, t
             "return Array.from(document.querySelectorAll('#served-list li.only-here')).map(li => li.dataset.itemId)")
         assert marked == [i for i in expected if i not in expected_retrieval]
         assert not driver.find_element(By.ID, "history-note").is_displayed()
+        # the feed view: the sliders start at the defaults, and moving them asks again
+        with CrossrecClient(f"127.0.0.1:{server.port}") as client:
+            feed_default = [(r["domain"], r["item_id"]) for r in client.feed(history, n=8)]
+            feed_plain = [(r["domain"], r["item_id"]) for r in client.feed(history, n=8, diversity=0, calibration=0)]
+        assert _feed(driver, n=8) == feed_default
+        assert _feed(driver, sliders={"diversity": 0, "calibration": 0}) == feed_plain
+        assert "domains in the feed:" in driver.find_element(By.ID, "feed-shares").text
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "explorer.png"))
         # a history of ids the model does not know is said to be one, not served silently

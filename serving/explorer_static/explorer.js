@@ -1,5 +1,5 @@
 // crossrec explorer: builds a history, asks the server's own Predict API (as any client does) and
-// shows the served list beside the two-tower order. No framework, no build step.
+// shows the served list beside the two-tower order, or one feed across domains. No framework, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -113,40 +113,54 @@ async function predict(model, version, history, domain, k) {
   return answer.outputs;
 }
 
+function because(outputs, i) {
+  const div = document.createElement("div");
+  div.className = "because";
+  if (!outputs.because_item_ids) {
+    div.textContent = "explanation absent (this export predates it)";
+    return div;
+  }
+  const by = outputs.because_item_ids[0][i];
+  if (by) {
+    const from = outputs.because_domains[0][i];
+    const share = Math.round(100 * outputs.because_weights[0][i]);
+    div.append("because you liked ", chip(from), ` ${label(from, by)} (${share}%)`);
+  } else {
+    div.textContent = "no known history item to explain it";
+  }
+  return div;
+}
+
+function answerItem(domain, itemId, outputs, i, withChip = false) {
+  const li = document.createElement("li");
+  li.dataset.itemId = itemId;
+  li.dataset.domain = domain;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = ` score ${Number(outputs.scores[0][i]).toFixed(4)}`;
+  if (withChip) li.append(chip(domain), " ");
+  li.append(label(domain, itemId), " ", addedBadge(domain, itemId), score, because(outputs, i));
+  return li;
+}
+
 function render(list, outputs, domain, other) {
   list.replaceChildren();
-  const ids = outputs.item_ids[0];
   const elsewhere = new Set(other.item_ids[0].filter(Boolean));
-  ids.forEach((itemId, i) => {
+  outputs.item_ids[0].forEach((itemId, i) => {
     if (!itemId) return;
-    const li = document.createElement("li");
-    li.dataset.itemId = itemId;
-    li.dataset.domain = domain;
+    const li = answerItem(domain, itemId, outputs, i);
     if (!elsewhere.has(itemId)) {  // in this list only: what the other order does not show
       li.classList.add("only-here");
       li.title = "not in the other list";
     }
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = ` score ${Number(outputs.scores[0][i]).toFixed(4)}`;
-    li.append(label(domain, itemId), " ", addedBadge(domain, itemId), score);
-    const because = document.createElement("div");
-    because.className = "because";
-    if (outputs.because_item_ids) {
-      const by = outputs.because_item_ids[0][i];
-      if (by) {
-        const from = outputs.because_domains[0][i];
-        const share = Math.round(100 * outputs.because_weights[0][i]);
-        because.append("because you liked ", chip(from), ` ${label(from, by)} (${share}%)`);
-      } else {
-        because.textContent = "no known history item to explain it";
-      }
-    } else {
-      because.textContent = "explanation absent (this export predates it)";
-    }
-    li.append(because);
     list.append(li);
   });
+}
+
+function shares(domains) {
+  const counts = new Map();
+  domains.forEach((d) => counts.set(d, (counts.get(d) || 0) + 1));
+  return [...counts].sort().map(([d, c]) => `${d} ${Math.round(100 * c / domains.length)}%`).join(" · ");
 }
 
 function historyNote(history, outputs) {
@@ -196,6 +210,45 @@ async function recommend() {
 function debounce(fn, ms = 200) {
   let timer;
   return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+}
+
+async function feed() {
+  // one list across every domain: the recommender's `feed` signature, with the sliders' weights
+  try {
+    const history = parseHistory();
+    if (servedModel !== "recommender") throw new Error("the feed is a signature of the recommender model; none is served");
+    const n = Math.max(1, Math.min(50, parseInt($("feed-n").value, 10) || 10));
+    const version = $("version").value;
+    const path = version ? `/v1/models/recommender/versions/${version}:predict` : "/v1/models/recommender:predict";
+    const body = { signature_name: "feed", inputs: {
+      history_item_ids: [history.length ? history.map((h) => h.item_id) : [""]],
+      history_domains: [history.length ? history.map((h) => h.domain) : [""]],
+      n: [n], diversity: [Number($("diversity").value)], calibration: [Number($("calibration").value)],
+      target_shares: [[]], exclude_history: [true] } };  // no target shares: the history's
+    setStatus("asking the server for a feed…");
+    const out = (await getJSON(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                                       body: JSON.stringify(body) })).outputs;
+    const picked = out.item_ids[0].map((id, i) => [id, out.domains[0][i], i]).filter(([id]) => id);
+    const keys = picked.map(([id, d]) => `${d}:${id}`);
+    out.because_item_ids[0].forEach((b, i) => b && keys.push(`${out.because_domains[0][i]}:${b}`));
+    await learnTitles(keys).catch(() => {});
+    const list = $("feed-list");
+    list.replaceChildren(...picked.map(([id, d, i]) => answerItem(d, id, out, i, true)));
+    $("feed-shares").textContent = `domains in the feed: ${shares(picked.map(([, d]) => d)) || "none"}` +
+      (history.length ? ` · in the history: ${shares(history.map((h) => h.domain))}` : "");
+    $("feed-model").textContent = `(recommender v${version || "latest"}, diversity ${$("diversity").value}, ` +
+      `calibration ${$("calibration").value})`;
+    $("feed-answer").hidden = false;
+    setStatus(`recommender v${version || "latest"}: a feed of ${picked.length} items`);
+    document.body.dataset.fed = String(Date.now());
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+function showWeights() {
+  $("diversity-value").textContent = Number($("diversity").value).toFixed(2);
+  $("calibration-value").textContent = Number($("calibration").value).toFixed(1);
 }
 
 async function searchItems() {
@@ -250,8 +303,16 @@ async function start() {
     $("target-domain").append(new Option(d, d));
     $("item-domain").append(new Option(d, d));
   }
+  $("diversity").value = info.feed_defaults.diversity;
+  $("calibration").value = info.feed_defaults.calibration;
+  showWeights();
   await refreshVersions();
   $("recommend").addEventListener("click", recommend);
+  $("feed").addEventListener("click", feed);
+  for (const slider of ["diversity", "calibration"]) {
+    $(slider).addEventListener("input", showWeights);
+    $(slider).addEventListener("change", () => { if (!$("feed-answer").hidden) feed(); });  // a feed on show follows the slider
+  }
   $("refresh-versions").addEventListener("click", refreshVersions);
   $("history").addEventListener("input", debounce(showHistory, 300));
   $("item-search").addEventListener("input", debounce(searchItems));
