@@ -141,7 +141,10 @@ def test_the_page_answers_like_the_grpc_client_and_follows_a_publish(explorer, t
         assert _feed(driver, n=8) == feed_default
         assert _feed(driver, sliders={"diversity": 0, "calibration": 0}) == feed_plain
         assert "domains in the feed:" in driver.find_element(By.ID, "feed-shares").text
+        assert driver.find_element(By.ID, "diversity-value").text == "0.00"  # the labels say what was asked
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "explorer_feed.png"))
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(ARTIFACTS / "explorer.png"))
         # a history of ids the model does not know is said to be one, not served silently
         _ask(driver, [(domain, "no-such-item-1"), (domain, "no-such-item-2")], domain)

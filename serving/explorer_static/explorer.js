@@ -225,6 +225,7 @@ async function feed() {
       history_domains: [history.length ? history.map((h) => h.domain) : [""]],
       n: [n], diversity: [Number($("diversity").value)], calibration: [Number($("calibration").value)],
       target_shares: [[]], exclude_history: [true] } };  // no target shares: the history's
+    showWeights();  // the labels say what is asked, however the sliders were moved
     setStatus("asking the server for a feed…");
     const out = (await getJSON(path, { method: "POST", headers: { "Content-Type": "application/json" },
                                        body: JSON.stringify(body) })).outputs;
@@ -239,6 +240,7 @@ async function feed() {
     $("feed-model").textContent = `(recommender v${version || "latest"}, diversity ${$("diversity").value}, ` +
       `calibration ${$("calibration").value})`;
     $("feed-answer").hidden = false;
+    $("feed-answer").scrollIntoView({ behavior: "instant", block: "start" });
     setStatus(`recommender v${version || "latest"}: a feed of ${picked.length} items`);
     document.body.dataset.fed = String(Date.now());
   } catch (e) {
