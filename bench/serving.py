@@ -309,10 +309,10 @@ def served_list_benchmark(results: Results, model, config: Config, quick: bool) 
         results.add(f"feed p99, n 10 from 3 domains, {n // 1000}k items, in-process", p["feed"][1], "ms")
     sources = len(config.ranking.sources)
     results.add("served list / towers' 50 only, p50", p["served list"][0] / p["towers' 50 only"][0], "x",
-                note=f"{sources} sources: gather, segment sum over the catalogue, top {config.ranking.source_candidates} "
-                     "each")
+                note=f"{sources} sources: the history's neighbour entries (ranking.source_scores), top "
+                     f"{config.ranking.source_candidates} each")
     results.add("feed / recommender request, p50", p["feed"][0] / p["served list"][0], "x", "<= 1.5",
-                note="the feed asks the recommender once per domain, then picks greedily")
+                note="the feed ranks every domain's list (retrieval and ranker once per domain), then picks greedily")
 
 
 def _percentiles(signature, asks: list[dict], requests: int) -> tuple[float, float]:

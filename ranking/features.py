@@ -25,7 +25,7 @@ from crossrec.ranking_features import (
     check_features,
     width,
 )
-from ranking.source_scores import SourceScores
+from ranking.source_scores import SourceScores, sorted_rows
 from ranking.tables import FeatureTables
 
 
@@ -154,13 +154,26 @@ class RankingFeatures(tf.keras.layers.Layer):
         self.position_decay = {t.name: float(t.position_decay) for t in tables.sources}
         check_features(self.features, "ranking features", self.source_names)  # tables built without a source
         self.tables = {}
-        for name, value in tables.weights().items():
+        values = tables.weights()
+        for name in self.source_names:  # rows in item order, as SourceScores.of reads them
+            values[f"{name}_neighbours"], values[f"{name}_weights"] = sorted_rows(values[f"{name}_neighbours"],
+                                                                                values[f"{name}_weights"])
+        for name, value in values.items():
             self.tables[name] = self.add_weight(name=name, shape=value.shape, dtype=tf.as_dtype(value.dtype),
                                                 trainable=False, initializer=tf.keras.initializers.Constant(value))
 
     @property
     def output_dim(self) -> int:
         return width(self.features, self.embedding_dim, self.num_domains)
+
+    def sort_neighbours(self) -> None:
+        """Puts loaded neighbour tables in item order (weights saved by an older crossrec kept each
+        row in weight order; ``SourceScores.of`` needs item order)."""
+        for name in self.source_names:
+            neighbours, weights = self.tables[f"{name}_neighbours"], self.tables[f"{name}_weights"]
+            ordered = sorted_rows(neighbours.numpy(), weights.numpy())
+            neighbours.assign(ordered[0])
+            weights.assign(ordered[1])
 
     def source_scores(self, name: str, history) -> SourceScores:
         """The history's scores under source ``name`` (``ranking.source_scores``)."""

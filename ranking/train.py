@@ -379,9 +379,11 @@ def load_ranking(out_dir: str | Path) -> tuple[RankingModel, RankingModel | None
                                  [(s["name"], s["width"], s["position_decay"]) for s in spec.get("sources", [])])
     teacher = build_ranker(config, config.ranking.teacher, tables, name=TEACHER)
     teacher.load_weights(str(out / "teacher.weights.h5"))
+    teacher.features.sort_neighbours()
     student = None
     if (out / "student.weights.h5").exists():
         student = build_ranker(config, config.ranking.student, tables, name=STUDENT,
                                distillation_weight=config.ranking.distillation_weight)
         student.load_weights(str(out / "student.weights.h5"))
+        student.features.sort_neighbours()
     return teacher, student, config

@@ -145,6 +145,14 @@ def test_source_text_and_age_features_match_numpy():
         expected = np.take_along_axis(table.scores(history).toarray(), candidates, 1)
         np.testing.assert_allclose(out[..., 3 * s], np.log1p(expected), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(out[..., 3 * s + 1], expected > 0)
+    # weights saved in weight order (an older crossrec) are put in item order on load: same features
+    for name in layer.source_names:
+        scrambled = layer.tables[f"{name}_neighbours"].numpy()[:, ::-1].copy()
+        layer.tables[f"{name}_neighbours"].assign(scrambled)
+        layer.tables[f"{name}_weights"].assign(layer.tables[f"{name}_weights"].numpy()[:, ::-1].copy())
+    layer.sort_neighbours()
+    again = layer({"query": query, "history": history, "candidates": candidates}).numpy()
+    np.testing.assert_allclose(again, out, rtol=1e-6)
     # co-visitation weighs history positions by recency: the most recent counts 1, the one before 1/2
     assert np.allclose(tables.sources[0].position_weights(4), [1 / 4, 1 / 3, 1 / 2, 1])
     # text similarity to the most recent history item of the candidate's domain (domain = row % 2 + 1)
@@ -260,17 +268,17 @@ def test_cold_start_copies_drop_the_target_domain_from_the_history():
 
 
 def test_the_graphs_sparse_source_scores_equal_the_numpy_table():
-    """``ranking.source_scores`` (sorted entries, no catalogue-wide tensor) gives every item the
-    history reaches the score ``NeighbourTable.scores`` gives it, once, and 0 elsewhere."""
+    """``ranking.source_scores`` (no catalogue-wide tensor) gives every candidate, and every item
+    the history reaches, the score ``NeighbourTable.scores`` gives it, and 0 elsewhere."""
     import tensorflow as tf
 
-    from ranking.source_scores import SourceScores, sorted_member
+    from ranking.source_scores import SourceScores, sorted_member, sorted_rows
 
     rng = np.random.default_rng(0)
     size, width = 400, 12
-    neighbours = rng.integers(0, size, (size, width)).astype(np.int32)
+    neighbours = np.argsort(rng.random((size, size)), axis=1)[:, :width].astype(np.int32)  # distinct per row
     weights = np.where((neighbours > 0) & (rng.random((size, width)) > 0.2), rng.random((size, width)), 0.0)
-    table = NeighbourTable("t", neighbours, weights.astype(np.float32), position_decay=1.0)
+    table = NeighbourTable("t", *sorted_rows(neighbours, weights.astype(np.float32)), position_decay=1.0)
     history = rng.integers(0, size, (6, 9)).astype(np.int32)
     history[:, :3] = 0  # right-aligned padding
     history[5] = 0  # a history with no item
