@@ -26,6 +26,7 @@ import numpy as np
 from bench.common import RESULTS, Results, bench_parser
 from bench.retrain import _config
 from crossrec import schema
+from crossrec.metrics import paired_mean_difference
 from ranking.feed import ALPHA
 
 DIVERSITY = (0.0, 0.1, 0.2, 0.3, 0.5)
@@ -150,13 +151,14 @@ def main(argv=None) -> int:
         prior = counts / max(counts.sum(), 1)
         text = _text_vectors(run.model)
         answers = ask_grid(feed, histories, points)
-    table = {}
+    table, users = {}, {}
     for point, (ids, domains) in answers.items():
         rows = np.stack([catalogue.rows([d.decode() for d in ds], [i.decode() for i in xs]) * (xs != b"")
                          for xs, ds in zip(ids, domains, strict=True)])
         per_user = [list_metrics(r, t, h, text, item_domain, prior)
                     for r, t, h in zip(rows, targets, history_rows, strict=True)]
-        table[point] = {k: float(np.mean([m[k] for m in per_user])) for k in per_user[0]}
+        users[point] = {k: np.array([m[k] for m in per_user]) for k in per_user[0]}
+        table[point] = {k: float(v.mean()) for k, v in users[point].items()}
         for metric, value in table[point].items():
             results.add(f"diversity {point[0]}, calibration {point[1]}: {metric}", value, "",
                         note=f"{len(per_user)} users, {N} items each" if metric == "ndcg@10" else "")
@@ -169,6 +171,10 @@ def main(argv=None) -> int:
     results.add("chosen setting: NDCG@10 / score order", ratios[chosen][0], "x", ">= 0.95", note=note)
     results.add("chosen setting: calibration KL / score order", ratios[chosen][1], "x", "<= 0.5")
     results.add("chosen setting: intra-list diversity / score order", ratios[chosen][2], "x", ">= 1.2")
+    for metric in ("ndcg@10", "diversity"):  # paired over the same users: is the difference more than noise?
+        paired = paired_mean_difference(users[chosen][metric], users[(0.0, 0.0)][metric])
+        results.add(f"chosen setting - score order: {metric}", paired["diff"], "",
+                    note=f"paired 95% interval over users [{paired['diff_lo']:+.4f}, {paired['diff_hi']:+.4f}]")
     directory = Path(args.results_dir or RESULTS)
     directory.mkdir(parents=True, exist_ok=True)
     _plot(table, directory / "feed_tradeoff.png")
