@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from crossrec.errors import ConfigError
+from crossrec.cli.flags import add_feed_weight_flags, feed_weights
 
 
 def cmd_candidates(args: argparse.Namespace) -> int:
@@ -12,12 +12,8 @@ def cmd_candidates(args: argparse.Namespace) -> int:
     from serving.batch_feed import FeedRequest
 
     pipeline_args = list(args.pipeline_args)
-    feed = None
-    if args.feed:
-        weights = {k: v for k, v in (("diversity", args.diversity), ("calibration", args.calibration)) if v is not None}
-        feed = FeedRequest(args.feed, **weights)
-    elif args.diversity is not None or args.calibration is not None:
-        raise ConfigError("--diversity and --calibration set a feed: give --feed N as well")
+    weights = feed_weights(args)
+    feed = FeedRequest(args.feed, **weights) if args.feed else None
     if args.runner:
         pipeline_args.append(f"--runner={args.runner}")
     domains = [d.strip() for d in args.domains.split(",")] if args.domains else None
@@ -60,12 +56,7 @@ def register(commands) -> None:
     candidates.add_argument("--feed", type=int, default=0, metavar="N",
                             help="one feed of N items across every domain per user (the recommender's feed "
                                  "signature; each row's domain is the item's) instead of lists per domain")
-    candidates.add_argument("--diversity", type=float,
-                            help="with --feed: 0 to 1, how much to avoid items like those already listed "
-                                 "(default: as crossrec query --feed, chosen by bench.feed; 0 = by score alone)")
-    candidates.add_argument("--calibration", type=float,
-                            help="with --feed: >= 0, how strongly to match the history's domain shares "
-                                 "(default: as crossrec query --feed, chosen by bench.feed; 0 = not at all)")
+    add_feed_weight_flags(candidates)
     candidates.add_argument("--keep-seen", action="store_true", help="allow items the user already has")
     candidates.add_argument("--batch-size", type=int, default=1024, help="users per model call (default 1024)")
     candidates.add_argument("--runner", help="Beam runner (default: the local FnApiRunner, one thread per core; "

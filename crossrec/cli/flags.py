@@ -1,5 +1,5 @@
-"""The flags several commands share (where the data comes from, training overrides) and the
-config they resolve to."""
+"""The flags several commands share (where the data comes from, training overrides, a feed's
+weights) and what they resolve to."""
 
 from __future__ import annotations
 
@@ -33,6 +33,25 @@ def add_source_flags(parser: argparse.ArgumentParser) -> None:
                        help="an Amazon Reviews JSON Lines pair for one domain (repeatable)")
     group.add_argument("--movielens-domain", choices=["movies", "genre"],
                        help="MovieLens: one domain 'movies' (default), or each movie's first genre as its domain")
+
+
+def add_feed_weight_flags(parser: argparse.ArgumentParser) -> None:
+    """``--diversity`` and ``--calibration`` (``crossrec query --feed``, ``crossrec candidates --feed``)."""
+    parser.add_argument("--diversity", type=float,
+                        help="with --feed: 0 to 1, how much to avoid items like those already listed "
+                             "(default: ranking.feed's, chosen by bench.feed; 0 = by score alone)")
+    parser.add_argument("--calibration", type=float,
+                        help="with --feed: >= 0, how strongly to match the history's domain shares "
+                             "(default: ranking.feed's, chosen by bench.feed; 0 = not at all)")
+
+
+def feed_weights(args: argparse.Namespace) -> dict[str, float]:
+    """The feed weights given on the command line (the rest keep their defaults); an error when
+    they are given without ``--feed``."""
+    weights = {k: v for k, v in (("diversity", args.diversity), ("calibration", args.calibration)) if v is not None}
+    if weights and not args.feed:
+        raise ConfigError("--diversity and --calibration set a feed: give --feed as well")
+    return weights
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from crossrec.cli.flags import add_feed_weight_flags, feed_weights
 from crossrec.errors import ConfigError
 
 
@@ -20,13 +21,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         if not sep or not domain or not item:
             raise ConfigError(f"--history {value!r}: expected DOMAIN:ITEM_ID, e.g. --history books:BO00012")
         history.append((domain, item))
+    weights = feed_weights(args)
     if not args.feed and not args.domain:
         raise ConfigError("crossrec query: --domain DOMAIN is required (or --feed for one list across every domain)")
     with CrossrecClient(args.server, timeout=args.timeout) as client:
         try:
             if args.feed:
-                weights = {k: v for k, v in (("diversity", args.diversity), ("calibration", args.calibration))
-                           if v is not None}
                 rows = client.feed(history, args.k, exclude_history=not args.keep_seen, **weights)
             elif args.model == "retrieval":
                 rows = client.retrieve(history, args.domain, args.k, exclude_history=not args.keep_seen)
@@ -93,12 +93,7 @@ def register(commands) -> None:
     query.add_argument("--domain", help="the domain to recommend from (required without --feed)")
     query.add_argument("--feed", action="store_true", help="one list across every domain (the recommender's "
                                                            "feed signature) instead of one domain")
-    query.add_argument("--diversity", type=float,
-                       help="with --feed: 0 to 1, how much to avoid items like those already listed "
-                            "(default: the client's, chosen by bench.feed; 0 = by score alone)")
-    query.add_argument("--calibration", type=float,
-                       help="with --feed: >= 0, how strongly to match the history's domain shares "
-                            "(default: the client's, chosen by bench.feed; 0 = not at all)")
+    add_feed_weight_flags(query)
     query.add_argument("--k", type=int, default=10, help="how many (default 10)")
     query.add_argument("--model", default="recommender", help="recommender (retrieve + rank, default) or retrieval")
     query.add_argument("--keep-seen", action="store_true", help="allow items already in the history")
