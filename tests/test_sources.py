@@ -283,10 +283,12 @@ def test_the_graphs_sparse_source_scores_equal_the_numpy_table():
     history[:, :3] = 0  # right-aligned padding
     history[5] = 0  # a history with no item
     dense = table.scores(history).toarray()
-    scores = SourceScores(tf.constant(table.neighbours), tf.constant(table.weights), 1.0, tf.constant(history))
     candidates = np.concatenate([rng.integers(0, size, (6, 30)), np.zeros((6, 2), np.int64)], axis=1)
-    np.testing.assert_allclose(scores.of(tf.constant(candidates, tf.int32)).numpy(),
-                               np.take_along_axis(dense, candidates, 1), rtol=1e-6)
+    for budget in (10**9, 0):  # summed over the catalogue, and looked up row by row
+        scores = SourceScores(tf.constant(table.neighbours), tf.constant(table.weights), 1.0, tf.constant(history),
+                              dense_budget=budget)
+        np.testing.assert_allclose(scores.of(tf.constant(candidates, tf.int32)).numpy(),
+                                   np.take_along_axis(dense, candidates, 1), rtol=1e-6)
     items, values = (t.numpy() for t in scores.reached())
     for row in range(len(history)):
         reached = items[row] > 0
