@@ -71,8 +71,7 @@ class CrossrecClient:
             if domains is None:
                 raise ValueError("feed(shares=...): pass domains=, the model's domains in order (its metadata)")
             target = np.array([[float(shares.get(d, 0.0)) for d in domains]], np.float32)
-        inputs = {k: v for k, v in _history_inputs([history], [""]).items() if k != "target_domain"}
-        out = self.predict(model, {**inputs, "n": np.array([n], np.int32),
+        out = self.predict(model, {**_history_inputs([history]), "n": np.array([n], np.int32),
                                    "diversity": np.array([diversity], np.float32),
                                    "calibration": np.array([calibration], np.float32), "target_shares": target,
                                    "exclude_history": np.array([exclude_history])}, version=version, signature="feed")
@@ -129,15 +128,19 @@ class CrossrecClient:
         return signatures
 
 
-def _history_inputs(histories: list[History], domains: list[str]) -> dict[str, np.ndarray]:
+def _history_inputs(histories: list[History], domains: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The history inputs every signature takes, and ``target_domain`` when ``domains`` are given
+    (a feed has none)."""
     width = max(1, max(len(h) for h in histories))
     ids = np.full((len(histories), width), b"", dtype=object)
     doms = np.full((len(histories), width), b"", dtype=object)
     for i, history in enumerate(histories):
         for j, (domain, item_id) in enumerate(history):
             doms[i, j], ids[i, j] = str(domain).encode(), str(item_id).encode()
-    return {"history_item_ids": ids, "history_domains": doms,
-            "target_domain": np.array([d.encode() for d in domains], dtype=object)}
+    inputs = {"history_item_ids": ids, "history_domains": doms}
+    if domains is not None:
+        inputs["target_domain"] = np.array([d.encode() for d in domains], dtype=object)
+    return inputs
 
 
 class Recommendations(list):

@@ -46,8 +46,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(SCORE_MEANING["feed" if args.feed else args.model] if (args.feed or args.model in SCORE_MEANING)
-          else "score: the model's score, higher first")
+    print(SCORE_MEANING.get("feed" if args.feed else args.model, "score: the model's score, higher first"))
     for rank, row in enumerate(rows, 1):
         because = row.get("because")
         reason = ""
