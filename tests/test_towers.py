@@ -8,7 +8,7 @@ from crossrec import schema
 from crossrec.config import TowerConfig, TrainConfig
 from crossrec.features import UNSEEN_DOMAIN, Catalogue, query_examples
 from crossrec.windows import training_examples
-from towers.model import ItemTower, RetrievalModel, UserTower, latest_where
+from towers.model import ItemTower, RetrievalModel, UserTower, latest_slot
 
 
 def test_item_tower_output_is_normalised_and_domain_zero_uses_the_agnostic_path_only():
@@ -87,6 +87,38 @@ def test_user_tower_recency_matters():
     first = np.asarray(tower(np.stack([[a, a, b]]), mask, dom, np.array([1])))
     second = np.asarray(tower(np.stack([[b, a, a]]), mask, dom, np.array([1])))
     assert np.abs(first - second).max() > 1e-4
+
+
+def _user_query_by_definition(tower, emb, mask, domains, target):
+    """The user tower written out slot by slot (numpy), as its docstring defines it."""
+    table = {name: np.asarray(getattr(tower, name).embeddings) for name in ("history_domain", "recency", "target_domain")}
+    x = (emb + table["history_domain"][domains] + table["recency"][None]) * mask[..., None]
+    wanted = table["target_domain"][target]
+    keys, probe = x @ np.asarray(tower.key.kernel), wanted @ np.asarray(tower.query.kernel)
+    scores = np.where(mask, np.einsum("bhe,be->bh", keys, probe) / np.sqrt(emb.shape[-1]), -1e9)
+    attention = np.exp(scores - scores.max(axis=1, keepdims=True)) * mask
+    attention /= np.maximum(attention.sum(axis=1, keepdims=True), 1e-30)
+    same = mask & (domains == target[:, None])
+
+    def mean(where):
+        return (emb * where[..., None]).sum(axis=1) / np.maximum(where.sum(axis=1), 1)[:, None]
+
+    same_last = np.array([emb[i, np.flatnonzero(row)[-1]] if row.any() else np.zeros(emb.shape[-1])
+                          for i, row in enumerate(same)])
+    parts = np.concatenate([np.einsum("bh,bhe->be", attention, x), x[:, -1], wanted, mean(same), same_last], axis=1)
+    out = np.asarray(tower.out(tower.hidden(parts.astype("float32")))) + mean(mask) + mean(same)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_user_tower_computes_its_definition():
+    tower = UserTower(num_domains=3, history_length=6, embedding_dim=8, dropout=0.0)
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(5, 6, 8)).astype("float32")
+    mask = np.array([[0, 0, 1, 1, 1, 1], [0] * 6, [1] * 6, [0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1]], bool)
+    domains = rng.integers(1, 3, size=(5, 6)) * mask
+    target = np.array([1, 2, 2, 1, 2])
+    out = np.asarray(tower(emb, mask, domains, target))
+    np.testing.assert_allclose(out, _user_query_by_definition(tower, emb, mask, domains, target), atol=1e-5)
 
 
 @pytest.fixture
@@ -254,10 +286,9 @@ def test_hard_negatives_keep_only_the_hardest_in_batch_negative():
     assert loss == pytest.approx(np.mean(expected), rel=1e-4)
 
 
-def test_latest_where_picks_the_most_recent_masked_slot():
-    seq = np.arange(2 * 4 * 1, dtype="float32").reshape(2, 4, 1)  # values = slot index (+4 for row 2)
+def test_latest_slot_marks_the_most_recent_masked_slot():
     mask = np.array([[True, False, True, False], [False] * 4])
-    np.testing.assert_allclose(np.asarray(latest_where(seq, mask)), [[2.0], [0.0]])  # slot 2; none -> 0
+    np.testing.assert_array_equal(np.asarray(latest_slot(mask)), [[0, 0, 1, 0], [0, 0, 0, 0]])  # slot 2; none -> 0
 
 
 def _softmax_loss(logits, mask, correction):

@@ -21,9 +21,9 @@ from keras import ops
 from crossrec.config import TowerConfig, TrainConfig
 from crossrec.distribute import in_cluster
 from towers.item_tower import ItemTower
-from towers.user_tower import UserTower, latest_where, user_query
+from towers.user_tower import UserTower, latest_slot, user_query
 
-__all__ = ["ItemTower", "RetrievalModel", "UserTower", "latest_where", "user_query"]
+__all__ = ["ItemTower", "RetrievalModel", "UserTower", "latest_slot", "user_query"]
 
 
 class RetrievalModel(keras.Model):
