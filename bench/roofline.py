@@ -3,7 +3,8 @@
 - ``step_flops``: one training step's floating-point operations for the default model, counted
   from the layer shapes: the item tower on every distinct item a batch reads (history and
   targets, measured on real batches), the user tower on every query, the in-batch logits of the
-  loss (and of the text-only loss); backward taken as twice forward (the usual 3x rule).
+  loss (and of the text-only loss); backward taken as twice forward (the usual 3x rule), less the
+  input gradient of the layers that read the frozen text (nothing upstream of it trains).
 - ``matmul_rate``: the sustained float32 matmul rate of this machine, measured now (large
   square matmuls in a graph, best of several runs).
 - ``step_split``: a step's time split into input pipeline, forward (with the loss),
@@ -48,10 +49,10 @@ def step_flops(model, batch_size: int, items_per_step: float) -> float:
     tower = model.item_tower
     e, d, k = towers.embedding_dim, tower.text_dim, towers.text_experts
     domains = tower.num_domains
-    item = 0.0
+    item, reads_text = 0.0, 0.0
     if towers.use_text:
-        item += 2 * d * 2 * e  # shared hidden layer
-        item += (2 * d * k * e + 2 * d * k + 2 * k * e) if k else 2 * 2 * e * e  # experts + gate, or second layer
+        reads_text = 2 * d * 2 * e + ((2 * d * k * e + 2 * d * k) if k else 0)  # shared hidden, experts, gate
+        item += reads_text + (2 * k * e if k else 2 * 2 * e * e)  # the experts' mix, or the second layer
         item += 2 * 2 * e * domains * e  # per-domain adapters
     h = towers.history_length
     # pooling key/query, scores and pooled sums over H slots, the two-layer head on 5 parts
@@ -59,7 +60,9 @@ def step_flops(model, batch_size: int, items_per_step: float) -> float:
     losses = 1 + (towers.text_only_loss_weight > 0 and towers.use_text)
     logits = losses * 2 * batch_size * batch_size * e
     forward = items_per_step * item + batch_size * query + logits
-    return 3.0 * forward
+    # backward = 2 x forward (the gradients of a layer's weights and of its input), except that
+    # the layers reading the frozen text need no input gradient: 1 x forward for those
+    return 3.0 * forward - items_per_step * reads_text
 
 
 def _best_seconds(function, argument, repeats: int) -> float:

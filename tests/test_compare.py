@@ -17,6 +17,8 @@ def test_all_models_and_slices_are_compared_and_reported(tiny_config, tmp_path):
     metrics = result.metrics
     assert set(metrics["model"]) == {"crossrec", "served", "popularity", "id_two_tower", "target_only"}
     assert set(metrics["slice"]) == {"warm", "cold_start", "new_item", "zero_shot"}
+    # the report's seconds: each model's training and evaluation's own cost, apart
+    assert {"crossrec", "ranking", "id_two_tower", "evaluation", "served evaluation", "zero_shot"} <= set(result.seconds)
     # the served list is asked the same queries as every model, and ranks them as the re-ranking
     # table's served order does on the same merged lists (a target outside the list is a miss)
     served = metrics[metrics["model"] == "served"].set_index(["slice", "domain"])

@@ -25,7 +25,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
              f"training seeds: {seeds}" + (" (each query's metric averaged over them)" if seeds > 1 else ""),
              f"cross-domain cold-start target domain: {result.target_domain}",
              "full-corpus ranking per target domain" + (", seen items excluded" if config.eval.exclude_seen else ""),
-             "seconds per model: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items())]
+             "seconds (training per model; evaluation: every model's test queries ranked): " + ", ".join(f"{k} {v}" for k, v in result.seconds.items())]
     path = write_report(result.metrics, args.out, title="crossrec evaluation", notes=notes,
                         histories=result.histories, extra={"seconds": result.seconds}, reranking=result.reranking,
                         paired=result.paired, ranks=result.ranks)

@@ -124,7 +124,7 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
 
             ranked = timed("ranking", lambda: train_ranking(config, run, ranking_out, progress=progress))
             result.reranking = ranked.metrics
-            served_ranks = _served_ranks(ranked, config)
+            served_ranks = timed("served evaluation", lambda: _served_ranks(ranked, config))
     scorers += _reference_scorers(models, config, data, progress, timed)
     if "id_two_tower" in models:
         id_config = replace(config, towers=replace(config.towers, use_text=False, use_item_ids=True))
@@ -136,8 +136,8 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         scorers.append(_target_only(config, data, progress, timed, result))
     ks = tuple(config.eval.ks)
     ranks: list[pd.DataFrame] = []
-    frames = [evaluate(scorers, data.test, data.catalogue, ks=ks, exclude_seen=config.eval.exclude_seen,
-                       ranks_out=ranks)]
+    frames = [timed("evaluation", lambda: evaluate(scorers, data.test, data.catalogue, ks=ks,
+                                                    exclude_seen=config.eval.exclude_seen, ranks_out=ranks))]
     if "ranking" in models:
         ranks.extend(served_ranks)
         frames.append(pooled_metrics(pd.concat(served_ranks, ignore_index=True), ks).drop(columns="seeds"))
