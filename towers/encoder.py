@@ -85,6 +85,10 @@ class TextEncoderLayer(keras.layers.Layer):
         self.pad_id = pad_id
         self.pooling = MeanPooling()
         self.input_names = [i.name.split(":")[0] for i in backbone.inputs] if backbone.inputs else []
+        # Built as made: the backbone comes built from its preset and the pooling holds no weights.
+        # (Unbuilt, a per-domain copy that a model holds but has not called yet made Keras warn
+        # that the model "has unbuilt state" when it was first called.)
+        self.built = backbone.built
 
     def call(self, token_ids, training=False):
         mask = keras.ops.not_equal(token_ids, self.pad_id)
