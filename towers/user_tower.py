@@ -12,7 +12,7 @@ from keras import ops
 
 def latest_slot(mask):
     """(b, H) bool -> (b, H) float: 1 at the last position where ``mask`` is true (none: all 0).
-    Multiplied into the history as a weight (``pooling``) rather than gathered: a gather's
+    Multiplied into the history as a weight (``UserTower.call``) rather than gathered: a gather's
     gradient was a fifth of a training step (bench.towers' step split)."""
     slots = ops.arange(ops.shape(mask)[1])
     latest = ops.argmax(ops.cast(mask, "int32") * (slots[None, :] + 1), axis=1)  # (b,)
