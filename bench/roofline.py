@@ -55,8 +55,9 @@ def step_flops(model, batch_size: int, items_per_step: float) -> float:
         item += reads_text + (2 * k * e if k else 2 * 2 * e * e)  # the experts' mix, or the second layer
         item += 2 * 2 * e * domains * e  # per-domain adapters
     h = towers.history_length
-    # pooling key/query, scores and pooled sums over H slots, the two-layer head on 5 parts
-    query = 2 * e * e * 2 + 2 * 2 * h * e + 2 * 5 * e * 2 * e + 2 * 2 * e * e
+    # pooling key/query, one score and five weighted sums over the H slots' item embeddings
+    # (attention, latest, same-domain mean and latest, whole mean), the two-layer head on 5 parts
+    query = 2 * e * e * 2 + 2 * h * e + 5 * 2 * h * e + 2 * 5 * e * 2 * e + 2 * 2 * e * e
     losses = 1 + (towers.text_only_loss_weight > 0 and towers.use_text)
     logits = losses * 2 * batch_size * batch_size * e
     forward = items_per_step * item + batch_size * query + logits

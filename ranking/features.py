@@ -155,12 +155,13 @@ class RankingFeatures(tf.keras.layers.Layer):
         check_features(self.features, "ranking features", self.source_names)  # tables built without a source
         self.tables = {}
         values = tables.weights()
-        for name in self.source_names:  # rows in item order, as SourceScores.of reads them
+        for name in self.source_names if not tables.placeholder else ():  # rows in item order (SourceScores.of)
             values[f"{name}_neighbours"], values[f"{name}_weights"] = sorted_rows(values[f"{name}_neighbours"],
                                                                                 values[f"{name}_weights"])
-        for name, value in values.items():
+        for name, value in values.items():  # placeholder tables: zeros, never copied from numpy (1M items: seconds)
+            initializer = "zeros" if tables.placeholder else tf.keras.initializers.Constant(value)
             self.tables[name] = self.add_weight(name=name, shape=value.shape, dtype=tf.as_dtype(value.dtype),
-                                                trainable=False, initializer=tf.keras.initializers.Constant(value))
+                                                trainable=False, initializer=initializer)
 
     @property
     def output_dim(self) -> int:
@@ -171,6 +172,8 @@ class RankingFeatures(tf.keras.layers.Layer):
         row in weight order; ``SourceScores.of`` needs item order)."""
         for name in self.source_names:
             neighbours, weights = self.tables[f"{name}_neighbours"], self.tables[f"{name}_weights"]
+            if bool(tf.reduce_all(neighbours[:, 1:] >= neighbours[:, :-1])):
+                continue  # in order already (what this crossrec saves): no copy out and back
             ordered = sorted_rows(neighbours.numpy(), weights.numpy())
             neighbours.assign(ordered[0])
             weights.assign(ordered[1])

@@ -42,6 +42,7 @@ class FeatureTables:
     rating_sum: np.ndarray | None = None  # (size,) sum and count of training ratings per item row
     rating_count: np.ndarray | None = None
     sources: list[NeighbourTable] = field(default_factory=list)
+    placeholder: bool = False  # ``empty``: shapes only, the values are loaded after
 
     @property
     def size(self) -> int:
@@ -50,13 +51,18 @@ class FeatureTables:
     def weights(self) -> dict[str, np.ndarray]:
         """The arrays ``RankingFeatures`` stores, by weight name (shapes fixed by the catalogue)."""
         zeros = np.zeros(self.size, np.float32)
-        text = self.text_vectors if self.text_vectors is not None else _unit(self.item_embeddings)
+        if self.text_vectors is not None or self.placeholder:  # a placeholder's zeros keep their shape
+            text = self.item_embeddings if self.text_vectors is None else self.text_vectors
+        else:
+            text = _unit(self.item_embeddings)
         first_seen = self.first_seen if self.first_seen is not None else np.where(self.popularity > 0, 0.0, 1.0)
-        out = {"item_embeddings": self.item_embeddings.astype(np.float32), "item_domain": self.item_domain,
-               "popularity": self.popularity.astype(np.float32), "text_vectors": text.astype(np.float32),
-               "first_seen": first_seen.astype(np.float32),
-               "rating_sum": zeros if self.rating_sum is None else self.rating_sum.astype(np.float32),
-               "rating_count": zeros if self.rating_count is None else self.rating_count.astype(np.float32)}
+        def f32(x):
+            return x.astype(np.float32, copy=False)
+
+        out = {"item_embeddings": f32(self.item_embeddings), "item_domain": self.item_domain,
+               "popularity": f32(self.popularity), "text_vectors": f32(text), "first_seen": f32(first_seen),
+               "rating_sum": zeros if self.rating_sum is None else f32(self.rating_sum),
+               "rating_count": zeros if self.rating_count is None else f32(self.rating_count)}
         for table in self.sources:
             out[f"{table.name}_neighbours"] = table.neighbours
             out[f"{table.name}_weights"] = table.weights
@@ -70,7 +76,7 @@ class FeatureTables:
         return cls(np.zeros((size, dim), np.float32), np.zeros(size, np.int32), num_domains,
                    np.zeros(size, np.float32), rating_mean=rating_mean,
                    sources=[NeighbourTable(n, np.zeros((size, w), np.int32), np.zeros((size, w), np.float32), d)
-                            for n, w, d in sources])
+                            for n, w, d in sources], placeholder=True)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

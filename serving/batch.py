@@ -163,14 +163,12 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     started = time.perf_counter()
     pipeline = beam.Pipeline(runner=runner, options=options)
     keyed, dead = _read_queries(pipeline, source, users is not None, targets, known, feed is not None)
-    step, handler = _handler(retrieval, ranking, k, rank_top, feed, exclude_seen, batch_size)
+    step, handler, models = _handler(retrieval, ranking, k, rank_top, feed, exclude_seen, batch_size)
     # ((user, domain), result dict); retrieval and ranking in one step: nothing to join
     results = keyed | step >> RunInference(KeyedModelHandler(handler))
     tables = (results
               | "BatchRows" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
-              | "ToTables" >> beam.Map(to_table, *((ranking.name, ranking.version, None, None) if feed else
-                                                  (retrieval.name, retrieval.version, ranking.name if ranking else None,
-                                                   ranking.version if ranking else None))))
+              | "ToTables" >> beam.Map(to_table, *models))
     tables | "WriteCandidates" >> beam.io.WriteToParquetBatched(FileSystems.join(output, "candidates"),
                                                                 CANDIDATES_SCHEMA, file_name_suffix=".parquet",
                                                                 num_shards=shards)
@@ -195,13 +193,16 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
 
 def _handler(retrieval, ranking, k: int, rank_top: int, feed: FeedRequest | None, exclude_seen: bool,
              batch_size: int):
-    """(the inference step's name, its model handler)."""
+    """(the inference step's name, its model handler, the (name, version) of the model whose
+    answers the rows hold and of the ranker that reordered them, None where none did)."""
     if feed is not None:
-        return "Feed", FeedHandler(ranking, feed, exclude_seen=exclude_seen, max_batch_size=batch_size)
+        return ("Feed", FeedHandler(ranking, feed, exclude_seen=exclude_seen, max_batch_size=batch_size),
+                (ranking.name, ranking.version, None, None))
     handler = SavedModelHandler(retrieval, k=k, exclude_seen=exclude_seen, max_batch_size=batch_size)
     if ranking is None:
-        return "Retrieve", handler
-    return "RetrieveAndRank", RecommenderHandler(handler, ranking, top=rank_top, exclude_seen=exclude_seen)
+        return "Retrieve", handler, (retrieval.name, retrieval.version, None, None)
+    return ("RetrieveAndRank", RecommenderHandler(handler, ranking, top=rank_top, exclude_seen=exclude_seen),
+            (retrieval.name, retrieval.version, ranking.name, ranking.version))
 
 
 def _check_request(model_dir, users, interactions, k: int, rank_top: int, domains, feed: FeedRequest | None = None):

@@ -49,7 +49,7 @@ from serving.feed import FeedRecommenderModule
 from serving.index import DomainIndex
 from serving.layout import METADATA_FILE, write_file_atomically
 from serving.model_set import publish_set
-from serving.parts import index_recall, load_parts
+from serving.parts import ExportParts, index_recall, load_parts
 from serving.signatures import ItemEncoderModule, RankingModule, RetrievalModule
 from serving.warmup import BATCH_SIZES, history_requests, write_warmup
 
@@ -68,25 +68,30 @@ class ExportResult:
 def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *, ranking_dir: str | Path | None = None,
                   config: Config | None = None, models=None, version: int | None = None,
                   recall_queries: np.ndarray | None = None, progress: bool = True,
-                  extra_metadata: dict | None = None, reuse: dict[str, Path] | None = None) -> ExportResult:
+                  extra_metadata: dict | None = None, reuse: dict[str, Path] | None = None,
+                  link_state: bool = False, parts: ExportParts | None = None) -> ExportResult:
     """Publishes ``models`` under ``out`` as one model set (``serving.model_set``): the next
     version (or ``version``) of every model, written aside and renamed into place together. An
     interrupted publish of the same runs is finished instead (only its missing models are
     written); one of other runs is rolled back. ``extra_metadata`` goes into every version's.
     ``reuse``: {model: a version folder of that very model} (what a catalogue change leaves as it
     is: ``item_encoder``), copied with this version's metadata (``copied_from``: its version, so a
-    server that has it loaded serves it again without a load) instead of built and traced again."""
+    server that has it loaded serves it again without a load) instead of built and traced again.
+    ``link_state``: the training state goes into the store as hard links to the run folders'
+    files (``training_state.store``), for runs that are never rewritten in place. ``parts``: these
+    runs' parts when the caller holds their models already (``serving.parts.assemble_parts``)."""
     started = time.perf_counter()
-    parts = load_parts(retrieval_dir, ranking_dir, config)
+    parts = parts or load_parts(retrieval_dir, ranking_dir, config)
     config = parts.config
     models = _checked_models(models, ranking_dir, parts)
     state_fingerprint = training_state.fingerprint(retrieval_dir, ranking_dir)
     set_id = _set_id(state_fingerprint, config, models)
     say = (lambda message: print(message, flush=True)) if progress else (lambda message: None)
     result = ExportResult({}, {}, {}, 0.0)
+    runs = (retrieval_dir, ranking_dir, state_fingerprint, link_state)
     with publish_set(out, models, set_id, version, say) as publish:
         if publish.missing:
-            _write_set(publish, parts, (retrieval_dir, ranking_dir, state_fingerprint), recall_queries, say,
+            _write_set(publish, parts, runs, recall_queries, say,
                        extra_metadata or {}, result, reuse or {})
     for name in models:
         result.versions[name] = publish.version
@@ -119,7 +124,7 @@ def _set_id(state_fingerprint: str, config: Config, models: list[str]) -> str:
 def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result, reuse: dict) -> None:
     """Builds and saves every model the set still lacks into its staged folder (or copies the one
     ``reuse`` names); ``runs``: (retrieval run folder, ranking run folder or None, their training
-    state's fingerprint)."""
+    state's fingerprint, whether the store may link to their files)."""
     export = parts.config.export
     index_info = _build_index(parts, recall_queries)
     builders = {"retrieval": RetrievalModule, "ranking": RankingModule, "recommender": FeedRecommenderModule,

@@ -126,5 +126,5 @@ class FeedRecommenderModule(RecommenderModule):
                 "domains": tf.where(beyond, tf.constant(b""), names_of),
                 "scores": tf.where(beyond, UNKNOWN_SCORE, tf.gather(scores, index, batch_dims=1)),
                 "retrieval_scores": tf.where(beyond, UNKNOWN_SCORE, tf.gather(retrieval, index, batch_dims=1)),
-                "history_known": tf.reduce_sum(tf.cast(rows[::domains] > 0, tf.int32), axis=1),
+                **self._history_counts(rows[::domains]),
                 **self._because(items, rows[::domains], beyond)}

@@ -51,13 +51,16 @@ class QueryModule(tf.Module):
                            tf.gather(self.lookups.model_domain, target))
         return tf.cast(query, tf.float32), rows, target
 
-    def _history_counts(self, rows, target):
-        """How much of the request's history the model used: known items, and those in the target
-        domain (0 = a cross-domain cold start; no known item at all = a user the model cannot place)."""
+    def _history_counts(self, rows, target=None):
+        """How much of the request's history the model used: known items, and (given a ``target``
+        domain) those in it (0 = a cross-domain cold start; no known item at all = a user the
+        model cannot place)."""
         known = rows > 0
-        in_domain = known & tf.equal(tf.gather(self.lookups.item_served, rows), target[:, None])
-        return {"history_known": tf.reduce_sum(tf.cast(known, tf.int32), axis=1),
-                "history_in_domain": tf.reduce_sum(tf.cast(in_domain, tf.int32), axis=1)}
+        counts = {"history_known": tf.reduce_sum(tf.cast(known, tf.int32), axis=1)}
+        if target is not None:
+            in_domain = known & tf.equal(tf.gather(self.lookups.item_served, rows), target[:, None])
+            counts["history_in_domain"] = tf.reduce_sum(tf.cast(in_domain, tf.int32), axis=1)
+        return counts
 
     @staticmethod
     def _per_query_checks(target_domain, k, exclude_history):

@@ -22,7 +22,7 @@ import json
 import shutil
 from pathlib import Path
 
-from crossrec.data.io import atomic_directory
+from crossrec.data.io import atomic_directory, link_or_copy
 from crossrec.errors import ConfigError
 from serving.layout import METADATA_FILE, TRAINING_STATE, versions
 
@@ -73,10 +73,12 @@ def fingerprint(retrieval_dir: str | Path, ranking_dir: str | Path | None) -> st
 
 
 def store(base: str | Path, retrieval_dir: str | Path, ranking_dir: str | Path | None,
-          fingerprint: str | None = None) -> dict:
+          fingerprint: str | None = None, link: bool = False) -> dict:
     """Copies the runs' state into the store (once per content) and returns what a version's
     metadata records: ``{"path": relative to base, "fingerprint": ...}``; ``fingerprint``: the
-    runs' ``fingerprint()`` when the caller has it already (hashing the state twice is wasted)."""
+    runs' ``fingerprint()`` when the caller has it already (hashing the state twice is wasted);
+    ``link``: hard links instead of copies, for run folders crossrec writes once and never
+    rewrites in place (``crossrec catalogue``'s; a user's run folder may be trained again)."""
     files = _files(Path(retrieval_dir), Path(ranking_dir) if ranking_dir is not None else None)
     fingerprint = fingerprint or fingerprint_of(files)
     target = state_root(base) / fingerprint
@@ -86,7 +88,7 @@ def store(base: str | Path, retrieval_dir: str | Path, ranking_dir: str | Path |
         with atomic_directory(target, overwrite=True) as tmp:
             for inside, path in files:
                 (tmp / inside).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, tmp / inside)
+                (link_or_copy if link else shutil.copy2)(path, tmp / inside)
     return {"path": f"../{state_root(base).name}/{fingerprint}", "fingerprint": fingerprint}
 
 

@@ -125,3 +125,31 @@ def test_real_minilm_relates_themes_across_domains():
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     assert v.shape == (3, 384)
     assert v[0] @ v[1] > v[0] @ v[2]
+
+
+def test_cache_appends_new_texts_only_and_survives_a_torn_segment(tmp_path, monkeypatch):
+    import towers.cache as cache_module
+
+    def compute(texts):
+        return np.array([[len(t), sum(map(ord, t))] for t in texts], np.float32)
+
+    cache = EmbeddingCache(tmp_path, "fp")
+    cache.get([f"item {i}" for i in range(100)], compute)
+    folder = tmp_path / "fp"
+    first = {p.name: p.stat().st_size for p in folder.iterdir()}
+    cache.get(["item 1", "one more"], compute)
+    grown = {p.name: p.stat().st_size for p in folder.iterdir()}
+    assert {k: v for k, v in grown.items() if k in first} == first  # the first segment is not rewritten
+    assert len(grown) == len(first) + 2 and max(grown[k] for k in grown if k not in first) < min(first.values())
+    # a segment whose keys file is torn (a crash mid-write of another copy) is recomputed, not trusted
+    torn = max(folder.glob("keys-*.npy"))  # the newest segment: "one more"
+    torn.write_bytes(torn.read_bytes()[:20])
+    calls = []
+    again = EmbeddingCache(tmp_path, "fp").get(["one more", "item 2"], lambda t: calls.append(t) or compute(t))
+    np.testing.assert_array_equal(again, compute(["one more", "item 2"]))
+    assert calls == [["one more"]]
+    monkeypatch.setattr(cache_module, "MAX_SEGMENTS", 2)  # the next write merges every segment into one
+    texts = [f"item {i}" for i in range(100)] + ["one more", "last"]
+    merged = EmbeddingCache(tmp_path, "fp").get(texts, compute)
+    np.testing.assert_array_equal(merged, compute(texts))
+    assert [p.name for p in folder.glob("keys*.npy")] == ["keys.npy"]

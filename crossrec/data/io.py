@@ -209,3 +209,13 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (no bytes copied) where the file system allows,
+    else a copy. Only for a ``source`` that is never rewritten in place (a training state in the
+    store, a finished run's file): both names are one file."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

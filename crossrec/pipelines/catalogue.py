@@ -113,18 +113,19 @@ def _publish(served: ServedState, config: Config, catalogue: Catalogue, edit: Ca
     added = 0 if edit.add is None else len(edit.add)
     retired = len(edit.retire or [])
     change = {"key": key, "from_version": served.version, "added": added, "retired": retired}
-    seconds = {}
+    seconds, parts = {}, None
     if not _state_complete(work, served):
         _say(progress, f"changing the catalogue of {served.base}/retrieval/{served.version}: +{added} items, "
                        f"{retired} retired; run folder {work}")
-        seconds.update(_write_state(work, served, config, catalogue, edit, change, encoder_fingerprint, progress))
+        parts = _write_state(work, served, config, catalogue, edit, change, encoder_fingerprint, progress, seconds)
     publish_started = time.perf_counter()
     models = [m for m in served.models if served.ranking_dir is not None or m not in ("ranking", "recommender")]
     # the item encoder reads no per-item table: the served one is the next version's, copied
     encoder = served.base / "item_encoder" / str(served.version)
     reuse = {"item_encoder": encoder} if "item_encoder" in models and (encoder / "saved_model.pb").is_file() else {}
     result = export_models(work / "towers", served.base, ranking_dir=work / "ranking" if served.ranking_dir else None,
-                           models=models, progress=progress, extra_metadata={"catalogue_change": change}, reuse=reuse)
+                           models=models, progress=progress, extra_metadata={"catalogue_change": change}, reuse=reuse,
+                           link_state=True, parts=parts)  # the run folder is written once (``_state_complete``)
     write_model_config(served.base)
     seconds["publish"] = round(time.perf_counter() - publish_started, 2)
     seconds["total"] = round(time.perf_counter() - started, 2)
@@ -137,13 +138,13 @@ def _publish(served: ServedState, config: Config, catalogue: Catalogue, edit: Ca
 
 
 def _write_state(work: Path, served: ServedState, config: Config, catalogue: Catalogue, edit: CatalogueEdit,
-                 change: dict, encoder_fingerprint: str | None, progress: bool) -> dict:
+                 change: dict, encoder_fingerprint: str | None, progress: bool, seconds: dict):
     """The changed training state in ``work`` (towers, then rankers, each renamed into place when
-    whole): {stage: seconds}."""
-    from serving.parts import stored_embeddings
+    whole), the seconds of each stage in ``seconds``; returns its export parts (the models built
+    here: the publish need not load them again)."""
+    from serving.parts import assemble_parts, stored_embeddings
     from towers.train import load_trained
 
-    seconds = {}
     begun = time.perf_counter()
     model, _, _ = load_trained(served.towers_dir)
     texts = [] if edit.add is None else edit.add[schema.TEXT].tolist()
@@ -159,11 +160,13 @@ def _write_state(work: Path, served: ServedState, config: Config, catalogue: Cat
                                                                                              old.shape[1])
     with io.atomic_directory(work / "towers", overwrite=True) as folder:
         write_towers(folder, served.towers_dir, towers, new_catalogue, np.concatenate([old, added]), edit, change)
+    rankers = None
     if served.ranking_dir is not None:
         with io.atomic_directory(work / "ranking", overwrite=True) as folder:
-            write_rankers(folder, served.ranking_dir, new_catalogue, added)
+            rankers = write_rankers(folder, served.ranking_dir, new_catalogue, added)
     seconds["state"] = round(time.perf_counter() - begun, 2)
-    return seconds
+    return assemble_parts(towers, new_catalogue, config, work / "towers", rankers,
+                          work / "ranking" if rankers is not None else None)
 
 
 def _state_complete(work: Path, served: ServedState) -> bool:

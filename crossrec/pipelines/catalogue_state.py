@@ -145,12 +145,13 @@ def _write_added(out: Path, served_towers: Path, edit: CatalogueEdit, change: di
 
 
 def _write_data(out: Path, served: Path, edit: CatalogueEdit) -> None:
-    """The training data with the items table changed (interactions and users copied as they are)."""
+    """The training data with the items table changed (interactions and users as they are: linked
+    to the served state's files, which the store never rewrites)."""
     out.mkdir(parents=True, exist_ok=True)
     items_file = next(served.glob("items.*"))
     for path in served.iterdir():
         if path != items_file:
-            shutil.copy2(path, out / path.name)
+            io.link_or_copy(path, out / path.name)
     items = io.without_bookkeeping(io.read_table(items_file, what="items"))
     if edit.add is not None and len(edit.add):
         added = io.without_bookkeeping(edit.add).astype({schema.ITEM_ID: str, schema.DOMAIN: str})
@@ -164,27 +165,32 @@ def _write_data(out: Path, served: Path, edit: CatalogueEdit) -> None:
     items.to_parquet(out / "items.parquet", index=False)
 
 
-def write_rankers(out: Path, served_ranking: Path, catalogue: Catalogue, added_embeddings: np.ndarray) -> None:
+def write_rankers(out: Path, served_ranking: Path, catalogue: Catalogue, added_embeddings: np.ndarray):
     """The rankers' state folder for the changed catalogue: their weights, and per-item tables
-    grown by the added rows (the towers' vector, no interactions, never seen, no neighbours)."""
+    grown by the added rows (the towers' vector, no interactions, never seen, no neighbours);
+    returns the rankers written (teacher, student or None)."""
     from ranking.train import STUDENT, TEACHER, build_ranker, load_ranking
 
     teacher, student, config = load_ranking(served_ranking)
     spec = json.loads((served_ranking / "ranking_spec.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
+    written = {}
     for file, name, which, old in (("teacher", TEACHER, config.ranking.teacher, teacher),
                                    ("student", STUDENT, config.ranking.student, student)):
         if old is None:
+            written[file] = None
             continue
         tables = _grown_tables(old.features.tables, spec, catalogue, added_embeddings)
         new = build_ranker(config, which, tables, name=name,
                            distillation_weight=config.ranking.distillation_weight if name == STUDENT else 0.0)
         _copy_ranker_weights(new, old)
         new.save_weights(str(out / f"{file}.weights.h5"))  # the names load_ranking reads
+        written[file] = new
     spec["num_items"] = int(catalogue.size)
     (out / "ranking_spec.json").write_text(json.dumps(spec, indent=2))
     for name in ("config.yaml", "run_summary.json"):
         shutil.copy2(served_ranking / name, out / name)
+    return written["teacher"], written["student"]
 
 
 def _grown_tables(tables: dict, spec: dict, catalogue: Catalogue, added_embeddings: np.ndarray):
