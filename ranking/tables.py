@@ -51,8 +51,10 @@ class FeatureTables:
     def weights(self) -> dict[str, np.ndarray]:
         """The arrays ``RankingFeatures`` stores, by weight name (shapes fixed by the catalogue)."""
         zeros = np.zeros(self.size, np.float32)
-        if self.text_vectors is not None or self.placeholder:  # a placeholder's zeros keep their shape
-            text = self.item_embeddings if self.text_vectors is None else self.text_vectors
+        if self.text_vectors is not None:
+            text = self.text_vectors
+        elif self.placeholder:  # zeros of the same shape
+            text = self.item_embeddings
         else:
             text = _unit(self.item_embeddings)
         first_seen = self.first_seen if self.first_seen is not None else np.where(self.popularity > 0, 0.0, 1.0)

@@ -130,7 +130,9 @@ class EmbeddingCache:
             text_of = dict(zip(wanted[rows < 0], np.asarray(texts, dtype=object)[rows < 0], strict=True))
             missing = sorted(text_of)
             new = np.asarray(compute([text_of[k] for k in missing]), dtype=np.float32)
-            self._append(np.array(missing, dtype="<U40"), new, segments, seen)
-            index, segments, _ = self._load()
-            rows = self._rows(index, wanted)
+            added = np.array(missing, dtype="<U40")
+            self._append(added, new, segments, seen)
+            # the new rows follow every segment read (a merge keeps that order): no second read
+            segments = [*segments, (added, new)]
+            rows = np.where(rows >= 0, rows, len(index) + pd.Index(added).get_indexer(wanted))
         return self._gather(segments, rows)
