@@ -135,6 +135,8 @@ class TowerConfig:
     use_item_ids: bool = True
     # Share of training examples whose item-ID embeddings are dropped, so text alone stays strong
     # (the defaults of this, the text-only loss and the text experts: README, Retrieval towers).
+    # Raise it to 0.3 when items have only a handful of interactions each (new items +19% / +51%
+    # on Amazon Arts/Office; -7% to -23% where items have dozens: README, Limits).
     item_id_dropout: float = 0.1
     # Weight of a second loss on the same queries whose candidates are embedded from text alone
     # (no item-ID part): trains the path new items take without dropping IDs from the hybrid
