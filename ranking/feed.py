@@ -35,6 +35,8 @@ import tensorflow as tf
 # interval of the difference across 0), calibration KL 0.12x, intra-list diversity 1.35x; on Amazon
 # Arts/Office 0.96x, 0.04x and 1.16x. The signature itself takes both weights from every request.
 FEED_DEFAULTS = {"diversity": 0.3, "calibration": 2.0}
+MAX_CALIBRATION = 100.0  # the calibration weight's documented range is [0, 100]: at 100 the KL term already decides
+_FLOOR = 3.0e38  # objectives are clipped to [-_FLOOR, _FLOOR]: a taken candidate (-inf) can never win
 ALPHA = 0.01  # Steck's smoothing of the list's shares towards the target (keeps the KL finite)
 _EPS = 1e-9
 
@@ -85,6 +87,9 @@ def select(scores, domains, vectors, valid, target, n, diversity, calibration, m
     def step(t, available, closest, counts, picks):
         objective = (1.0 - lam) * relevance - lam * closest
         objective -= weight * _kl_if_added(target, counts, onehot, t)
+        # weights past their range can overflow the objective to -inf or NaN: an available candidate
+        # must still beat every taken one, or argmax would pick index 0 again
+        objective = tf.clip_by_value(tf.where(tf.math.is_nan(objective), -_FLOOR, objective), -_FLOOR, _FLOOR)
         objective = tf.where(available, objective, -np.inf)
         best = tf.argmax(objective, axis=1, output_type=tf.int32)  # first of equals: the score order
         live = tf.reduce_any(available, axis=1) & (t < n)

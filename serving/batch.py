@@ -1,7 +1,8 @@
 """``crossrec candidates``: top-K candidates for every user of a table, on Apache Beam.
 
-The same code runs on one machine (Beam's local FnApiRunner, chosen explicitly, one thread per
-core) and on a cluster (``--runner`` Dataflow, Flink, Spark: Beam pipeline options pass through). It reads
+The same code runs on one machine (Beam's local FnApiRunner, chosen explicitly, in memory with one
+worker: ``local_runner``) and on a cluster (``--runner`` Dataflow, Flink, Spark: Beam pipeline
+options pass through). It reads
 
 - a users table (Parquet): ``user_id``, ``history_item_ids`` and ``history_domains`` (lists, oldest
   first) and optionally ``domain`` (the domain to recommend from; without it, every ``--domains``);
@@ -25,7 +26,6 @@ files written (``serving.batch_accounting``): a count that does not add up fails
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from crossrec import schema
 from crossrec.errors import ConfigError
@@ -43,6 +43,7 @@ from crossrec.quiet import quiet_logs
 from serving.batch_accounting import CountAll, IncompleteOutput, check_books, read_counts
 from serving.batch_feed import FEED_DOMAIN, FeedHandler, FeedRequest
 from serving.batch_handlers import Query, RecommenderHandler, SavedModelHandler, ServedModel
+from serving.batch_input import InputSurvey, ReadRowGroups, survey
 
 CANDIDATES_SCHEMA = pa.schema([("user_id", pa.string()), ("domain", pa.string()), ("rank", pa.int32()),
                                ("item_id", pa.string()), ("score", pa.float32()), ("model_name", pa.string()),
@@ -69,12 +70,15 @@ class ParseUsers(beam.DoFn):
     """A users-table row -> one ``((user, domain), Query)`` per target domain, or a dead letter
     with the reason."""
 
-    def __init__(self, domains: list[str], known_domains: list[str], feed: bool = False):
+    def __init__(self, domains: list[str], known_domains: list[str], feed: bool = False, tally: bool = False):
         self.domains = domains
         self.known = set(known_domains)
         self.feed = feed  # one query per user, for every domain at once (FEED_DOMAIN)
+        self.tally = tally  # count each row as an input row reached (a users table; histories are tallied earlier)
 
     def process(self, row: dict):
+        if self.tally:
+            yield beam.pvalue.TaggedOutput("tally", ("input_rows", 1))
         user = row.get(schema.USER_ID)
         if user is None or str(user).strip() == "":
             yield _dead(user, "missing user_id", row)
@@ -90,6 +94,11 @@ class ParseUsers(beam.DoFn):
         if any(v is None for v in items) or any(v is None for v in doms):
             yield _dead(user, "malformed history: a null item id or domain", row)
             return
+        strange = sorted({str(d) for d in doms} - self.known)
+        if strange:  # the served models refuse them as they refuse an unknown target domain
+            yield _dead(user, f"unknown domain {strange[0]!r} in the history; the model knows {sorted(self.known)}: "
+                              "leave other domains' items out of the input", row)
+            return
         if self.feed:
             yield (str(user), FEED_DOMAIN), Query(str(user), FEED_DOMAIN, [str(v) for v in items],
                                                   [str(v) for v in doms])
@@ -104,11 +113,14 @@ class ParseUsers(beam.DoFn):
 
 
 class HistoryFromInteractions(beam.DoFn):
-    """(user, interaction rows) -> the user's history, oldest first, as a users-table row."""
+    """(user, interaction rows) -> the user's history, oldest first, as a users-table row; the
+    user and their rows are tallied as input reached."""
 
     def process(self, element):
         user, rows = element
         rows = list(rows)
+        yield beam.pvalue.TaggedOutput("tally", ("input_users", 1))
+        yield beam.pvalue.TaggedOutput("tally", ("input_rows", len(rows)))
         order = schema.TIMESTAMP if all(r.get(schema.TIMESTAMP) is not None for r in rows) else schema.SEQ_POS
         try:
             rows.sort(key=lambda r: r[order])
@@ -154,6 +166,7 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     per domain (``k``, ``rank_top`` and ``domains`` do not apply)."""
     source, retrieval, ranking, targets, known = _check_request(model_dir, users, interactions, k, rank_top, domains,
                                                                 feed)
+    surveyed = survey(source, interactions is not None)  # what the books must close against
     output = str(output)
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
@@ -162,7 +175,7 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     options = PipelineOptions(pipeline_args, save_main_session=False)
     started = time.perf_counter()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    keyed, dead = _read_queries(pipeline, source, users is not None, targets, known, feed is not None)
+    keyed, dead, tallies = _read_queries(pipeline, surveyed, users is not None, targets, known, feed is not None)
     step, handler, models = _handler(retrieval, ranking, k, rank_top, feed, exclude_seen, batch_size)
     # ((user, domain), result dict); retrieval and ranking in one step: nothing to join
     results = keyed | step >> RunInference(KeyedModelHandler(handler))
@@ -174,12 +187,14 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
                                                                 num_shards=shards)
     dead | "WriteDeadLetters" >> beam.io.WriteToParquet(FileSystems.join(output, "dead_letter"), DEAD_LETTER_SCHEMA,
                                                         file_name_suffix=".parquet", num_shards=1)
-    (keyed, results, dead) | "Count" >> CountAll(output)
+    (keyed, results, dead, tallies) | "Count" >> CountAll(output)
     pipeline.run().wait_until_finish()
     counts = read_counts(output)
-    problems = check_books(counts, output)
-    summary = {"input": str(source), "runner": runner_name, "retrieval": f"{retrieval.name}/{retrieval.version}",
-               "ranking": f"{ranking.name}/{ranking.version}" if ranking else None, "k": k, "rank_top": rank_top,
+    problems = check_books(counts, output, surveyed)
+    summary = {"input": source, "input_holds": surveyed.as_dict(), "runner": runner_name,
+               "retrieval": f"{retrieval.name}/{retrieval.version}",
+               "ranking": f"{ranking.name}/{ranking.version}" if ranking else None,
+               "k": None if feed else k, "rank_top": None if feed else rank_top,  # a feed asks feed.n
                "feed": vars(feed) if feed else None,
                "exclude_seen": exclude_seen, "counts": counts, "complete": not problems, "problems": problems,
                "seconds": round(time.perf_counter() - started, 2)}
@@ -212,8 +227,8 @@ def _check_request(model_dir, users, interactions, k: int, rank_top: int, domain
         raise ConfigError("--feed: one list across every domain per user; --rank-top and --domains do not apply")
     if (users is None) == (interactions is None):
         raise ConfigError("give exactly one input: --input users.parquet or --interactions interactions.parquet")
-    source = Path(users or interactions)
-    if not source.exists() and not any(ch in str(source) for ch in "*?[") and "://" not in str(source):
+    source = str(users or interactions)  # a path, a glob or a Beam file system URL (kept as text: Path folds "//")
+    if not Path(source).exists() and not any(ch in source for ch in "*?[") and "://" not in source:
         raise ConfigError(f"{source}: input not found")
     retrieval = ServedModel.latest(model_dir, "retrieval")
     known = retrieval.metadata.get("domains") or []
@@ -236,36 +251,50 @@ def _check_request(model_dir, users, interactions, k: int, rank_top: int, domain
     return source, retrieval, ranking, targets, known
 
 
-def _read_queries(pipeline, source: Path, is_users: bool, targets, known, feed: bool = False):
-    """(keyed queries, dead letters): ((user, domain), Query) per user and target domain, read
-    from a users table or built from an interactions table; rows that cannot be a query go to
-    the dead letters with their reason."""
+def _read_queries(pipeline, surveyed: InputSurvey, is_users: bool, targets, known, feed: bool = False):
+    """(keyed queries, dead letters, tallies): ((user, domain), Query) per user and target domain,
+    read from a users table or built from an interactions table (``serving.batch_input``: one
+    element per row group); rows that cannot be a query go to the dead letters with their reason;
+    the tallies count the input rows (and users) that reached the step that parses them and, for
+    an interactions table, the rows read before Beam's shuffle groups them by user."""
     if is_users:
-        rows = pipeline | "ReadUsers" >> beam.io.ReadFromParquet(str(source))
+        rows = pipeline | "ReadUsers" >> ReadRowGroups(surveyed)
     else:
-        rows = (pipeline
-                | "ReadInteractions" >> beam.io.ReadFromParquet(str(source))
+        read = pipeline | "ReadInteractions" >> ReadRowGroups(surveyed)
+        read_tally = read | "CountRead" >> beam.Map(lambda _: ("rows_read", 1))  # before the shuffle
+        rows = (read
                 | "KeyByUser" >> beam.Map(lambda r: (r.get(schema.USER_ID), r))
                 | "GroupByUser" >> beam.GroupByKey()
-                | "BuildHistories" >> beam.ParDo(HistoryFromInteractions()).with_outputs("dead", main="rows"))
-        early_dead, rows = rows.dead, rows.rows
-    parsed = rows | "Check" >> beam.ParDo(ParseUsers(targets, known, feed)).with_outputs("dead", main="queries")
-    dead = parsed.dead if is_users else (early_dead, parsed.dead) | "AllDead" >> beam.Flatten()
-    return parsed.queries, dead  # few per-row steps: each costs per row
+                | "BuildHistories" >> beam.ParDo(HistoryFromInteractions()).with_outputs("dead", "tally", main="rows"))
+        early_dead, early_tally, rows = rows.dead, rows.tally, rows.rows
+    parsed = rows | "Check" >> beam.ParDo(ParseUsers(targets, known, feed, tally=is_users)).with_outputs(
+        "dead", "tally", main="queries")
+    if is_users:
+        return parsed.queries, parsed.dead, parsed.tally
+    dead = (early_dead, parsed.dead) | "AllDead" >> beam.Flatten()
+    tallies = (read_tally, early_tally) | "AllTallies" >> beam.Flatten()
+    return parsed.queries, dead, tallies  # few per-row steps: each costs per row
 
 
 def local_runner(pipeline_args: list[str]):
     """(runner, its name, pipeline args). Without ``--runner``: Beam's FnApiRunner, chosen
-    explicitly, with one worker thread per core. (Beam >= 2.68's DirectRunner first tries to
-    download and start the Prism runner and falls back when offline, so the same command would run
-    on different runners depending on the network.) With ``--runner``, Beam's choice."""
+    explicitly (Beam >= 2.68's DirectRunner first tries to download and start the Prism runner and
+    falls back when offline, so the same command would run on different runners depending on the
+    network), in its ``in_memory`` mode with one worker: TensorFlow already spreads each batch
+    over every core, and Beam's ``multi_threading`` mode (its gRPC data plane) lost rows in the
+    shuffle that builds histories (``bench.batch_stress``: 8 of 20 runs with one worker thread, 3
+    of 17 with two, 0 of 20 in memory at the same speed; each caught by the books). A
+    ``--direct_num_workers`` above 1 without a mode runs ``multi_threading``, as Beam does. With
+    ``--runner``, Beam's choice."""
     given = PipelineOptions(pipeline_args).view_as(StandardOptions).runner
     if given:
         return None, given, pipeline_args
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+    direct = PipelineOptions(pipeline_args).view_as(DirectOptions)
     if not any(a.startswith("--direct_num_workers") for a in pipeline_args):
-        pipeline_args += ["--direct_num_workers", str(os.cpu_count() or 1)]
+        pipeline_args += ["--direct_num_workers", "1"]
     if not any(a.startswith("--direct_running_mode") for a in pipeline_args):
-        pipeline_args += ["--direct_running_mode", "multi_threading"]
+        several = direct.direct_num_workers != 1  # 0: one per core
+        pipeline_args += ["--direct_running_mode", "multi_threading" if several else "in_memory"]
     return FnApiRunner(), "FnApiRunner", pipeline_args

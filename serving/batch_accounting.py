@@ -1,5 +1,6 @@
-"""The candidates job's books: every query ends as exactly one list, every list's rows are
-written, every bad row is a dead letter. The pipeline counts these itself (a Beam
+"""The candidates job's books: every input row reaches the job (against what the files hold,
+counted before the pipeline by ``serving.batch_input.survey``), every query ends as exactly one
+list, every list's rows are written, every bad row is a dead letter. The pipeline counts these itself (a Beam
 ``CombinePerKey`` over the data, not metrics counters, which a runner may drop or double on
 retries), and after the run the counts are checked against the files it wrote. A count that
 does not add up fails the job: its output is incomplete and must not be used."""
@@ -13,8 +14,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from crossrec.errors import CrossrecInputError
+from serving.batch_input import InputSurvey
 
-COUNTS = ("queries", "users_scored", "cold_start_users", "unknown_users", "rows", "dead_letters")
+COUNTS = ("rows_read", "input_rows", "input_users", "queries", "users_scored", "cold_start_users", "unknown_users", "rows", "dead_letters")
 COUNTS_FILE = "counts.jsonl"
 
 
@@ -35,15 +37,18 @@ def list_counts(element) -> list[tuple[str, int]]:
 
 
 class CountAll(beam.PTransform):
-    """Counts queries, lists, rows and dead letters into ``<output>/counts.jsonl``."""
+    """Counts input rows and users reached, queries, lists, rows and dead letters into
+    ``<output>/counts.jsonl``; its input is (queries, results, dead letters, tallies), the tallies
+    already ``(name, n)`` pairs."""
 
     def __init__(self, output: str):
         super().__init__()
         self.output = output
 
     def expand(self, parts):
-        queries, results, dead = parts
-        return ((queries | "CountQueries" >> beam.Map(lambda _: ("queries", 1)),
+        queries, results, dead, tallies = parts
+        return ((tallies,
+                 queries | "CountQueries" >> beam.Map(lambda _: ("queries", 1)),
                  results | "CountLists" >> beam.FlatMap(list_counts),
                  dead | "CountDeadLetters" >> beam.Map(lambda _: ("dead_letters", 1)))
                 | "AllCounts" >> beam.Flatten()
@@ -74,9 +79,19 @@ def parquet_rows(pattern: str) -> int:
     return total
 
 
-def check_books(counts: dict[str, int], output: str) -> list[str]:
+def check_books(counts: dict[str, int], output: str, surveyed: InputSurvey) -> list[str]:
     """What does not add up (empty: the books balance)."""
     problems = []
+    if counts["input_rows"] != surveyed.rows:
+        where = ""
+        if surveyed.users is not None:  # an interactions table: read, then grouped by user in Beam's shuffle
+            where = (f" (all {surveyed.rows} were read: lost in the shuffle that groups them by user)"
+                     if counts["rows_read"] == surveyed.rows else f" ({counts['rows_read']} were read)")
+        problems.append(f"the input holds {surveyed.rows} rows ({surveyed.files} file(s)) but {counts['input_rows']} "
+                        f"reached the job: {surveyed.rows - counts['input_rows']} rows lost{where}")
+    if surveyed.users is not None and counts["input_users"] != surveyed.users:
+        problems.append(f"the input holds {surveyed.users} users but {counts['input_users']} histories were built: "
+                        f"{surveyed.users - counts['input_users']} users lost")
     if counts["users_scored"] != counts["queries"]:
         problems.append(f"{counts['queries']} queries went in but {counts['users_scored']} lists came out")
     written = parquet_rows(FileSystems.join(output, "candidates-*.parquet"))

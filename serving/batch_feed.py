@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from crossrec.errors import ConfigError
-from ranking.feed import FEED_DEFAULTS
+from ranking.feed import FEED_DEFAULTS, MAX_CALIBRATION
 from serving.batch_handlers import Query, SavedModelHandler, ServedModel, pad_histories
 
 FEED_DOMAIN = "*"  # the key's domain of a feed query: every domain
@@ -40,8 +40,8 @@ class FeedRequest:
                               "re-export with a larger export.max_k for more")
         if not 0.0 <= self.diversity <= 1.0:
             raise ConfigError(f"--diversity {self.diversity}: must be a number from 0 to 1")
-        if not self.calibration >= 0.0:
-            raise ConfigError(f"--calibration {self.calibration}: must be a number of at least 0")
+        if not 0.0 <= self.calibration <= MAX_CALIBRATION:
+            raise ConfigError(f"--calibration {self.calibration}: must be a number from 0 to {MAX_CALIBRATION:g}")
 
 
 class FeedHandler(SavedModelHandler):

@@ -63,7 +63,7 @@ class CrossrecClient:
              shares: dict[str, float] | None = None, domains: list[str] | None = None, exclude_history: bool = True,
              model: str = "recommender", version: int | None = None) -> Recommendations:
         """One list across every domain (the ``recommender``'s ``feed`` signature): ``diversity``
-        in [0, 1], ``calibration`` >= 0 (defaults chosen by ``bench.feed``; 0 and 0 = the score order), ``shares`` the target share per domain (None: the
+        in [0, 1], ``calibration`` in [0, 100] (defaults chosen by ``bench.feed``; 0 and 0 = the score order), ``shares`` the target share per domain (None: the
         history's; ``domains``: the model's domain order, from its metadata, needed with shares).
         Each row also has ``"domain"``."""
         target = np.zeros((1, 0), np.float32)

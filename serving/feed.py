@@ -8,7 +8,7 @@ of the ranker's softmax over that domain's merged list, times ``p(domain | user)
 vectors) and ``calibration`` (KL to the history's domain shares, or to ``target_shares``).
 
 Inputs: ``history_item_ids``, ``history_domains`` (as every model), ``n`` (b,), ``diversity``
-(b,) in [0, 1], ``calibration`` (b,) >= 0, ``target_shares`` (b, D) in the order of the model's
+(b,) in [0, 1], ``calibration`` (b,) in [0, 100], ``target_shares`` (b, D) in the order of the model's
 domains (its metadata), each row summing to 1, or (b, 0) / a row of -1s for the history's shares,
 and ``exclude_history`` (b,). Outputs: ``item_ids``, ``domains``, ``scores`` (the calibrated
 probability), ``retrieval_scores`` and the ``because_*`` explanation, n wide ("" / -inf past n), and
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ranking.feed import calibrated_scores, domain_shares, select
+from ranking.feed import MAX_CALIBRATION, calibrated_scores, domain_shares, select
 from serving.lookups import UNKNOWN_SCORE
 from serving.parts import ExportParts
 from serving.signatures import RecommenderModule, checked
@@ -62,7 +62,7 @@ class FeedRecommenderModule(RecommenderModule):
                      exclude_history):
         batch = tf.shape(history_item_ids)[0]
         domains = len(self.lookups.served)
-        explicit = tf.reduce_any(target_shares >= 0, axis=1)
+        history_shares = tf.reduce_all(tf.equal(target_shares, -1.0), axis=1)  # exactly -1, not any negative
         totals = tf.reduce_sum(tf.maximum(target_shares, 0.0), axis=1)
         one_value = "must have one value per request (one per row of history_item_ids)"
         return [
@@ -76,18 +76,19 @@ class FeedRecommenderModule(RecommenderModule):
             tf.debugging.assert_less_equal(n, self.max_k, message=f"n: must be at most {self.max_k} (export.max_k)"),
             tf.debugging.assert_equal(tf.reduce_all(tf.math.is_finite(diversity) & (diversity >= 0) & (diversity <= 1)),
                                       True, message="diversity: must be a number from 0 to 1"),
-            tf.debugging.assert_equal(tf.reduce_all(tf.math.is_finite(calibration) & (calibration >= 0)), True,
-                                      message="calibration: must be a number of at least 0"),
+            tf.debugging.assert_equal(tf.reduce_all(tf.math.is_finite(calibration) & (calibration >= 0)
+                                                    & (calibration <= MAX_CALIBRATION)), True,
+                                      message=f"calibration: must be a number from 0 to {MAX_CALIBRATION:g}"),
             tf.debugging.assert_equal(tf.reduce_all(tf.equal(tf.shape(target_shares)[1], 0)
                                                     | tf.equal(tf.shape(target_shares)[1], domains)), True,
                                       message=f"target_shares: must have 0 columns (the history's shares) or one per "
                                               f"domain ({domains}: {', '.join(self.lookups.served)})"),
             tf.debugging.assert_equal(tf.reduce_all(tf.math.is_finite(target_shares)), True,
                                       message="target_shares: must be numbers (NaN or infinity given)"),
-            tf.debugging.assert_equal(tf.reduce_all(~explicit | ((tf.reduce_min(target_shares, axis=1) >= 0)
-                                                                 & (tf.abs(totals - 1.0) <= SHARE_TOLERANCE))), True,
-                                      message="target_shares: a row must be shares of at least 0 summing to 1, "
-                                              "or all -1 for the history's shares"),
+            tf.debugging.assert_equal(tf.reduce_all(history_shares | ((tf.reduce_min(target_shares, axis=1) >= 0)
+                                                                      & (tf.abs(totals - 1.0) <= SHARE_TOLERANCE))),
+                                      True, message="target_shares: a row must be shares of at least 0 summing to 1, "
+                                                    "or all -1 for the history's shares"),
         ]
 
     def _feed(self, history_item_ids, history_domains, n, diversity, calibration, target_shares, exclude_history):

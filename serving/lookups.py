@@ -42,6 +42,16 @@ class Domains(tf.Module):
         with tf.control_dependencies([check]):
             return tf.identity(index)
 
+    def check_named(self, names, input_name: str = "history_domains"):
+        """``names`` (any shape) with every non-empty name a known domain ("" pads); an unknown
+        name is INVALID_ARGUMENT, as it is in ``target_domain``."""
+        known = ", ".join(self.served)
+        check = tf.debugging.assert_equal(tf.reduce_all((names == "") | (self.table.lookup(names) > 0)), True,
+                                          message=f"{input_name}: unknown domain (\"\" pads a history); known "
+                                                  f"domains: {known}")
+        with tf.control_dependencies([check]):
+            return tf.identity(names)
+
 
 class Lookups(tf.Module):
     """Item keys <-> rows, domain names -> indices, the item embedding table.
@@ -79,8 +89,9 @@ class Lookups(tf.Module):
 
     def history_rows(self, item_ids, domains):
         """[b, h] ids + domains (oldest first, "" = padding) -> [b, H] rows, right-aligned, the
-        most recent H known items (unknown items are dropped, as a model never saw them)."""
-        rows = self.rows.lookup(item_keys(domains, item_ids))
+        most recent H known items (unknown items are dropped, as a model never saw them; an unknown
+        domain is INVALID_ARGUMENT, as in ``target_domain``)."""
+        rows = self.rows.lookup(item_keys(self.domains.check_named(domains), item_ids))
         present = tf.cast(rows > 0, tf.int32)
         order = tf.argsort(present, axis=1, stable=True)  # padding first, items in their order
         rows = tf.gather(rows, order, batch_dims=1)

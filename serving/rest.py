@@ -6,7 +6,9 @@ monitoring is on, Prometheus metrics at the configured path (``serving.monitorin
 The HTTP stack (uvicorn + h11) owns connections, keep-alive, header limits, malformed framing and
 TLS handshakes (in its event loop, so an idle client blocks nobody); this module owns the body
 cap (checked on the declared length, then while streaming), a read timeout, and errors: every
-failure is a JSON ``{"error": ...}`` with TF Serving's status code, never a traceback.
+failure is a JSON ``{"error": ...}`` with TF Serving's status code, never a traceback. A client
+that disconnects before its body arrives is logged at debug level, without a traceback, and
+counted as a request with code ``CANCELLED`` (``crossrec_serving_requests_total``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import grpc
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from tensorflow_serving.apis import get_model_metadata_pb2
@@ -169,6 +171,10 @@ class _ModelApi:
             return await self.predict(request, name, version, label)
         except ServingError as error:
             return _error_response(error)
+        except ClientDisconnect:  # the client's own doing: no traceback (a client could flood the log), counted
+            log.debug("REST client disconnected before its request was read: %s %s", request.method,
+                      request.url.path[:200])
+            return Response(status_code=499)  # nobody reads it; nginx's code for a client that closed
         except Exception as exc:  # never a traceback to the client, never a dead server
             log.exception("REST request failed")
             return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
@@ -186,6 +192,9 @@ class _ModelApi:
             return answer
         except ServingError as error:
             code = error.code.name
+            raise
+        except ClientDisconnect:
+            code = grpc.StatusCode.CANCELLED.name  # as gRPC names a call its client gave up on
             raise
         finally:
             predictor.observe("rest", name, model, signature, code, time.perf_counter() - started)

@@ -58,7 +58,8 @@ def test_batch_stress_benchmark_smoke(tiny_preset, tmp_path):
                               "--results-dir", str(tmp_path)]) == 0
     rows = {r["benchmark"]: r for r in json.loads((tmp_path / "batch_stress.json").read_text())["rows"]}
     assert rows["runs"]["value"] == 2 and rows["failed runs (crash or unbalanced books)"]["status"] == "met"
-    assert rows["runs whose rows differ from the first"]["status"] == "met"
+    assert rows["finished runs whose rows differ from the reference"]["status"] == "met"
+    assert rows["queries lost by finished runs"]["status"] == "met"
 
 
 def test_feed_benchmark_smoke(tiny_preset, tmp_path):

@@ -48,6 +48,27 @@ def test_full_diversity_never_repeats_a_near_duplicate():
         assert len({c % 20 for c in chosen}) == len(chosen) == 20
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_selection_never_picks_an_item_twice_whatever_the_weights(seed):
+    """A property over random requests, extreme weights included (3.4e38 calibration made every
+    objective -inf and the greedy pick kept index 0): every pick is a valid, allowed candidate, none twice."""
+    rng = np.random.default_rng(seed)
+    extremes = np.array([0.0, 1e-30, 0.5, 1.0, 2.0, 100.0, 1e30, 3.4028235e38], np.float32)
+    r = requests(seed=seed, b=16, c=int(rng.integers(5, 40)), d=3)
+    b = len(r["scores"])
+    r["target"][::3] = [0.2, 0.3, 0.5]
+    r["target"][1::5] = [0.0, 1.0, 0.0]
+    n = rng.integers(1, 21, b).astype(np.int32)
+    diversity = rng.choice([0.0, 0.3, 1.0], b).astype(np.float32)
+    calibration = rng.choice(extremes, b).astype(np.float32)
+    out = select(r["scores"], r["domains"], r["vectors"], r["valid"], r["target"], n, diversity, calibration, 20)
+    for i, row in enumerate(out.numpy()):
+        chosen = [int(x) for x in row if x >= 0]
+        allowed = {c for c in range(len(r["scores"][i])) if r["valid"][i][c] and r["target"][i][r["domains"][i][c]] > 0}
+        assert len(chosen) == len(set(chosen)) == min(int(n[i]), len(allowed)), (calibration[i], diversity[i])
+        assert set(chosen) <= allowed
+
+
 def test_a_whole_share_for_one_domain_returns_that_domain_only():
     r = requests(seed=3)
     r["target"][:] = [0.0, 1.0, 0.0]
@@ -135,7 +156,12 @@ def test_the_served_feed_mixes_domains_in_each_domains_served_order(feed_model):
 
 @pytest.mark.parametrize("change,named", [({"diversity": -0.1}, "diversity"), ({"calibration": float("nan")},
                                           "calibration"), ({"n": 21}, "n: must be at most 20"),
+                                          ({"calibration": 3.4028235e38}, "calibration: must be a number from 0 to 100"),
+                                          ({"calibration": 100.5}, "calibration: must be a number from 0 to 100"),
+                                          ({"diversity": 1.5}, "diversity: must be a number from 0 to 1"),
                                           ({"shares": [[0.3, 0.3, 0.3]]}, "target_shares"),
+                                          ({"shares": [[-2.0, -2.0, -2.0]]}, "target_shares: a row must be shares"),
+                                          ({"shares": [[-1.0, -1.0, -0.5]]}, "target_shares: a row must be shares"),
                                           ({"shares": [[0.5, 0.5]]}, "target_shares")])
 def test_bad_feed_requests_are_invalid_arguments_naming_the_input(feed_model, change, named):
     import tensorflow as tf
@@ -144,3 +170,33 @@ def test_bad_feed_requests_are_invalid_arguments_naming_the_input(feed_model, ch
     args = {"n": 5, "diversity": 0.0, "calibration": 0.0, "shares": None, **change}
     with pytest.raises(tf.errors.InvalidArgumentError, match=named):
         loaded.signatures["feed"](**_feed_request(histories[:1], **args))
+
+
+def test_all_minus_one_shares_are_the_historys_shares(feed_model):
+    loaded, domains, histories = feed_model
+    plain = loaded.signatures["feed"](**_feed_request(histories[:2], 6, calibration=3.0))
+    minus_one = loaded.signatures["feed"](**_feed_request(histories[:2], 6, calibration=3.0,
+                                                          shares=np.full((2, len(domains)), -1.0, np.float32)))
+    assert plain["item_ids"].numpy().tolist() == minus_one["item_ids"].numpy().tolist()
+
+
+def test_the_largest_accepted_calibration_still_returns_distinct_items(feed_model):
+    loaded, domains, histories = feed_model
+    shares = np.array([[0.2, 0.3, 0.5][:len(domains)]] * 1, np.float32)
+    shares /= shares.sum()
+    feed = loaded.signatures["feed"](**_feed_request(histories[:1], 10, calibration=100.0, shares=shares))
+    got = [x for x in feed["item_ids"][0].numpy() if x]
+    assert len(got) == len(set(got)) == 10
+
+
+@pytest.mark.parametrize("signature", ["serving_default", "feed"])
+def test_an_unknown_history_domain_is_refused_as_an_unknown_target_domain_is(feed_model, signature):
+    import tensorflow as tf
+
+    loaded, domains, histories = feed_model
+    request = _feed_request([[("garden", "BO00001"), *histories[0]]], 5)
+    if signature == "serving_default":
+        request = {k: v for k, v in request.items() if k in ("history_item_ids", "history_domains", "exclude_history")}
+        request |= {"target_domain": tf.constant([domains[0]]), "k": tf.constant([5])}
+    with pytest.raises(tf.errors.InvalidArgumentError, match="history_domains: unknown domain .*known domains"):
+        loaded.signatures[signature](**request)

@@ -106,3 +106,34 @@ def test_requests_latency_batches_and_model_states_are_counted(tiny_exported, tm
         assert _value(samples, "crossrec_serving_model_load_failures_total", model="recommender") == 0
     finally:
         server.stop()
+
+
+def test_a_client_that_disconnects_mid_body_is_counted_without_a_traceback(tiny_exported, tmp_path, caplog):
+    import logging
+    import socket
+    import time
+
+    from serving.models import ModelManager, ModelSpec
+    from serving.server import Server, ServerOptions, free_port
+
+    root = tmp_path / "saved_models"
+    shutil.copytree(tiny_exported[2] / "retrieval", root / "retrieval")
+    manager = ModelManager([ModelSpec("retrieval", root / "retrieval")])
+    server = Server(manager, ServerOptions(port=0, rest_api_port=free_port(), poll_seconds=0,
+                                           metrics_path="/monitoring/prometheus/metrics")).start()
+    caplog.set_level(logging.INFO)
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", server.rest_port), timeout=10)
+            sock.sendall(b"POST /v1/models/retrieval:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                         b"{\"inst")  # 7 of 100 bytes, then gone
+            sock.close()
+        deadline = time.monotonic() + 20
+        requests = "crossrec_serving_requests_total"
+        while _value(_scrape(server), requests, api="rest", code="CANCELLED") < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _value(_scrape(server), requests, model="retrieval", api="rest", code="CANCELLED") == 3
+        assert "REST request failed" not in caplog.text and "Traceback" not in caplog.text
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        server.stop()

@@ -41,7 +41,7 @@ def add_feed_weight_flags(parser: argparse.ArgumentParser) -> None:
                         help="with --feed: 0 to 1, how much to avoid items like those already listed "
                              "(default: ranking.feed's, chosen by bench.feed; 0 = by score alone)")
     parser.add_argument("--calibration", type=float,
-                        help="with --feed: >= 0, how strongly to match the history's domain shares "
+                        help="with --feed: 0 to 100, how strongly to match the history's domain shares "
                              "(default: ranking.feed's, chosen by bench.feed; 0 = not at all)")
 
 
