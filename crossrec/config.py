@@ -328,7 +328,10 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    config = from_dict(Config, _without_removed_keys(raw, str(path)), where=str(path))
+    try:
+        config = from_dict(Config, _without_removed_keys(raw, str(path)))
+    except ConfigError as exc:
+        raise ConfigError(f"in {path}, {exc}") from None
     _resolve_paths(config, Path(os.path.abspath(path.parent)))
     return config
 

@@ -61,12 +61,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin is list:
         if not isinstance(value, list | tuple):
             raise bad
-        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_convert(v, args[0], f"{where or 'top level'}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise bad
         return {
-            _convert(k, args[0], f"{where} key"): _convert(v, args[1], f"{where}.{k}")
+            _convert(k, args[0], f"{where or 'top level'} key"): _convert(v, args[1], _at(where, k))
             for k, v in value.items()
         }
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -78,8 +78,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise bad
 
 
-def from_dict(cls: type, data: dict, where: str = "config") -> Any:
-    """Builds dataclass ``cls`` from a mapping, refusing unknown keys and wrong types."""
+def _at(where: str, key) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Builds dataclass ``cls`` from a mapping, refusing unknown keys and wrong types; ``where``
+    is the mapping's dotted place in the whole ("" = the top level), which errors name."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -87,8 +92,8 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(names)}."
-            raise ConfigError(f"{where}: unknown key '{key}'.{hint}")
-        kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
+            raise ConfigError(f"{where or 'top level'}: unknown key '{key}'.{hint}")
+        kwargs[key] = _convert(value, hints[key], _at(where, key))
     return cls(**kwargs)
 
 

@@ -14,6 +14,9 @@ from serving.limits import RequestLimits
 from serving.models import LoadedModel, ModelManager
 
 DEFAULT_SIGNATURE = "serving_default"
+# Inputs a request may leave out, with the value each row then gets (as CrossrecClient sends it).
+# A SavedModel signature cannot make an input optional, so stock TF Serving still needs them.
+DEFAULT_INPUTS = {"exclude_history": True}
 __all__ = ["DEFAULT_SIGNATURE", "HTTP_STATUS", "Predictor", "ServingError", "version_status"]
 
 
@@ -52,6 +55,7 @@ class Predictor:
             raise invalid(f'Serving signature key "{signature_name}" not found; the model has '
                           f"{sorted(model.signatures)}")
         specs = function.structured_input_signature[1]
+        inputs = _with_defaults(inputs, specs)
         missing = sorted(set(specs) - set(inputs))
         extra = sorted(set(inputs) - set(specs))
         if missing or extra:
@@ -93,6 +97,19 @@ class Predictor:
                 self.metrics.observe_batch(model.name, signature_name, max(batch) if batch else 1)
             outputs = call_signature(function, arrays)
         return {k: v for k, v in outputs.items() if not output_filter or k in output_filter}
+
+
+def _with_defaults(inputs: dict, specs: dict) -> dict:
+    """``inputs`` with each left-out ``DEFAULT_INPUTS`` filled for every row (the rows counted on
+    the first given input that has a batch dimension)."""
+    absent = [name for name in DEFAULT_INPUTS if name in specs and name not in inputs]
+    if not absent:
+        return inputs
+    rows = next((np.shape(v)[0] for name, v in inputs.items() if name in specs and np.ndim(v)), None)
+    if rows is None:
+        return inputs  # nothing to count the rows on: reported as missing
+    return {**inputs, **{name: np.full(rows, DEFAULT_INPUTS[name], specs[name].dtype.as_numpy_dtype)
+                         for name in absent}}
 
 
 def version_status(manager: ModelManager, name: str, version: int | None, label: str | None = None):

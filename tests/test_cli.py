@@ -126,3 +126,59 @@ def test_console_script_exit_code(write, tmp_path):
                              "--items", str(inter)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "inter.csv: interactions file is empty" in result.stderr
+
+
+def test_query_without_a_server_says_how_to_start_one(capsys):
+    from crossrec.cli import main
+    from serving.server import free_port
+
+    port = free_port()  # nobody listens there
+    assert main(["query", "--server", f"127.0.0.1:{port}", "--domain", "books", "--history", "books:B1",
+                 "--timeout", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "start one with `crossrec serve --model_base_path" in err
+    assert "Traceback" not in err
+
+
+def test_serve_on_an_empty_folder_names_the_fix(tmp_path, capsys):
+    from crossrec.cli import main
+
+    assert main(["serve", "--model_base_path", str(tmp_path), "--port", "0", "--rest_api_port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no model versions" in err and "crossrec export" in err and "--out" in err
+
+
+def test_one_flag_name_for_the_models_folder_with_the_old_spellings_as_aliases(tmp_path):
+    from crossrec.cli import build_parser
+
+    parser = build_parser()
+    folder = str(tmp_path)
+    for command, dest in ((["candidates", "--input", "u.parquet", "--output", "o"], "model_dir"),
+                          (["catalogue", "add", "--items", "i.csv"], "model_base_path"),
+                          (["retrain", "--data", "d"], "base"), (["serve"], "model_base_path")):
+        args, _ = parser.parse_known_args([*command, "--model-dir", folder])
+        assert getattr(args, dest) == folder, command
+    assert parser.parse_known_args(["retrain", "--data", "d", "--from", folder])[0].base == folder
+    assert parser.parse_known_args(["catalogue", "add", "--items", "i", "--model_base_path", folder])[0] \
+        .model_base_path == folder
+    assert parser.parse_known_args(["serve", "--model_base_path", folder])[0].model_base_path == folder
+
+
+def test_make_install_hides_the_editable_install_banner():
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    editable = [line for line in makefile.splitlines() if "pip install" in line and " -e " in line]
+    assert editable and all("PYTHONWARNINGS=ignore" in line for line in editable)
+
+
+def test_the_quickstarts_history_headings_say_what_each_listed_item_is(capsys):
+    from crossrec.pipelines.quickstart import _show
+
+    history = [("books", f"B{i}") for i in range(1, 13)]
+    rows = [{"item_id": "M1", "because": {"domain": "books", "item_id": b, "weight": 0.4}} for b in ("B3", "B8")]
+    _show("a reader", history, rows, {}, 2)
+    out = capsys.readouterr().out
+    recent, cited = out.split("the others the picks are explained by:")
+    assert "the 2 most recent:" in recent and " 11. books    B11" in recent and " 12. books    B12" in recent
+    assert "B3" not in recent and " 3. books    B3" in cited and " 8. books    B8" in cited

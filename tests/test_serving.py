@@ -340,7 +340,13 @@ def test_rest_api_on_tf_serving_paths(exported, server):
                                                                              "exclude_history": True}]})
     assert status == 400 and "k: must be at most" in body["error"]
     status, body = rest(srv, "/v1/models/retrieval:predict", {"instances": [instance]})
-    assert status == 400 and "missing input(s) ['exclude_history', 'k']" in body["error"]
+    assert status == 400 and "missing input(s) ['k']" in body["error"]  # exclude_history has a default
+    # exclude_history left out: True, as CrossrecClient sends it (row and columnar formats)
+    with_it = rest(srv, "/v1/models/retrieval:predict", {"instances": [{**instance, "k": 4, "exclude_history": True}]})
+    without = rest(srv, "/v1/models/retrieval:predict", {"instances": [{**instance, "k": 4}]})
+    assert without == with_it and without[0] == 200
+    status, body = rest(srv, "/v1/models/retrieval:predict", {"inputs": {**columnar, "k": [2]}})
+    assert status == 200 and len(body["outputs"]["item_ids"][0]) == 2
 
 
 def test_a_new_version_switches_in_under_load_with_zero_failed_requests(exported, server):

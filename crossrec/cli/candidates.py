@@ -24,8 +24,9 @@ def cmd_candidates(args: argparse.Namespace) -> int:
     asked = "users' feeds" if feed else "(user, domain) queries"
     print(f"candidates for {c['users_scored']} {asked} in {result.seconds:.0f} s -> "
           f"{result.output}/candidates-*.parquet")
-    print(f"  cross-domain cold start (no history in the domain): {c['cold_start_users']}; unknown to the model "
-          f"(no known history item): {c['unknown_users']}; dead letters: {c['dead_letters']}"
+    cold = "" if feed else f"cross-domain cold start (no history in the domain): {c['cold_start_users']}; "
+    print(f"  {cold}unknown to the model (no known history item): {c['unknown_users']}; dead letters: "
+          f"{c['dead_letters']}"
           + (f" -> {result.output}/dead_letter-*.parquet" if c["dead_letters"] else ""))
     return 0
 
@@ -47,7 +48,8 @@ def register(commands) -> None:
     source = candidates.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="users table (Parquet; a glob or gs:// path works on other runners)")
     source.add_argument("--interactions", help="interactions table (Parquet, canonical schema)")
-    candidates.add_argument("--model-dir", default="saved_models", help="exported models (default saved_models)")
+    candidates.add_argument("--model-dir", "--model_base_path", dest="model_dir", default="saved_models",
+                            help="exported models (default saved_models; --model_base_path as for crossrec serve)")
     candidates.add_argument("--output", required=True, help="output folder")
     candidates.add_argument("--k", type=int, default=100, help="candidates per user and domain (default 100)")
     candidates.add_argument("--rank-top", type=int, default=0, help="head each list with the recommender model's top N")

@@ -24,7 +24,7 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     parser = commands.add_parser(
         "catalogue", help="add new items to the served models (placed from their text) or retire items; no retraining",
-        description="Change the catalogue of the models served from --model_base_path without retraining: "
+        description="Change the catalogue of the models served from --model-dir without retraining: "
                     "`add` places new items from their text alone through the served towers (as a new item is "
                     "placed at training time) and `retire` stops recommending items. Either publishes the next "
                     "version of every served model as one set (crossrec serve and TF Serving switch to it without "
@@ -37,8 +37,9 @@ def register(commands) -> None:
     parser.add_argument("--items", required=True, metavar="FILE",
                         help="add: items in the training data's schema (item_id, domain and the text template's "
                              "columns, e.g. title); retire: domain and item_id of each item")
-    parser.add_argument("--model_base_path", "--from", dest="model_base_path", default="saved_models",
-                        help="the serving base folder (default saved_models), as for `crossrec serve`")
+    parser.add_argument("--model-dir", "--model_base_path", "--from", dest="model_base_path", default="saved_models",
+                        help="the serving base folder (default saved_models), as `crossrec serve` serves it "
+                             "(--model_base_path and --from: older spellings)")
     parser.add_argument("--work-dir", default=".runs/catalogue",
                         help="where run folders live (default .runs/catalogue); finishing a killed run needs the same")
     parser.add_argument("--quiet", action="store_true", help="no progress output")

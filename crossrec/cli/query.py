@@ -34,7 +34,7 @@ def cmd_query(args: argparse.Namespace) -> int:
                 rows = client.recommend(history, args.domain, args.k, exclude_history=not args.keep_seen,
                                         model=args.model)
         except grpc.RpcError as error:
-            raise ConfigError(f"{args.server}: {error.code().name}: {error.details()}") from None
+            raise ConfigError(rpc_error_message(args.server, error)) from None
     titles = {}
     if args.items:
         from crossrec.data.loaders import item_titles
@@ -60,6 +60,18 @@ def cmd_query(args: argparse.Namespace) -> int:
         name = f"{item:<16} {title[:40]:<40}" if titles else f"{item:<24}"
         print(f"{rank:3d}. {name} score {row['score']:.4f}{reason}")
     return 0
+
+
+def rpc_error_message(server: str, error) -> str:
+    """A failed call as the user can act on it: the status, the server's words, and for a server
+    that is not there, how to start one."""
+    import grpc
+
+    message = f"{server}: {error.code().name}: {error.details()}"
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        message += (f"\nno server answers at {server}: start one with `crossrec serve --model_base_path "
+                    "saved_models` (it prints the gRPC port) or pass --server HOST:PORT")
+    return message
 
 
 SCORE_MEANING = {

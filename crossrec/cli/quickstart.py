@@ -80,7 +80,7 @@ def next_commands(out, data_dir, saved_models) -> str:
         f"  ask over gRPC (another terminal):              {crossrec} query --domain {TARGET} --history {domain}:{item} --k 5 "
         f"--items {data_dir}",
         f"  ask over REST:                                 curl -s http://127.0.0.1:8501/v1/models/recommender:predict -d '{body}'",
-        f"  next week's data:                              {crossrec} retrain --data NEW_DATA/ --from {saved_models}  "
+        f"  next week's data:                              {crossrec} retrain --data NEW_DATA/ --model-dir {saved_models}  "
         "(README: Retraining)"])
 
 

@@ -37,7 +37,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     retrain = commands.add_parser(
         "retrain", help="warm-start from the served version, train on old + new data, publish if not worse",
-        description="Retrain from the latest version under --from (its training state, the user histories "
+        description="Retrain from the latest version under --model-dir (its training state, the user histories "
                     "it was trained on, is kept beside that folder in <folder>.training_state/, never inside "
                     "a served version): "
                     "merge its data with the new data, warm-start the towers and rankers, encode only new or "
@@ -49,8 +49,9 @@ def register(commands) -> None:
                          help="new data: a folder with interactions.* and optional items.* (new or changed "
                               "items; a `removed` column set to true takes an item out), or an interactions file")
     retrain.add_argument("--items", metavar="FILE", help="new items file, when --data is a file")
-    retrain.add_argument("--from", dest="base", default="saved_models",
-                         help="serving base folder to retrain from and publish to (default saved_models)")
+    retrain.add_argument("--model-dir", "--from", dest="base", default="saved_models",
+                         help="serving base folder to retrain from and publish to (default saved_models; "
+                              "--from: the older spelling)")
     retrain.add_argument("--config", help="YAML config (default: the served version's own)")
     retrain.add_argument("--work-dir", default=".runs/retrain",
                          help="where run folders live (default .runs/retrain); resuming needs the same one")

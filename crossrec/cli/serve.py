@@ -20,10 +20,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.server import Server, ServerOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    specs = _serving_specs(args)  # the folders checked first: a bad one is an error before TF is set up
     # before any model loads: TF's thread pools are fixed once they start
     tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
     tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
-    manager = ModelManager(_serving_specs(args))
+    manager = ModelManager(specs)
     options = ServerOptions(host=args.host, port=args.port, rest_api_port=args.rest_api_port,
                             poll_seconds=args.file_system_poll_wait_seconds, max_request_bytes=args.max_request_bytes,
                             limits=_limits(args), ssl_cert_file=args.ssl_cert_file, ssl_key_file=args.ssl_key_file,
@@ -109,7 +110,10 @@ def _serving_specs(args: argparse.Namespace):
         return [ModelSpec(args.model_name or base.name, base)]
     models = sorted(p for p in base.iterdir() if p.is_dir() and versions(p))
     if not models:
-        raise ConfigError(f"--model_base_path {base}: holds no model versions (<model>/<version>/saved_model.pb)")
+        raise ConfigError(f"--model_base_path {base}: holds no model versions (<model>/<version>/saved_model.pb); "
+                          f"export models into it first (`crossrec export --retrieval RUN --ranking RUN --out {base}`)"
+                          " or point --model_base_path at the folder an export wrote (the quickstart's: "
+                          ".runs/quickstart/saved_models)")
     return [ModelSpec(p.name, p) for p in models]
 
 
@@ -122,8 +126,9 @@ def register(commands) -> None:
                     "switches to new versions as they appear, without failing requests in flight.")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
     serve.add_argument("--rest_api_port", type=int, default=8501, help="REST port (default 8501; 0 = no REST)")
-    serve.add_argument("--model_base_path", help="a model's folder (<base>/<version>/), or a folder of model "
-                                                 "folders such as saved_models/ (serves each)")
+    serve.add_argument("--model_base_path", "--model-dir", dest="model_base_path",
+                       help="a model's folder (<base>/<version>/), or a folder of model folders such as "
+                            "saved_models/ (serves each); TF Serving's name, --model-dir as in every other command")
     serve.add_argument("--model_name", help="the model's name (default: the folder's name)")
     serve.add_argument("--model_config_file", help="TF Serving ModelServerConfig text proto (several models, "
                                                    "version policies and labels)")

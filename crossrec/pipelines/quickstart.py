@@ -42,17 +42,24 @@ def example_history(data_dir: Path) -> tuple[str, str]:
     return "books", str((books if len(books) else frame)[schema.ITEM_ID].value_counts().index[0])
 
 
+RECENT = 2  # the most recent history items shown beside those the picks are explained by
+
+
 def _show(label: str, history, rows, titles, k: int) -> None:
     """A user's history as the picks use it (the most recent items and every item a pick is
     explained by), then the picks with their explanation."""
     title = lambda domain, item: titles.get((domain, item), item)  # noqa: E731
     because = {(r["because"]["domain"], r["because"]["item_id"]) for r in rows if r.get("because")}
-    shown = [i for i, key in enumerate(history) if key in because or i >= len(history) - 2]
-    print(f"\n{label}; {len(history)} history items, these {len(shown)} are the most recent and those the "
-          "picks are explained by:")
-    for i in shown:
-        domain, item = history[i]
-        print(f"    {i + 1:>3}. {domain:<8} {title(domain, item)}")
+    recent = [i for i in range(len(history)) if i >= len(history) - RECENT]
+    cited = [i for i, key in enumerate(history) if key in because and i not in recent]
+    print(f"\n{label}; {len(history)} history items (numbered oldest first):")
+    for heading, shown in ((f"the {len(recent)} most recent", recent), ("the others the picks are explained by",
+                                                                         cited)):
+        if shown:
+            print(f"  {heading}:")
+        for i in shown:
+            domain, item = history[i]
+            print(f"    {i + 1:>3}. {domain:<8} {title(domain, item)}")
     print(f"  recommended {TARGET} (recommender model: retrieve, rank, top {k}):")
     for rank, row in enumerate(rows, 1):
         by = row.get("because")
