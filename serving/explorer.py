@@ -8,7 +8,8 @@ through a small read-only JSON API under ``/ui/api/``:
 
 - ``info``: the served models' domains, the data's source and counts, and the feed's default
   weights (``ranking.feed.FEED_DEFAULTS``: where the page's diversity and calibration sliders start);
-- ``items?q=TEXT&domain=D&limit=N``: items whose title or id contains TEXT (case-insensitive);
+- ``items?q=TEXT&domain=D&limit=N``: items whose title or id contains TEXT (case-insensitive),
+  those added by ``crossrec catalogue add`` since training first (``"added": true``);
 - ``users?q=TEXT&limit=N`` and ``users/<id>``: users, and one user's history (oldest first);
 - ``titles?keys=D:ID,D:ID``: titles of items (of any domain);
 - ``added?keys=D:ID,D:ID``: which of them ``crossrec catalogue add`` placed since the served
@@ -136,6 +137,19 @@ def served_domains(manager) -> list[str]:
     return sorted(domains)
 
 
+def search_added(added: dict, text: str, domain: str, limit: int) -> list[dict]:
+    """Items ``crossrec catalogue add`` placed whose title or id contains ``text`` (case-insensitive),
+    marked ``"added": true``; the training data the page reads does not have them."""
+    text = text.lower()
+    found = []
+    for (d, i), about in added.items():
+        if (not domain or d == domain) and text in f"{about['title']} {i}".lower():
+            found.append({"domain": d, "item_id": i, "title": about["title"], "added": True})
+            if len(found) >= limit:
+                break
+    return found
+
+
 def explorer_routes(data: ExplorerData | None, manager) -> list:
     """The page, its static files and its JSON API (every answer JSON, errors included)."""
     added_items = AddedItems(manager)
@@ -156,10 +170,12 @@ def explorer_routes(data: ExplorerData | None, manager) -> list:
                              "domains": domains or sorted(data.items[schema.DOMAIN].unique().tolist())})
 
     async def items(request: Request):
-        if data is None:
-            return need_data()
         q = request.query_params
-        return JSONResponse(data.search_items(q.get("q", "")[:200], q.get("domain", ""), _limit(request)))
+        text, domain, limit = q.get("q", "")[:200], q.get("domain", ""), _limit(request)
+        found = search_added(added_items.served()[1], text, domain, limit)  # what catalogue add placed, first
+        if data is None:
+            return JSONResponse(found) if found else need_data()
+        return JSONResponse(found + data.search_items(text, domain, limit - len(found)))
 
     async def users(request: Request):
         if data is None:
@@ -178,7 +194,9 @@ def explorer_routes(data: ExplorerData | None, manager) -> list:
         return JSONResponse({"user_id": request.path_params["user"], "history": history})
 
     async def titles(request: Request):
-        return JSONResponse({f"{d}:{i}": (data.titles.get((d, i)) if data else None) for d, i in _keys(request)})
+        added = added_items.served()[1]
+        return JSONResponse({f"{d}:{i}": (data.titles.get((d, i)) if data else None)
+                             or added.get((d, i), {}).get("title") for d, i in _keys(request)})
 
     async def added(request: Request):
         version, items = added_items.served()

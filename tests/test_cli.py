@@ -182,3 +182,12 @@ def test_the_quickstarts_history_headings_say_what_each_listed_item_is(capsys):
     recent, cited = out.split("the others the picks are explained by:")
     assert "the 2 most recent:" in recent and " 11. books    B11" in recent and " 12. books    B12" in recent
     assert "B3" not in recent and " 3. books    B3" in cited and " 8. books    B8" in cited
+
+
+def test_a_list_out_of_score_order_says_why():
+    from crossrec.cli.query import order_note
+
+    assert order_note("recommender", [6.9, 6.8, 6.1]) is None
+    note = order_note("recommender", [6.9, 6.851, 6.885, 6.2, 6.3])
+    assert note.startswith("order: the served order; 2 score(s) sit above a larger one") and "added" in note
+    assert "diversity and calibration" in order_note("feed", [0.0398, 0.0124, 0.0260])

@@ -196,3 +196,45 @@ def test_the_explorer_api_searches_items_and_users_and_errors_in_json(explorer):
     assert status == 404 and "nobody-at-all" in missing["error"]
     status, page = 200, urllib.request.urlopen(base + "/ui", timeout=30).read().decode()
     assert "crossrec explorer" in page and "/ui/static/explorer.js" in page
+
+
+def test_item_search_finds_items_added_since_training_and_their_titles(explorer, monkeypatch):
+    """An added book's exact title found it nothing (the page read the training data only)."""
+    import json
+
+    from serving.explorer import AddedItems
+
+    server, _, _ = explorer
+    added = {("kitchen", "KI-NEW-1"): {"title": "Stoneware Mixing Bowl", "after_version": 1},
+             ("books", "BO-NEW-7"): {"title": "A Brand New Novel", "after_version": 1}}
+    monkeypatch.setattr(AddedItems, "served", lambda self: (2, added))
+    base = f"http://127.0.0.1:{server.rest_port}"
+
+    def get(path):
+        with urllib.request.urlopen(base + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    assert get("/ui/api/items?q=Stoneware") == [{"domain": "kitchen", "item_id": "KI-NEW-1",
+                                                  "title": "Stoneware Mixing Bowl", "added": True}]
+    assert get("/ui/api/items?q=a%20brand%20new%20novel&domain=books")[0]["item_id"] == "BO-NEW-7"
+    assert get("/ui/api/items?q=Stoneware&domain=books") == []  # the domain filter holds for added items too
+    assert get("/ui/api/titles?keys=kitchen:KI-NEW-1")["kitchen:KI-NEW-1"] == "Stoneware Mixing Bowl"
+    assert get("/ui/api/items?q=no-such-thing-anywhere") == []
+    script = (Path(__file__).resolve().parents[1] / "serving" / "explorer_static" / "explorer.js").read_text()
+    assert "no item matches" in script  # an empty search says so
+
+
+def test_the_page_says_what_a_score_and_a_because_share_mean():
+    page = (Path(__file__).resolve().parents[1] / "serving" / "explorer_static" / "index.html").read_text()
+    legend = page.split('id="score-legend"')[1].split("</p>")[0]
+    assert "engagement logit" in legend and "probability" in legend and "(32%)" in legend
+    assert "not always the score's" in legend
+
+
+def test_the_empty_page_says_what_to_do_first_and_a_long_history_scrolls_in_its_box():
+    static = Path(__file__).resolve().parents[1] / "serving" / "explorer_static"
+    page, style = (static / "index.html").read_text(), (static / "explorer.css").read_text()
+    assert 'id="first-step"' in page and "Start here" in page
+    assert page.index('id="first-step"') < page.index('id="history"') < page.index('id="recommend"')
+    history_rule = style.split(".history {")[1].split("}")[0]
+    assert "max-height" in history_rule and "overflow: auto" in history_rule

@@ -46,7 +46,11 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(SCORE_MEANING.get("feed" if args.feed else args.model, "score: the model's score, higher first"))
+    kind = "feed" if args.feed else args.model
+    print(SCORE_MEANING.get(kind, "score: the model's score, higher first"))
+    note = order_note(kind, [row["score"] for row in rows])
+    if note:
+        print(note)
     for rank, row in enumerate(rows, 1):
         because = row.get("because")
         reason = ""
@@ -72,6 +76,22 @@ def rpc_error_message(server: str, error) -> str:
         message += (f"\nno server answers at {server}: start one with `crossrec serve --model_base_path "
                     "saved_models` (it prints the gRPC port) or pass --server HOST:PORT")
     return message
+
+
+ORDER_REASON = {
+    "feed": "diversity and calibration pick each next item, not the score alone",
+    "recommender": "items added since training keep the place the towers gave them, which the ranker's score "
+                   "does not set",
+}
+
+
+def order_note(kind: str, scores: list[float]) -> str | None:
+    """Why a list is not in score order, when it is not (else None)."""
+    inversions = sum(1 for a, b in zip(scores, scores[1:], strict=False) if b > a)
+    if not inversions:
+        return None
+    reason = ORDER_REASON.get(kind, "the served order is not the score's")
+    return f"order: the served order; {inversions} score(s) sit above a larger one ({reason})"
 
 
 SCORE_MEANING = {

@@ -260,10 +260,16 @@ async function searchItems() {
   if (!q) return;
   try {
     const found = await getJSON(`/ui/api/items?q=${encodeURIComponent(q)}&domain=${encodeURIComponent($("item-domain").value)}`);
+    if (!found.length) {
+      const li = document.createElement("li");
+      li.className = "empty";
+      li.textContent = q ? `no item matches "${q}"` : "no items";
+      list.append(li);
+    }
     for (const item of found) {
       titles.set(`${item.domain}:${item.item_id}`, item.title);
       const li = document.createElement("li");
-      li.append(chip(item.domain), ` ${item.title} (${item.item_id})`);
+      li.append(chip(item.domain), ` ${item.title} (${item.item_id})${item.added ? " · added since training" : ""}`);
       li.addEventListener("click", () => {
         $("history").value = `${$("history").value.trim()}\n${item.domain}:${item.item_id}`.trim();
         showHistory();
