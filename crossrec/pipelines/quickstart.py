@@ -10,42 +10,64 @@ import pandas as pd
 
 from crossrec import schema
 
-TARGET = "movies"
+BUILT_IN_TARGET = "movies"
 
 
-def _users(interactions: pd.DataFrame, items: pd.DataFrame) -> list[tuple[str, list[tuple[str, str]]]]:
+def choose_target(data_dir: Path) -> str:
+    """The domain a run on the user's own data recommends from: the one with the fewest
+    interactions, where knowledge from the others matters most."""
+    from crossrec.config import DataConfig
+    from crossrec.data.loaders import load_dataset
+
+    counts = load_dataset(DataConfig(interactions=str(data_dir))).interactions[schema.DOMAIN].value_counts()
+    return str(counts.sort_values(kind="stable").index[0])
+
+
+def source_domain(interactions: pd.DataFrame, target: str) -> str:
+    """The most interacted-with domain other than ``target`` (``target`` itself where it is the only one)."""
+    counts = interactions[schema.DOMAIN].astype(str).value_counts()
+    others = [d for d in counts.index if d != target]
+    return others[0] if others else target
+
+
+def _users(interactions: pd.DataFrame, target: str) -> list[tuple[str, list[tuple[str, str]]]]:
     """(label, history) for a warm user, a cross-domain cold-start user and a brand-new user."""
     order = schema.order_column(interactions.columns)
     frame = interactions.sort_values([schema.USER_ID, order], kind="stable")
     per_user = frame.groupby(schema.USER_ID)[schema.DOMAIN].agg(set)
-    warm = frame[frame[schema.DOMAIN] == TARGET][schema.USER_ID].value_counts().index[0]
-    no_target = per_user[per_user.apply(lambda d: TARGET not in d)].index
+    warm = frame[frame[schema.DOMAIN] == target][schema.USER_ID].value_counts().index[0]
+    no_target = per_user[per_user.apply(lambda d: target not in d)].index
     users = []
 
     def history(user):
         rows = frame[frame[schema.USER_ID] == user].tail(12)
         return list(zip(rows[schema.DOMAIN], rows[schema.ITEM_ID].astype(str), strict=True))
 
-    users.append((f"warm user {warm} (has {TARGET} history)", history(warm)))
+    users.append((f"warm user {warm} (has {target} history)", history(warm)))
     if len(no_target):
-        users.append((f"cross-domain cold-start user {no_target[0]} (no {TARGET} history)", history(no_target[0])))
-    popular = frame[frame[schema.DOMAIN] == "books"][schema.ITEM_ID].value_counts().index[:3]
-    users.append(("brand-new user, known only by a history of three books",
-                  [("books", str(i)) for i in popular]))
+        users.append((f"cross-domain cold-start user {no_target[0]} (no {target} history)", history(no_target[0])))
+    source = source_domain(frame, target)
+    popular = frame[frame[schema.DOMAIN] == source][schema.ITEM_ID].value_counts().index[:3]
+    users.append((f"brand-new user, known only by a history of three {source} items",
+                  [(source, str(i)) for i in popular]))
     return users
 
 
-def example_history(data_dir: Path) -> tuple[str, str]:
-    """(domain, item id) of the most popular book: a history to try the served models with."""
-    frame = pd.read_parquet(Path(data_dir) / "interactions.parquet", columns=[schema.DOMAIN, schema.ITEM_ID])
-    books = frame[frame[schema.DOMAIN] == "books"]
-    return "books", str((books if len(books) else frame)[schema.ITEM_ID].value_counts().index[0])
+def example_history(data_dir: Path, target: str) -> tuple[str, str]:
+    """(domain, item id) of the most popular item of the source domain: a history to try the
+    served models with."""
+    from crossrec.config import DataConfig
+    from crossrec.data.loaders import load_dataset
+
+    frame = load_dataset(DataConfig(interactions=str(data_dir))).interactions
+    source = source_domain(frame, target)
+    return source, str(frame[frame[schema.DOMAIN] == source][schema.ITEM_ID].astype(str).value_counts().index[0])
 
 
 RECENT = 2  # the most recent history items shown beside those the picks are explained by
 
 
-def _show(label: str, history, rows, titles, k: int) -> None:
+def _show(label: str, history, rows, titles, k: int, target: str = BUILT_IN_TARGET) -> None:
     """A user's history as the picks use it (the most recent items and every item a pick is
     explained by), then the picks with their explanation."""
     title = lambda domain, item: titles.get((domain, item), item)  # noqa: E731
@@ -60,14 +82,14 @@ def _show(label: str, history, rows, titles, k: int) -> None:
         for i in shown:
             domain, item = history[i]
             print(f"    {i + 1:>3}. {domain:<8} {title(domain, item)}")
-    print(f"  recommended {TARGET} (recommender model: retrieve, rank, top {k}):")
+    print(f"  recommended {target} (recommender model: retrieve, rank, top {k}):")
     for rank, row in enumerate(rows, 1):
         by = row.get("because")
         reason = (f"  <- because you liked {title(by['domain'], by['item_id'])} ({by['weight']:.0%})" if by else "")
-        print(f"  {rank}. {title(TARGET, row['item_id'])}{reason}")
+        print(f"  {rank}. {title(target, row['item_id'])}{reason}")
 
 
-def serve_and_query(saved_models: Path, data_dir: Path, k: int = 5) -> None:
+def serve_and_query(saved_models: Path, data_dir: Path, target: str = BUILT_IN_TARGET, k: int = 5) -> None:
     from crossrec.config import DataConfig
     from crossrec.data.loaders import load_dataset
     from serving.client import CrossrecClient
@@ -75,7 +97,8 @@ def serve_and_query(saved_models: Path, data_dir: Path, k: int = 5) -> None:
     from serving.server import Server, ServerOptions, free_port
 
     dataset = load_dataset(DataConfig(interactions=str(data_dir))).clean()
-    titles = dataset.items.set_index([schema.DOMAIN, schema.ITEM_ID])[schema.TITLE]
+    titles = (dataset.items.set_index([schema.DOMAIN, schema.ITEM_ID])[schema.TITLE]
+              if schema.TITLE in dataset.items else {})
     names = ("retrieval", "ranking", "recommender", "item_encoder")
     manager = ModelManager([ModelSpec(n, saved_models / n) for n in names if (saved_models / n).exists()])
     server = Server(manager, ServerOptions(port=0, rest_api_port=free_port(), poll_seconds=0)).start()
@@ -83,9 +106,9 @@ def serve_and_query(saved_models: Path, data_dir: Path, k: int = 5) -> None:
         wait_until_ready(manager)
         print(f"embedded server: gRPC 127.0.0.1:{server.port}, REST http://127.0.0.1:{server.rest_port}")
         with CrossrecClient(f"127.0.0.1:{server.port}") as client:
-            for label, history in _users(dataset.interactions, dataset.items):
-                rows = client.recommend(history, TARGET, k=k)
-                _show(label, history, rows, titles, k)
+            for label, history in _users(dataset.interactions, target):
+                rows = client.recommend(history, target, k=k)
+                _show(label, history, rows, titles, k, target)
         print("\n(N%) after a pick: the history item that drove it most, and its share of the pick's "
               "similarity to the whole history")
     finally:
