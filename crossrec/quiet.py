@@ -4,11 +4,6 @@ everything else (real warnings and errors) stays visible.
 - TensorFlow's GPU probe logs ``failed call to cuInit`` from C++ on every machine without a GPU
   (the pip wheel ships CUDA). ``init_devices`` runs that probe with stderr captured and re-prints
   every other line; it keeps the line where the machine has NVIDIA hardware, where it is real.
-- TensorFlow's oneDNN build logs ``oneDNN supports DT_INT64 only on platforms with AVX-512.
-  Falling back to the default Eigen-based implementation`` at level E, once per type and process,
-  the first time a graph transposes integers (every served model does) on a processor without
-  AVX-512: a note that TensorFlow uses its other kernel, not an error. ``init_devices`` transposes
-  int32 and int64 once under the same capture, so the note is spent there.
 - Apache Beam's RunInference logs "Resource module is not available for current platform" on
   every model load when PyTorch is not installed (its model manager imports torch); crossrec
   does not use the memory figure it is about. Importing Beam's I/O logs "apitools not found, and
@@ -27,7 +22,6 @@ import sys
 import tempfile
 
 CUDA_PROBE = "failed call to cuInit"
-ONEDNN_FALLBACK = "only on platforms with AVX-512. Falling back to the default Eigen-based implementation"
 BEAM_NO_RESOURCE = "Resource module is not available for current platform"
 
 
@@ -37,7 +31,7 @@ def _has_nvidia_hardware() -> bool:
 
 def unactionable(line: str, *, gpu_hardware: bool) -> bool:
     """Whether a C++ log line from the device probe is noise for this machine."""
-    return (CUDA_PROBE in line and not gpu_hardware) or ONEDNN_FALLBACK in line
+    return CUDA_PROBE in line and not gpu_hardware
 
 
 def init_devices() -> None:
@@ -51,8 +45,6 @@ def init_devices() -> None:
         os.dup2(captured.fileno(), 2)
         try:
             tf.config.list_physical_devices()
-            for dtype in (tf.int32, tf.int64):  # logs oneDNN's once-per-type fallback note here, captured
-                tf.function(lambda x: tf.transpose(x, [0, 2, 1]), autograph=False)(tf.zeros([1, 1, 2], dtype))
         finally:
             os.dup2(saved, 2)
             os.close(saved)

@@ -21,18 +21,3 @@ def test_known_noise_is_dropped_and_other_warnings_are_not(caplog):
         logging.warning("a real warning")
         logging.getLogger("tensorflow").warning("a real tensorflow warning")
     assert [r.getMessage() for r in caplog.records] == ["a real warning", "a real tensorflow warning"]
-
-
-def test_onednns_integer_fallback_note_is_spent_inside_the_device_probe(tmp_path):
-    """Every command that loaded a model printed 'E ... oneDNN supports DT_INT64 only on platforms
-    with AVX-512. Falling back ...' (a note that TensorFlow uses its other kernel)."""
-    import subprocess
-    import sys
-
-    script = ("import crossrec\nfrom crossrec.quiet import init_devices\ninit_devices()\nimport tensorflow as tf\n"
-              "for dtype in (tf.int32, tf.int64):\n"
-              "    tf.function(lambda x: tf.transpose(x, [2, 0, 1]), autograph=False)(tf.zeros([2, 3, 4], dtype))\n"
-              "    tf.function(lambda x: tf.transpose(x), autograph=False)(tf.zeros([2, 3], dtype))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "oneDNN supports" not in done.stderr and "Falling back to the default Eigen" not in done.stderr
