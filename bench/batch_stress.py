@@ -101,7 +101,7 @@ def one_run(mode: str, models: Path, users: Path, interactions: Path, out: Path,
     return run_candidates(models, out, batch_size=64, pipeline_args=pipeline_args, **ask)
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     parser = bench_parser(__doc__, "fewer runs and users (a smoke run)")
     parser.add_argument("--runs", type=int, help="runs of the job, the modes in turn (default 51; --quick 3)")
     parser.add_argument("--workers", type=int, help="Beam workers (default: the job's own choice)")
@@ -117,61 +117,75 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if bool(args.model_dir) != bool(args.interactions):
         parser.error("--model-dir and --interactions go together")
-    runs = args.runs or (3 if args.quick else 51)
-    modes = [m.strip() for m in args.modes.split(",")]
-    if set(modes) - set(MODES):
-        parser.error(f"--modes: unknown {sorted(set(modes) - set(MODES))}; choose from {', '.join(MODES)}")
+    args.runs = args.runs or (3 if args.quick else 51)
+    args.modes = [m.strip() for m in args.modes.split(",")]
+    if set(args.modes) - set(MODES):
+        parser.error(f"--modes: unknown {sorted(set(args.modes) - set(MODES))}; choose from {', '.join(MODES)}")
+    return args
+
+
+def references(args, tmp: Path, data) -> dict:
+    """mode -> (queries, rows) of a one-worker run; a run whose books do not close is asked again."""
+    reference = {}
+    for mode in args.modes:
+        for attempt in range(5):
+            try:
+                done = one_run(mode, *data, tmp / f"ref-{mode}-{attempt}", 1, args.running_mode)
+                break
+            except IncompleteOutput as exc:
+                print(f"  reference ({mode}): {str(exc)[:300]}", flush=True)
+        reference[mode] = (done.counts["queries"], read_rows(tmp / f"ref-{mode}-{attempt}"))
+    return reference
+
+
+def stress(args, tmp: Path, data, reference: dict) -> dict:
+    """Runs the job ``args.runs`` times, the modes in turn; what went wrong, counted."""
+    tally = {"failed": 0, "differing": 0, "lost_queries": 0, "seconds": []}
+    for run in range(args.runs):
+        mode = args.modes[run % len(args.modes)]
+        started = time.perf_counter()
+        try:
+            result = one_run(mode, *data, tmp / f"out{run}", args.workers, args.running_mode)
+        except Exception as exc:  # a crash or unbalanced books: counted, and the stress goes on
+            print(f"  run {run + 1} ({mode}): failed: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
+            tally["failed"] += 1
+            continue
+        tally["seconds"].append(time.perf_counter() - started)
+        rows = read_rows(tmp / f"out{run}")
+        queries, expected = reference[mode]
+        same = len(rows) == len(expected) and rows.equals(expected)
+        tally["differing"] += not same
+        tally["lost_queries"] += max(queries - result.counts["queries"], 0)
+        print(f"  run {run + 1}/{args.runs} ({mode}): {result.counts['queries']} queries, {len(rows)} rows, "
+              f"{'same rows' if same else 'ROWS DIFFER'}, {tally['seconds'][-1]:.1f} s", flush=True)
+    return tally
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.read == "beam":
         serving.batch.ReadRowGroups = BeamParquetRead
     results = Results("batch_stress" + ("_beam_read" if args.read == "beam" else ""))
-    failed, differing, lost_queries, seconds = 0, 0, 0, []
     busy = None if args.no_contention else subprocess.Popen(
         [sys.executable, "-c", "while True: sum(i * i for i in range(10**6))"])
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            models, users, interactions, note = inputs(args, tmp)
-            reference = {}
-            for mode in modes:  # one worker; a run whose books do not close is no reference: asked again
-                for attempt in range(5):
-                    try:
-                        done = one_run(mode, models, users, interactions, tmp / f"ref-{mode}-{attempt}", 1,
-                                       args.running_mode)
-                        break
-                    except IncompleteOutput as exc:
-                        print(f"  reference ({mode}): {str(exc)[:300]}", flush=True)
-                reference[mode] = (done.counts["queries"], read_rows(tmp / f"ref-{mode}-{attempt}"))
-            for run in range(runs):
-                mode = modes[run % len(modes)]
-                started = time.perf_counter()
-                try:
-                    result = one_run(mode, models, users, interactions, tmp / f"out{run}", args.workers,
-                                     args.running_mode)
-                except Exception as exc:  # a crash or unbalanced books: counted, and the stress goes on
-                    print(f"  run {run + 1} ({mode}): failed: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
-                    failed += 1
-                    continue
-                seconds.append(time.perf_counter() - started)
-                rows = read_rows(tmp / f"out{run}")
-                queries, expected = reference[mode]
-                same = len(rows) == len(expected) and rows.equals(expected)
-                differing += not same
-                lost_queries += max(queries - result.counts["queries"], 0)
-                print(f"  run {run + 1}/{runs} ({mode}): {result.counts['queries']} queries, {len(rows)} rows, "
-                      f"{'same rows' if same else 'ROWS DIFFER'}, {seconds[-1]:.1f} s", flush=True)
+            *data, note = inputs(args, tmp)
+            tally = stress(args, tmp, data, references(args, tmp, data))
     finally:
         if busy is not None:
             busy.kill()
     contention = "none" if args.no_contention else "one busy process"
     workers = args.workers or "the job default"
-    results.add("runs", runs, "runs", note=f"{note}; modes {', '.join(modes)} in turn; workers: {workers}; "
-                                           f"contention: {contention}; read: {args.read}; running mode: "
-                                           f"{args.running_mode or 'the job default'}")
-    results.add("failed runs (crash or unbalanced books)", failed, "runs", "<= 0")
-    results.add("finished runs whose rows differ from the reference", differing, "runs", "<= 0")
-    results.add("queries lost by finished runs", lost_queries, "queries", "<= 0")
-    if seconds:
-        results.add("seconds per run (median)", sorted(seconds)[len(seconds) // 2], "s")
+    results.add("runs", args.runs, "runs", note=f"{note}; modes {', '.join(args.modes)} in turn; workers: {workers}; "
+                                                f"contention: {contention}; read: {args.read}; running mode: "
+                                                f"{args.running_mode or 'the job default'}")
+    results.add("failed runs (crash or unbalanced books)", tally["failed"], "runs", "<= 0")
+    results.add("finished runs whose rows differ from the reference", tally["differing"], "runs", "<= 0")
+    results.add("queries lost by finished runs", tally["lost_queries"], "queries", "<= 0")
+    if tally["seconds"]:
+        results.add("seconds per run (median)", sorted(tally["seconds"])[len(tally["seconds"]) // 2], "s")
     results.write(args.results_dir)
     return 0
 

@@ -128,7 +128,12 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
     tf.saved_model.save(module, str(path), options=options,
                         signatures={"serving_default": module.serve, **getattr(module, "extra_signatures", {})})
     (path / "assets").mkdir(exist_ok=True)
-    (path / "assets" / METADATA_FILE).write_text(json.dumps({"domains": domains[1:], "max_k": config.export.max_k}))
+    metadata = {"domains": domains[1:], "max_k": config.export.max_k}
+    if hasattr(module, "feed"):  # as serving.export records it: the batch job's --feed looks for it
+        from serving.export import signature_description
+
+        metadata["feed_signature"] = signature_description(module.feed)
+    (path / "assets" / METADATA_FILE).write_text(json.dumps(metadata))
     return path
 
 

@@ -78,7 +78,8 @@ def test_the_local_runner_is_explicit_and_runs_in_memory():
     assert local_runner(["--direct_num_workers", "2"])[2] == ["--direct_num_workers", "2", "--direct_running_mode",
                                                                "multi_threading"]  # several workers: as Beam runs them
     assert local_runner(["--direct_num_workers=0"])[2][-1] == "multi_threading"  # 0: one per core
-    assert local_runner(["--direct_running_mode", "multi_processing"])[2][-1] == "multi_processing"
+    chosen = local_runner(["--direct_running_mode", "multi_processing"])[2]
+    assert "multi_processing" in chosen and "in_memory" not in chosen  # the user's mode is kept
     assert local_runner(["--runner=DataflowRunner", "--project=p"]) == (None, "DataflowRunner",
                                                                          ["--runner=DataflowRunner", "--project=p"])
 
@@ -235,7 +236,7 @@ def interactions_files(run, folder, users: int = 12):
 
 @pytest.mark.parametrize("mode", ["rank_top", "feed", "interactions"])
 def test_the_job_is_deterministic_under_contention(tiny_exported, tmp_path, mode, contention):
-    """Same input, same rows, every run (three here), on a busy machine, for ``--rank-top``,
+    """Same input, same rows, every run (two here), on a busy machine, for ``--rank-top``,
     ``--feed`` and ``--interactions`` over several files of several row groups, with the job's own
     runner settings. ``bench.batch_stress`` runs it 51 times on the quickstart's data."""
     from serving.batch_feed import FeedRequest
@@ -250,7 +251,7 @@ def test_the_job_is_deterministic_under_contention(tiny_exported, tmp_path, mode
         interactions_files(run, tmp_path / "inter")
     queries = {"rank_top": 20 * 3, "feed": 20, "interactions": 12 * 3}[mode]
     first = None
-    for attempt in range(3):
+    for attempt in range(2):
         out_dir = tmp_path / f"out{attempt}"
         result = run_candidates(saved_models, out_dir, batch_size=3, **ask)
         rows = read(out_dir, "candidates").sort_values(["user_id", "domain", "rank"], ignore_index=True)
