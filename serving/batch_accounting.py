@@ -1,7 +1,7 @@
 """The candidates job's books: every input row reaches the job (against what the files hold,
 counted before the pipeline by ``serving.batch_input.survey``), every query ends as exactly one
-list, every list's rows are written, every bad row is a dead letter. The pipeline counts these itself (a Beam
-``CombinePerKey`` over the data, not metrics counters, which a runner may drop or double on
+list, every list's rows are written, every bad row is a dead letter. The pipeline counts these
+itself (a Beam ``CombinePerKey`` over the data, not metrics counters, which a runner may drop or double on
 retries), and after the run the counts are checked against the files it wrote. A count that
 does not add up fails the job: its output is incomplete and must not be used."""
 
@@ -16,7 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 from crossrec.errors import CrossrecInputError
 from serving.batch_input import InputSurvey
 
-COUNTS = ("rows_read", "input_rows", "input_users", "queries", "users_scored", "cold_start_users", "unknown_users", "rows", "dead_letters")
+COUNTS = ("rows_read", "input_rows", "input_users", "queries", "users_scored", "cold_start_users", "unknown_users",
+          "rows", "dead_letters")
 COUNTS_FILE = "counts.jsonl"
 
 
