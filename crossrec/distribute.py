@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from crossrec.config import TrainConfig
 from crossrec.errors import ConfigError
+from crossrec.quiet import spend_onednn_note
 
 
 def resolve_kind(config: TrainConfig) -> str:
@@ -37,7 +38,9 @@ def strategy_from_config(config: TrainConfig) -> tf.distribute.Strategy:
             raise ConfigError("train.strategy multi_worker needs the TF_CONFIG environment variable, e.g. "
                               + json.dumps({"cluster": {"worker": ["host1:23456", "host2:23456"]},
                                             "task": {"type": "worker", "index": 0}}))
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        spend_onednn_note()  # after the strategy has set the collective ops (crossrec.quiet)
+        return strategy
     if kind == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu_address or "")
         tf.config.experimental_connect_to_cluster(resolver)

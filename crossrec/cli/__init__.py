@@ -9,6 +9,7 @@ plain function of a stage or a pipeline; errors in the user's input
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -66,11 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.pipeline_args = extra  # `crossrec candidates`: Beam pipeline options pass through
     func: Callable[[argparse.Namespace], int] = args.func
-    from crossrec.quiet import init_devices, quiet_logs
+    from crossrec.quiet import init_devices, quiet_logs, spend_onednn_note
 
     quiet_logs()
     if args.command in TENSORFLOW_COMMANDS:
         init_devices()
+        # serve sets TF's thread pools and a multi-worker strategy its collective ops before the
+        # runtime starts: those spend the note themselves, after their settings
+        if args.command != "serve" and not os.environ.get("TF_CONFIG"):
+            spend_onednn_note()
     try:
         return func(args)
     except CrossrecInputError as exc:

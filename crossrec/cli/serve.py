@@ -15,6 +15,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import tensorflow as tf
 
+    from crossrec.quiet import spend_onednn_note
     from serving.models import ModelManager, wait_until_ready
     from serving.monitoring import metrics_path
     from serving.server import Server, ServerOptions
@@ -24,6 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # before any model loads: TF's thread pools are fixed once they start
     tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
     tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+    spend_onednn_note()
     manager = ModelManager(specs)
     options = ServerOptions(host=args.host, port=args.port, rest_api_port=args.rest_api_port,
                             poll_seconds=args.file_system_poll_wait_seconds, max_request_bytes=args.max_request_bytes,
