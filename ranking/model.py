@@ -77,7 +77,7 @@ class DeepNetwork(tf.keras.layers.Layer):
 def default_tasks() -> dict[str, tfrs.tasks.Ranking]:
     """One TFRS ranking task per head; each owns its loss and metrics. Engagement is listwise:
     softmax cross-entropy over each candidate list (every training list holds its one label;
-    binary cross-entropy per candidate measured far worse: README, Ranking)."""
+    binary cross-entropy per candidate measured far worse: docs: design notes)."""
     reduction = tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE
     listwise = tf.keras.losses.CategoricalCrossentropy(from_logits=True, reduction=reduction)
     return {

@@ -278,7 +278,7 @@ def write_model_config(base: str | Path, serving_root: str = "/models") -> Path:
         entries.append(f'  config {{\n    name: "{model.name}"\n    base_path: "{serving_root}/{model.name}"\n'
                        f'    model_platform: "tensorflow"\n  }}')
     path = base / "models.config"
-    write_file_atomically(path, "# For tensorflow/serving (see README: Serving). item_encoder is served by "
+    write_file_atomically(path, "# For tensorflow/serving (see docs/serving.md). item_encoder is served by "
                                 "`crossrec serve`:\n# its tokenizer needs TF Text ops that stock TF Serving does "
                                 "not have.\nmodel_config_list {\n" + "\n".join(entries) + "\n}\n")
     return path

@@ -23,7 +23,7 @@ def layer(module: str) -> int | None:
     if parts[0] not in PACKAGES:
         return None  # third-party or stdlib
     if parts[0] == "crossrec":
-        if len(parts) > 1 and parts[1] in ("cli", "pipelines", "__main__"):
+        if len(parts) > 1 and parts[1] in ("cli", "pipelines", "api", "__main__"):
             return ORCHESTRATION
         return CORE
     return {"towers": TOWERS, "ranking": RANKING, "serving": SERVING, "bench": ORCHESTRATION}[parts[0]]

@@ -234,14 +234,6 @@ def test_every_registered_feature_has_the_registry_width():
         assert set(feature.tables) <= set(layer.tables), name
 
 
-def test_the_readme_feature_table_is_the_registry():
-    from pathlib import Path
-
-    from crossrec.ranking_features import markdown_table
-
-    assert markdown_table() in (Path(__file__).resolve().parents[1] / "README.md").read_text()
-
-
 def test_a_source_feature_without_its_source_names_the_fix():
     from crossrec.config import RankingConfig
     from crossrec.errors import ConfigError

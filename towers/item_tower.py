@@ -5,7 +5,7 @@ training items (``domain_dropout``), so the agnostic path alone is trained too: 
 in training (domain index 0) uses only it. The ID embedding is dropped for a share of items
 (``item_id_dropout``) so text alone stays strong; items unseen in training have no ID embedding at
 all (row marked in ``id_known``). The text and ID parts are added (their norms decide the mix)
-and normalised; a learned per-item gate measured no better (README, Retrieval levers)."""
+and normalised; a learned per-item gate measured no better (docs: design notes)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ class RetrievalModel(keras.Model):
             temperature=train.temperature, remove_accidental_hits=train.remove_accidental_hits,
             num_hard_negatives=train.hard_negatives or None)
         # Keras 3 runs train steps without autograph, and TFRS's Retrieval.call needs it
-        # (`len(tf.shape(x))`): the task call gets its own tf.function (README: Development, Keras).
+        # (`len(tf.shape(x))`): the task call gets its own tf.function (docs: development, the two Kerases).
         self._task_loss = tf.function(
             lambda q, c, w, p, ids, mask: tf.math.divide_no_nan(
                 self.task(q, c, sample_weight=w, candidate_sampling_probability=p, candidate_ids=ids,

@@ -1,7 +1,7 @@
 """``UserTower``: a user's history (item embeddings from the item towers, plus domain and recency
 embeddings), attention pooling whose query is the *target domain*, the most recent item, and an
 optional hashed user id -> one L2-normalised query. (Self-attention blocks before the pooling
-measured worse and slower: README, Retrieval levers.)"""
+measured worse and slower: docs: design notes.)"""
 
 from __future__ import annotations
 

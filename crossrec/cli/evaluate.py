@@ -13,31 +13,22 @@ from crossrec.cli.flags import (
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from crossrec.pipelines.compare import compare_over_seeds
-    from crossrec.report import ndcg_table, summary_lines, write_report
+    from crossrec import api
+    from crossrec.report import ndcg_table
 
     config = apply_overrides(config_from_args(args), args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    seeds = args.seeds if args.seeds is not None else config.eval.seeds
-    result = compare_over_seeds(config, seeds, models=models, zero_shot_domain=args.zero_shot_domain,
-                                progress=not args.quiet, model_out=args.model_out, ranking_out=args.ranking_out)
-    notes = [f"data: {config.data.interactions or 'built-in synthetic data'}",
-             f"training seeds: {seeds}" + (" (each query's metric averaged over them)" if seeds > 1 else ""),
-             f"cross-domain cold-start target domain: {result.target_domain}",
-             "full-corpus ranking per target domain" + (", seen items excluded" if config.eval.exclude_seen else ""),
-             "seconds (training per model; evaluation: every model's test queries ranked): " + ", ".join(f"{k} {v}" for k, v in result.seconds.items())]
-    path = write_report(result.metrics, args.out, title="crossrec evaluation", notes=notes,
-                        histories=result.histories, extra={"seconds": result.seconds}, reranking=result.reranking,
-                        paired=result.paired, ranks=result.ranks)
-    print(f"\nsummary (report: {path}):")
-    for line in summary_lines(result.metrics, result.paired):
+    result = api.evaluate(config, args.out, models=models, seeds=args.seeds, zero_shot_domain=args.zero_shot_domain,
+                          towers_out=args.model_out, rankers_out=args.ranking_out, progress=not args.quiet)
+    print(f"\nsummary (report: {result.report}):")
+    for line in result.summary():
         print(f"  {line}")
     where = "" if args.per_domain else ", all domains (per domain: the report, or --per-domain)"
     print(f"\nNDCG@10{where}")
     print(_console(ndcg_table(result.metrics), args.per_domain))
-    if result.reranking is not None:
+    if result.comparison.reranking is not None:
         print(f"\nNDCG@10 of the same retrieved candidates: retrieval order vs re-ranked{where}")
-        print(_console(ndcg_table(result.reranking), args.per_domain))
+        print(_console(ndcg_table(result.comparison.reranking), args.per_domain))
     return 0
 
 

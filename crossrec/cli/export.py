@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 from crossrec.config import load_config
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from serving.export import export_models, write_model_config
-    from serving.parts import load_parts, sample_queries
+    from crossrec import api
 
     config = load_config(args.config) if args.config else None
-    parts = load_parts(args.retrieval, None, config)
-    config = parts.config
-    updates = {k: v for k, v in [("index", args.index), ("max_k", args.max_k)] if v is not None}
-    config = replace(config, export=replace(config.export, **updates))
-    queries = sample_queries(replace(parts, config=config), config.export.recall_queries)
+    settings = {k: v for k, v in [("index", args.index), ("max_k", args.max_k)] if v is not None}
     models = [m.strip() for m in args.models.split(",")] if args.models else None
-    result = export_models(args.retrieval, args.out, ranking_dir=args.ranking, config=config, models=models,
-                           version=args.version, recall_queries=queries, progress=not args.quiet)
-    config_file = write_model_config(args.out)
+    result = api.export(args.retrieval, args.out, rankers=args.ranking, config=config, models=models,
+                        version=args.version, progress=not args.quiet, **settings)
     for name, path in result.paths.items():
         index = result.metadata[name].get("index") or {}
         recall = f", index recall@10 {index['recall@10']:.3f} vs exact" if "recall@10" in index else ""
         print(f"{name}: version {result.versions[name]} -> {path}{recall}")
-    print(f"exported in {result.seconds:.0f} s; TF Serving model config: {config_file}")
+    print(f"exported in {result.seconds:.0f} s; TF Serving model config: {args.out}/models.config")
     return 0
 
 

@@ -14,7 +14,7 @@ def add_source_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "data source", "Where the data comes from. Flags override the config file's `data:` section; "
                        "with neither, the built-in synthetic data is used.")
-    group.add_argument("--config", help="YAML config file (see README: configuration reference)")
+    group.add_argument("--config", help="YAML config file (every key: docs/reference, or crossrec.api.config)")
     group.add_argument("--data", metavar="PATH",
                        help="interactions file (.parquet/.csv/.csv.gz/.jsonl), a folder with interactions.* and "
                             "items.* (as `data synth` writes), or a MovieLens folder with --format movielens")

@@ -91,7 +91,7 @@ def next_commands(out, data_dir, saved_models, target: str) -> str:
         f"--items {data_dir}",
         f"  ask over REST:                                 curl -s http://127.0.0.1:8501/v1/models/recommender:predict -d '{body}'",
         f"  next week's data:                              {crossrec} retrain --data NEW_DATA/ --model-dir {saved_models}  "
-        "(README: Retraining)"])
+        "(docs: retraining)"])
 
 
 def register(commands) -> None:
@@ -106,7 +106,7 @@ def register(commands) -> None:
     quickstart.add_argument("--tiny", action="store_true", help="a very small run (for tests and smoke checks)")
     quickstart.add_argument("--data", metavar="PATH",
                             help="your own data instead of the built-in: a folder with interactions.* and items.* "
-                                 "(.parquet/.csv/.csv.gz/.jsonl; columns in the README's Data section), checked "
+                                 "(.parquet/.csv/.csv.gz/.jsonl; columns in the README's Your data section), checked "
                                  "first with `crossrec data validate`")
     quickstart.add_argument("--target-domain", help="the domain to recommend from in the demo and to hold out for "
                                                     "cross-domain cold start (default: movies on the built-in data; "
