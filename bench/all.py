@@ -1,6 +1,6 @@
 """Every benchmark in one command: ``crossrec bench`` (or ``make bench``, ``python -m bench.all``).
 
-Runs the towers, ranking, serving, batch, batch_stress, retrain, catalogue, catalogue_scale, feed and scale
+Runs the towers, ranking, serving, monitoring, batch, batch_stress, retrain, catalogue, catalogue_scale, feed and scale
 (1x and 4x) benchmarks
 one after another at their default sizes (about 20 minutes on 2 CPU cores), each writing ``bench/results/<name>.json``
 and ``.md`` as when run alone, then prints one table of every figure against its target from
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, Results, Row, bench_parser
 
-BENCHMARKS = ("towers", "ranking", "serving", "batch", "batch_stress", "retrain", "catalogue", "catalogue_scale",
+BENCHMARKS = ("towers", "ranking", "serving", "monitoring", "batch", "batch_stress", "retrain", "catalogue", "catalogue_scale",
               "feed", "scale")
 # Beyond the shared flags: `crossrec bench` runs the scale benchmark's 1x and 4x points only
 # (python -m bench.scale runs 1x..64x, about 40 minutes).

@@ -9,11 +9,18 @@ REST port at the path of TF Serving's ``--monitoring_config_file``
   server-side batching, rows of the merged call);
 - ``crossrec_serving_model_versions{model, state}``: versions per state (AVAILABLE, LOADING, END);
 - ``crossrec_serving_model_version_available{model, version}``: 1 for each version served;
-- ``crossrec_serving_model_load_failures_total{model}``: failed loads (retries included).
+- ``crossrec_serving_model_load_failures_total{model}``: failed loads (retries included);
+- what the models answer (history the model knows, new items, domain mix, scores, coverage) and
+  the training data's profile to compare with: ``serving.answer_metrics``, observed on a thread of
+  its own from a bounded queue (``crossrec_answer_dropped_total`` counts what a full queue refused).
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+import time
 from pathlib import Path
 
 from prometheus_client import (
@@ -26,9 +33,13 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from crossrec.errors import ConfigError
+from serving.answer_metrics import AnswerMetrics
 from serving.models import AVAILABLE, ModelManager
 from serving.protos import MonitoringConfig, parse_text_file
 
+log = logging.getLogger(__name__)
+ANSWER_QUEUE = 10_000
+_START = threading.Lock()
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
@@ -85,6 +96,15 @@ class ServingMetrics:
         self.batch_size = Histogram("crossrec_serving_batch_size", "Rows per signature call",
                                     ["model", "signature"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.registry.register(_ModelCollector(manager))
+        from serving.explorer import AddedItems
+
+        self.answers = AnswerMetrics(self.registry, manager, AddedItems(manager))
+        # answers are observed on a thread of their own: right after a signature ran, TensorFlow's
+        # threads still hold the cores and the same work took 5x as long inside the request
+        self._pending: queue.Queue = queue.Queue(maxsize=ANSWER_QUEUE)
+        self._worker: threading.Thread | None = None
+        self.dropped = Counter("crossrec_answer_dropped", "Answers not observed: the metrics' queue was full",
+                               registry=self.registry)
 
     def observe_request(self, api: str, model: str, version, signature: str, code: str, seconds: float) -> None:
         signature = signature or "serving_default"
@@ -94,5 +114,36 @@ class ServingMetrics:
     def observe_batch(self, model: str, signature: str, rows: int) -> None:
         self.batch_size.labels(model, signature or "serving_default").observe(rows)
 
+    def observe_answer(self, model, signature: str, inputs: dict, outputs: dict) -> None:
+        """Queues what one Predict answered for ``serving.answer_metrics`` (at most ``ANSWER_QUEUE``
+        answers wait; beyond that they are counted as dropped, never waited for)."""
+        if self._worker is None:
+            with _START:
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._observe_queued, daemon=True,
+                                                    name="crossrec-answer-metrics")
+                    self._worker.start()
+        try:
+            self._pending.put_nowait((model, signature or "serving_default", inputs, outputs))
+        except queue.Full:
+            self.dropped.inc()
+
+    def _observe_queued(self) -> None:
+        while True:
+            model, signature, inputs, outputs = self._pending.get()
+            try:
+                self.answers.observe(model, signature, inputs, outputs)
+            except Exception:  # noqa: BLE001 (metrics must not stop: a bad answer is logged)
+                log.exception("answer metrics of %s failed", model.name)
+            finally:
+                self._pending.task_done()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Waits (up to ``timeout`` seconds) until every queued answer is observed."""
+        deadline = time.monotonic() + timeout
+        while self._pending.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.001)
+
     def exposition(self) -> tuple[bytes, str]:
+        self.flush(timeout=1.0)  # a scrape right after requests sees them
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -63,6 +63,9 @@ def assemble_parts(model, catalogue: Catalogue, config: Config, retrieval_dir: s
         run = json.loads(summary.read_text())
         parts.metadata["data_fingerprint"] = run.get("data_fingerprint")
         parts.metadata["retrieval_metrics"] = run.get("test_metrics")
+    reference = reference_profile(retrieval_dir)
+    if reference is not None:
+        parts.metadata["reference_profile"] = reference
     if rankers is not None:
         from ranking.scoring import served_ranker
 
@@ -71,6 +74,20 @@ def assemble_parts(model, catalogue: Catalogue, config: Config, retrieval_dir: s
         if rank_summary.exists():
             parts.metadata["ranking_metrics"] = json.loads(rank_summary.read_text()).get("test_metrics")
     return parts
+
+
+def reference_profile(retrieval_dir: str | Path) -> dict | None:
+    """The profile of the data the towers in ``retrieval_dir`` were trained on (``crossrec.profile``:
+    shares and counts only, never a user id or a history), or None when the run kept no data."""
+    import pandas as pd
+
+    from crossrec.profile import profile
+
+    data = Path(retrieval_dir) / "data"
+    if not (data / "interactions.parquet").is_file():
+        return None
+    items = data / "items.parquet"
+    return profile(pd.read_parquet(data / "interactions.parquet"), pd.read_parquet(items) if items.is_file() else None)
 
 
 def stored_embeddings(retrieval_dir: str | Path, catalogue: Catalogue) -> np.ndarray | None:

@@ -96,6 +96,8 @@ class Predictor:
             if self.metrics is not None:
                 self.metrics.observe_batch(model.name, signature_name, max(batch) if batch else 1)
             outputs = call_signature(function, arrays)
+        if self.metrics is not None:
+            self.metrics.observe_answer(model, signature_name, arrays, outputs)
         return {k: v for k, v in outputs.items() if not output_filter or k in output_filter}
 
 

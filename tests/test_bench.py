@@ -119,3 +119,22 @@ def test_scale_benchmark_fits_growth_exponents_and_plots(tmp_path, capsys):
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(scale.MARK)][-1]
     measured = json.loads(line[len(scale.MARK):])
     assert measured["code"] == 0 and measured["seconds"] > 0 and measured["peak_mb"] >= measured["imports_mb"] > 100
+
+
+def test_monitoring_benchmark_smoke(tiny_preset, tmp_path):
+    from bench import monitoring
+
+    assert monitoring.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path)]) == 0
+    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "monitoring.json").read_text())["rows"]}
+    assert rows["metrics on / off, p50"]["target"] == "<= 1.05" and rows["metrics on / off, p50"]["value"] > 0
+    assert rows["one scrape of the registry"]["value"] > 0
+    assert rows["answer metrics' own work / p50 with metrics off"]["target"] == "<= 0.05"
+
+
+def test_drift_benchmark_smoke(tiny_preset, tmp_path):
+    from bench import drift
+
+    assert drift.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path)]) == 0
+    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "drift.json").read_text())["rows"]}
+    assert rows["built-in, the later 20%, kitchen nearly gone: domain_shares PSI"]["value"] > 0.25
+    assert rows["built-in, held-out users of the training period: domain_shares PSI"]["value"] < 0.1

@@ -21,6 +21,7 @@ from crossrec.cli import (
     data,
     evaluate,
     export,
+    monitor,
     query,
     quickstart,
     retrain,
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"crossrec {crossrec.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data, train, export, serve, candidates, query, evaluate, retrain, catalogue, bench, quickstart):
+    for module in (data, train, export, serve, candidates, query, evaluate, monitor, retrain, catalogue, bench,
+                   quickstart):
         module.register(commands)
     return parser
 

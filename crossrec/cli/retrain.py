@@ -16,6 +16,16 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from crossrec.pipelines.retrain import retrain, with_overrides
     from crossrec.pipelines.served_data import served_state
 
+    if args.when_drift:
+        from crossrec.config import DataConfig
+        from crossrec.pipelines.monitor import drift_report
+
+        report = drift_report(args.base, DataConfig(interactions=args.data, items=args.items),
+                              threshold=args.threshold, unknown_threshold=args.unknown_threshold)
+        print("\n".join(report.lines()))
+        if not report.drifted:
+            print(json.dumps({"published": None, "skipped": "no drift above the thresholds (--when-drift)"}))
+            return 0
     config = load_config(args.config or served_state(args.base).towers_dir / "config.yaml")
     config = with_overrides(config, epochs=args.epochs, max_regression=args.max_regression)
 
@@ -35,6 +45,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
+    from crossrec.cli.monitor import add_drift_flags
+
     retrain = commands.add_parser(
         "retrain", help="warm-start from the served version, train on old + new data, publish if not worse",
         description="Retrain from the latest version under --model-dir (its training state, the user histories "
@@ -58,5 +70,10 @@ def register(commands) -> None:
     retrain.add_argument("--epochs", type=int, help="maximum epochs for towers and rankers")
     retrain.add_argument("--max-regression", type=float,
                          help="largest allowed relative drop in the gate's validation metric (default 0.02)")
+    retrain.add_argument("--when-drift", action="store_true",
+                         help="first compare the new data with the served version's training data (crossrec "
+                              "monitor) and retrain only if it drifted past --drift-threshold or "
+                              "--drift-unknown-threshold; otherwise exit 0 without training")
+    add_drift_flags(retrain, prefix="drift-")
     retrain.add_argument("--quiet", action="store_true", help="no progress bars")
     retrain.set_defaults(func=cmd_retrain)
