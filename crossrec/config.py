@@ -151,8 +151,9 @@ class TowerConfig:
     # Share of training examples whose item-ID embeddings are dropped, so text alone stays strong
     # (the defaults of this, the text-only loss and the text experts: docs: design notes).
     # Raise it to 0.3 when items have only a handful of interactions each (new items +19% / +51%
-    # on Amazon Arts/Office; -7% to -23% where items have dozens: docs: your data, design notes).
-    item_id_dropout: float = 0.1
+    # on Amazon Arts/Office; -7% to -23% where items have dozens: docs: your data, design notes),
+    # or give auto: chosen on the training split's validation queries (towers.tuning).
+    item_id_dropout: float | Literal["auto"] = 0.1
     # Weight of a second loss on the same queries whose candidates are embedded from text alone
     # (no item-ID part): trains the path new items take without dropping IDs from the hybrid
     # (0 = off). With it, item_id_dropout can be low: the hybrid mostly sees its IDs.
@@ -174,6 +175,10 @@ class TowerConfig:
     user_id_buckets: int = 0
     # Dropout in the towers.
     dropout: float = 0.1
+    # Settings given as auto (towers.tuning): at most this many trainings to choose them.
+    auto_trials: int = 4
+    # ... and no trial started after this many minutes (the values measured to matter always run).
+    auto_budget_minutes: float = 30.0
 
 
 @dataclass

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 def _postfix(logs: dict | None) -> dict[str, str]:
     logs = logs or {}
-    shown = {k: v for k, v in logs.items() if k == "loss" or k.startswith("val_")}
+    # the pooled validation metrics; the per-slice ones (val_recall_at_50_warm...) stay in the history
+    shown = {k: v for k, v in logs.items() if k == "loss" or (k.startswith("val_") and k.count("_") <= 3)}
     return {k: f"{float(v):.4f}" for k, v in shown.items()}
 
 

@@ -63,6 +63,8 @@ def assemble_parts(model, catalogue: Catalogue, config: Config, retrieval_dir: s
         run = json.loads(summary.read_text())
         parts.metadata["data_fingerprint"] = run.get("data_fingerprint")
         parts.metadata["retrieval_metrics"] = run.get("test_metrics")
+        if run.get("auto"):  # settings chosen on validation, with their evidence (towers.tuning)
+            parts.metadata["auto"] = run["auto"]
     reference = reference_profile(retrieval_dir)
     if reference is not None:
         parts.metadata["reference_profile"] = reference

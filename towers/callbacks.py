@@ -33,12 +33,17 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
 def validation_metrics(model: RetrievalModel, queries: list[QuerySet], catalogue: Catalogue, ks=(10, 50),
                        exclude_seen: bool = True) -> dict[str, float]:
-    """``val_recall_at_<k>`` and ``val_ndcg_at_10`` of ``model`` over all ``queries`` (full corpus)."""
+    """``val_recall_at_<k>`` and ``val_ndcg_at_10`` of ``model`` over all ``queries`` (full corpus),
+    and ``val_recall_at_<k>_<slice>`` per slice (what ``towers.tuning`` weighs slice by slice)."""
     scorer = scorer_for(model, "model")
-    ranks = np.concatenate([target_ranks(scorer, q, catalogue, exclude_seen=exclude_seen) for q in queries])
-    metrics = ranking_metrics(ranks, ks)
+    per_slice = [(q.slice, target_ranks(scorer, q, catalogue, exclude_seen=exclude_seen)) for q in queries]
+    metrics = ranking_metrics(np.concatenate([r for _, r in per_slice]), ks)
     out = {f"val_recall_at_{k}": float(metrics[f"recall@{k}"]) for k in ks}
     out["val_ndcg_at_10"] = float(metrics["ndcg@10"])
+    for name, ranks in per_slice:
+        if len(ranks):
+            sliced = ranking_metrics(ranks, ks)
+            out.update({f"val_recall_at_{k}_{name}": float(sliced[f"recall@{k}"]) for k in ks})
     return out
 
 

@@ -46,6 +46,7 @@ from towers.model import RetrievalModel
 from towers.optimizer import rows_per_step, towers_optimizer
 from towers.queries import scorer_for
 from towers.text import TextVectors, per_domain_encoders, text_vectors
+from towers.tuning import choose
 
 MONITOR = "val_recall_at_50"
 
@@ -101,21 +102,26 @@ class RetrievalRun:
     seconds: float
     distribution: dict = field(default_factory=dict)  # strategy, replicas, workers, examples read
     timings: dict = field(default_factory=dict)  # data_seconds, evaluation_seconds
+    auto: dict | None = None  # settings chosen on validation (towers.tuning), with every trial's score
 
 
 def train_retrieval(config: Config, out_dir: str | Path | None = None, *, dataset: Dataset | None = None,
                     data: ExperimentData | None = None, progress: bool = True, baselines: bool = False,
-                    initialize=None, callbacks=(), name: str = "retrieval towers") -> RetrievalRun:
+                    initialize=None, callbacks=(), name: str = "retrieval towers", test: bool = True) -> RetrievalRun:
     """Trains the towers on ``config`` and evaluates them on the test queries (all slices).
 
     ``initialize(model)`` runs on the built model before training (retraining's warm start; a
     BackupAndRestore backup in ``out_dir`` still wins, so an interrupted run resumes);
-    ``callbacks`` are added to ``fit``'s; ``name`` labels its progress line."""
+    ``callbacks`` are added to ``fit``'s; ``name`` labels its progress line; settings given as
+    ``auto`` are chosen first on the validation queries (``towers.tuning``); ``test=False`` skips
+    the test queries' evaluation."""
     started = time.perf_counter()
     # First: MultiWorkerMirrored must set up its collectives before any other TensorFlow op runs.
     strategy = strategy_from_config(config.train)
     keras.utils.set_random_seed(config.train.seed)
     data = data or prepare_data(config, dataset)
+    config, auto = choose(config, data, lambda trial: train_retrieval(
+        trial, data=data, progress=False, test=False, initialize=initialize).history, progress=progress)
     timings = {"data_seconds": time.perf_counter() - started}
     config = replace(config, split=replace(config.split, kind=data.split_kind))  # what was used, when saved
     if len(data.examples) == 0:
@@ -149,10 +155,11 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
         scorers.append(PopularityScorer(data.train, data.catalogue))
     evaluation_started = time.perf_counter()
     metrics = evaluate(scorers, data.test, data.catalogue, ks=tuple(config.eval.ks),
-                       exclude_seen=config.eval.exclude_seen)
+                       exclude_seen=config.eval.exclude_seen) if test else pd.DataFrame()
     timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
     run = RetrievalRun(model, data, text, {k: [float(v) for v in vs] for k, vs in history.history.items()}, metrics,
-                       out, time.perf_counter() - started, distribution, timings)
+                       out, time.perf_counter() - started, distribution, timings,
+                       None if auto is None else auto.summary())
     if out is not None:
         save_run(run, config, fit_seconds)
     return run
@@ -208,6 +215,7 @@ def save_run(run: RetrievalRun, config: Config, fit_seconds: float) -> None:
         "seconds": round(run.seconds, 2), **{k: round(v, 2) for k, v in run.timings.items()},
         "distribution": run.distribution, "history": run.history,
         "test_metrics": json.loads(run.metrics.to_json(orient="records")), "config": to_dict(config),
+        **({"auto": run.auto} if run.auto else {}),
     }
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
 
