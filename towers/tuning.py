@@ -6,7 +6,9 @@ Some settings reverse between data sets (``towers.item_id_dropout``: 0.3 gave ne
 trained once per candidate value on the training split, each scored by the validation queries'
 full-corpus Recall@50 averaged over the validation slices (warm, cross-domain cold start, new
 items: each slice weighs the same, since the setting trades one slice against another and pooled
-queries are mostly warm; no test query is looked at), and the best value trains the final towers. An Optuna study
+queries are mostly warm; no test query is looked at). The first value (the default) is kept unless
+another scores more than ``towers.auto_margin`` above it, and the value kept trains the final
+towers. An Optuna study
 runs the search: the values measured to matter are tried first, then its TPE sampler proposes
 more while ``towers.auto_budget_minutes`` lasts. The choice and every trial's score go into the
 run's summary, its saved config holds the value chosen (so ``crossrec retrain`` keeps it), and
@@ -24,7 +26,7 @@ from crossrec.errors import ConfigError
 
 AUTO = "auto"
 # setting -> (the values tried first, the range the sampler may propose beyond them)
-SEARCH = {"item_id_dropout": ((0.1, 0.3), (0.0, 0.6))}
+SEARCH = {"item_id_dropout": ((0.1, 0.3), (0.0, 0.6))}  # the default first
 
 
 @dataclass
@@ -50,6 +52,16 @@ def slice_balanced(history: dict) -> float:
     best = int(max(range(len(pooled)), key=pooled.__getitem__))
     slices = [values[best] for key, values in history.items() if key.startswith(f"{MONITOR}_")]
     return float(sum(slices) / len(slices)) if slices else float(pooled[best])
+
+
+def _within_noise(study, margin: float) -> dict[str, float]:
+    """The first trial's values (the default's, tried first) unless another trial scored more than
+    ``margin`` (relative) above it: one training per candidate moves by a few percent with the seed
+    alone, and a gain inside that is not a gain."""
+    done = [t for t in study.trials if t.value is not None]
+    first, best = done[0], max(done, key=lambda t: t.value)
+    chosen = best if best.value > first.value * (1 + margin) else first
+    return {n: round(float(v), 4) for n, v in chosen.params.items()}
 
 
 def auto_settings(config: Config) -> list[str]:
@@ -94,7 +106,7 @@ def choose(config: Config, data, train, *, progress: bool = True) -> tuple[Confi
             study.stop()  # the values tried first always run; more only while the budget lasts
 
     study.optimize(objective, n_trials=config.towers.auto_trials, callbacks=[within_budget])
-    best = {n: round(float(v), 4) for n, v in study.best_params.items()}
+    best = _within_noise(study, config.towers.auto_margin)
     trials = [{**{n: round(float(v), 4) for n, v in t.params.items()}, "score": t.value} for t in study.trials
               if t.value is not None]
     choice = AutoChoice(best, f"{MONITOR}, the mean over slices", trials, time.perf_counter() - started)
