@@ -107,6 +107,13 @@ def train_rankers(config: Config, towers: str | Path, out: str | Path, *, progre
     return train_ranking(config, str(towers), out, progress=progress)
 
 
+def all_domains(table, per_domain: bool = False):
+    """A by-domain table's ``all`` rows (the domain level dropped), or every row with ``per_domain``."""
+    if per_domain:
+        return table
+    return table[table.index.get_level_values("domain") == "all"].droplevel("domain")
+
+
 @dataclass
 class Evaluation:
     """What ``crossrec evaluate`` prints and writes: the comparison and the report's path."""
@@ -124,10 +131,7 @@ class Evaluation:
         """NDCG@10 by slice (rows) and model (columns), as the command prints it."""
         from crossrec.report import ndcg_table
 
-        table = ndcg_table(self.comparison.metrics)
-        if not per_domain:
-            table = table[table.index.get_level_values("domain") == "all"].droplevel("domain")
-        return table
+        return all_domains(ndcg_table(self.comparison.metrics), per_domain)
 
     def summary(self) -> list[str]:
         from crossrec.report import summary_lines

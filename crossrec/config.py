@@ -179,8 +179,7 @@ class TowerConfig:
     auto_trials: int = 4
     # ... and no trial started after this many minutes (the values measured to matter always run).
     auto_budget_minutes: float = 30.0
-    # ... and the default kept unless another value scores more than this much (relative) above it
-    # on validation: one training per candidate moves by a few percent with the seed alone.
+    # ... and the default kept unless another scores this much (relative) more on validation.
     auto_margin: float = 0.02
 
 

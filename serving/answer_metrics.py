@@ -83,7 +83,7 @@ class AnswerMetrics:
 
     def __init__(self, registry, manager, added_items=None):
         self.manager = manager
-        self.added_items = added_items  # serving.explorer.AddedItems, or None
+        self.added_items = added_items  # serving.training_state.AddedItems, or None
         self.coverage: dict[str, Coverage] = {}
         self.scored: set[tuple[str, str, str]] = set()
         self._children: dict = {}

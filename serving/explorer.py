@@ -28,8 +28,8 @@ from starlette.staticfiles import StaticFiles
 
 from crossrec import schema
 from crossrec.config import DataConfig
-from crossrec.errors import ConfigError
 from ranking.feed import FEED_DEFAULTS
+from serving.training_state import AddedItems
 
 STATIC = Path(__file__).resolve().parent / "explorer_static"
 MAX_RESULTS = 50
@@ -78,41 +78,6 @@ class ExplorerData:
         if rows is None:
             return None
         return [self.item(d, i) for d, i in zip(rows[schema.DOMAIN], rows[schema.ITEM_ID], strict=True)]
-
-
-class AddedItems:
-    """The items added by ``crossrec catalogue add`` since the served towers were trained: read
-    from the training state of the version served now (once per version)."""
-
-    def __init__(self, manager):
-        self.manager = manager
-        self._cache: dict[tuple[Path, int], dict] = {}
-
-    def served(self) -> tuple[int | None, dict]:
-        """(the served version, {(domain, item_id): {"title", "after_version"}})."""
-        from serving.training_state import ADDED_ITEMS, locate
-
-        for name in ("recommender", "retrieval"):
-            spec = self.manager.specs.get(name)
-            try:
-                version = self.manager.get(name).version if spec else None
-            except KeyError:
-                continue
-            if version is None:
-                continue
-            base = Path(spec.base_path).parent
-            if (base, version) not in self._cache:
-                try:
-                    path = locate(base, version) / "towers" / ADDED_ITEMS
-                except ConfigError:  # no training state beside the folder: nothing to mark
-                    path = None
-                frame = pd.read_parquet(path) if path is not None and path.is_file() else None
-                self._cache[(base, version)] = {} if frame is None else {
-                    (d, i): {"title": t, "after_version": int(v)} for d, i, t, v in
-                    zip(frame[schema.DOMAIN], frame[schema.ITEM_ID], frame["title"], frame["after_version"],
-                        strict=True)}
-            return version, self._cache[(base, version)]
-        return None, {}
 
 
 def _limit(request: Request) -> int:

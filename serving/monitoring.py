@@ -36,6 +36,7 @@ from crossrec.errors import ConfigError
 from serving.answer_metrics import AnswerMetrics
 from serving.models import AVAILABLE, ModelManager
 from serving.protos import MonitoringConfig, parse_text_file
+from serving.training_state import AddedItems
 
 log = logging.getLogger(__name__)
 ANSWER_QUEUE = 10_000
@@ -96,8 +97,6 @@ class ServingMetrics:
         self.batch_size = Histogram("crossrec_serving_batch_size", "Rows per signature call",
                                     ["model", "signature"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.registry.register(_ModelCollector(manager))
-        from serving.explorer import AddedItems
-
         self.answers = AnswerMetrics(self.registry, manager, AddedItems(manager))
         # answers are observed on a thread of their own: right after a signature ran, TensorFlow's
         # threads still hold the cores and the same work took 5x as long inside the request

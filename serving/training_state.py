@@ -22,6 +22,9 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
+from crossrec import schema
 from crossrec.data.io import atomic_directory, link_or_copy
 from crossrec.errors import ConfigError
 from serving.layout import METADATA_FILE, TRAINING_STATE, versions
@@ -135,3 +138,36 @@ def prune(base: str | Path) -> list[Path]:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+class AddedItems:
+    """The items added by ``crossrec catalogue add`` since the served towers were trained: read
+    from the training state of the version served now (once per version)."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self._cache: dict[tuple[Path, int], dict] = {}
+
+    def served(self) -> tuple[int | None, dict]:
+        """(the served version, {(domain, item_id): {"title", "after_version"}})."""
+        for name in ("recommender", "retrieval"):
+            spec = self.manager.specs.get(name)
+            try:
+                version = self.manager.get(name).version if spec else None
+            except KeyError:
+                continue
+            if version is None:
+                continue
+            base = Path(spec.base_path).parent
+            if (base, version) not in self._cache:
+                try:
+                    path = locate(base, version) / "towers" / ADDED_ITEMS
+                except ConfigError:  # no training state beside the folder: nothing to mark
+                    path = None
+                frame = pd.read_parquet(path) if path is not None and path.is_file() else None
+                self._cache[(base, version)] = {} if frame is None else {
+                    (d, i): {"title": t, "after_version": int(v)} for d, i, t, v in
+                    zip(frame[schema.DOMAIN], frame[schema.ITEM_ID], frame["title"], frame["after_version"],
+                        strict=True)}
+            return version, self._cache[(base, version)]
+        return None, {}

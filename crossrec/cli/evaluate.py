@@ -33,9 +33,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _console(table, per_domain: bool) -> str:
-    if not per_domain:
-        table = table[table.index.get_level_values("domain") == "all"].droplevel("domain")
-    return table.round(4).to_string(na_rep="")
+    from crossrec.api import all_domains
+
+    return all_domains(table, per_domain).round(4).to_string(na_rep="")
 
 
 def register(commands) -> None:
