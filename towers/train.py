@@ -37,6 +37,7 @@ from crossrec.experiment import ExperimentData, data_fingerprint, prepare_data
 from crossrec.features import Catalogue, Examples
 from crossrec.progress import epoch_bar
 from crossrec.typed import to_dict
+from towers.adapt import Adaptation, adapt_encoder, keep_copy
 from towers.callbacks import RefreshTextTable, ResumableBackup, RetrievalEvaluation
 from towers.embedding_table import FILE as EMBEDDINGS_FILE
 from towers.embedding_table import write_item_embeddings
@@ -103,6 +104,7 @@ class RetrievalRun:
     distribution: dict = field(default_factory=dict)  # strategy, replicas, workers, examples read
     timings: dict = field(default_factory=dict)  # data_seconds, evaluation_seconds
     auto: dict | None = None  # settings chosen on validation (towers.tuning), with every trial's score
+    adaptation: Adaptation | None = None  # the encoder's adaptation to the catalogue (towers.adapt)
 
 
 def train_retrieval(config: Config, out_dir: str | Path | None = None, *, dataset: Dataset | None = None,
@@ -120,6 +122,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     strategy = strategy_from_config(config.train)
     keras.utils.set_random_seed(config.train.seed)
     data = data or prepare_data(config, dataset)
+    config, adaptation = adapt_encoder(config, data.train, data.catalogue, progress=progress)
     config, auto = choose(config, data, lambda trial: train_retrieval(
         trial, data=data, progress=False, test=False, initialize=initialize).history, progress=progress)
     timings = {"data_seconds": time.perf_counter() - started}
@@ -159,7 +162,7 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
     timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
     run = RetrievalRun(model, data, text, {k: [float(v) for v in vs] for k, vs in history.history.items()}, metrics,
                        out, time.perf_counter() - started, distribution, timings,
-                       None if auto is None else auto.summary())
+                       None if auto is None else auto.summary(), adaptation)
     if out is not None:
         save_run(run, config, fit_seconds)
     return run
@@ -194,6 +197,8 @@ def fit_callbacks(config: Config, data: ExperimentData, text: TextVectors, out: 
 
 def save_run(run: RetrievalRun, config: Config, fit_seconds: float) -> None:
     out = run.out_dir
+    if run.adaptation is not None:  # the run keeps its own copy of the encoder it was trained with
+        config = replace(config, encoder=replace(config.encoder, adapted=str(keep_copy(run.adaptation, out))))
     run.model.save_weights(str(out / "towers.weights.h5"))
     catalogue = run.data.catalogue
     catalogue.items.to_parquet(out / "catalogue.parquet", index=False)
@@ -216,6 +221,7 @@ def save_run(run: RetrievalRun, config: Config, fit_seconds: float) -> None:
         "distribution": run.distribution, "history": run.history,
         "test_metrics": json.loads(run.metrics.to_json(orient="records")), "config": to_dict(config),
         **({"auto": run.auto} if run.auto else {}),
+        **({"adaptation": run.adaptation.report} if run.adaptation else {}),
     }
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
 

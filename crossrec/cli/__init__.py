@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import crossrec  # noqa: F401  (sets up the TF/Keras environment first)
 from crossrec.cli import (
+    adapt,
     bench,
     candidates,
     catalogue,
@@ -32,7 +33,7 @@ from crossrec.errors import CrossrecInputError
 
 EXIT_INPUT_ERROR = 2
 # commands that run TensorFlow: their device probe's noise is dropped once, up front (crossrec.quiet)
-TENSORFLOW_COMMANDS = {"train", "export", "serve", "candidates", "evaluate", "retrain", "catalogue", "bench",
+TENSORFLOW_COMMANDS = {"adapt", "train", "export", "serve", "candidates", "evaluate", "retrain", "catalogue", "bench",
                        "quickstart"}
 
 DESCRIPTION = """\
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"crossrec {crossrec.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data, train, export, serve, candidates, query, evaluate, monitor, retrain, catalogue, bench,
+    for module in (data, adapt, train, export, serve, candidates, query, evaluate, monitor, retrain, catalogue, bench,
                    quickstart):
         module.register(commands)
     return parser
