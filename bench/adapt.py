@@ -42,7 +42,8 @@ def step_speed(results: Results, config: Config, texts: list[str], size: int, st
 
     rng = np.random.default_rng(0)
     speeds = {}
-    for layers in (1, 2):
+    depth = sum(layer.name.startswith("transformer_layer_") for layer in TextEncoder(config.encoder).backbone.layers)
+    for layers in range(1, min(2, depth - 1) + 1):
         encoder = TextEncoder(replace(config.encoder, freeze="frozen"))
         top = TopLayers(encoder, layers)
         tokens = encoder.tokenize(texts[:2 * size])

@@ -138,3 +138,14 @@ def test_drift_benchmark_smoke(tiny_preset, tmp_path):
     rows = {r["benchmark"]: r for r in json.loads((tmp_path / "drift.json").read_text())["rows"]}
     assert rows["built-in, the later 20%, kitchen nearly gone: domain_shares PSI"]["value"] > 0.25
     assert rows["built-in, held-out users of the training period: domain_shares PSI"]["value"] < 0.1
+
+
+def test_adapt_benchmark_smoke(tiny_preset, tmp_path):
+    from bench import adapt
+
+    assert adapt.main(["--quick", "--preset", str(tiny_preset), "--results-dir", str(tmp_path)]) == 0
+    rows = {r["benchmark"]: r for r in json.loads((tmp_path / "adapt.json").read_text())["rows"]}
+    assert rows["adaptation step, top 1 layer(s) over stored states"]["value"] > 0
+    assert rows["the same step with LoRA over the whole backbone"]["value"] > 0
+    assert 0 <= rows["held-out pairs' Recall@10, adapted encoder"]["value"] <= 1
+    assert rows["peak resident memory"]["value"] > 0
