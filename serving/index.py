@@ -26,7 +26,7 @@ class QuantizedBruteForce(tf.Module):
         self.ids = tf.constant(np.asarray(ids, np.int32))
 
     def __call__(self, queries, k: int):
-        scores, positions = tf.math.top_k(self.table.scores(queries), k=k)
+        scores, positions = self.table.top_k(queries, k)
         return scores, tf.gather(self.ids, positions)
 
 

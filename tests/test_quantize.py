@@ -93,3 +93,22 @@ def test_quantize_with_a_scann_index_is_a_clear_error(tiny_pipeline, tmp_path):
     bad = replace(config, export=replace(config.export, index="scann", quantize="int8"))
     with pytest.raises(ConfigError, match="needs export.index: brute_force"):
         export_models(retrieval_dir, tmp_path, config=bad, models=["retrieval"], progress=False)
+
+
+@pytest.mark.parametrize("mode", ["float16", "int8"])
+def test_top_k_in_the_tables_own_precision_finds_what_the_widened_table_finds(mode, monkeypatch):
+    """int8 scored block by block, float16 by a float16 shortlist rescored in float32: the same
+    rows and scores as widening the whole table (blocks made small here so there are several)."""
+    import serving.quantize as q
+
+    monkeypatch.setattr(q, "BLOCK_ROWS", 64)
+    rng = np.random.default_rng(3)
+    matrix = rng.normal(size=(1000, 16)).astype(np.float32)
+    queries = tf.constant(rng.normal(size=(5, 16)).astype(np.float32))
+    table = QuantizedTable(matrix, mode)
+    scores, rows = table.top_k(queries, 10)
+    widened = table.scores(queries).numpy()
+    expected = np.argsort(-widened, axis=1, kind="stable")[:, :10]
+    assert (np.sort(rows.numpy(), axis=1) == np.sort(expected, axis=1)).all()
+    np.testing.assert_allclose(scores.numpy(), np.take_along_axis(widened, expected, 1), rtol=1e-5, atol=1e-5)
+    assert table.top_k(queries, 5000)[1].shape == (5, 1000)  # k past the table's size: every row
