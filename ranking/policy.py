@@ -17,6 +17,18 @@ import tensorflow as tf
 NEW_ITEM_POLICIES = ("retrieval_rank", "ranker")
 
 
+def with_popularity_prior(ranker_scores, candidates, popularity, cold, weight: float):
+    """The ranker's scores plus ``weight`` x log(1 + the candidate's training interactions) in the
+    lists of cross-domain cold-start queries (``cold``, (b,): no history in the target domain):
+    the ranker learns mostly from users it knows in the domain and under-weights there what is
+    popular in it (``ranking.cold_start_popularity``). ``weight`` 0 leaves the scores as they are."""
+    ranker_scores = tf.cast(ranker_scores, tf.float32)
+    if not weight:
+        return ranker_scores
+    prior = tf.math.log1p(tf.gather(tf.cast(popularity, tf.float32), tf.cast(candidates, tf.int32)))
+    return ranker_scores + float(weight) * tf.cast(cold, tf.float32)[:, None] * prior
+
+
 def _place(scores, valid):
     """(b, L) each valid entry's 0-based place by ``scores`` (best first; ties by position);
     invalid entries come after every valid one."""

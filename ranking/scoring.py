@@ -12,7 +12,7 @@ import tensorflow as tf
 from crossrec.config import Config
 from ranking.candidates import CandidateLists
 from ranking.model import ENGAGEMENT, RATING, RankingModel
-from ranking.policy import served_scores
+from ranking.policy import served_scores, with_popularity_prior
 from ranking.tables import FeatureTables
 
 
@@ -42,9 +42,18 @@ def served_ranker(teacher: RankingModel, student: RankingModel | None, config: C
     return student if config.export.ranker == "student" and student is not None else teacher
 
 
-def served_order(model: RankingModel, lists: CandidateLists, tables: FeatureTables, new_items: str) -> np.ndarray:
+def cold_start_queries(lists: CandidateLists, tables: FeatureTables) -> np.ndarray:
+    """(n,) true where the query's history holds no item of its target domain."""
+    history = lists.examples.history
+    in_domain = (history > 0) & (tables.item_domain[history] == lists.examples.target_domain[:, None])
+    return ~in_domain.any(axis=1)
+
+
+def served_order(model: RankingModel, lists: CandidateLists, tables: FeatureTables, new_items: str,
+                 cold_start_popularity: float = 0.0) -> np.ndarray:
     """(n, L) scores in the order the ``recommender`` SavedModel serves each list."""
-    scores = score_lists(model, lists)
+    scores = with_popularity_prior(score_lists(model, lists), lists.candidates, tables.popularity,
+                                   cold_start_queries(lists, tables), cold_start_popularity).numpy()
     if new_items != "retrieval_rank":
         return scores
     is_new = tables.popularity[lists.candidates] <= 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from crossrec.typed import to_dict
 from ranking.candidates import CandidateLists, merge_candidates, mine_candidates
 from ranking.evaluate import list_ranks, rerank_metrics, source_recall
 from ranking.model import ENGAGEMENT, RATING, RankingFeatures, RankingModel
+from ranking.prior import choose_cold_start_popularity
 from ranking.scoring import score_lists, served_order, served_ranker, target_ratings
 from ranking.sources import propose
 from ranking.tables import FeatureTables, build_tables, fresh_items, label_tail, label_view
@@ -265,6 +266,8 @@ class RankingRun:
     histories: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     out_dir: Path | None = None
+    cold_start_popularity: float = 0.0  # the served order's popularity prior (ranking.prior)
+    prior_choice: dict | None = None  # its validation evidence when chosen (auto)
 
 
 def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, *, dataset: Dataset | None = None,
@@ -306,8 +309,10 @@ def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, 
         histories[STUDENT] = fit_ranker(student, ranking_data, config, out=out, name=STUDENT,
                                         teacher=teacher_scores, progress=progress)
         seconds[STUDENT] = round(time.perf_counter() - clock, 1)
+    weight, prior = choose_cold_start_popularity(served_ranker(teacher, student, config), ranking_data, config)
+    config = replace(config, ranking=replace(config.ranking, cold_start_popularity=weight))
     metrics = evaluate_rankers(teacher, student, ranking_data.test, ranking_data, config)
-    run = RankingRun(teacher, student, ranking_data, metrics, histories, seconds, out)
+    run = RankingRun(teacher, student, ranking_data, metrics, histories, seconds, out, weight, prior)
     if out is not None:
         save_ranking(run, config)
     return run
@@ -328,7 +333,8 @@ def evaluate_rankers(teacher: RankingModel, student: RankingModel | None, slices
             ratings[STUDENT] = lambda lists: target_ratings(student, lists)
     if config is not None:
         served = served_ranker(teacher, student, config)
-        orders[SERVED] = lambda lists: served_order(served, lists, data.tables, config.ranking.new_items)
+        orders[SERVED] = lambda lists: served_order(served, lists, data.tables, config.ranking.new_items,
+                                                    config.ranking.cold_start_popularity)
     return rerank_metrics(orders, slices, data.catalogue, ratings=ratings)
 
 
@@ -347,7 +353,7 @@ def save_ranking(run: RankingRun, config: Config) -> None:
     data = run.data
     spec = {"num_items": int(data.catalogue.size), "embedding_dim": int(data.tables.item_embeddings.shape[1]),
             "domains": data.catalogue.domains, "rating_mean": data.rating_mean,
-            "history_length": config.towers.history_length,
+            "history_length": config.towers.history_length, "cold_start_popularity": run.cold_start_popularity,
             "sources": [{"name": t.name, "width": int(t.neighbours.shape[1]), "position_decay": t.position_decay}
                         for t in data.tables.sources]}
     (out / "ranking_spec.json").write_text(json.dumps(spec, indent=2))
@@ -363,7 +369,8 @@ def save_ranking(run: RankingRun, config: Config) -> None:
                "test_lists": sum(len(v) for _, v in data.test), "seconds": run.seconds, "histories": run.histories,
                "test_metrics": json.loads(run.metrics.to_json(orient="records")),
                "source_recall": json.loads(recall.to_json(orient="records")),
-               "ranking_config": to_dict(config.ranking)}
+               "ranking_config": to_dict(config.ranking),
+               **({"cold_start_popularity": run.prior_choice} if run.prior_choice else {})}
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
 
 

@@ -29,6 +29,8 @@ class ExportParts:
     index: DomainIndex | None = None
     ranker: object | None = None
     metadata: dict = field(default_factory=dict)
+    # the served order's popularity prior for cold-start queries, as the ranking run chose it
+    cold_start_popularity: float = 0.0
 
 
 
@@ -74,7 +76,13 @@ def assemble_parts(model, catalogue: Catalogue, config: Config, retrieval_dir: s
         parts.ranker = served_ranker(*rankers, config)
         rank_summary = Path(ranking_dir) / "run_summary.json"
         if rank_summary.exists():
-            parts.metadata["ranking_metrics"] = json.loads(rank_summary.read_text()).get("test_metrics")
+            summary = json.loads(rank_summary.read_text())
+            parts.metadata["ranking_metrics"] = summary.get("test_metrics")
+            if summary.get("cold_start_popularity"):  # chosen on validation (ranking.prior), with its evidence
+                parts.metadata["cold_start_popularity"] = summary["cold_start_popularity"]
+        spec = Path(ranking_dir) / "ranking_spec.json"
+        if spec.exists():
+            parts.cold_start_popularity = float(json.loads(spec.read_text()).get("cold_start_popularity", 0.0))
     return parts
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from crossrec.errors import ConfigError
-from ranking.policy import served_scores
+from ranking.policy import served_scores, with_popularity_prior
 from ranking.source_scores import sorted_member
 from serving.lookups import UNKNOWN_SCORE, item_keys
 from serving.parts import ExportParts
@@ -195,6 +195,7 @@ class RecommenderModule(RankedQueryModule):
         self.candidates = int(min(parts.config.ranking.candidates, parts.index.k))
         self.source_names = list(getattr(parts.ranker.features, "source_names", []))
         self.new_item_policy = parts.config.ranking.new_items
+        self.cold_start_popularity = parts.cold_start_popularity
         self.source_candidates = int(parts.config.ranking.source_candidates) if self.source_names else 0
         self.serve = tf.function(self._serve_top, input_signature=_history_specs() + [
             tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")],
@@ -235,10 +236,12 @@ class RecommenderModule(RankedQueryModule):
             found = self._drop_duplicates(tf.concat([found, proposals], axis=1))
         ranked = self._rank(query, rows, found)["engagement"]
         towers = tf.reduce_sum(query[:, None, :] * self.lookups.embedding_rows(found), axis=-1)
-        order_by = ranked
+        popularity = self.ranker.features.tables["popularity"]
+        cold = self._history_counts(rows, target)["history_in_domain"] == 0
+        order_by = with_popularity_prior(ranked, found, popularity, cold, self.cold_start_popularity)
         if self.new_item_policy == "retrieval_rank":  # new items keep the towers' place (ranking.policy)
-            is_new = tf.gather(self.ranker.features.tables["popularity"], found) <= 0
-            order_by = served_scores(ranked, towers, found, is_new)
+            is_new = tf.gather(popularity, found) <= 0
+            order_by = served_scores(order_by, towers, found, is_new)
         return found, ranked, towers, order_by
 
     def _serve_top(self, history_item_ids, history_domains, target_domain, k, exclude_history):
