@@ -122,7 +122,8 @@ def _plot(table: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from ranking.train import _text_vectors, train_ranking
+    from ranking.mining import text_vectors
+    from ranking.train import train_ranking
     from serving.export import export_models
     from towers.train import train_retrieval
 
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
         counts = np.bincount(item_domain[catalogue.rows(run.data.train[schema.DOMAIN], run.data.train[schema.ITEM_ID])],
                              minlength=len(catalogue.domain_names))[:len(catalogue.domain_names)]
         prior = counts / max(counts.sum(), 1)
-        text = _text_vectors(run.model)
+        text = text_vectors(run.model)
         answers = ask_grid(feed, histories, points)
     table, users = {}, {}
     for point, (ids, domains) in answers.items():

@@ -81,7 +81,7 @@ class RankingConfig:
     random_negatives: int = 0
     # Share of the training queries asked a second time as a cross-domain cold start (their
     # history's items of the target's domain removed, where other domains remain), so the ranker
-    # sees lists of users new to a domain (ranking.train.cold_start_copies). Measured on Amazon
+    # sees lists of users new to a domain (ranking.mining.cold_start_copies). Measured on Amazon
     # Arts/Office, all users: served NDCG@10 cold start +8%, warm +3% (both paired intervals
     # above 0); the built-in data: unchanged. 0 = off (the ranker then trains 1/3 faster).
     cold_start_lists: float = 0.5

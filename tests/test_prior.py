@@ -46,8 +46,9 @@ def test_a_number_is_kept_auto_chooses_on_validation_and_a_negative_weight_is_re
 
 
 def test_auto_keeps_no_prior_unless_it_wins_by_the_margin_and_records_every_weight(tiny_pipeline):
+    from ranking.mining import mine_ranking_data
     from ranking.scoring import served_ranker
-    from ranking.train import load_ranking, mine_ranking_data
+    from ranking.train import load_ranking
 
     config, run, _, ranking_dir = tiny_pipeline
     teacher, student, _ = load_ranking(ranking_dir)
@@ -61,9 +62,10 @@ def test_auto_keeps_no_prior_unless_it_wins_by_the_margin_and_records_every_weig
 
 
 def test_the_recommender_serves_the_prior_exactly_as_the_evaluator_measures_it(tiny_pipeline, tmp_path):
+    from ranking.mining import candidate_lists, text_vectors
     from ranking.scoring import served_order
     from ranking.tables import build_tables
-    from ranking.train import _lists, _text_vectors, load_ranking
+    from ranking.train import load_ranking
     from serving.export import export_models
 
     config, run, retrieval_dir, ranking_dir = tiny_pipeline
@@ -76,11 +78,11 @@ def test_the_recommender_serves_the_prior_exactly_as_the_evaluator_measures_it(t
     assert result is not None
     _, student, _ = load_ranking(ranking)
     data = run.data
-    tables = build_tables(data.train, data.catalogue, run.model.all_item_embeddings(), _text_vectors(run.model),
+    tables = build_tables(data.train, data.catalogue, run.model.all_item_embeddings(), text_vectors(run.model),
                           sources=config.ranking.sources, per_domain=config.ranking.source_neighbours)
     cold = [q for q in data.test if q.slice == COLD_START][0].examples
     examples = cold.subset(np.flatnonzero((cold.history > 0).any(axis=1))[:6])
-    lists = _lists(run.model, examples, tables, data.catalogue, config.ranking)
+    lists = candidate_lists(run.model, examples, tables, data.catalogue, config.ranking)
     with_prior = np.where(lists.candidates > 0, served_order(student, lists, tables, config.ranking.new_items, 2.0),
                           -np.inf)
     without = np.where(lists.candidates > 0, served_order(student, lists, tables, config.ranking.new_items), -np.inf)

@@ -180,7 +180,7 @@ def retrieval_run(tiny_pipeline):
 
 
 def test_training_lists_come_from_training_interactions_only(retrieval_run):
-    from ranking.train import mine_ranking_data
+    from ranking.mining import mine_ranking_data
 
     config, run, _ = retrieval_run
     data = mine_ranking_data(run.model, run.data, config)
@@ -219,7 +219,7 @@ def test_training_lists_come_from_training_interactions_only(retrieval_run):
 
 
 def test_evaluation_lists_leave_out_seen_items_and_do_not_force_the_target_in(retrieval_run):
-    from ranking.train import mine_ranking_data
+    from ranking.mining import mine_ranking_data
 
     config, run, _ = retrieval_run
     data = mine_ranking_data(run.model, run.data, config)

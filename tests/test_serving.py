@@ -217,19 +217,20 @@ def rest(server, path, body=None):
 
 
 def test_the_recommender_merges_the_sources_and_ranks_like_the_in_process_pipeline(exported, tiny_pipeline):
+    from ranking.mining import candidate_lists, text_vectors
     from ranking.scoring import served_order
     from ranking.tables import build_tables
-    from ranking.train import _lists, _text_vectors, load_ranking
+    from ranking.train import load_ranking
 
     config, run, out, _ = exported
     _, student, _ = load_ranking(tiny_pipeline[3])
     data = run.data
-    tables = build_tables(data.train, data.catalogue, run.model.all_item_embeddings(), _text_vectors(run.model),
+    tables = build_tables(data.train, data.catalogue, run.model.all_item_embeddings(), text_vectors(run.model),
                           sources=config.ranking.sources, per_domain=config.ranking.source_neighbours)
     examples = data.test[0].examples
     fresh = np.array([t not in h and (h > 0).any() for t, h in zip(examples.target, examples.history, strict=True)])
     examples = examples.subset(np.flatnonzero(fresh)[:8])
-    lists = _lists(run.model, examples, tables, data.catalogue, config.ranking)
+    lists = candidate_lists(run.model, examples, tables, data.catalogue, config.ranking)
     assert (lists.candidates[:, config.ranking.candidates:] > 0).any()  # the sources added candidates
     scores = served_order(student, lists, tables, config.ranking.new_items)  # new items at the towers' place
     scores = np.where(lists.candidates > 0, scores, -np.inf)

@@ -244,7 +244,7 @@ def test_a_source_feature_without_its_source_names_the_fix():
 
 
 def test_cold_start_copies_drop_the_target_domain_from_the_history():
-    from ranking.train import cold_start_copies
+    from ranking.mining import cold_start_copies
 
     frame, catalogue = tiny([("u1", "a", "a1"), ("u1", "b", "b1"), ("u1", "a", "a2"), ("u1", "a", "a3")])
     a1, a2, a3 = (row(catalogue, "a", i) for i in ("a1", "a2", "a3"))
