@@ -137,3 +137,15 @@ def test_a_trained_run_keeps_and_reads_its_adapted_encoder(tiny_config, tmp_path
     _, _, loaded = load_trained(tmp_path / "run")
     assert loaded.encoder.adapted == saved.encoder.adapted
     assert "adaptation" in json.loads((tmp_path / "run" / "run_summary.json").read_text())
+
+
+def test_the_adapt_command_reports_what_it_learnt_and_where_it_cached_it(tiny_preset, tmp_path, capsys):
+    from crossrec.cli import main
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"data:\n  synth: {{n_users: 80, n_items: 120, n_interactions: 1600, seed: 3}}\n"
+                      f"encoder:\n  preset: {tiny_preset}\n  sequence_length: 16\n  cache_dir: {tmp_path / 'cache'}\n"
+                      f"  adapt: {{batch_size: 32}}\n")
+    assert main(["adapt", "--config", str(config), "--budget", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "item pairs" in out and "Recall@10" in out and str(tmp_path / "cache" / "adapted") in out
