@@ -8,13 +8,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from crossrec import schema
 from crossrec.data.splits import COLD_START
 from crossrec.errors import ConfigError
 from ranking.policy import with_popularity_prior
 from ranking.prior import GRID, choose_cold_start_popularity
+from tests.test_serving import assert_serves_in_order
 
 
 def test_the_prior_moves_only_the_lists_of_cold_start_queries():
@@ -88,14 +87,6 @@ def test_the_recommender_serves_the_prior_exactly_as_the_evaluator_measures_it(t
     without = np.where(lists.candidates > 0, served_order(student, lists, tables, config.ranking.new_items), -np.inf)
     expected = np.take_along_axis(lists.candidates, np.argsort(-with_prior, axis=1, kind="stable"), 1)
     assert (expected != np.take_along_axis(lists.candidates, np.argsort(-without, axis=1, kind="stable"), 1)).any()
-    items = data.catalogue.items.set_index("row")
-    served = tf.saved_model.load(str(tmp_path / "saved_models" / "recommender" / "1")).signatures["serving_default"]
-    for i in range(len(examples)):
-        history = examples.history[i][examples.history[i] > 0]
-        answer = served(history_item_ids=tf.constant([items.loc[history, schema.ITEM_ID].tolist()]),
-                        history_domains=tf.constant([items.loc[history, schema.DOMAIN].tolist()]),
-                        target_domain=tf.constant([data.catalogue.domains[examples.target_domain[i]]]),
-                        k=tf.constant([5]), exclude_history=tf.constant([True]))
-        assert answer["history_in_domain"].numpy().tolist() == [0]
-        got = [b.decode() for b in answer["item_ids"][0].numpy() if b]
-        assert got == items.loc[expected[i, :len(got)], schema.ITEM_ID].tolist()
+    _, *answers = assert_serves_in_order(tmp_path / "saved_models" / "recommender" / "1", data.catalogue, lists,
+                                         with_prior)
+    assert all(a["history_in_domain"].numpy().tolist() == [0] for a in answers)

@@ -216,6 +216,27 @@ def rest(server, path, body=None):
         return error.code, json.loads(error.read())
 
 
+def assert_serves_in_order(model_dir, catalogue, lists, scores, k: int = 5) -> list:
+    """Asks the ``recommender`` in ``model_dir`` each list's query and checks that it answers the
+    list's candidates in the order of ``scores`` (the evaluator's served order); returns the
+    signature and each answer."""
+    scores = np.where(lists.candidates > 0, scores, -np.inf)
+    expected = np.take_along_axis(lists.candidates, np.argsort(-scores, axis=1, kind="stable"), 1)
+    items = catalogue.items.set_index("row")
+    served = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    examples, answers = lists.examples, []
+    for i in range(len(examples)):
+        history = examples.history[i][examples.history[i] > 0]
+        answer = served(history_item_ids=tf.constant([items.loc[history, schema.ITEM_ID].tolist()]),
+                        history_domains=tf.constant([items.loc[history, schema.DOMAIN].tolist()]),
+                        target_domain=tf.constant([catalogue.domains[examples.target_domain[i]]]),
+                        k=tf.constant([k]), exclude_history=tf.constant([True]))
+        got = [b.decode() for b in answer["item_ids"][0].numpy() if b]
+        assert got == items.loc[expected[i, :len(got)], schema.ITEM_ID].tolist()
+        answers.append(answer)
+    return [served, *answers]
+
+
 def test_the_recommender_merges_the_sources_and_ranks_like_the_in_process_pipeline(exported, tiny_pipeline):
     from ranking.mining import candidate_lists, text_vectors
     from ranking.scoring import served_order
@@ -233,18 +254,7 @@ def test_the_recommender_merges_the_sources_and_ranks_like_the_in_process_pipeli
     lists = candidate_lists(run.model, examples, tables, data.catalogue, config.ranking)
     assert (lists.candidates[:, config.ranking.candidates:] > 0).any()  # the sources added candidates
     scores = served_order(student, lists, tables, config.ranking.new_items)  # new items at the towers' place
-    scores = np.where(lists.candidates > 0, scores, -np.inf)
-    expected = np.take_along_axis(lists.candidates, np.argsort(-scores, axis=1, kind="stable"), 1)
-    items = data.catalogue.items.set_index("row")
-    served = tf.saved_model.load(str(out / "recommender" / "1")).signatures["serving_default"]
-    for i in range(len(examples)):
-        history = examples.history[i][examples.history[i] > 0]
-        answer = served(history_item_ids=tf.constant([items.loc[history, schema.ITEM_ID].tolist()]),
-                        history_domains=tf.constant([items.loc[history, schema.DOMAIN].tolist()]),
-                        target_domain=tf.constant([data.catalogue.domains[examples.target_domain[i]]]),
-                        k=tf.constant([5]), exclude_history=tf.constant([True]))
-        got = [b.decode() for b in answer["item_ids"][0].numpy() if b]
-        assert got == items.loc[expected[i, :len(got)], schema.ITEM_ID].tolist()
+    served = assert_serves_in_order(out / "recommender" / "1", data.catalogue, lists, scores)[0]
     # a brand-new user known by items the model has never seen: the towers still answer, the sources add nothing
     domain = data.catalogue.domains[examples.target_domain[0]]
     answer = served(history_item_ids=tf.constant([["never-seen-1", "never-seen-2"]]),
