@@ -352,7 +352,8 @@ def _resolve_paths(config: Config, base: Path, *, preset_if_exists: bool = False
     if not preset_if_exists or (preset is not None and (base / preset).exists()):
         config.encoder.preset = resolve(preset)
     config.encoder.cache_dir = resolve(config.encoder.cache_dir)
-    config.encoder.adapted = resolve(config.encoder.adapted)
+    if not preset_if_exists:  # loading: a run records its adapted encoder relative to its own folder
+        config.encoder.adapted = resolve(config.encoder.adapted)
     data.interactions = resolve(data.interactions)
     data.items = resolve(data.items)
     data.users = resolve(data.users)

@@ -34,7 +34,7 @@ from serving.layout import METADATA_FILE, TRAINING_STATE, versions
 # (domain, item_id, title, after_version); a retrain trains them and starts the list afresh.
 ADDED_ITEMS = "added_items.parquet"
 TOWER_STATE = ("towers.weights.h5", "catalogue.parquet", "item_embeddings.parquet", "model_spec.json", "config.yaml",
-               "run_summary.json", "data", ADDED_ITEMS)
+               "run_summary.json", "data", ADDED_ITEMS, "adapted_encoder")
 RANKING_STATE = ("teacher.weights.h5", "student.weights.h5", "ranking_spec.json", "config.yaml", "run_summary.json")
 SUFFIX = ".training_state"
 

@@ -137,6 +137,13 @@ def test_a_trained_run_keeps_and_reads_its_adapted_encoder(tiny_config, tmp_path
     _, _, loaded = load_trained(tmp_path / "run")
     assert loaded.encoder.adapted == saved.encoder.adapted
     assert "adaptation" in json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    # a copy of the run folder (as the training state beside a serving folder is) reads its own copy
+    import shutil
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "run")
+    moved = load_config(tmp_path / "moved" / "config.yaml")
+    assert moved.encoder.adapted == str(tmp_path / "moved" / "adapted_encoder")
+    assert TextEncoder(moved.encoder).fingerprint == run.text.fingerprint
 
 
 def test_the_adapt_command_reports_what_it_learnt_and_where_it_cached_it(tiny_preset, tmp_path, capsys):

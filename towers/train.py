@@ -197,8 +197,9 @@ def fit_callbacks(config: Config, data: ExperimentData, text: TextVectors, out: 
 
 def save_run(run: RetrievalRun, config: Config, fit_seconds: float) -> None:
     out = run.out_dir
-    if run.adaptation is not None:  # the run keeps its own copy of the encoder it was trained with
-        config = replace(config, encoder=replace(config.encoder, adapted=str(keep_copy(run.adaptation, out))))
+    if run.adaptation is not None:  # the run keeps its own copy of the encoder it was trained with, and names
+        keep_copy(run.adaptation, out)  # it relative to itself (a copy of the folder finds its own)
+        config = replace(config, encoder=replace(config.encoder, adapted="adapted_encoder"))
     run.model.save_weights(str(out / "towers.weights.h5"))
     catalogue = run.data.catalogue
     catalogue.items.to_parquet(out / "catalogue.parquet", index=False)
