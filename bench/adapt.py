@@ -90,7 +90,8 @@ def main(argv=None) -> int:
                         else SynthConfig()))
     budget = 1.0 if args.quick else args.budget
     with tempfile.TemporaryDirectory() as cache:
-        encoder = replace(config.encoder, cache_dir=cache, preset=args.preset or config.encoder.preset)
+        encoder = replace(config.encoder, cache_dir=cache, preset=args.preset or config.encoder.preset,
+                          adapt=replace(config.encoder.adapt, enabled=True))
         config = replace(config, encoder=encoder)
         data = prepare_data(config)
         texts = data.catalogue.items["text"].tolist()

@@ -22,7 +22,7 @@ or load spends TensorFlow's one-time oneDNN note, after any TensorFlow settings 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import crossrec  # noqa: F401  (the TF/Keras environment first)
@@ -97,8 +97,7 @@ def adapt(config: Config, *, budget_minutes: float | None = None, progress: bool
 
     spend_onednn_note()
     data = prepare_data(config)
-    if budget_minutes is None and not config.encoder.adapt.enabled:
-        budget_minutes = config.encoder.adapt.budget_minutes
+    config = replace(config, encoder=replace(config.encoder, adapt=replace(config.encoder.adapt, enabled=True)))
     return adapt_encoder(config, data.train, data.catalogue, progress=progress, budget_minutes=budget_minutes)[1]
 
 

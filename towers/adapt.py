@@ -86,7 +86,7 @@ def adapt_encoder(config: Config, train: pd.DataFrame, catalogue: Catalogue, *, 
     settings = config.encoder.adapt
     if budget_minutes is not None:
         settings = replace(settings, budget_minutes=budget_minutes)
-    if not (settings.enabled or budget_minutes is not None) or not config.towers.use_text:
+    if not settings.enabled or not config.towers.use_text:
         return replace(config, encoder=replace(config.encoder, adapted=None)), None
     if settings.budget_minutes <= 0:
         raise ConfigError(f"encoder.adapt.budget_minutes must be above 0, got {settings.budget_minutes}")

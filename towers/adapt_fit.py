@@ -113,7 +113,8 @@ class _Pairs:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.train))
 
 
-def _batch(top: TopLayers, states, masks, positions):
+def _batch(states, masks, positions):
+    """The stored states and token masks of ``positions``, cut to their longest text."""
     width = max(1, int(masks[positions].sum(axis=1).max()))
     return tf.constant(np.asarray(states[positions, :width])), tf.constant(masks[positions, :width])
 
@@ -125,7 +126,7 @@ def held_out_recall(top: TopLayers, states, masks, pairs: _Pairs, k: int = 10) -
     sides = []
     for column in (0, 1):
         positions = pairs.position[pairs.held[:, column]]
-        sides.append(np.concatenate([top.vectors(*_batch(top, states, masks, positions[i:i + 256])).numpy()
+        sides.append(np.concatenate([top.vectors(*_batch(states, masks, positions[i:i + 256])).numpy()
                                      for i in range(0, len(positions), 256)]))
     scores = sides[0] @ sides[1].T
     same = (pairs.held[:, 1][None, :] == pairs.held[:, 1][:, None]) & ~np.eye(len(scores), dtype=bool)
@@ -211,7 +212,7 @@ def _train(top, optimizer, states, masks, data: _Pairs, settings: AdaptConfig, m
             order_epoch, order = epoch, data.epoch_order(epoch)
         batch = data.train[order[index * size:(index + 1) * size]]
         a, b = data.position[batch[:, 0]], data.position[batch[:, 1]]
-        loss = float(step_fn(*_batch(top, states, masks, a), *_batch(top, states, masks, b),
+        loss = float(step_fn(*_batch(states, masks, a), *_batch(states, masks, b),
                              tf.constant(batch[:, 0]), tf.constant(batch[:, 1])))
         if not np.isfinite(loss):
             raise TrainingDiverged("adapting the text encoder: the loss is not finite; lower "
