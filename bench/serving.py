@@ -10,19 +10,16 @@
   the ``feed`` signature (10 items from every domain, diversity 0.3, calibration 1) against the
   served list's request (target from issue 32: <= 1.5x).
 - The ``recommender`` model (retrieve 50 + sources -> rank with the student -> top 10) over 100k items,
-  served by ``crossrec serve`` in its own process and queried with the official gRPC stubs:
-  p50/p99 latency for one client (target p99 <= 15 ms), throughput with 4 client processes
-  (target >= 500 req/s on 2 cores), and the server's overhead over calling the same signature
-  in-process.
+  served by ``crossrec serve`` in its own process, batching off and on, and asked by 1, 4 and 8
+  client processes with the official gRPC stubs: throughput, p50/p99 and where the server's time
+  goes; the model's cost per row at 1, 8 and 32 rows (``bench.serving_profile``; targets from
+  issue 50: batching on / off >= 1.5x throughput at 8 clients, p99 at 1 client <= 1.2x off).
 The towers are trained briefly on the built-in data (their weights do not change the timings);
 the large catalogues are synthetic vectors.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -146,108 +143,6 @@ def request_inputs(history_length: int, seed: int, n: int = 100_000) -> dict:
             "exclude_history": np.array([True])}
 
 
-def _client_loop(port: int, seconds: float, seed: int, queue) -> None:
-    from serving.client import CrossrecClient
-
-    inputs = request_inputs(20, seed)
-    count = 0
-    with CrossrecClient(f"127.0.0.1:{port}") as client:
-        client.predict("recommender", inputs)
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            client.predict("recommender", inputs)
-            count += 1
-    queue.put(count)
-
-
-def server_benchmark(results: Results, model, config: Config, quick: bool, server_flags: list[str] | None = None,
-                     label: str = "") -> dict:
-    from serving.client import CrossrecClient
-    from serving.server import free_port
-
-    n = 20_000 if quick else 100_000
-    items = f"{n // 1000}k items"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_synthetic(model, config, n, Path(tmp))
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "crossrec", "serve", "--model_base_path", tmp,
-                                   "--port", str(port), "--rest_api_port", "0", *(server_flags or [])],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            line = ""
-            while "Ctrl-C stops" not in line:
-                line = server.stdout.readline()
-                if not line and server.poll() is not None:
-                    raise RuntimeError("crossrec serve exited")
-            inputs = request_inputs(20, 0)
-            requests = 100 if quick else 1000
-            with CrossrecClient(f"127.0.0.1:{port}") as client:
-                for _ in range(20):
-                    client.predict("recommender", inputs)
-                times = []
-                for _ in range(requests):
-                    start = time.perf_counter()
-                    client.predict("recommender", inputs)
-                    times.append(time.perf_counter() - start)
-            p50, p99 = 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99)
-            results.add(f"gRPC recommender p50, 1 client, {items}{label}", p50, "ms", note="retrieve 50, rank, top 10")
-            results.add(f"gRPC recommender p99, 1 client, {items}{label}", p99, "ms", "<= 15")
-            seconds = 1.5 if quick else 10
-            measured = {"p50": p50, "p99": p99}
-            for clients in (2,) if quick else (4, 8):  # a smoke run: 2 client processes
-                measured[clients] = _throughput(port, clients, seconds)
-                results.add(f"gRPC recommender throughput, {clients} client processes{label}", measured[clients],
-                            "req/s", ">= 500" if clients == 4 else "")
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-        loaded = tf.saved_model.load(str(path)).signatures["serving_default"]
-        tensors = {k: tf.constant(v) for k, v in inputs.items()}
-        for _ in range(20):
-            loaded(**tensors)
-        local = []
-        for _ in range(requests):
-            start = time.perf_counter()
-            {k: v.numpy() for k, v in loaded(**tensors).items()}
-            local.append(time.perf_counter() - start)
-        results.add(f"in-process recommender signature p50{label}", 1000 * np.median(local), "ms")
-        results.add(f"server overhead over in-process, p50{label}", p50 - 1000 * np.median(local), "ms")
-    return measured
-
-
-def _throughput(port: int, clients: int, seconds: float) -> float:
-    context = multiprocessing.get_context("spawn")  # gRPC channels do not survive fork
-    queue = context.Queue()
-    workers = [context.Process(target=_client_loop, args=(port, seconds, i, queue)) for i in range(clients)]
-    for w in workers:
-        w.start()
-    total = sum(queue.get(timeout=seconds + 120) for _ in workers)
-    for w in workers:
-        w.join()
-    return total / seconds
-
-
-BATCHING = ("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 0 }\n"
-            "num_batch_threads { value: 2 }\npad_variable_length_inputs: true\n")
-
-
-def batching_benchmark(results: Results, model, config: Config, quick: bool) -> None:
-    """The same server with and without --enable_batching, in one run: the ratios are the targets."""
-    off = server_benchmark(results, model, config, quick, label=", batching off")
-    with tempfile.NamedTemporaryFile("w", suffix=".config", delete=False) as handle:
-        handle.write(BATCHING)
-    try:
-        on = server_benchmark(results, model, config, quick, label=", batching on",
-                              server_flags=["--enable_batching", "--batching_parameters_file", handle.name])
-    finally:
-        Path(handle.name).unlink()
-    most = max(k for k in on if isinstance(k, int))
-    results.add(f"throughput at {most} clients: batching on / off", on[most] / off[most], "x", ">= 2",
-                note=f"{on[most]:.0f} vs {off[most]:.0f} req/s")
-    results.add("p99 at 1 client: batching on / off", on["p99"] / off["p99"], "x", "<= 1.2",
-                note=f"{on['p99']:.2f} vs {off['p99']:.2f} ms")
-
-
 def warmup_benchmark(results: Results, model, config: Config, trials: int = 2, n: int = 100_000) -> None:
     """The first request a new version answers, loaded with and without TF Serving's warm-up
     file (``serving.warmup``), as the model manager loads a hot-swapped version."""
@@ -355,7 +250,9 @@ def main(argv=None) -> int:
     config = small_config(args.preset)
     towers = small_towers(args.preset).model
     served_list_benchmark(results, towers, config, args.quick)
-    batching_benchmark(results, towers, config, args.quick)
+    from bench.serving_profile import batching_profile  # it builds on this module's helpers
+
+    batching_profile(results, towers, config, args.quick)
     warmup_benchmark(results, towers, config, n=20_000 if args.quick else 100_000)
     results.write(args.results_dir)
     return 0

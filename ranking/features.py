@@ -3,7 +3,8 @@
 same per-batch values (``Batch``).
 
 Inputs: ``query`` (b, e) query embedding, ``history`` (b, H) item rows (right-aligned, 0 =
-padding), ``candidates`` (b, L) item rows. Output: (b, L, F), the configured features in order.
+padding), ``candidates`` (b, L) item rows, and optionally each source's scores of the candidates
+(``source_input``). Output: (b, L, F), the configured features in order.
 The tables (``ranking.tables.FeatureTables``) are non-trainable weights, so a saved model carries
 them; a ranker over another view of the same catalogue is another ``RankingFeatures`` sharing the
 network (``RankingModel.in_view``). Training batches on lists mined without a label view may pass
@@ -59,6 +60,12 @@ class Batch:
         return tf.gather(self.last, self.domain, batch_dims=1)
 
 
+def source_input(name: str) -> str:
+    """The optional input that carries source ``name``'s scores of the candidates, (b, L), when
+    the caller has them (``ranking.source_scores.Reached.of``); otherwise the ranker computes them."""
+    return f"{name}_score"
+
+
 def list_rank(scores, candidates):
     """(b, L) each candidate's 0-based place in its list by ``scores``, / L (padding last)."""
     scores = tf.where(candidates > 0, scores, -np.inf)
@@ -100,7 +107,8 @@ def _recency(b: Batch):
 
 
 def _source(name: str, b: Batch):
-    score = b.layer.source_scores(name, b.history).of(b.candidates)  # (b, L), 0 for padding
+    given = b.inputs.get(source_input(name))  # the served list's, from the items it proposed from
+    score = given if given is not None else b.layer.source_scores(name, b.history).of(b.candidates)  # (b, L)
     return tf.stack([tf.math.log1p(score), tf.cast(score > 0, tf.float32), list_rank(score, b.candidates)], axis=-1)
 
 

@@ -8,7 +8,8 @@ score, for a source's top-k proposals. ``of`` scores the ranker's candidates: a 
 sum where the catalogue is small (the student on the built-in data: 601k candidates/s, against
 319k by lookups) and it fits ``DENSE_BUDGET``, else a lookup in each history item's row, kept in
 item order (``sorted_rows``), whose memory follows the request (level with the sum or faster at
-100k items).
+100k items). The served list scores its candidates from the ``Reached`` items it proposed from
+(one sort per source and request, the same numbers).
 """
 
 from __future__ import annotations
@@ -86,9 +87,10 @@ class SourceScores:
         weight = tf.where(hit, tf.gather(tf.reshape(self.weight, [-1, width]), position, batch_dims=1), 0.0)
         return tf.reduce_sum(tf.reshape(weight, [self.batch, self.horizon, length]), axis=1)
 
-    def reached(self):
-        """(b, N) item rows and scores: every reached item once (its other entries and padding: 0).
-        The H x M entries sorted by item, each item's run summed (``unsorted_segment_sum``)."""
+    def reached(self) -> Reached:
+        """Every item the histories reach, with its summed score (``Reached``): the H x M entries
+        sorted by item, each item's run summed (``unsorted_segment_sum``, in entry order: the same
+        sums as ``of``'s)."""
         batch = self.batch
         weight = tf.reshape(self.weight, [batch, -1])
         items = tf.where(weight > 0, tf.reshape(self.neighbours, [batch, -1]), 0)
@@ -102,6 +104,34 @@ class SourceScores:
         run = tf.cumsum(tf.cast(first, tf.int32), axis=1) - 1  # (b, N) each entry's item, per row
         total = tf.math.unsorted_segment_sum(tf.gather(weight, order, batch_dims=1),
                                              run + tf.range(batch)[:, None] * width, batch * width)
-        total = tf.gather(tf.reshape(total, [batch, width]), run, batch_dims=1)
-        keep = first & (items > 0)
-        return tf.where(keep, items, 0), tf.where(keep, total, 0.0)
+        return Reached(items, tf.gather(tf.reshape(total, [batch, width]), run, batch_dims=1), first)
+
+
+class Reached:
+    """What a batch of histories reaches under one source (``SourceScores.reached``): ``items``
+    (b, N) ascending (0s first: padding and unreached entries), one entry per neighbour entry that
+    reaches an item; ``totals`` (b, N) each entry's item's summed score; ``first`` (b, N) whether
+    the entry is its item's first. The served list proposes from it and scores its merged
+    candidates by it (``of``), so a request sorts each source's entries once."""
+
+    def __init__(self, items, totals, first):
+        self.items, self.totals, self.first = items, totals, first
+
+    def unique(self):
+        """(b, N) item rows and scores: every reached item once (its other entries and padding: 0)."""
+        keep = self.first & (self.items > 0)
+        return tf.where(keep, self.items, 0), tf.where(keep, self.totals, 0.0)
+
+    def of(self, candidates):
+        """(b, L) each candidate row's score (0 = not reached, or padding): ``SourceScores.of``'s
+        numbers, by a search of the sorted items."""
+        candidates = tf.cast(candidates, tf.int32)
+        position = tf.minimum(tf.searchsorted(self.items, candidates, side="left"), tf.shape(self.items)[1] - 1)
+        hit = (tf.gather(self.items, position, batch_dims=1) == candidates) & (candidates > 0)
+        return tf.where(hit, tf.gather(self.totals, position, batch_dims=1), 0.0)
+
+    def repeat(self, repeats: int) -> Reached:
+        """Each row ``repeats`` times in a row (the feed asks one history of every domain)."""
+        if repeats == 1:
+            return self
+        return Reached(*(tf.repeat(t, repeats, axis=0) for t in (self.items, self.totals, self.first)))

@@ -99,9 +99,12 @@ def _merge_key(arrays: dict[str, np.ndarray], pad: bool) -> tuple:
 class Batcher:
     """Queues per (model, version, signature, merge key) and the threads that run their batches."""
 
-    def __init__(self, options: BatchingOptions, on_batch=None):
+    def __init__(self, options: BatchingOptions, on_batch=None, on_stage=None):
         self.options = options
         self.on_batch = on_batch  # on_batch(model_name, signature_name, rows): for metrics
+        # on_stage(model_name, stage, seconds): each request's "queue" wait, each batch's "merge",
+        # "signature" and "split" (serving.monitoring.STAGES)
+        self.on_stage = on_stage
         self._queues: dict[tuple, deque[_Task]] = {}
         self._cond = threading.Condition()
         self._stopping = False
@@ -174,6 +177,7 @@ class Batcher:
             _, batch = taken
             model, signature_name, function = batch[0].call  # held by the tasks only: an unloaded
             # version is freed once its last request is answered
+            self._stage(model, "queue", *(time.monotonic() - t.enqueued for t in batch))
             try:
                 self._run_batch(model, signature_name, function, batch)
             except Exception as exc:  # never lose a waiting request
@@ -182,8 +186,14 @@ class Batcher:
                         task.error = exc
                         task.done.set()
 
+    def _stage(self, model, stage: str, *seconds: float) -> None:
+        if self.on_stage is not None:
+            for value in seconds:
+                self.on_stage(model.name, stage, value)
+
     def _run_batch(self, model, signature_name, function, batch: list[_Task]) -> None:
         rows = [t.rows for t in batch]
+        started = time.perf_counter()
         merged = _concatenate([t.arrays for t in batch], self.options.pad_variable_length_inputs)
         total = sum(rows)
         size = next((s for s in self.options.allowed_batch_sizes if s >= total), total)
@@ -192,6 +202,8 @@ class Batcher:
                       for k, a in merged.items()}
         if self.on_batch is not None:
             self.on_batch(model.name, signature_name, size)
+        merging = time.perf_counter()
+        self._stage(model, "merge", merging - started)
         try:
             outputs = call_signature(function, merged)
         except ServingError:
@@ -204,10 +216,14 @@ class Batcher:
                     task.error = error
                 task.done.set()
             return
+        splitting = time.perf_counter()
+        self._stage(model, "signature", splitting - merging)
         start = 0
         for task in batch:
             task.result = {k: v[start:start + task.rows] for k, v in outputs.items()}
             start += task.rows
+        self._stage(model, "split", time.perf_counter() - splitting)
+        for task in batch:
             task.done.set()
 
 

@@ -47,6 +47,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             version, label = _spec_version(request.model_spec)
             model = self.predictor.model(request.model_spec.name, version, label)
+            decoding = time.perf_counter()
             inputs = {}
             for key, proto in request.inputs.items():
                 if proto.tensor_shape.unknown_rank:
@@ -57,6 +58,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     inputs[key] = tf.make_ndarray(proto)
                 except Exception as exc:
                     raise invalid(f"input {key!r}: not a valid TensorProto ({type(exc).__name__}: {exc})") from None
+            self.predictor.observe_stage(model, "decode", time.perf_counter() - decoding)
             if not context.is_active():  # the client gave up (deadline or cancel): skip the work
                 raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline expired before it ran")
             outputs = self.predictor.predict(model, request.model_spec.signature_name, inputs,
@@ -67,12 +69,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         except Exception:
             observe("UNKNOWN")
             raise
+        encoding = time.perf_counter()
         response = predict_pb2.PredictResponse()
         response.model_spec.name = model.name
         response.model_spec.version.value = model.version
         response.model_spec.signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tensor_proto(value))
+        self.predictor.observe_stage(model, "encode", time.perf_counter() - encoding)
         observe("OK")
         return response
 

@@ -7,6 +7,11 @@ REST port at the path of TF Serving's ``--monitoring_config_file``
 - ``crossrec_serving_request_latency_seconds{model, signature, api}``: their latency (histogram);
 - ``crossrec_serving_batch_size{model, signature}``: rows per signature call (histogram; with
   server-side batching, rows of the merged call);
+- ``crossrec_serving_stage_seconds{model, stage}``: where a Predict's time goes in the server
+  (``STAGES``; ``bench.serving_profile`` reads it): per request ``decode`` (the request's tensors
+  to arrays), ``check`` (names, types, shapes, limits), ``queue`` (waiting for a batch thread, with
+  batching) and ``encode`` (the answer's arrays to tensors); per signature call ``merge`` and
+  ``split`` (with batching) and ``signature`` (the model itself, with its input and output copies);
 - ``crossrec_serving_model_versions{model, state}``: versions per state (AVAILABLE, LOADING, END);
 - ``crossrec_serving_model_version_available{model, version}``: 1 for each version served;
 - ``crossrec_serving_model_load_failures_total{model}``: failed loads (retries included);
@@ -43,6 +48,8 @@ ANSWER_QUEUE = 10_000
 _START = threading.Lock()
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+STAGES = ("decode", "check", "queue", "merge", "signature", "split", "encode")
+STAGE_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, *LATENCY_BUCKETS[1:])
 
 
 def metrics_path(config_file: str | Path | None) -> str | None:
@@ -96,6 +103,8 @@ class ServingMetrics:
                                  ["model", "signature", "api"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("crossrec_serving_batch_size", "Rows per signature call",
                                     ["model", "signature"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.stage = Histogram("crossrec_serving_stage_seconds", "Time in each stage of a Predict in the server",
+                               ["model", "stage"], buckets=STAGE_BUCKETS, registry=self.registry)
         self.registry.register(_ModelCollector(manager))
         self.answers = AnswerMetrics(self.registry, manager, AddedItems(manager))
         # answers are observed on a thread of their own: right after a signature ran, TensorFlow's
@@ -112,6 +121,11 @@ class ServingMetrics:
 
     def observe_batch(self, model: str, signature: str, rows: int) -> None:
         self.batch_size.labels(model, signature or "serving_default").observe(rows)
+
+    def observe_stage(self, model: str, stage: str, seconds: float) -> None:
+        """``seconds`` spent in ``stage`` (one of ``STAGES``) by a request or a signature call of a
+        served ``model`` (a name the server serves: the label's values stay bounded)."""
+        self.stage.labels(model, stage).observe(seconds)
 
     def observe_answer(self, model, signature: str, inputs: dict, outputs: dict) -> None:
         """Queues what one Predict answered for ``serving.answer_metrics`` (at most ``ANSWER_QUEUE``

@@ -4,6 +4,8 @@ the field. Shared by the gRPC and REST front ends."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import tensorflow as tf
@@ -42,6 +44,10 @@ class Predictor:
         self.metrics.observe_request(api, known, None if model is None else model.version,
                                      self.signature_label(model, signature_name), code, seconds)
 
+    def observe_stage(self, model: LoadedModel, stage: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_stage(model.name, stage, seconds)
+
     def model(self, name: str, version: int | None = None, label: str | None = None) -> LoadedModel:
         try:
             return self.manager.get(name, version, label)
@@ -49,6 +55,7 @@ class Predictor:
             raise ServingError(grpc.StatusCode.NOT_FOUND, exc.args[0]) from None
 
     def predict(self, model: LoadedModel, signature_name: str, inputs: dict, output_filter=()) -> dict:
+        started = time.perf_counter()
         signature_name = signature_name or DEFAULT_SIGNATURE
         function = model.signatures.get(signature_name)
         if function is None:
@@ -90,12 +97,15 @@ class Predictor:
                               f"{sorted(function.structured_outputs)}")
         arrays = {name: np.asarray(array, dtype=object if specs[name].dtype == tf.string
                                    else specs[name].dtype.as_numpy_dtype) for name, array in tensors.items()}
+        self.observe_stage(model, "check", time.perf_counter() - started)
         if self.batcher is not None:
             outputs = self.batcher.run(model, signature_name, function, arrays)
         else:
             if self.metrics is not None:
                 self.metrics.observe_batch(model.name, signature_name, max(batch) if batch else 1)
+            started = time.perf_counter()
             outputs = call_signature(function, arrays)
+            self.observe_stage(model, "signature", time.perf_counter() - started)
         if self.metrics is not None:
             self.metrics.observe_answer(model, signature_name, arrays, outputs)
         return {k: v for k, v in outputs.items() if not output_filter or k in output_filter}

@@ -152,7 +152,8 @@ class Server:
             server.stop(None)
             raise
         if o.batching is not None:
-            self.batcher = self.predictor.batcher = Batcher(o.batching, on_batch=self.metrics.observe_batch)
+            self.batcher = self.predictor.batcher = Batcher(o.batching, on_batch=self.metrics.observe_batch,
+                                                             on_stage=self.metrics.observe_stage)
         self.manager.start(o.poll_seconds)
         server.start()
         self.grpc_server = server

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from crossrec.errors import ConfigError
+from ranking.features import source_input
 from ranking.policy import served_scores, with_popularity_prior
 from ranking.source_scores import sorted_member
 from serving.lookups import UNKNOWN_SCORE, item_keys
@@ -145,8 +146,10 @@ class RankedQueryModule(QueryModule):
         super().__init__(parts, name)
         self.ranker = parts.ranker
 
-    def _rank(self, query, rows, candidates):
-        out = self.ranker({"query": query, "history": rows, "candidates": candidates}, training=False)
+    def _rank(self, query, rows, candidates, given=None):
+        """The ranker's outputs; ``given``: inputs it would otherwise compute (``source_input``)."""
+        out = self.ranker({"query": query, "history": rows, "candidates": candidates, **(given or {})},
+                          training=False)
         known = candidates > 0
         rating = out.get("rating", tf.zeros_like(out["engagement"]))  # a ranker trained without ratings: 0
         return {"engagement": tf.where(known, out["engagement"], UNKNOWN_SCORE),
@@ -201,15 +204,19 @@ class RecommenderModule(RankedQueryModule):
             tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")],
             autograph=False)
 
-    def _proposals(self, rows, target, exclude_history, repeats: int = 1):
-        """(b, S * source_candidates) item rows proposed by the sources (0 = none): each source's
-        best-scored items of the target domain that the history reaches (``ranking.source_scores``).
+    def _reached(self, rows, repeats: int = 1) -> dict:
+        """Source name -> what the histories reach (``ranking.source_scores.Reached``), (b, N).
         ``repeats``: each history comes in that many consecutive rows (the feed's domains), scored once."""
+        return {name: self.ranker.features.source_scores(name, rows[::repeats]).reached().repeat(repeats)
+                for name in self.source_names}
+
+    def _proposals(self, reached: dict, rows, target, exclude_history):
+        """(b, S * source_candidates) item rows proposed by the sources (0 = none): each source's
+        best-scored items of the target domain that the history reaches (``reached``)."""
         width = int(min(self.source_candidates, self.lookups.item_served.shape[0]))
         found = []
         for name in self.source_names:
-            reached = self.ranker.features.source_scores(name, rows[::repeats]).reached()  # (b / repeats, N)
-            items, scores = (tf.repeat(t, repeats, axis=0) for t in reached)
+            items, scores = reached[name].unique()
             allowed = tf.equal(tf.gather(self.lookups.item_served, items), target[:, None])
             allowed &= ~(exclude_history[:, None] & sorted_member(items, rows))
             top, picked = tf.math.top_k(tf.where(allowed, scores, 0.0), k=tf.minimum(width, tf.shape(items)[1]))
@@ -231,10 +238,12 @@ class RecommenderModule(RankedQueryModule):
         the scores whose descending order is the served order (``ranking.policy``); ``repeats`` as
         in ``_proposals``."""
         _, found = self._retrieve(query, rows, target, exclude_history, self.candidates)
-        if self.source_names:
-            proposals = self._proposals(rows, target, exclude_history, repeats)
+        reached = self._reached(rows, repeats)
+        if reached:
+            proposals = self._proposals(reached, rows, target, exclude_history)
             found = self._drop_duplicates(tf.concat([found, proposals], axis=1))
-        ranked = self._rank(query, rows, found)["engagement"]
+        given = {source_input(name): r.of(found) for name, r in reached.items()}  # each source sorted once
+        ranked = self._rank(query, rows, found, given)["engagement"]
         towers = tf.reduce_sum(query[:, None, :] * self.lookups.embedding_rows(found), axis=-1)
         popularity = self.ranker.features.tables["popularity"]
         cold = self._history_counts(rows, target)["history_in_domain"] == 0

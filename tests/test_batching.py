@@ -63,15 +63,18 @@ def test_the_parameters_file_is_tf_servings_text_proto(tmp_path):
 
 
 def test_concurrent_requests_merge_into_one_call_and_split_back():
-    sizes = []
+    sizes, stages = [], []
     batcher = Batcher(BatchingOptions(max_batch_size=12, batch_timeout_micros=2_000_000, num_batch_threads=1),
-                      on_batch=lambda model, signature, rows: sizes.append(rows))
+                      on_batch=lambda model, signature, rows: sizes.append(rows),
+                      on_stage=lambda model, stage, seconds: stages.append(stage))
     try:
         inputs = [{"x": np.arange(i, i + 3, dtype=np.float32)} for i in range(4)]  # 4 requests x 3 rows
         results, errors = _concurrently(batcher, inputs)
     finally:
         batcher.stop()
     assert errors == [None] * 4 and sizes == [12]  # one call of all 12 rows
+    # each request's wait in the queue, the batch's merge, signature call and split once
+    assert sorted(stages) == sorted(["queue"] * 4 + ["merge", "signature", "split"])
     for given, got in zip(inputs, results, strict=True):
         np.testing.assert_array_equal(got["y"], 2 * given["x"])
         assert got["rows"].tolist() == [12, 12, 12]  # it really ran as one batch

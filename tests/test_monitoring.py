@@ -99,6 +99,12 @@ def test_requests_latency_batches_and_model_states_are_counted(tiny_exported, tm
         assert _value(samples, latency, model="retrieval", api="grpc") == 3
         assert _value(samples, "crossrec_serving_batch_size_count", model="retrieval") == 2  # the refused k ran nothing
         assert _value(samples, "crossrec_serving_batch_size_sum", model="retrieval") == 4  # two rows each
+        # where the time went: per request decode, check, encode; per call the signature (no batching)
+        stage = "crossrec_serving_stage_seconds_count"
+        assert _value(samples, stage, model="retrieval", stage="decode") == 3  # the refused k was decoded
+        assert _value(samples, stage, model="retrieval", stage="signature") == 2
+        assert _value(samples, stage, model="retrieval", stage="encode") == 2
+        assert _value(samples, "crossrec_serving_stage_seconds_sum", model="retrieval", stage="signature") > 0
         assert _value(samples, "crossrec_serving_model_versions", model="retrieval", state="AVAILABLE") == 1
         assert _value(samples, "crossrec_serving_model_versions", model="retrieval", state="END") == 1
         assert _value(samples, "crossrec_serving_model_version_available", model="recommender", version="1") == 1

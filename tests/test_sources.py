@@ -281,7 +281,13 @@ def test_the_graphs_sparse_source_scores_equal_the_numpy_table():
                               dense_budget=budget)
         np.testing.assert_allclose(scores.of(tf.constant(candidates, tf.int32)).numpy(),
                                    np.take_along_axis(dense, candidates, 1), rtol=1e-6)
-    items, values = (t.numpy() for t in scores.reached())
+    reached = scores.reached()
+    # the served list scores its candidates from what it proposed from: the same numbers, exactly
+    for budget in (10**9, 0):
+        alone = SourceScores(tf.constant(table.neighbours), tf.constant(table.weights), 1.0, tf.constant(history),
+                             dense_budget=budget).of(tf.constant(candidates, tf.int32)).numpy()
+        np.testing.assert_array_equal(reached.of(tf.constant(candidates, tf.int32)).numpy(), alone)
+    items, values = (t.numpy() for t in reached.unique())
     for row in range(len(history)):
         reached = items[row] > 0
         assert sorted(items[row][reached]) == list(np.flatnonzero(dense[row]))  # each reached item once
