@@ -8,9 +8,8 @@
 - Over gRPC: ``crossrec serve`` in its own process with batching off and on, asked by 1, 4 and 8
   client processes: throughput, the clients' p50, and the server's own account of each request
   (``crossrec_serving_stage_seconds``, ``serving.monitoring.STAGES``, scraped before and after):
-  decode, check, queue, merge, signature, split and encode per request (a batch's merge,
-  signature and split shared by its requests), and what is left of the clients' latency (gRPC,
-  protobuf, the client itself).
+  decode, check, queue, merge, signature, split and encode, each as long as the request waited
+  through it (a batch's signature call counts for each of its requests).
 The model is bench.serving's: the real user tower and an untrained student over 100k synthetic items.
 """
 
@@ -28,13 +27,15 @@ import numpy as np
 import tensorflow as tf
 
 from bench.common import Results, bench_parser
-from bench.serving import export_synthetic, request_inputs, small_config, small_towers
+from bench.serving import _percentiles, export_synthetic, request_inputs, small_config, small_towers
 
 ROWS = (1, 8, 32)
 CLIENTS = (1, 4, 8)
-# the server's batching file: batches as large as the queue holds, no waiting for more
+# the server's batching file: batches as large as the queue holds, no waiting for more, one batch
+# at a time (a merged call uses every core by itself; at 8 clients on 2 cores one thread formed
+# batches of 3.95 rows and served 380 req/s, two threads 2.3 rows and 356 req/s: docs/serving.md)
 BATCHING = ("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 0 }\n"
-            "num_batch_threads { value: 2 }\npad_variable_length_inputs: true\n")
+            "num_batch_threads { value: 1 }\npad_variable_length_inputs: true\n")
 
 
 def batch_inputs(rows: int, seed: int, n: int, feed: bool = False) -> dict:
@@ -56,14 +57,7 @@ def rows_profile(results: Results, path: Path, n: int, calls: int) -> None:
         per_row = {}
         for rows in ROWS:
             asks = [batch_inputs(rows, 100 * s, n, signature == "feed") for s in range(4)]
-            for ask in asks:
-                function(**ask)
-            times = []
-            for i in range(calls):
-                start = time.perf_counter()
-                {k: v.numpy() for k, v in function(**asks[i % len(asks)]).items()}
-                times.append(time.perf_counter() - start)
-            per_call = 1000 * float(np.median(times))
+            per_call = _percentiles(function, asks, calls)[0]
             per_row[rows] = per_call / rows
             results.add(f"{signature}, {rows} rows per call, in-process p50", per_call, "ms",
                         note=f"{per_row[rows]:.3f} ms per row")
@@ -131,18 +125,18 @@ def _load(port: int, rest_port: int, clients: int, seconds: float) -> dict:
             "rows_per_call": delta("rows", 0) / max(delta("rows", 1), 1)}
 
 
-def server_profile(results: Results, base: Path, quick: bool, batching: bool) -> dict:
-    """``crossrec serve`` over the models under ``base``, batching on or off, asked by each number
-    of clients in turn: {clients: ``_load``'s measures}, each added to ``results``."""
+def server_profile(results: Results, base: Path, quick: bool, batching: str | None, label: str) -> dict:
+    """``crossrec serve`` over the models under ``base``, with ``batching`` (a batching parameters
+    file's text; None: off), asked by each number of clients in turn: {clients: ``_load``'s
+    measures}, each added to ``results`` as "batching <label>"."""
     from serving.server import free_port
 
-    label = "on" if batching else "off"
     with tempfile.TemporaryDirectory() as tmp:
         monitoring = Path(tmp) / "monitoring.config"
         monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
         flags = ["--monitoring_config_file", str(monitoring)]
         if batching:
-            (Path(tmp) / "batching.config").write_text(BATCHING)
+            (Path(tmp) / "batching.config").write_text(batching)
             flags += ["--enable_batching", "--batching_parameters_file", str(Path(tmp) / "batching.config")]
         port, rest_port = free_port(), free_port()
         server = subprocess.Popen([sys.executable, "-m", "crossrec", "serve", "--model_base_path", str(base),
@@ -181,8 +175,8 @@ def batching_profile(results: Results, model, config, quick: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = export_synthetic(model, config, n, Path(tmp))
         rows_profile(results, path, n, 20 if quick else 200)
-        off = server_profile(results, Path(tmp), quick, batching=False)
-        on = server_profile(results, Path(tmp), quick, batching=True)
+        off = server_profile(results, Path(tmp), quick, None, "off")
+        on = server_profile(results, Path(tmp), quick, BATCHING, "on")
     most = max(off)
     results.add(f"throughput at {most} clients: batching on / off", on[most]["throughput"] / off[most]["throughput"],
                 "x", ">= 1.5", note=f"{on[most]['throughput']:.0f} vs {off[most]['throughput']:.0f} req/s")

@@ -102,8 +102,8 @@ class Batcher:
     def __init__(self, options: BatchingOptions, on_batch=None, on_stage=None):
         self.options = options
         self.on_batch = on_batch  # on_batch(model_name, signature_name, rows): for metrics
-        # on_stage(model_name, stage, seconds): each request's "queue" wait, each batch's "merge",
-        # "signature" and "split" (serving.monitoring.STAGES)
+        # on_stage(model_name, stage, seconds): per request, its "queue" wait and its batch's
+        # "merge", "signature" and "split" (which each of the batch's requests waited through)
         self.on_stage = on_stage
         self._queues: dict[tuple, deque[_Task]] = {}
         self._cond = threading.Condition()
@@ -203,7 +203,7 @@ class Batcher:
         if self.on_batch is not None:
             self.on_batch(model.name, signature_name, size)
         merging = time.perf_counter()
-        self._stage(model, "merge", merging - started)
+        self._stage(model, "merge", *[merging - started] * len(batch))
         try:
             outputs = call_signature(function, merged)
         except ServingError:
@@ -217,12 +217,12 @@ class Batcher:
                 task.done.set()
             return
         splitting = time.perf_counter()
-        self._stage(model, "signature", splitting - merging)
+        self._stage(model, "signature", *[splitting - merging] * len(batch))
         start = 0
         for task in batch:
             task.result = {k: v[start:start + task.rows] for k, v in outputs.items()}
             start += task.rows
-        self._stage(model, "split", time.perf_counter() - splitting)
+        self._stage(model, "split", *[time.perf_counter() - splitting] * len(batch))
         for task in batch:
             task.done.set()
 

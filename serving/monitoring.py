@@ -8,10 +8,11 @@ REST port at the path of TF Serving's ``--monitoring_config_file``
 - ``crossrec_serving_batch_size{model, signature}``: rows per signature call (histogram; with
   server-side batching, rows of the merged call);
 - ``crossrec_serving_stage_seconds{model, stage}``: where a Predict's time goes in the server
-  (``STAGES``; ``bench.serving_profile`` reads it): per request ``decode`` (the request's tensors
-  to arrays), ``check`` (names, types, shapes, limits), ``queue`` (waiting for a batch thread, with
-  batching) and ``encode`` (the answer's arrays to tensors); per signature call ``merge`` and
-  ``split`` (with batching) and ``signature`` (the model itself, with its input and output copies);
+  (``STAGES``; ``bench.serving_profile`` reads it), observed once per request: ``decode`` (the
+  request's tensors to arrays), ``check`` (names, types, shapes, limits), ``queue`` (waiting for
+  a batch thread, with batching), ``merge`` and ``split`` (its batch's, with batching),
+  ``signature`` (the model call it waited for, with its input and output copies) and ``encode``
+  (the answer's arrays to tensors);
 - ``crossrec_serving_model_versions{model, state}``: versions per state (AVAILABLE, LOADING, END);
 - ``crossrec_serving_model_version_available{model, version}``: 1 for each version served;
 - ``crossrec_serving_model_load_failures_total{model}``: failed loads (retries included);

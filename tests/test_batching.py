@@ -73,8 +73,8 @@ def test_concurrent_requests_merge_into_one_call_and_split_back():
     finally:
         batcher.stop()
     assert errors == [None] * 4 and sizes == [12]  # one call of all 12 rows
-    # each request's wait in the queue, the batch's merge, signature call and split once
-    assert sorted(stages) == sorted(["queue"] * 4 + ["merge", "signature", "split"])
+    # per request: its wait in the queue and the merge, signature call and split it waited through
+    assert sorted(stages) == sorted(["queue", "merge", "signature", "split"] * 4)
     for given, got in zip(inputs, results, strict=True):
         np.testing.assert_array_equal(got["y"], 2 * given["x"])
         assert got["rows"].tolist() == [12, 12, 12]  # it really ran as one batch
