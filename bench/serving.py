@@ -94,6 +94,7 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
     and an untrained student ranker, as version 1 under ``out/<name>/``."""
     import json
 
+    from ranking.served_list import ServedListSpec
     from ranking.sources import NeighbourTable
     from ranking.tables import FeatureTables
     from ranking.train import build_ranker
@@ -108,7 +109,8 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
     catalogue = synthetic_catalogue(n, domains)
     e = config.towers.embedding_dim
     vectors = np.concatenate([np.zeros((1, e), np.float32), clustered_vectors(n, e)])
-    parts = ExportParts(config, catalogue, model, vectors, Lookups(catalogue, vectors, config.towers.history_length))
+    parts = ExportParts(config, catalogue, model, vectors, Lookups(catalogue, vectors, config.towers.history_length),
+                        served_list=ServedListSpec.from_config(config, 0.0))
     parts.index = DomainIndex(catalogue, vectors, k=max(config.export.max_k, config.ranking.candidates),
                               history_length=config.towers.history_length, kind=config.export.index)
     rng = np.random.default_rng(0)  # neighbour tables of the configured width, random: same cost as real ones

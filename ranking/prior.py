@@ -7,6 +7,8 @@ ranking run's summary and the export's metadata."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from crossrec.config import Config
 from crossrec.data.splits import COLD_START
 from crossrec.errors import ConfigError
@@ -14,6 +16,7 @@ from crossrec.metrics import per_query
 from ranking.evaluate import list_ranks
 from ranking.model import RankingModel
 from ranking.scoring import served_order
+from ranking.served_list import ServedListSpec
 
 GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -29,8 +32,9 @@ def choose_cold_start_popularity(served: RankingModel, data, config: Config) -> 
     if not lists:
         return 0.0, {"chosen": 0.0, "why": "no cross-domain cold-start validation lists to choose on"}
     scores = {}
+    spec = ServedListSpec.from_config(config, 0.0)
     for weight in GRID:
-        order = served_order(served, lists[0], data.tables, config.ranking.new_items, weight)
+        order = served_order(served, lists[0], data.tables, replace(spec, cold_start_popularity=weight))
         scores[weight] = float(per_query(list_ranks(lists[0], order), "ndcg@10").mean())
     best = max(scores, key=scores.__getitem__)
     chosen = best if scores[best] > scores[0.0] * (1 + config.towers.auto_margin) else 0.0

@@ -13,6 +13,7 @@ from crossrec.config import Config
 from ranking.candidates import CandidateLists
 from ranking.model import ENGAGEMENT, RATING, RankingModel
 from ranking.policy import served_scores, with_popularity_prior
+from ranking.served_list import ServedListSpec
 from ranking.tables import FeatureTables
 
 
@@ -49,12 +50,11 @@ def cold_start_queries(lists: CandidateLists, tables: FeatureTables) -> np.ndarr
     return ~in_domain.any(axis=1)
 
 
-def served_order(model: RankingModel, lists: CandidateLists, tables: FeatureTables, new_items: str,
-                 cold_start_popularity: float = 0.0) -> np.ndarray:
-    """(n, L) scores in the order the ``recommender`` SavedModel serves each list."""
+def served_order(model: RankingModel, lists: CandidateLists, tables: FeatureTables, spec: ServedListSpec) -> np.ndarray:
+    """(n, L) scores in the order the ``recommender`` SavedModel serves each list under ``spec``."""
     scores = with_popularity_prior(score_lists(model, lists), lists.candidates, tables.popularity,
-                                   cold_start_queries(lists, tables), cold_start_popularity).numpy()
-    if new_items != "retrieval_rank":
+                                   cold_start_queries(lists, tables), spec.cold_start_popularity).numpy()
+    if spec.new_items != "retrieval_rank":
         return scores
     is_new = tables.popularity[lists.candidates] <= 0
     return served_scores(scores, np.where(lists.candidates > 0, lists.retrieval_scores, -np.inf), lists.candidates,

@@ -38,6 +38,7 @@ from ranking.mining import RankingData, mine_ranking_data
 from ranking.model import ENGAGEMENT, RATING, RankingFeatures, RankingModel
 from ranking.prior import choose_cold_start_popularity
 from ranking.scoring import score_lists, served_order, served_ranker, target_ratings
+from ranking.served_list import ServedListSpec
 from ranking.tables import FeatureTables
 
 MONITOR = "val_ndcg_at_10"
@@ -175,8 +176,8 @@ class RankingRun:
     histories: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     out_dir: Path | None = None
-    cold_start_popularity: float = 0.0  # the served order's popularity prior (ranking.prior)
-    prior_choice: dict | None = None  # its validation evidence when chosen (auto)
+    served_list: ServedListSpec = field(default_factory=ServedListSpec)  # what the served order is
+    prior_choice: dict | None = None  # the validation evidence of its cold-start prior when chosen (auto)
 
 
 def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, *, dataset: Dataset | None = None,
@@ -218,20 +219,22 @@ def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, 
         histories[STUDENT] = fit_ranker(student, ranking_data, config, out=out, name=STUDENT,
                                         teacher=teacher_scores, progress=progress)
         seconds[STUDENT] = round(time.perf_counter() - clock, 1)
-    weight, prior = choose_cold_start_popularity(served_ranker(teacher, student, config), ranking_data, config)
+    served = served_ranker(teacher, student, config)
+    weight, prior = choose_cold_start_popularity(served, ranking_data, config)
     config = replace(config, ranking=replace(config.ranking, cold_start_popularity=weight))
-    metrics = evaluate_rankers(teacher, student, ranking_data.test, ranking_data, config)
-    run = RankingRun(teacher, student, ranking_data, metrics, histories, seconds, out, weight, prior)
+    served_list = ServedListSpec.from_config(config)
+    metrics = evaluate_rankers(teacher, student, ranking_data.test, ranking_data, (served, served_list))
+    run = RankingRun(teacher, student, ranking_data, metrics, histories, seconds, out, served_list, prior)
     if out is not None:
         save_ranking(run, config)
     return run
 
 
 def evaluate_rankers(teacher: RankingModel, student: RankingModel | None, slices, data: RankingData,
-                     config: Config | None = None) -> pd.DataFrame:
-    """Retrieval order, teacher, student and the served list (the exported ranker's order under
-    ``ranking.new_items``, as the ``recommender`` SavedModel answers) on the same candidate lists
-    (see ``ranking.evaluate``)."""
+                     served: tuple[RankingModel, ServedListSpec] | None = None) -> pd.DataFrame:
+    """Retrieval order, teacher, student and, given ``served`` (the exported ranker and the
+    served list's spec), the served order as the ``recommender`` SavedModel answers, on the same
+    candidate lists (see ``ranking.evaluate``)."""
     orders = {RETRIEVAL_ORDER: lambda lists: lists.retrieval_scores, TEACHER: lambda lists: score_lists(teacher, lists)}
     ratings = {}
     if data.rating_mean is not None:
@@ -240,10 +243,9 @@ def evaluate_rankers(teacher: RankingModel, student: RankingModel | None, slices
         orders[STUDENT] = lambda lists: score_lists(student, lists)
         if data.rating_mean is not None:
             ratings[STUDENT] = lambda lists: target_ratings(student, lists)
-    if config is not None:
-        served = served_ranker(teacher, student, config)
-        orders[SERVED] = lambda lists: served_order(served, lists, data.tables, config.ranking.new_items,
-                                                    config.ranking.cold_start_popularity)
+    if served is not None:
+        ranker, spec = served
+        orders[SERVED] = lambda lists: served_order(ranker, lists, data.tables, spec)
     return rerank_metrics(orders, slices, data.catalogue, ratings=ratings)
 
 
@@ -262,7 +264,7 @@ def save_ranking(run: RankingRun, config: Config) -> None:
     data = run.data
     spec = {"num_items": int(data.catalogue.size), "embedding_dim": int(data.tables.item_embeddings.shape[1]),
             "domains": data.catalogue.domains, "rating_mean": data.rating_mean,
-            "history_length": config.towers.history_length, "cold_start_popularity": run.cold_start_popularity,
+            "history_length": config.towers.history_length, "served_list": run.served_list.to_dict(),
             "sources": [{"name": t.name, "width": int(t.neighbours.shape[1]), "position_decay": t.position_decay}
                         for t in data.tables.sources]}
     (out / "ranking_spec.json").write_text(json.dumps(spec, indent=2))

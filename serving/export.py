@@ -155,7 +155,7 @@ def _build_index(parts, recall_queries: np.ndarray | None) -> dict:
     ``recall_queries``, its recall against exact search and its search time."""
     config = parts.config
     export = config.export
-    k = max(export.max_k, config.ranking.candidates)
+    k = max(export.max_k, parts.served_list.candidates)
     parts.index = DomainIndex(parts.catalogue, parts.item_embeddings, k=k, history_length=config.towers.history_length,
                               kind=export.index, scann={"leaves": export.scann_leaves,
                                                         "leaves_to_search": export.scann_leaves_to_search,
@@ -177,7 +177,7 @@ def _metadata(name: str, number: int, module, parts, index_info: dict, state) ->
             "created": _now(),
             "signature": signature_description(module.serve),
             **({"feed_signature": signature_description(module.feed)} if hasattr(module, "feed") else {}),
-            "max_k": min(export.max_k, config.ranking.candidates) if name == "recommender" else export.max_k,
+            "max_k": min(export.max_k, parts.served_list.candidates) if name == "recommender" else export.max_k,
             **({"max_candidates": export.max_candidates} if name == "ranking" else {}),
             "domains": parts.lookups.served, "zero_shot_domains": parts.lookups.zero_shot,
             "history_length": config.towers.history_length,
@@ -250,7 +250,7 @@ def warmup_requests(name: str, parts) -> list[dict[str, np.ndarray]]:
             candidates = [i.encode() for d, i in history if d == domain] or [b""]
             return {"candidate_item_ids": np.array([candidates] * rows, dtype=object)}
     else:
-        limit = config.export.max_k if name == "retrieval" else min(config.export.max_k, config.ranking.candidates)
+        limit = config.export.max_k if name == "retrieval" else min(config.export.max_k, parts.served_list.candidates)
         def extra(rows, domain):
             return {"k": np.full(rows, min(10, limit), np.int32), "exclude_history": np.ones(rows, bool)}
     return history_requests(domains, history, config.towers.history_length, extra)

@@ -15,6 +15,7 @@ import crossrec.errors
 from crossrec.config import Config
 from crossrec.experiment import prepare_data
 from crossrec.features import Catalogue
+from ranking.served_list import ServedListSpec
 from serving.index import DomainIndex
 from serving.lookups import Lookups
 
@@ -29,8 +30,8 @@ class ExportParts:
     index: DomainIndex | None = None
     ranker: object | None = None
     metadata: dict = field(default_factory=dict)
-    # the served order's popularity prior for cold-start queries, as the ranking run chose it
-    cold_start_popularity: float = 0.0
+    # the served list as the ranking run chose and stored it (ranking.served_list)
+    served_list: ServedListSpec = field(default_factory=ServedListSpec)
 
 
 
@@ -59,7 +60,8 @@ def assemble_parts(model, catalogue: Catalogue, config: Config, retrieval_dir: s
     else:  # row 0 (padding) is never searched nor read unmasked: the towers' own value, as computed
         embeddings = np.concatenate([np.asarray(model.item_embeddings(np.zeros(1, np.int32)), np.float32), stored])
     parts = ExportParts(config, catalogue, model, embeddings,
-                        Lookups(catalogue, embeddings, config.towers.history_length, config.export.quantize))
+                        Lookups(catalogue, embeddings, config.towers.history_length, config.export.quantize),
+                        served_list=ServedListSpec.from_config(config, 0.0))  # the ranking run's, below
     summary = Path(retrieval_dir) / "run_summary.json"
     if summary.exists():
         run = json.loads(summary.read_text())
@@ -81,8 +83,9 @@ def assemble_parts(model, catalogue: Catalogue, config: Config, retrieval_dir: s
             if summary.get("cold_start_popularity"):  # chosen on validation (ranking.prior), with its evidence
                 parts.metadata["cold_start_popularity"] = summary["cold_start_popularity"]
         spec = Path(ranking_dir) / "ranking_spec.json"
-        if spec.exists():
-            parts.cold_start_popularity = float(json.loads(spec.read_text()).get("cold_start_popularity", 0.0))
+        stored = json.loads(spec.read_text()) if spec.exists() else {}
+        parts.served_list = ServedListSpec.stored(stored, config)
+        parts.metadata["served_list"] = parts.served_list.to_dict()
     return parts
 
 

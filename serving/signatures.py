@@ -184,22 +184,23 @@ class RankingModule(RankedQueryModule):
 
 
 class RecommenderModule(RankedQueryModule):
-    """Sources -> merge -> rank -> top k in one call: the towers' top ``ranking.candidates`` from
-    the index, then each candidate source's top ``ranking.source_candidates`` of the target
-    domain (its neighbour tables are the ranker's own weights), duplicates dropped, ranked by the
-    ranker; with ``ranking.new_items: retrieval_rank`` a new item keeps its place by the towers'
-    score (``ranking.policy``). ``scores`` are the ranker's. Only standard TensorFlow ops: stock
-    TF Serving loads it."""
+    """Sources -> merge -> rank -> top k in one call, shaped by the ranking run's
+    ``ranking.served_list.ServedListSpec``: the towers' top ``candidates`` from the index, then
+    each candidate source's top ``source_candidates`` of the target domain (its neighbour tables
+    are the ranker's own weights), duplicates dropped, ranked by the ranker; with ``new_items:
+    retrieval_rank`` a new item keeps its place by the towers' score (``ranking.policy``).
+    ``scores`` are the ranker's. Only standard TensorFlow ops: stock TF Serving loads it."""
 
     def __init__(self, parts: ExportParts):
         super().__init__(parts, "recommender")
         self.index = parts.index
         self.max_k = parts.config.export.max_k
-        self.candidates = int(min(parts.config.ranking.candidates, parts.index.k))
+        spec = parts.served_list
+        self.candidates = int(min(spec.candidates, parts.index.k))
         self.source_names = list(getattr(parts.ranker.features, "source_names", []))
-        self.new_item_policy = parts.config.ranking.new_items
-        self.cold_start_popularity = parts.cold_start_popularity
-        self.source_candidates = int(parts.config.ranking.source_candidates) if self.source_names else 0
+        self.new_item_policy = spec.new_items
+        self.cold_start_popularity = spec.cold_start_popularity
+        self.source_candidates = spec.source_candidates if self.source_names else 0
         self.serve = tf.function(self._serve_top, input_signature=_history_specs() + [
             tf.TensorSpec([None], tf.int32, name="k"), tf.TensorSpec([None], tf.bool, name="exclude_history")],
             autograph=False)

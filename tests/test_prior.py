@@ -13,6 +13,7 @@ from crossrec.data.splits import COLD_START
 from crossrec.errors import ConfigError
 from ranking.policy import with_popularity_prior
 from ranking.prior import GRID, choose_cold_start_popularity
+from ranking.served_list import ServedListSpec
 from tests.test_serving import assert_serves_in_order
 
 
@@ -71,7 +72,8 @@ def test_the_recommender_serves_the_prior_exactly_as_the_evaluator_measures_it(t
     ranking = tmp_path / "ranking"
     shutil.copytree(ranking_dir, ranking)
     spec = json.loads((ranking / "ranking_spec.json").read_text())
-    (ranking / "ranking_spec.json").write_text(json.dumps({**spec, "cold_start_popularity": 2.0}))
+    served_list = {**spec["served_list"], "cold_start_popularity": 2.0}
+    (ranking / "ranking_spec.json").write_text(json.dumps({**spec, "served_list": served_list}))
     result = export_models(retrieval_dir, tmp_path / "saved_models", ranking_dir=ranking, models=["recommender"],
                            progress=False)
     assert result is not None
@@ -82,9 +84,10 @@ def test_the_recommender_serves_the_prior_exactly_as_the_evaluator_measures_it(t
     cold = [q for q in data.test if q.slice == COLD_START][0].examples
     examples = cold.subset(np.flatnonzero((cold.history > 0).any(axis=1))[:6])
     lists = candidate_lists(run.model, examples, tables, data.catalogue, config.ranking)
-    with_prior = np.where(lists.candidates > 0, served_order(student, lists, tables, config.ranking.new_items, 2.0),
+    with_prior = np.where(lists.candidates > 0, served_order(student, lists, tables, ServedListSpec(**served_list)),
                           -np.inf)
-    without = np.where(lists.candidates > 0, served_order(student, lists, tables, config.ranking.new_items), -np.inf)
+    without = np.where(lists.candidates > 0, served_order(student, lists, tables, ServedListSpec.from_config(config, 0.0)),
+                       -np.inf)
     expected = np.take_along_axis(lists.candidates, np.argsort(-with_prior, axis=1, kind="stable"), 1)
     assert (expected != np.take_along_axis(lists.candidates, np.argsort(-without, axis=1, kind="stable"), 1)).any()
     _, *answers = assert_serves_in_order(tmp_path / "saved_models" / "recommender" / "1", data.catalogue, lists,

@@ -240,6 +240,7 @@ def assert_serves_in_order(model_dir, catalogue, lists, scores, k: int = 5) -> l
 def test_the_recommender_merges_the_sources_and_ranks_like_the_in_process_pipeline(exported, tiny_pipeline):
     from ranking.mining import candidate_lists, text_vectors
     from ranking.scoring import served_order
+    from ranking.served_list import ServedListSpec
     from ranking.tables import build_tables
     from ranking.train import load_ranking
 
@@ -253,7 +254,8 @@ def test_the_recommender_merges_the_sources_and_ranks_like_the_in_process_pipeli
     examples = examples.subset(np.flatnonzero(fresh)[:8])
     lists = candidate_lists(run.model, examples, tables, data.catalogue, config.ranking)
     assert (lists.candidates[:, config.ranking.candidates:] > 0).any()  # the sources added candidates
-    scores = served_order(student, lists, tables, config.ranking.new_items)  # new items at the towers' place
+    spec = ServedListSpec.stored(json.loads((tiny_pipeline[3] / "ranking_spec.json").read_text()), config)
+    scores = served_order(student, lists, tables, spec)  # new items at the towers' place
     served = assert_serves_in_order(out / "recommender" / "1", data.catalogue, lists, scores)[0]
     # a brand-new user known by items the model has never seen: the towers still answer, the sources add nothing
     domain = data.catalogue.domains[examples.target_domain[0]]

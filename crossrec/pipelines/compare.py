@@ -159,8 +159,7 @@ def _served_ranks(ranked, config: Config) -> list[pd.DataFrame]:
     ranker = served_ranker(ranked.teacher, ranked.student, config)
     frames = []
     for slice_name, lists in ranked.data.test:
-        ranks = list_ranks(lists, served_order(ranker, lists, ranked.data.tables, config.ranking.new_items,
-                                               ranked.cold_start_popularity))
+        ranks = list_ranks(lists, served_order(ranker, lists, ranked.data.tables, ranked.served_list))
         frames.append(rank_frame(SERVED, slice_name, ranked.data.catalogue.item_domain_name[lists.examples.target],
                                  ranks))
     return frames
