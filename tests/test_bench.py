@@ -41,6 +41,8 @@ def test_serving_benchmark_smoke(tiny_preset, tmp_path):
     assert "queue" in rows["batching on, 2 clients: client p50"]["note"]
     assert rows["throughput at 2 clients: batching on / off"]["target"] == ">= 1.5"  # 8 in a full run
     assert rows["serving_default: cost per row, 1 row / 8 rows"]["value"] > 0
+    assert rows["served list by the teacher / by the student, p50"]["value"] > 0
+    assert rows["served list / towers' 50 only, p50"]["target"] == "<= 1.25"
     assert rows["first request with warm-up / steady-state p50"]["value"] > 0
     assert rows["feed / recommender request, p50"]["value"] > 0 and rows["feed / recommender request, p50"][
         "target"] == "<= 1.5"
