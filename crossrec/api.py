@@ -172,6 +172,10 @@ def evaluate(config: Config, out: str | Path, *, models=DEFAULT_MODELS, seeds: i
              "full-corpus ranking per target domain" + (", seen items excluded" if config.eval.exclude_seen else ""),
              "seconds (training per model; evaluation: every model's test queries ranked): "
              + ", ".join(f"{k} {v}" for k, v in result.seconds.items())]
+    chosen = [", ".join(f"{k} {v:g}" for k, v in seed.items()) for seed in result.chosen]
+    if any(chosen):
+        notes.append("chosen on the validation split (`auto`), per training seed: "
+                     + "; ".join(f"seed {i}: {c or 'none'}" for i, c in enumerate(chosen)))
     path = write_report(result.metrics, out, title="crossrec evaluation", notes=notes, histories=result.histories,
                         extra={"seconds": result.seconds}, reranking=result.reranking, paired=result.paired,
                         ranks=result.ranks)

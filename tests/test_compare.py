@@ -10,6 +10,7 @@ from crossrec.cli import main
 from crossrec.errors import ConfigError
 from crossrec.pipelines.compare import compare_models
 from crossrec.report import write_report
+from ranking.prior import GRID
 
 
 def test_all_models_and_slices_are_compared_and_reported(tiny_config, tmp_path):
@@ -19,6 +20,8 @@ def test_all_models_and_slices_are_compared_and_reported(tiny_config, tmp_path):
     assert set(metrics["slice"]) == {"warm", "cold_start", "new_item", "zero_shot"}
     # the report's seconds: each model's training and evaluation's own cost, apart
     assert {"crossrec", "ranking", "id_two_tower", "evaluation", "served evaluation", "zero_shot"} <= set(result.seconds)
+    # what `auto` chose on validation (the cold-start prior is auto by default), for the report
+    assert result.chosen[0]["ranking.cold_start_popularity"] in GRID
     # the served list is asked the same queries as every model, and ranks them as the re-ranking
     # table's served order does on the same merged lists (a target outside the list is a miss)
     served = metrics[metrics["model"] == "served"].set_index(["slice", "domain"])
@@ -99,6 +102,7 @@ def test_several_training_seeds_are_pooled_per_query(tiny_config):
     hits = (by_seed < 10).mean(axis=1)  # each query's recall@10 averaged over the two seeds
     assert warm["recall@10"] == pytest.approx(hits.mean())
     assert set(result.paired["versus"]) == {"popularity"}
+    assert result.chosen == [{}, {}]  # one entry per seed; nothing was auto here
     with pytest.raises(ConfigError, match="seeds: expected at least 1"):
         compare_over_seeds(config, 0)
 

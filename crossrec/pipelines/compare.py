@@ -65,6 +65,8 @@ class Comparison:
     reranking: pd.DataFrame | None = None  # retrieval order vs ranker vs student, same lists
     ranks: pd.DataFrame | None = None  # every query's rank per model (model, slice, domain, query, rank)
     paired: pd.DataFrame | None = None  # crossrec minus each baseline on the same queries, with intervals
+    # settings `auto` chose on validation, per training seed: [{"towers.item_id_dropout": 0.1, ...}]
+    chosen: list[dict] = field(default_factory=list)
 
 
 class _PerDomainScorer:
@@ -119,11 +121,14 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
                                                         name="crossrec towers"))
         scorers.append(_named(run, TOWERS))
         result.histories[TOWERS] = run.history
+        result.chosen = [{f"towers.{k}": v for k, v in (run.auto or {}).get("settings", {}).items()}]
         if "ranking" in models:
             from ranking.train import train_ranking
 
             ranked = timed("ranking", lambda: train_ranking(config, run, ranking_out, progress=progress))
             result.reranking = ranked.metrics
+            if ranked.prior_choice:
+                result.chosen[0]["ranking.cold_start_popularity"] = ranked.served_list.cold_start_popularity
             served_ranks = timed("served evaluation", lambda: _served_ranks(ranked, config))
     scorers += _reference_scorers(models, config, data, progress, timed)
     if "id_two_tower" in models:
@@ -234,6 +239,7 @@ def compare_over_seeds(config: Config, seeds: int = 1, **kwargs) -> Comparison:
     result.metrics = pooled_metrics(result.ranks, tuple(config.eval.ks))
     result.paired = paired_against_baselines(result.ranks)
     result.seconds = {name: round(sum(r.seconds.get(name, 0.0) for r in runs), 1) for name in result.seconds}
+    result.chosen = [choice for r in runs for choice in r.chosen]
     return result
 
 
