@@ -22,8 +22,6 @@ other item's interactions and knows nothing of them. Then:
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -31,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.common import Results, bench_parser
+from bench.common import Results, bench_parser, start_server
 from bench.retrain import _config
 from crossrec import schema
 
@@ -50,21 +48,6 @@ def _quality(towers_dir: Path, known: pd.DataFrame, targets: pd.DataFrame, histo
     metrics = evaluate([scorer_for(model, "towers")], [queries], catalogue, ks=(10, 50))
     row = metrics[metrics["domain"] == "all"].iloc[0]
     return {"ndcg@10": float(row["ndcg@10"]), "recall@50": float(row["recall@50"]), "queries": len(examples)}
-
-
-def _serve(base: Path) -> tuple[subprocess.Popen, int]:
-    from serving.server import free_port
-
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "crossrec", "serve", "--model_base_path", str(base),
-                               "--port", str(port), "--rest_api_port", "0", "--file_system_poll_wait_seconds", "1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    line = ""
-    while "Ctrl-C stops" not in line:
-        line = server.stdout.readline()
-        if not line and server.poll() is not None:
-            raise RuntimeError("crossrec serve exited")
-    return server, port
 
 
 def _refresh(work: Path, client, new_items: pd.DataFrame, history, results: Results,
@@ -134,7 +117,7 @@ def _both_additions(work: Path, new_items: pd.DataFrame, history, more: int, res
     folder)."""
     from serving.client import CrossrecClient
 
-    server, port = _serve(work / "saved_models")
+    server, port = start_server(work / "saved_models", "--rest_api_port", "0", "--file_system_poll_wait_seconds", "1")
     try:
         with CrossrecClient(f"127.0.0.1:{port}") as client:
             first = _refresh(work, client, new_items, history, results, "the new items")

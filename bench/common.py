@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,3 +77,19 @@ def bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
     parser.add_argument("--preset", help="text encoder preset folder (default: all-MiniLM-L6-v2)")
     parser.add_argument("--results-dir", help="where to write the results (default: bench/results)")
     return parser
+
+
+def start_server(base: Path, *flags: str) -> tuple[subprocess.Popen, int]:
+    """``crossrec serve`` over the models under ``base`` in its own process, with ``flags``:
+    (the process, its gRPC port), once it listens."""
+    from serving.server import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "crossrec", "serve", "--model_base_path", str(base),
+                               "--port", str(port), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = ""
+    while "Ctrl-C stops" not in line:
+        line = server.stdout.readline()
+        if not line and server.poll() is not None:
+            raise RuntimeError("crossrec serve exited")
+    return server, port

@@ -16,8 +16,6 @@ The model is bench.serving's: the real user tower and an untrained student over 
 from __future__ import annotations
 
 import multiprocessing
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -26,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bench.common import Results, bench_parser
+from bench.common import Results, bench_parser, start_server
 from bench.serving import _percentiles, export_synthetic, request_inputs, small_config, small_towers
 
 ROWS = (1, 8, 32)
@@ -87,10 +85,10 @@ def _stages(rest_port: int) -> dict[str, tuple[float, float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics").read().decode()
+    names = {"crossrec_serving_stage_seconds": None, "crossrec_serving_request_latency_seconds": "request",
+             "crossrec_serving_batch_size": "rows"}
     out: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(text):
-        names = {"crossrec_serving_stage_seconds": None, "crossrec_serving_request_latency_seconds": "request",
-                 "crossrec_serving_batch_size": "rows"}
         if family.name not in names:
             continue
         for sample in family.samples:
@@ -115,11 +113,11 @@ def _load(port: int, rest_port: int, clients: int, seconds: float) -> dict:
     for worker in workers:
         worker.join()
     after = _stages(rest_port)
-    requests = after["request"][1] - before.get("request", (0, 0))[1]
-    def delta(key, i):
+
+    def delta(key, i):  # i: 0 the sum, 1 the count
         return after.get(key, (0, 0))[i] - before.get(key, (0, 0))[i]
 
-    per_request = {stage: 1000 * delta(stage, 0) / requests for stage in (*STAGES, "request")}
+    per_request = {stage: 1000 * delta(stage, 0) / delta("request", 1) for stage in (*STAGES, "request")}
     return {"throughput": len(times) / seconds, "p50": 1000 * float(np.median(times)),
             "p99": 1000 * float(np.percentile(times, 99)), "stages": per_request,
             "rows_per_call": delta("rows", 0) / max(delta("rows", 1), 1)}
@@ -138,17 +136,10 @@ def server_profile(results: Results, base: Path, quick: bool, batching: str | No
         if batching:
             (Path(tmp) / "batching.config").write_text(batching)
             flags += ["--enable_batching", "--batching_parameters_file", str(Path(tmp) / "batching.config")]
-        port, rest_port = free_port(), free_port()
-        server = subprocess.Popen([sys.executable, "-m", "crossrec", "serve", "--model_base_path", str(base),
-                                   "--port", str(port), "--rest_api_port", str(rest_port), *flags],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        rest_port = free_port()
+        server, port = start_server(base, "--rest_api_port", str(rest_port), *flags)
         measured = {}
         try:
-            line = ""
-            while "Ctrl-C stops" not in line:
-                line = server.stdout.readline()
-                if not line and server.poll() is not None:
-                    raise RuntimeError("crossrec serve exited")
             _load(port, rest_port, 1, 1.0)  # warm-up
             for clients in (1, 2) if quick else CLIENTS:
                 m = measured[clients] = _load(port, rest_port, clients, 1.5 if quick else 8.0)
