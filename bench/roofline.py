@@ -45,7 +45,7 @@ def distinct_items(batches) -> float:
 
 def step_flops(model, batch_size: int, items_per_step: float) -> float:
     """Forward + backward FLOPs of one step (see the module docstring)."""
-    towers = model.towers_config
+    towers = model.tower_spec
     tower = model.item_tower
     e, d, k = towers.embedding_dim, tower.text_dim, towers.text_experts
     domains = tower.num_domains

@@ -94,6 +94,7 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
     and an untrained student ranker, as version 1 under ``out/<name>/``."""
     import json
 
+    from ranking.ranker_spec import STUDENT, TEACHER, RankerSpec
     from ranking.served_list import ServedListSpec
     from ranking.sources import NeighbourTable
     from ranking.tables import FeatureTables
@@ -120,8 +121,8 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
                for name in config.ranking.sources]
     tables = FeatureTables(vectors, catalogue.item_domain, len(domains), np.ones(len(vectors), np.float32),
                            sources=sources)
-    served = config.ranking.teacher if config.export.ranker == "teacher" else config.ranking.student
-    parts.ranker = build_ranker(config, served, tables)  # untrained: the same cost as trained
+    served = TEACHER if config.export.ranker == "teacher" else STUDENT
+    parts.ranker = build_ranker(RankerSpec.of(config, served), tables)  # untrained: the same cost as trained
     module = (FeedRecommenderModule if name == "recommender" else RetrievalModule)(parts)
     path = out / name / "1"
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if config.export.index == "scann" else None)

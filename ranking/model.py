@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from crossrec.config import RankerConfig
 from ranking.features import RankingFeatures
+from ranking.ranker_spec import RankerSpec
 from ranking.tables import FeatureTables
 
 __all__ = ["CrossNetwork", "DeepNetwork", "RankingFeatures", "RankingModel", "default_tasks"]
@@ -95,7 +95,7 @@ def default_tasks() -> dict[str, tfrs.tasks.Ranking]:
 class RankingModel(tfrs.models.Model):
     """Scores candidate lists: ``features -> normalise -> cross -> deep -> heads``.
 
-    Blocks are injected, with defaults from ``RankerConfig``. ``call`` returns
+    Blocks are injected, with defaults from ``network`` (``ranking.ranker_spec.RankerSpec``). ``call`` returns
     ``{"engagement": (b, L) logits, "rating": (b, L)}`` (no rating head when its weight is 0); ``compute_loss`` reads the labels from
     the same input dict: ``engagement`` (b, L) 0/1, ``rating`` + ``rating_weight`` (b, L) (weight 0
     where no rating is known) and, when distilling, ``teacher`` (b, L) the teacher's logits.
@@ -104,15 +104,15 @@ class RankingModel(tfrs.models.Model):
     def __init__(self, features: RankingFeatures, *, cross: tf.keras.layers.Layer | None = None,
                  deep: tf.keras.layers.Layer | None = None, heads: dict | None = None, tasks: dict | None = None,
                  task_weights: dict[str, float] | None = None,
-                 distillation_weight: float = 0.0, rating_mean: float = 0.0, config: RankerConfig | None = None,
+                 distillation_weight: float = 0.0, rating_mean: float = 0.0, network: RankerSpec | None = None,
                  retrieval_scale: float | tf.Variable | None = 10.0,
                  normalise: tf.keras.layers.Layer | None = None, **kwargs):
         super().__init__(**kwargs)
-        config = config or RankerConfig()
+        network = network or RankerSpec(features.features, 1)
         self.features = features
         self.normalise = normalise or tf.keras.layers.BatchNormalization(name="normalise")
-        self.cross = cross or CrossNetwork(config.cross_layers, config.cross_projection_dim, name="cross")
-        self.deep = deep or DeepNetwork(config.deep_layers, config.dropout, name="deep")
+        self.cross = cross or CrossNetwork(network.cross_layers, network.cross_projection_dim, name="cross")
+        self.deep = deep or DeepNetwork(network.deep_layers, network.dropout, name="deep")
         # Residual on retrieval: engagement = scale * retrieval score + head(...), the head starting at
         # zero, so an untrained ranker keeps the retrieval order and training learns corrections.
         self.retrieval_scale = retrieval_scale if isinstance(retrieval_scale, tf.Variable) else None
@@ -143,7 +143,7 @@ class RankingModel(tfrs.models.Model):
         return twin
 
     def get_config(self):
-        # the blocks are objects; what identifies a ranker is its weights plus RankerConfig
+        # the blocks are objects; what identifies a ranker is its weights plus its RankerSpec
         return {"task_weights": self.task_weights, "distillation_weight": self.distillation_weight}
 
     def call(self, inputs, training=False):

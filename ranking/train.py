@@ -22,7 +22,7 @@ import pandas as pd
 import tensorflow as tf
 
 from crossrec import schema
-from crossrec.config import Config, RankerConfig, load_config, save_config
+from crossrec.config import Config, load_config, save_config
 from crossrec.data.dataset import Dataset
 from crossrec.data.splits import NEW_ITEM
 from crossrec.errors import ConfigError, raise_if_diverged
@@ -37,28 +37,26 @@ from ranking.evaluate import list_ranks, rerank_metrics, source_recall
 from ranking.mining import RankingData, mine_ranking_data
 from ranking.model import ENGAGEMENT, RATING, RankingFeatures, RankingModel
 from ranking.prior import choose_cold_start_popularity
+from ranking.ranker_spec import STUDENT, TEACHER, RankerSpec
 from ranking.scoring import score_lists, served_order, served_ranker, target_ratings
 from ranking.served_list import ServedListSpec
 from ranking.tables import FeatureTables
 
 MONITOR = "val_ndcg_at_10"
-RETRIEVAL_ORDER, TEACHER, STUDENT = "retrieval", "ranker", "student"
+RETRIEVAL_ORDER = "retrieval"
 
 
-def build_ranker(config: Config, which: RankerConfig, tables: FeatureTables, *, distillation_weight: float = 0.0,
-                 name: str = "ranker") -> RankingModel:
-    """A ranker of shape ``which`` over the item tables (built, ready to fit or load weights)."""
-    ranking = config.ranking
-    weights = dict(ranking.task_weights)
+def build_ranker(spec: RankerSpec, tables: FeatureTables, name: str = TEACHER) -> RankingModel:
+    """A ranker of shape ``spec`` over the item tables (built, ready to fit or load weights); no
+    rating head where the tables know no rating."""
+    weights = dict(spec.task_weights)
     if tables.rating_mean is None:
         weights[RATING] = 0.0
-    features = RankingFeatures(tables, which.features or ranking.features, name="features")
-    model = RankingModel(features, config=which, task_weights=weights,
-                         distillation_weight=distillation_weight, rating_mean=tables.rating_mean or 0.0, name=name,
-                         retrieval_scale=1.0 / config.train.temperature if ranking.residual_on_retrieval else None)
-    h = config.towers.history_length
-    model({"query": np.zeros((1, tables.item_embeddings.shape[1]), np.float32), "history": np.zeros((1, h), np.int32),
-           "candidates": np.ones((1, 2), np.int32)})
+    features = RankingFeatures(tables, list(spec.features), name="features")
+    model = RankingModel(features, network=spec, task_weights=weights, distillation_weight=spec.distillation_weight,
+                         rating_mean=tables.rating_mean or 0.0, name=name, retrieval_scale=spec.retrieval_scale)
+    model({"query": np.zeros((1, tables.item_embeddings.shape[1]), np.float32),
+           "history": np.zeros((1, spec.history_length), np.int32), "candidates": np.ones((1, 2), np.int32)})
     for task in model.tasks.values():  # weightless loss wrappers: built, so a SavedModel of the ranker is whole
         task.build(None)
     return model
@@ -203,7 +201,7 @@ def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, 
         out.mkdir(parents=True, exist_ok=True)
     histories = {}
     clock = time.perf_counter()
-    teacher = build_ranker(config, config.ranking.teacher, ranking_data.tables, name=TEACHER)
+    teacher = build_ranker(RankerSpec.of(config, TEACHER), ranking_data.tables, name=TEACHER)
     if initialize is not None:
         initialize(TEACHER, teacher)
     histories[TEACHER] = fit_ranker(teacher, ranking_data, config, out=out, name=TEACHER, progress=progress)
@@ -212,8 +210,7 @@ def train_ranking(config: Config, retrieval, out_dir: str | Path | None = None, 
     if config.ranking.distill:
         clock = time.perf_counter()
         teacher_scores = training_scores(teacher, ranking_data)
-        student = build_ranker(config, config.ranking.student, ranking_data.tables, name=STUDENT,
-                               distillation_weight=config.ranking.distillation_weight)
+        student = build_ranker(RankerSpec.of(config, STUDENT), ranking_data.tables, name=STUDENT)
         if initialize is not None:
             initialize(STUDENT, student)
         histories[STUDENT] = fit_ranker(student, ranking_data, config, out=out, name=STUDENT,
@@ -265,6 +262,7 @@ def save_ranking(run: RankingRun, config: Config) -> None:
     spec = {"num_items": int(data.catalogue.size), "embedding_dim": int(data.tables.item_embeddings.shape[1]),
             "domains": data.catalogue.domains, "rating_mean": data.rating_mean,
             "history_length": config.towers.history_length, "served_list": run.served_list.to_dict(),
+            "rankers": {role: RankerSpec.of(config, role).to_dict() for role in (TEACHER, STUDENT)},
             "sources": [{"name": t.name, "width": int(t.neighbours.shape[1]), "position_decay": t.position_decay}
                         for t in data.tables.sources]}
     (out / "ranking_spec.json").write_text(json.dumps(spec, indent=2))
@@ -295,13 +293,12 @@ def load_ranking(out_dir: str | Path) -> tuple[RankingModel, RankingModel | None
     n, e = spec["num_items"], spec["embedding_dim"]
     tables = FeatureTables.empty(n, e, len(spec["domains"]), spec["rating_mean"],
                                  [(s["name"], s["width"], s["position_decay"]) for s in spec.get("sources", [])])
-    teacher = build_ranker(config, config.ranking.teacher, tables, name=TEACHER)
+    teacher = build_ranker(RankerSpec.stored(spec, config, TEACHER), tables, name=TEACHER)
     teacher.load_weights(str(out / "teacher.weights.h5"))
     teacher.features.sort_neighbours()
     student = None
     if (out / "student.weights.h5").exists():
-        student = build_ranker(config, config.ranking.student, tables, name=STUDENT,
-                               distillation_weight=config.ranking.distillation_weight)
+        student = build_ranker(RankerSpec.stored(spec, config, STUDENT), tables, name=STUDENT)
         student.load_weights(str(out / "student.weights.h5"))
         student.features.sort_neighbours()
     return teacher, student, config

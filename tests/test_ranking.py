@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from crossrec import schema
-from crossrec.config import RankerConfig, RankingConfig
+from crossrec.config import RankingConfig
 from crossrec.errors import ConfigError
 from crossrec.features import Examples
 from ranking.candidates import CandidateLists
@@ -19,6 +19,7 @@ from ranking.model import (
     RankingFeatures,
     RankingModel,
 )
+from ranking.ranker_spec import RankerSpec
 from ranking.tables import FeatureTables, fresh_items, label_tail
 
 # --- blocks alone -------------------------------------------------------------------------------
@@ -98,8 +99,9 @@ def test_cross_network_computes_dcn_v2_and_low_rank_has_fewer_weights():
 
 
 def small_model(**kwargs) -> RankingModel:
-    config = RankerConfig(cross_layers=1, deep_layers=[8], dropout=0.0)
-    model = RankingModel(features_layer(), config=config, **kwargs)
+    features = features_layer()
+    model = RankingModel(features, network=RankerSpec(features.features, 4, cross_layers=1, deep_layers=(8,), dropout=0.0),
+                         **kwargs)
     return model
 
 

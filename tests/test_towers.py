@@ -1,14 +1,16 @@
 """The named parts of the retrieval model, each alone, then the model as a whole."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from crossrec import schema
-from crossrec.config import TowerConfig, TrainConfig
 from crossrec.features import UNSEEN_DOMAIN, Catalogue, query_examples
 from crossrec.windows import training_examples
 from towers.model import ItemTower, RetrievalModel, UserTower, latest_slot
+from towers.spec import LossSpec, TowerSpec, TowerTables
 
 
 def test_item_tower_output_is_normalised_and_domain_zero_uses_the_agnostic_path_only():
@@ -198,18 +200,21 @@ def test_query_examples_see_only_the_past(small):
     assert q.history.tolist() == [[0, 0, 1], [0, 0, 0]]  # u before t=2: only a; a new user: nothing
 
 
-def _model(text=True, **tower):
-    tower.setdefault("text_only_loss_weight", 0.0)  # the loss formulas below are of the main loss alone
+MAIN_LOSS = LossSpec(temperature=0.1, text_only_loss_weight=0.0)  # the loss formulas below are of the main loss alone
+
+
+def _model(text=True, loss=MAIN_LOSS, **tower):
     rng = np.random.default_rng(0)
     size = 6
-    config = TowerConfig(embedding_dim=8, history_length=4, use_text=text, **tower)
     table = rng.normal(size=(size, 5)).astype("float32")
-    return RetrievalModel(text_table=table if text else None,
-                          item_domain=np.array([0, 1, 1, 2, 2, 2], np.int32), id_known=np.ones(size, bool),
-                          text_domain=np.array([0, 0, 0, 1, 1, 1], np.int32),
-                          text_means=np.stack([table[1:3].mean(0), table[3:].mean(0)]),
-                          item_probability=np.full(size, 1 / size, np.float32), num_domains=3, towers=config,
-                          train=TrainConfig(temperature=0.1))
+    tables = TowerTables(table if text else None, np.array([0, 1, 1, 2, 2, 2], np.int32), np.ones(size, bool),
+                         np.array([0, 0, 0, 1, 1, 1], np.int32), np.stack([table[1:3].mean(0), table[3:].mean(0)]),
+                         np.full(size, 1 / size, np.float32), 3)
+    return RetrievalModel(tables, TowerSpec(embedding_dim=8, history_length=4, use_text=text, **tower), loss)
+
+
+def _loss(**settings):
+    return replace(MAIN_LOSS, **settings)
 
 
 @pytest.mark.parametrize("text", [True, False])
@@ -224,9 +229,7 @@ def test_model_queries_and_items_share_the_space(text):
 
 
 def test_loss_is_the_in_batch_softmax_with_temperature():
-    model = _model()
-    model.train_config.same_domain_negatives = False
-    model.train_config.logq_correction = False
+    model = _model(loss=_loss(same_domain_negatives=False, logq_correction=False))
     model.task._remove_accidental_hits = False
     feats = {"history": np.array([[0, 0, 0, 1], [0, 0, 1, 2]], np.int32), "target": np.array([3, 4], np.int32),
              "target_domain": np.array([2, 2], np.int32), "weight": np.ones(2, np.float32)}
@@ -255,8 +258,7 @@ THREE_QUERIES = {"history": np.array([[0, 0, 0, 1], [0, 0, 1, 2], [0, 0, 0, 2]],
 
 
 def test_same_domain_negatives_leave_other_domains_out_of_the_softmax():
-    model = _model()
-    model.train_config.logq_correction = False
+    model = _model(loss=_loss(logq_correction=False))
     model.task._remove_accidental_hits = False
     feats = THREE_QUERIES
     q = np.asarray(model(feats))
@@ -269,9 +271,7 @@ def test_same_domain_negatives_leave_other_domains_out_of_the_softmax():
 
 
 def test_hard_negatives_keep_only_the_hardest_in_batch_negative():
-    model = _model()
-    model.train_config.logq_correction = False
-    model.train_config.same_domain_negatives = False
+    model = _model(loss=_loss(same_domain_negatives=False, logq_correction=False))
     model.task._remove_accidental_hits = False
     model.task._num_hard_negatives = 1
     feats = THREE_QUERIES
@@ -297,8 +297,8 @@ def _softmax_loss(logits, mask, correction):
 
 
 def test_text_only_loss_adds_the_loss_of_candidates_embedded_from_text_alone():
-    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0, text_only_loss_weight=0.5)
-    model.train_config.logq_correction = False
+    model = _model(loss=_loss(logq_correction=False, text_only_loss_weight=0.5), dropout=0.0, domain_dropout=0.0,
+                   item_id_dropout=0.0)
     model.task._remove_accidental_hits = False
     feats = THREE_QUERIES
     loss = float(model.compute_loss(feats, None, model(feats, training=True), training=True))
@@ -319,8 +319,8 @@ def test_one_pass_training_step_equals_separate_passes(text_only, monkeypatch):
     embedding them separately, when nothing random is drawn."""
     import tensorflow as tf
 
-    model = _model(dropout=0.0, domain_dropout=0.0, item_id_dropout=0.0, text_experts=2,
-                   text_only_loss_weight=text_only)
+    model = _model(loss=_loss(logq_correction=True, text_only_loss_weight=text_only), dropout=0.0,
+                   domain_dropout=0.0, item_id_dropout=0.0, text_experts=2)
     feats = {k: tf.constant(v) for k, v in THREE_QUERIES.items()}
 
     def loss_and_gradients():

@@ -18,9 +18,9 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 from keras import ops
 
-from crossrec.config import TowerConfig, TrainConfig
 from crossrec.distribute import in_cluster
 from towers.item_tower import ItemTower
+from towers.spec import LossSpec, TowerSpec, TowerTables
 from towers.user_tower import UserTower, latest_slot, user_query
 
 __all__ = ["ItemTower", "RetrievalModel", "UserTower", "latest_slot", "user_query"]
@@ -33,31 +33,30 @@ class RetrievalModel(keras.Model):
     training, ``target`` (b,) int32 item rows; ``user_id`` (b,) string if user-id buckets are on.
     """
 
-    def __init__(self, *, text_table: np.ndarray | None, item_domain: np.ndarray, id_known: np.ndarray,
-                 text_domain: np.ndarray, text_means: np.ndarray | None,
-                 item_probability: np.ndarray, num_domains: int, towers: TowerConfig, train: TrainConfig,
-                 text_encoders: list[keras.layers.Layer] | None = None, token_table: np.ndarray | None = None,
-                 **kwargs):
+    def __init__(self, tables: TowerTables, towers: TowerSpec, loss: LossSpec,
+                 text_encoders: list[keras.layers.Layer] | None = None, **kwargs):
         super().__init__(**kwargs)
-        num_items = len(item_domain)
-        text_dim = 0 if text_table is None else int(text_table.shape[1])
-        self.towers_config = towers
-        self.train_config = train
+        num_items = len(tables.item_domain)
+        text_dim = 0 if tables.text_table is None else int(tables.text_table.shape[1])
+        self.tower_spec = towers
+        self.loss_spec = loss
         self.text_table = None
         if towers.use_text:
-            self._text_weights(text_table, text_domain, text_means)
+            self._text_weights(tables.text_table, tables.text_domain, tables.text_means)
         self.item_domain = self.add_weight(shape=(num_items,), dtype="int32", trainable=False, name="item_domain",
-                                           initializer=keras.initializers.Constant(item_domain))
+                                           initializer=keras.initializers.Constant(tables.item_domain))
         self.id_known = self.add_weight(shape=(num_items,), dtype="bool", trainable=False, name="id_known",
-                                        initializer=keras.initializers.Constant(id_known))
+                                        initializer=keras.initializers.Constant(tables.id_known))
         self.item_probability = self.add_weight(shape=(num_items,), trainable=False, name="item_probability",
-                                                initializer=keras.initializers.Constant(item_probability))
+                                                initializer=keras.initializers.Constant(tables.item_probability))
         # One encoder shared by every domain, or one per text domain (index = text_domain).
         self.text_encoders = list(text_encoders or [])
         self.token_table = None
         if self.text_encoders:
-            self.token_table = self.add_weight(shape=token_table.shape, dtype="int32", trainable=False,
-                                               name="token_table", initializer=keras.initializers.Constant(token_table))
+            self.token_table = self.add_weight(shape=tables.token_table.shape, dtype="int32", trainable=False,
+                                               name="token_table",
+                                               initializer=keras.initializers.Constant(tables.token_table))
+        num_domains = tables.num_domains
         self.item_tower = ItemTower(num_items, num_domains, text_dim, towers.embedding_dim,
                                     use_text=towers.use_text, use_item_ids=towers.use_item_ids,
                                     item_id_dropout=towers.item_id_dropout, domain_dropout=towers.domain_dropout,
@@ -73,8 +72,8 @@ class RetrievalModel(keras.Model):
                 from_logits=True, reduction=tf.keras.losses.Reduction.SUM),  # / queries below: the mean per
             # replica (tf.keras refuses SUM_OVER_BATCH_SIZE under a distribution strategy; Keras 3's fit
             # then divides by the replica count, so several workers train on the global mean)
-            temperature=train.temperature, remove_accidental_hits=train.remove_accidental_hits,
-            num_hard_negatives=train.hard_negatives or None)
+            temperature=loss.temperature, remove_accidental_hits=loss.remove_accidental_hits,
+            num_hard_negatives=loss.hard_negatives or None)
         # Keras 3 runs train steps without autograph, and TFRS's Retrieval.call needs it
         # (`len(tf.shape(x))`): the task call gets its own tf.function (docs: development, the two Kerases).
         self._task_loss = tf.function(
@@ -89,7 +88,7 @@ class RetrievalModel(keras.Model):
             raise ValueError("towers.use_text is true but no text vectors were given")
         self.text_table = self.add_weight(shape=text_table.shape, name="text_table", trainable=False,
                                           initializer=keras.initializers.Constant(text_table))
-        means = text_means if self.towers_config.center_text_by_domain else np.zeros_like(text_means)
+        means = text_means if self.tower_spec.center_text_by_domain else np.zeros_like(text_means)
         self.text_domain = self.add_weight(shape=text_domain.shape, dtype="int32", trainable=False,
                                            name="text_domain", initializer=keras.initializers.Constant(text_domain))
         self.text_means = self.add_weight(shape=means.shape, trainable=False, name="text_means",
@@ -160,7 +159,7 @@ class RetrievalModel(keras.Model):
         outputs = {"query": self.query(history_embeddings, history, inputs["target_domain"], inputs.get("user_id"),
                                        training=True),
                    "candidates": tf.gather(items, position[split:])}
-        if self.towers_config.text_only_loss_weight > 0 and text_part is not None:
+        if self.loss_spec.text_only_loss_weight > 0 and text_part is not None:
             outputs["text_only"] = tf.gather(self.item_tower.combine(text_part, None), position[split:])
         return outputs
 
@@ -210,7 +209,7 @@ class RetrievalModel(keras.Model):
             return self._one_pass_loss(x, y_pred)
         query, target, weight = self._targets(x, y_pred)
         text_only = None
-        if training and self.towers_config.text_only_loss_weight > 0 and self.text_table is not None:
+        if training and self.loss_spec.text_only_loss_weight > 0 and self.text_table is not None:
             candidates, text_only = self.item_embeddings(target, training=training, live_text=training,
                                                          text_only_too=True)
         else:
@@ -224,15 +223,15 @@ class RetrievalModel(keras.Model):
     def _loss(self, query, target, weight, candidates, text_only):
         """The in-batch softmax of the queries against the batch's targets (hybrid embeddings),
         plus the text-only loss over the same pairs when ``text_only`` is given."""
-        probability = ops.take(self.item_probability, target) if self.train_config.logq_correction else None
+        probability = ops.take(self.item_probability, target) if self.loss_spec.logq_correction else None
         mask = None
-        if self.train_config.same_domain_negatives:
+        if self.loss_spec.same_domain_negatives:
             # query i asks for its target's domain; only candidates of that domain compete
             domains = ops.take(self.item_domain, target)
             mask = ops.equal(domains[:, None], domains[None, :])
         loss = self._task_loss(query, ops.cast(candidates, "float32"), weight, probability, target, mask)
         if text_only is not None:
-            loss = loss + self.towers_config.text_only_loss_weight * self._task_loss(
+            loss = loss + self.loss_spec.text_only_loss_weight * self._task_loss(
                 query, ops.cast(text_only, "float32"), weight, probability, target, mask)
         return loss + ops.sum(self.losses) if self.losses else loss
 

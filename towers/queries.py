@@ -18,7 +18,7 @@ def query_embeddings(model: RetrievalModel, examples: Examples, batch_size: int 
     for s in range(0, len(examples), batch_size):
         part = examples.subset(np.arange(s, min(len(examples), s + batch_size)))
         out.append(np.asarray(model._serve_queries({k: tf.constant(v) for k, v in part.features().items()})))
-    return np.concatenate(out) if out else np.zeros((0, model.towers_config.embedding_dim), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.tower_spec.embedding_dim), np.float32)
 
 
 def sample_query_embeddings(model: RetrievalModel, examples: Examples, n: int, seed: int = 0) -> np.ndarray:

@@ -46,6 +46,7 @@ from towers.inputs import make_dataset
 from towers.model import RetrievalModel
 from towers.optimizer import rows_per_step, towers_optimizer
 from towers.queries import scorer_for
+from towers.spec import LossSpec, TowerSpec, TowerTables
 from towers.text import TextVectors, per_domain_encoders, text_vectors
 from towers.tuning import choose
 
@@ -58,13 +59,11 @@ def build_model(config: Config, data: ExperimentData, text: TextVectors) -> Retr
                          minlength=catalogue.size)
     id_known = counts > 0
     id_known[0] = False
-    model = RetrievalModel(
-        text_table=text.table, item_domain=catalogue.item_domain, id_known=id_known,
-        text_domain=catalogue.text_domain,
-        text_means=None if text.table is None else catalogue.text_means(text.table),
-        item_probability=catalogue.frequencies(data.train), num_domains=len(catalogue.domains),
-        towers=config.towers, train=config.train,
-        text_encoders=[e.layer for e in text.encoders], token_table=text.tokens)
+    tables = TowerTables(text.table, catalogue.item_domain, id_known, catalogue.text_domain,
+                         None if text.table is None else catalogue.text_means(text.table),
+                         catalogue.frequencies(data.train), len(catalogue.domains), text.tokens)
+    model = RetrievalModel(tables, TowerSpec.from_config(config.towers), LossSpec.from_config(config),
+                           text_encoders=[e.layer for e in text.encoders])
     h = config.towers.history_length
     model({"history": np.zeros((1, h), np.int32), "target_domain": np.zeros(1, np.int32),
            "user_id": np.array(["u"])})

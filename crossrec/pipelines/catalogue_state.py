@@ -169,20 +169,19 @@ def write_rankers(out: Path, served_ranking: Path, catalogue: Catalogue, added_e
     """The rankers' state folder for the changed catalogue: their weights, and per-item tables
     grown by the added rows (the towers' vector, no interactions, never seen, no neighbours);
     returns the rankers written (teacher, student or None)."""
-    from ranking.train import STUDENT, TEACHER, build_ranker, load_ranking
+    from ranking.ranker_spec import STUDENT, TEACHER, RankerSpec
+    from ranking.train import build_ranker, load_ranking
 
     teacher, student, config = load_ranking(served_ranking)
     spec = json.loads((served_ranking / "ranking_spec.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for file, name, which, old in (("teacher", TEACHER, config.ranking.teacher, teacher),
-                                   ("student", STUDENT, config.ranking.student, student)):
+    for file, name, old in (("teacher", TEACHER, teacher), ("student", STUDENT, student)):
         if old is None:
             written[file] = None
             continue
         tables = _grown_tables(old.features.tables, spec, catalogue, added_embeddings)
-        new = build_ranker(config, which, tables, name=name,
-                           distillation_weight=config.ranking.distillation_weight if name == STUDENT else 0.0)
+        new = build_ranker(RankerSpec.stored(spec, config, name), tables, name=name)
         _copy_ranker_weights(new, old)
         new.save_weights(str(out / f"{file}.weights.h5"))  # the names load_ranking reads
         written[file] = new
