@@ -58,7 +58,7 @@ def step_flops(model, batch_size: int, items_per_step: float) -> float:
     # pooling key/query, one score and five weighted sums over the H slots' item embeddings
     # (attention, latest, same-domain mean and latest, whole mean), the two-layer head on 5 parts
     query = 2 * e * e * 2 + 2 * h * e + 5 * 2 * h * e + 2 * 5 * e * 2 * e + 2 * 2 * e * e
-    losses = 1 + (towers.text_only_loss_weight > 0 and towers.use_text)
+    losses = 1 + (model.loss_spec.text_only_loss_weight > 0 and towers.use_text)
     logits = losses * 2 * batch_size * batch_size * e
     forward = items_per_step * item + batch_size * query + logits
     # backward = 2 x forward (the gradients of a layer's weights and of its input), except that

@@ -1,5 +1,5 @@
-"""Towers benchmark: training examples/s per freeze policy, the default step against the
-machine's roofline, and text encoding items/s.
+"""Towers benchmark: training examples/s, the default step against the machine's roofline, and
+text encoding items/s.
 
     python -m bench.towers [--quick]
 
@@ -8,7 +8,6 @@ machine's roofline, and text encoding items/s.
 - the roofline (``bench.roofline``): one step's FLOPs, this machine's float32 matmul rate measured
   in the same run, examples/s / (rate / FLOPs per example) (target >= 0.5), and the step's time
   split into input pipeline, forward, backward and optimizer update;
-- frozen (no cache), LoRA and full fine-tuning at batch 64: the backbone runs in every step;
 - encoding items/s of the catalogue's texts: length-bucketed batches vs. padding every text to the
   maximum length in a plain loop (target: bucketing >= 2x).
 Uses the built-in data and the real all-MiniLM-L6-v2 weights.
@@ -25,7 +24,7 @@ from bench.against import against
 from bench.common import Results, bench_parser
 from bench.roofline import distinct_items, input_seconds, matmul_rate, step_flops, step_split
 from crossrec import schema
-from crossrec.config import Config, EncoderConfig, SynthConfig, TrainConfig
+from crossrec.config import Config, EncoderConfig, SynthConfig
 from crossrec.experiment import prepare_data
 from towers.encoder import TextEncoder
 from towers.inputs import make_dataset
@@ -120,12 +119,6 @@ def main(argv=None) -> int:
         results.add("train cached-frozen, batch 1024, this tree (same run)", float(np.median(compared["after"])),
                     "examples/s")
         results.add(f"speed-up over {args.against}", compared["ratio"], "x", ">= 3")
-    steps = 2 if args.quick else 6
-    for name, encoder in [("frozen (no cache)", replace(base.encoder, cache=False)),
-                          ("lora rank 4", replace(base.encoder, freeze="lora", lora_rank=4)),
-                          ("full fine-tuning", replace(base.encoder, freeze="full"))]:
-        config = replace(base, encoder=encoder, train=TrainConfig(batch_size=64, steps_per_execution=1))
-        results.add(f"train {name}, batch 64", training_speed(config, data, steps=steps, attempts=attempts), "examples/s")
 
     texts = data.catalogue.items[schema.TEXT].tolist()[: 500 if args.quick else 3000]
     limit = TextEncoder(base.encoder).backbone.max_sequence_length

@@ -4,7 +4,6 @@ adaptation to the catalogue (``crossrec.config`` holds the whole ``Config``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 
 @dataclass
@@ -38,9 +37,6 @@ class AdaptConfig:
     seed: int = 0
 
 
-FreezePolicy = Literal["frozen", "top_layers", "full", "lora"]
-
-
 @dataclass
 class EncoderConfig:
     """The pretrained text encoder of the item towers (``towers.encoder``)."""
@@ -50,21 +46,10 @@ class EncoderConfig:
     preset: str | None = None
     # Tokens per item text (longer texts are cut).
     sequence_length: int = 32
-    # frozen: never trained, item vectors computed once and cached on disk (fastest);
-    # top_layers: the top ``trainable_layers`` transformer layers train; full: all of it trains;
-    # lora: low-rank adapters of rank ``lora_rank`` train, the backbone stays frozen.
-    freeze: FreezePolicy = "frozen"
-    # top_layers: how many top transformer layers train.
-    trainable_layers: int = 1
-    # lora: the adapters' rank.
-    lora_rank: int = 4
-    # One backbone for every domain, or (false, fine-tuning only) one copy per domain, each
-    # fine-tuned on its own domain's items; domains without training data keep the pretrained one.
-    shared_backbone: bool = True
     # Texts per encoding batch.
     batch_size: int = 128
-    # frozen only: compute item vectors once and cache them on disk (false = run the frozen
-    # backbone inside every training step: far slower; for comparison or no writable disk).
+    # Keep item vectors on disk (keyed by encoder and text) so a text is encoded once across
+    # runs; false = encode the catalogue in memory every run (no writable disk).
     cache: bool = True
     # Where frozen item vectors are cached (keyed by encoder and text). null = ~/.cache/crossrec
     # (or $CROSSREC_CACHE).

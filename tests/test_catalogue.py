@@ -310,7 +310,7 @@ def test_retiring_an_unknown_item_names_it_and_publishes_nothing(served, tmp_pat
     assert versions(served / "retrieval") == [1]
 
 
-def test_towers_that_cannot_place_an_item_from_cached_text_are_refused():
+def test_towers_that_cannot_place_an_item_from_their_text_are_refused():
     from dataclasses import replace
 
     from crossrec.config import Config
@@ -321,8 +321,8 @@ def test_towers_that_cannot_place_an_item_from_cached_text_are_refused():
     check_servable(config, summary)
     with pytest.raises(ConfigError, match="ID-only"):
         check_servable(replace(config, towers=replace(config.towers, use_text=False)), summary)
-    with pytest.raises(ConfigError, match="encoder.freeze: lora.*next `crossrec retrain`"):
-        check_servable(replace(config, encoder=replace(config.encoder, freeze="lora")), summary)
+    with pytest.raises(ConfigError, match="does not record its text encoder's fingerprint"):
+        check_servable(config, {})
 
 
 def test_an_add_killed_at_any_step_leaves_the_old_set_serving_and_the_same_command_finishes_it(served, tmp_path):

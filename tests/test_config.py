@@ -89,6 +89,13 @@ def test_a_removed_option_loads_at_its_old_default_and_is_refused_otherwise(writ
         load_config(write("gate.yaml", "towers:\n  fusion: gate\n"))
     with pytest.raises(ConfigError, match="train.examples: 'sequences' is no longer an option"):
         load_config(write("seq.yaml", "train:\n  examples: sequences\n"))
+    # fine-tuning inside the fit gave way to `crossrec adapt`: a frozen run's keys load, whatever the
+    # settings that only mattered when fine-tuning; another policy names the replacement
+    frozen = write("frozen.yaml", "encoder:\n  freeze: frozen\n  trainable_layers: 2\n  lora_rank: 8\n"
+                   "  shared_backbone: true\n  sequence_length: 40\n")
+    assert load_config(frozen).encoder.sequence_length == 40
+    with pytest.raises(ConfigError, match=r"encoder.freeze: 'lora' is no longer an option; use encoder.adapt"):
+        load_config(write("lora.yaml", "encoder:\n  freeze: lora\n"))
 
 
 def test_shares_outside_zero_to_one_name_the_key():

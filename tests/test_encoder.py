@@ -1,4 +1,4 @@
-"""The text encoder: tokenization, mean pooling over the mask, freeze policies, bucketing, cache."""
+"""The text encoder: tokenization, mean pooling over the mask, frozen weights, bucketing, cache."""
 
 import builtins
 
@@ -48,18 +48,8 @@ def trainable_names(enc):
     return {w.path for w in enc.backbone.trainable_weights}
 
 
-def test_freeze_policies_choose_what_trains(tiny_preset):
-    assert trainable_names(encoder(tiny_preset, freeze="frozen")) == set()
-    full = trainable_names(encoder(tiny_preset, freeze="full"))
-    assert any("token_embedding" in n for n in full) and not any("pooled_dense" in n for n in full)
-    top = trainable_names(encoder(tiny_preset, freeze="top_layers", trainable_layers=1))
-    assert top and all("transformer_layer_1" in n for n in top)
-    lora = trainable_names(encoder(tiny_preset, freeze="lora", lora_rank=2))
-    # only the low-rank kernels train (Keras' enable_lora leaves those layers' biases trainable)
-    assert any("lora_kernel" in n for n in lora)
-    assert all("lora_kernel" in n or n.endswith("/bias") for n in lora)
-    with pytest.raises(ConfigError, match="encoder.trainable_layers must be between 1 and 2"):
-        encoder(tiny_preset, freeze="top_layers", trainable_layers=5)
+def test_the_backbone_never_trains_inside_the_towers(tiny_preset):
+    assert trainable_names(encoder(tiny_preset)) == set()
 
 
 def test_cache_computes_each_text_once(tiny_preset, tmp_path):
@@ -91,11 +81,6 @@ def test_fingerprint_depends_on_weights_and_length(tiny_preset, tmp_path):
 def test_sequence_longer_than_the_backbone_is_refused(tiny_preset):
     with pytest.raises(ConfigError, match="sequence_length is 100 but the backbone .* handles at most 64 tokens"):
         TextEncoder(EncoderConfig(preset=str(tiny_preset), sequence_length=100))
-
-
-def test_per_domain_backbones_need_a_trainable_policy(tiny_preset):
-    with pytest.raises(ConfigError, match="shared_backbone: false .* the copies would stay identical"):
-        encoder(tiny_preset, shared_backbone=False)
 
 
 def test_bad_preset_directory_is_explained(tmp_path):

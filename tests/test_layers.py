@@ -125,3 +125,32 @@ def test_the_check_sees_a_backward_edge():
         "crossrec.features (core) imports towers.model (towers)",
         "serving.export (serving) imports crossrec.pipelines.retrain (orchestration)",
     ]
+
+
+def stage_imports_inside_functions(path: Path) -> list[str]:
+    """The stage modules (towers, ranking, serving) ``path`` imports from inside a function."""
+    found = []
+    for function in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(function):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            found += [f"{function.name}: {n}" for n in names if layer(n) in (TOWERS, RANKING, SERVING)]
+    return found
+
+
+def test_the_pipelines_import_the_stages_at_the_top_of_the_file():
+    """The pipelines sit above the stages and say so where a reader looks first; only the CLI and
+    the notebook API import them lazily, which keeps `crossrec --help` and `import crossrec.api`
+    from loading every stage (measured: --help 9.9–10.3 s against 14.8 s with every pipeline
+    loaded, on a busy 2-core machine)."""
+    bad = {module_name(p): stage_imports_inside_functions(p) for p in sorted((ROOT / "crossrec" / "pipelines")
+                                                                              .rglob("*.py"))}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_check_sees_a_stage_imported_inside_a_function(tmp_path):
+    path = tmp_path / "late.py"
+    path.write_text("import os\n\n\ndef f():\n    import json\n    from towers.train import load_trained\n")
+    assert stage_imports_inside_functions(path) == ["f: towers.train"]

@@ -47,39 +47,21 @@ def test_fit_lowers_the_loss_and_writes_every_output(tiny_config, tmp_path):
     assert catalogue.domains == run.data.catalogue.domains
 
 
-def test_fine_tuning_the_top_layer_trains_it_and_refreshes_the_table(tiny_config):
-    config = replace(tiny_config, encoder=replace(tiny_config.encoder, freeze="top_layers", trainable_layers=1),
-                     train=replace(tiny_config.train, epochs=1))
+def test_without_the_cache_the_text_table_is_the_cached_one_and_the_encoder_stays_frozen(tiny_config, tmp_path):
     from towers.text import text_vectors
 
-    data = prepare_data(config)
-    text = text_vectors(config, data.catalogue)
-    before = {w.path: np.array(w) for w in text.encoder.backbone.weights}
-    table_before = text.table.copy()
-    run = train_retrieval(config, None, data=data, progress=False)
-    after = {w.path: np.array(w) for w in run.text.encoder.backbone.weights}
-    changed = {p for p in after if not np.allclose(after[p], before[p])}
-    assert changed and all("transformer_layer_1" in p for p in changed)
-    assert not np.allclose(np.array(run.model.text_table), table_before)  # RefreshTextTable re-encoded
-
-
-def test_per_domain_backbones_each_train_on_their_own_domain(tiny_config, tmp_path):
-    from towers.text import text_vectors
-
-    config = replace(tiny_config, encoder=replace(tiny_config.encoder, freeze="full", shared_backbone=False),
-                     train=replace(tiny_config.train, epochs=1))
-    data = prepare_data(config)
-    names = data.catalogue.domain_names
-    pretrained = {w.path: np.array(w) for w in text_vectors(config, data.catalogue).encoders[0].backbone.weights}
-    run = train_retrieval(config, tmp_path / "run", data=data, progress=False)
-    assert len(run.text.encoders) == len(names) == 3
-    tuned = [{w.path: np.array(w) for w in e.backbone.weights} for e in run.text.encoders]
-    for weights in tuned:  # every domain with training data moved its own copy away from the preset
-        assert any(not np.allclose(weights[p], pretrained[p]) for p in pretrained)
-    assert any(not np.allclose(tuned[0][p], tuned[1][p]) for p in pretrained)  # and the copies differ
-    model, _, _ = load_trained(tmp_path / "run")
-    queries = run.data.test[0].examples
-    np.testing.assert_allclose(query_embeddings(model, queries), query_embeddings(run.model, queries), atol=1e-5)
+    data = prepare_data(tiny_config)
+    cached = text_vectors(tiny_config, data.catalogue)
+    uncached_config = replace(tiny_config, encoder=replace(tiny_config.encoder, cache=False,
+                                                           cache_dir=str(tmp_path / "unused")))
+    uncached = text_vectors(uncached_config, data.catalogue)
+    np.testing.assert_allclose(uncached.table, cached.table, atol=1e-5)
+    assert uncached.fingerprint == cached.fingerprint and uncached.cache_misses == len(data.catalogue)
+    assert not (tmp_path / "unused").exists()
+    run = train_retrieval(replace(uncached_config, train=replace(tiny_config.train, epochs=1)), None, data=data,
+                          progress=False)
+    assert not any(w.trainable for w in run.model.trainable_weights if "text" in w.path)
+    np.testing.assert_allclose(np.asarray(run.model.text_table), cached.table, atol=1e-5)
 
 
 def test_id_only_two_tower_trains_without_an_encoder(tiny_config):

@@ -90,7 +90,7 @@ def adapt_encoder(config: Config, train: pd.DataFrame, catalogue: Catalogue, *, 
         return replace(config, encoder=replace(config.encoder, adapted=None)), None
     if settings.budget_minutes <= 0:
         raise ConfigError(f"encoder.adapt.budget_minutes must be above 0, got {settings.budget_minutes}")
-    base = TextEncoder(replace(config.encoder, adapted=None, freeze="frozen", shared_backbone=True))
+    base = TextEncoder(replace(config.encoder, adapted=None))
     pairs = training_pairs(train, catalogue, settings.window)
     if len(pairs) < 2 * settings.batch_size:
         raise ConfigError(f"encoder.adapt: the training split connects only {len(pairs)} item pairs (two items "

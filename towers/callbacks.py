@@ -14,7 +14,6 @@ from crossrec.features import Catalogue
 from crossrec.metrics import ranking_metrics
 from towers.model import RetrievalModel
 from towers.queries import scorer_for
-from towers.text import TextVectors, encode_table
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
@@ -45,21 +44,6 @@ def validation_metrics(model: RetrievalModel, queries: list[QuerySet], catalogue
             sliced = ranking_metrics(ranks, ks)
             out.update({f"val_recall_at_{k}_{name}": float(sliced[f"recall@{k}"]) for k in ks})
     return out
-
-
-class RefreshTextTable(keras.callbacks.Callback):
-    """Fine-tuning: re-encodes every item's text after each epoch, so history items (which read
-    the table) follow the backbone as it trains. Costs one encoding pass over the catalogue."""
-
-    def __init__(self, text: TextVectors, catalogue: Catalogue, center: bool):
-        super().__init__()
-        self.text, self.catalogue, self.center = text, catalogue, center
-
-    def on_epoch_end(self, epoch, logs=None):
-        table = encode_table(self.text, self.catalogue)
-        self.model.text_table.assign(table)
-        if self.center:
-            self.model.text_means.assign(self.catalogue.text_means(table))
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):

@@ -5,8 +5,9 @@
 - Tokenizes in ``tf.data`` into fixed-length token-id arrays; the models only ever see token ids,
   so no TF Text op enters a training or serving graph except the item encoder's own.
 - Mean-pools the sequence output over the padding mask.
-- Applies a freeze policy: ``frozen``, ``top_layers`` (the top N transformer layers train),
-  ``full``, or ``lora`` (keras-hub's ``enable_lora``: only low-rank adapters train).
+- Frozen inside the towers' training: the catalogue's vectors are computed once (and cached).
+  The encoder learns the catalogue before that, when ``encoder.adapt`` is on (``towers.adapt``:
+  its top layers fine-tuned on item pairs), and is then read like the pretrained one.
 - Encodes many texts fast by length bucketing: texts are sorted by token count and each batch is
   cut to its own longest text, instead of padding everything to ``sequence_length``.
 """
@@ -118,43 +119,11 @@ class TextEncoderLayer(keras.layers.Layer):
         return cls(**config)
 
 
-def apply_freeze_policy(backbone: keras.Model, config: EncoderConfig) -> None:
-    """Sets which backbone weights train (see ``EncoderConfig.freeze``)."""
-    policy = config.freeze
-    transformer = [layer for layer in backbone.layers if layer.name.startswith("transformer_layer_")]
-    if policy == "frozen":
-        backbone.trainable = False
-        return
-    if policy == "lora":
-        if config.lora_rank < 1:
-            raise ConfigError(f"encoder.lora_rank must be at least 1, got {config.lora_rank}")
-        backbone.enable_lora(config.lora_rank)
-        return
-    backbone.trainable = True
-    if policy == "top_layers":
-        n = config.trainable_layers
-        if not 1 <= n <= len(transformer):
-            raise ConfigError(f"encoder.trainable_layers must be between 1 and {len(transformer)} "
-                              f"(the backbone's transformer layers), got {n}")
-        trainable = {layer.name for layer in transformer[-n:]}
-        for layer in backbone.layers:
-            if layer.name not in trainable:
-                layer.trainable = False
-    # Mean pooling reads the sequence output; the pooled (CLS) head gets no gradient.
-    for layer in backbone.layers:
-        if layer.name == "pooled_dense":
-            layer.trainable = False
-
-
 class TextEncoder:
     """A backbone + tokenizer from a local preset, with tokenization and bulk encoding."""
 
     def __init__(self, config: EncoderConfig | None = None, *, name: str = "text_encoder"):
         self.config = config or EncoderConfig()
-        if not self.config.shared_backbone and self.config.freeze == "frozen":
-            raise ConfigError("encoder.shared_backbone: false gives each domain its own copy of the backbone to "
-                              "fine-tune, but encoder.freeze is 'frozen', so the copies would stay identical; "
-                              "set encoder.freeze to top_layers, full or lora, or keep shared_backbone: true")
         self.path = resolve_preset(self.config.preset, adapted=self.config.adapted)
         try:
             self.backbone = keras_hub.models.Backbone.from_preset(str(self.path))
@@ -177,7 +146,7 @@ class TextEncoder:
             start_value=vocab.token_to_id(start) if start else None,
             end_value=vocab.token_to_id(end) if end else None,
             pad_value=self.pad_id)
-        apply_freeze_policy(self.backbone, self.config)
+        self.backbone.trainable = False  # adapted beforehand (towers.adapt), never inside the towers' fit
         self.layer = TextEncoderLayer(self.backbone, pad_id=self.pad_id, name=name)
         self._encode_fn = None
 

@@ -5,9 +5,8 @@ Named parts (each tested alone): ``ItemTower`` (``towers.item_tower``), ``UserTo
 calls ``tfrs.tasks.Retrieval`` (in-batch softmax with temperature, logQ correction,
 accidental-hit removal, hard negatives) on one history window per target.
 
-Text vectors come from a non-trainable table (the frozen encoder's cached output). When the
-encoder is fine-tuned, the batch's candidate items are encoded live from their token ids, and the
-history keeps reading the table, which ``RefreshTextTable`` re-encodes after every epoch.
+Text vectors come from a non-trainable table: the frozen (or beforehand adapted, ``towers.adapt``)
+encoder's cached output.
 """
 
 from __future__ import annotations
@@ -33,8 +32,7 @@ class RetrievalModel(keras.Model):
     training, ``target`` (b,) int32 item rows; ``user_id`` (b,) string if user-id buckets are on.
     """
 
-    def __init__(self, tables: TowerTables, towers: TowerSpec, loss: LossSpec,
-                 text_encoders: list[keras.layers.Layer] | None = None, **kwargs):
+    def __init__(self, tables: TowerTables, towers: TowerSpec, loss: LossSpec, **kwargs):
         super().__init__(**kwargs)
         num_items = len(tables.item_domain)
         text_dim = 0 if tables.text_table is None else int(tables.text_table.shape[1])
@@ -49,13 +47,6 @@ class RetrievalModel(keras.Model):
                                         initializer=keras.initializers.Constant(tables.id_known))
         self.item_probability = self.add_weight(shape=(num_items,), trainable=False, name="item_probability",
                                                 initializer=keras.initializers.Constant(tables.item_probability))
-        # One encoder shared by every domain, or one per text domain (index = text_domain).
-        self.text_encoders = list(text_encoders or [])
-        self.token_table = None
-        if self.text_encoders:
-            self.token_table = self.add_weight(shape=tables.token_table.shape, dtype="int32", trainable=False,
-                                               name="token_table",
-                                               initializer=keras.initializers.Constant(tables.token_table))
         num_domains = tables.num_domains
         self.item_tower = ItemTower(num_items, num_domains, text_dim, towers.embedding_dim,
                                     use_text=towers.use_text, use_item_ids=towers.use_item_ids,
@@ -95,30 +86,19 @@ class RetrievalModel(keras.Model):
                                           initializer=keras.initializers.Constant(means))
 
     # -- item side --------------------------------------------------------------------------
-    def _text_vectors(self, rows, live: bool):
+    def _text_vectors(self, rows):
         if self.text_table is None:
             return None
-        if live and len(self.text_encoders) == 1:
-            vectors = self.text_encoders[0](ops.take(self.token_table, rows, axis=0), training=True)
-        elif live and self.text_encoders:
-            # Each domain's rows through its own backbone copy, then back into row order.
-            parts = tf.dynamic_partition(rows, ops.take(self.text_domain, rows), len(self.text_encoders))
-            positions = tf.dynamic_partition(tf.range(tf.shape(rows)[0]), ops.take(self.text_domain, rows),
-                                             len(self.text_encoders))
-            encoded = [encoder(ops.take(self.token_table, part, axis=0), training=True)
-                       for encoder, part in zip(self.text_encoders, parts, strict=True)]
-            vectors = tf.dynamic_stitch(positions, encoded)
-        else:
-            vectors = ops.take(self.text_table, rows, axis=0)
+        vectors = ops.take(self.text_table, rows, axis=0)
         return vectors - ops.take(self.text_means, ops.take(self.text_domain, rows), axis=0)
 
-    def item_embeddings(self, rows, training=False, live_text=False, use_ids=True, text_only_too=False):
+    def item_embeddings(self, rows, training=False, use_ids=True, text_only_too=False):
         """(n,) item rows -> (n, e); each distinct row goes through the tower once. ``use_ids``
         false embeds every item from its text alone (as a new item is). ``text_only_too`` returns
         (hybrid, text alone) from one pass of the text encoder (what the text-only loss needs)."""
         flat = ops.reshape(rows, [-1])
         unique, position = tf.unique(flat)
-        text = self._text_vectors(unique, live=live_text)
+        text = self._text_vectors(unique)
         known, domain = ops.take(self.id_known, unique), ops.take(self.item_domain, unique)
         shape = tf.concat([tf.shape(rows), [-1]], 0)
 
@@ -133,25 +113,19 @@ class RetrievalModel(keras.Model):
     # -- query side -------------------------------------------------------------------------
     def call(self, inputs, training=False):
         history = ops.cast(inputs["history"], "int32")
-        if training and "target" in inputs and self._one_pass:
+        if training and "target" in inputs:
             return self._one_pass_outputs(history, inputs)
         return self.query(self.item_embeddings(history, training=training), history, inputs["target_domain"],
                           inputs.get("user_id"), training=training)
 
-    @property
-    def _one_pass(self) -> bool:
-        """Whether a training step embeds history and candidates in one pass of the item tower
-        (every distinct item once, the text path shared by the hybrid and text-only vectors): with
-        cached text (a fine-tuned encoder embeds the candidates live)."""
-        return not self.text_encoders
-
     def _one_pass_outputs(self, history, inputs):
         """Training outputs of a batch of windows: the queries, the targets' embeddings and their
-        text-only embeddings, every distinct item (history and target) through the tower once."""
+        text-only embeddings, every distinct item (history and target) through the tower once (the
+        text path shared by the hybrid and text-only vectors)."""
         target = ops.cast(inputs["target"], "int32")
         unique, position = tf.unique(ops.concatenate([ops.reshape(history, [-1]), target], axis=0))
         text_part, id_part = self.item_tower.parts(
-            self._text_vectors(unique, live=False), ops.take(self.item_domain, unique), unique,
+            self._text_vectors(unique), ops.take(self.item_domain, unique), unique,
             ops.take(self.id_known, unique), training=True)
         items = self.item_tower.combine(text_part, id_part)
         split = tf.size(history)
@@ -210,10 +184,9 @@ class RetrievalModel(keras.Model):
         query, target, weight = self._targets(x, y_pred)
         text_only = None
         if training and self.loss_spec.text_only_loss_weight > 0 and self.text_table is not None:
-            candidates, text_only = self.item_embeddings(target, training=training, live_text=training,
-                                                         text_only_too=True)
+            candidates, text_only = self.item_embeddings(target, training=training, text_only_too=True)
         else:
-            candidates = self.item_embeddings(target, training=training, live_text=training)
+            candidates = self.item_embeddings(target, training=training)
         return self._loss(query, target, weight, candidates, text_only)
 
     def _one_pass_loss(self, x, outputs):

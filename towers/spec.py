@@ -81,5 +81,3 @@ class TowerTables:
     item_probability: np.ndarray
     # number of domains, padding included
     num_domains: int
-    # (items, tokens) token ids, for an encoder fine-tuned inside training (None otherwise)
-    token_table: np.ndarray | None = None

@@ -1,10 +1,10 @@
-"""Item text as the towers read it: a frozen encoder's vectors (cached on disk), or token ids
-and trainable encoders when fine-tuning (``TextVectors``)."""
+"""Item text as the towers read it: the frozen (or adapted) encoder's vectors, cached on disk
+(``TextVectors``)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,58 +18,25 @@ from towers.encoder import TextEncoder
 @dataclass
 class TextVectors:
     table: np.ndarray | None  # (catalogue.size, dim), row 0 zeros
-    tokens: np.ndarray | None = None  # (catalogue.size, length) when fine-tuning
-    encoder: TextEncoder | None = None  # the (first) trainable encoder when fine-tuning
     fingerprint: str | None = None
     cache_hits: int = 0
     cache_misses: int = 0
     seconds: float = 0.0
-    # Fine-tuning with shared_backbone false: one encoder per catalogue.domain_names entry.
-    per_domain: list[TextEncoder] = field(default_factory=list)
-
-    @property
-    def encoders(self) -> list[TextEncoder]:
-        return self.per_domain or ([self.encoder] if self.encoder is not None else [])
 
 
 def text_vectors(config: Config, catalogue: Catalogue, *, progress: bool = False) -> TextVectors:
+    """Every item's text vector by the (frozen, possibly adapted) encoder: from the on-disk cache
+    where it holds them (``encoder.cache``), else encoded here."""
     if not config.towers.use_text:
         return TextVectors(None)
     start = time.perf_counter()
-    per_domain = per_domain_encoders(config, catalogue)
-    encoder = per_domain[0] if per_domain else TextEncoder(config.encoder)
+    encoder = TextEncoder(config.encoder)
     texts = catalogue.items[schema.TEXT].tolist()
-    if config.encoder.freeze == "frozen" and config.encoder.cache:
+    if config.encoder.cache:
         cache = EmbeddingCache(config.encoder.cache_dir, encoder.fingerprint)
         vectors = cache.get(texts, lambda t: encoder.encode(t, progress=progress))
-        table = np.concatenate([np.zeros((1, encoder.dim), np.float32), vectors])
-        return TextVectors(table, fingerprint=encoder.fingerprint, cache_hits=cache.stats.hits,
-                           cache_misses=cache.stats.misses, seconds=time.perf_counter() - start)
-    tokens = np.concatenate([np.zeros((1, config.encoder.sequence_length), np.int32), encoder.tokenize(texts)])
-    tokens[0, 0] = encoder.pad_id
-    text = TextVectors(None, tokens, encoder, cache_misses=len(texts), per_domain=per_domain)
-    text.table = encode_table(text, catalogue, progress=progress)
-    text.seconds = time.perf_counter() - start
-    return text
-
-
-def per_domain_encoders(config: Config, catalogue: Catalogue) -> list[TextEncoder]:
-    """One backbone copy per catalogue domain when ``encoder.shared_backbone`` is false."""
-    if config.encoder.shared_backbone:
-        return []
-    return [TextEncoder(config.encoder, name=f"text_encoder_{i}") for i in range(len(catalogue.domain_names))]
-
-
-def encode_table(text: TextVectors, catalogue: Catalogue, *, progress: bool = False) -> np.ndarray:
-    """Every row's text vector through its encoder (one shared, or its domain's own copy)."""
-    encoders = text.encoders
-    if len(encoders) == 1:
-        table = encoders[0].encode_tokens(text.tokens, progress=progress)
+        hits, misses = cache.stats.hits, cache.stats.misses
     else:
-        table = np.zeros((len(text.tokens), encoders[0].dim), np.float32)
-        domain = catalogue.text_domain
-        for index, encoder in enumerate(encoders):
-            rows = np.flatnonzero(domain == index)
-            table[rows] = encoder.encode_tokens(text.tokens[rows], progress=progress)
-    table[0] = 0
-    return table
+        vectors, hits, misses = encoder.encode(texts, progress=progress), 0, len(texts)
+    table = np.concatenate([np.zeros((1, encoder.dim), np.float32), vectors])
+    return TextVectors(table, encoder.fingerprint, hits, misses, time.perf_counter() - start)

@@ -38,16 +38,15 @@ from crossrec.features import Catalogue, Examples
 from crossrec.progress import epoch_bar
 from crossrec.typed import to_dict
 from towers.adapt import Adaptation, adapt_encoder, keep_copy
-from towers.callbacks import RefreshTextTable, ResumableBackup, RetrievalEvaluation
+from towers.callbacks import ResumableBackup, RetrievalEvaluation
 from towers.embedding_table import FILE as EMBEDDINGS_FILE
 from towers.embedding_table import write_item_embeddings
-from towers.encoder import TextEncoder
 from towers.inputs import make_dataset
 from towers.model import RetrievalModel
 from towers.optimizer import rows_per_step, towers_optimizer
 from towers.queries import scorer_for
 from towers.spec import LossSpec, TowerSpec, TowerTables
-from towers.text import TextVectors, per_domain_encoders, text_vectors
+from towers.text import TextVectors, text_vectors
 from towers.tuning import choose
 
 MONITOR = "val_recall_at_50"
@@ -61,9 +60,8 @@ def build_model(config: Config, data: ExperimentData, text: TextVectors) -> Retr
     id_known[0] = False
     tables = TowerTables(text.table, catalogue.item_domain, id_known, catalogue.text_domain,
                          None if text.table is None else catalogue.text_means(text.table),
-                         catalogue.frequencies(data.train), len(catalogue.domains), text.tokens)
-    model = RetrievalModel(tables, TowerSpec.from_config(config.towers), LossSpec.from_config(config),
-                           text_encoders=[e.layer for e in text.encoders])
+                         catalogue.frequencies(data.train), len(catalogue.domains))
+    model = RetrievalModel(tables, TowerSpec.from_config(config.towers), LossSpec.from_config(config))
     h = config.towers.history_length
     model({"history": np.zeros((1, h), np.int32), "target_domain": np.zeros(1, np.int32),
            "user_id": np.array(["u"])})
@@ -169,11 +167,8 @@ def train_retrieval(config: Config, out_dir: str | Path | None = None, *, datase
 
 def fit_callbacks(config: Config, data: ExperimentData, text: TextVectors, out: Path | None,
                   callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
-    """``callbacks`` + the text-table refresh (fine-tuned encoders), per-epoch validation with
-    early stopping on it, TerminateOnNaN and, with an ``out`` folder, the best checkpoint, the
+    """``callbacks`` + per-epoch validation with early stopping on it, TerminateOnNaN and, with an ``out`` folder, the best checkpoint, the
     resumable backup and TensorBoard."""
-    if text.encoder is not None and config.encoder.freeze != "frozen":
-        callbacks.append(RefreshTextTable(text, data.catalogue, config.towers.center_text_by_domain))
     monitor, mode = "loss", "min"
     validation = [q.sample(config.train.validation_queries, config.train.seed) for q in data.validation
                   if len(q.examples)]
@@ -235,16 +230,7 @@ def load_trained(out_dir: str | Path) -> tuple[RetrievalModel, Catalogue, Config
     spec = json.loads((out / "model_spec.json").read_text())
     catalogue = Catalogue(pd.read_parquet(out / "catalogue.parquet"), spec["domains"])
     size, dim = catalogue.size, spec["text_dim"]
-    text = TextVectors(None)
-    if config.towers.use_text:
-        if config.encoder.freeze == "frozen" and config.encoder.cache:
-            text = TextVectors(np.zeros((size, dim), np.float32))
-        else:
-            per_domain = per_domain_encoders(config, catalogue)
-            encoder = per_domain[0] if per_domain else TextEncoder(config.encoder)
-            text = TextVectors(np.zeros((size, dim), np.float32),
-                               np.zeros((size, config.encoder.sequence_length), np.int32), encoder,
-                               per_domain=per_domain)
+    text = TextVectors(np.zeros((size, dim), np.float32) if config.towers.use_text else None)
     model = model_for_catalogue(config, catalogue, text)
     model.load_weights(str(out / "towers.weights.h5"))
     return model, catalogue, config

@@ -55,10 +55,8 @@ def _key(variable, model_name: str) -> str:
 
 
 def tower_weights(model) -> dict[str, object]:
-    """The trainable state of a ``RetrievalModel`` (towers and fine-tuned encoders) by name."""
+    """The trainable state of a ``RetrievalModel`` (its towers) by name."""
     variables = model.item_tower.weights + model.user_tower.weights
-    for encoder in model.text_encoders:
-        variables += encoder.weights
     return {_key(v, model.name): v for v in variables}
 
 

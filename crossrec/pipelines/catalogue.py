@@ -44,6 +44,9 @@ from crossrec.pipelines.catalogue_state import (
     write_towers,
 )
 from crossrec.pipelines.served_data import ServedState, served_state
+from serving.export import export_models, write_model_config
+from serving.parts import assemble_parts, stored_embeddings
+from towers.train import load_trained
 
 DEFAULT_WORK_DIR = ".runs/catalogue"
 
@@ -107,8 +110,6 @@ def retire_items(items: str | Path, base: str | Path = "saved_models", *, work_d
 
 def _publish(served: ServedState, config: Config, catalogue: Catalogue, edit: CatalogueEdit, key: str,
              work_dir, progress: bool, started: float, encoder_fingerprint: str | None) -> CatalogueResult:
-    from serving.export import export_models, write_model_config
-
     work = Path(work_dir or DEFAULT_WORK_DIR) / f"from-v{served.version}-{key}"
     added = 0 if edit.add is None else len(edit.add)
     retired = len(edit.retire or [])
@@ -142,9 +143,6 @@ def _write_state(work: Path, served: ServedState, config: Config, catalogue: Cat
     """The changed training state in ``work`` (towers, then rankers, each renamed into place when
     whole), the seconds of each stage in ``seconds``; returns its export parts (the models built
     here: the publish need not load them again)."""
-    from serving.parts import assemble_parts, stored_embeddings
-    from towers.train import load_trained
-
     begun = time.perf_counter()
     model, _, _ = load_trained(served.towers_dir)
     texts = [] if edit.add is None else edit.add[schema.TEXT].tolist()
@@ -179,8 +177,6 @@ def _state_complete(work: Path, served: ServedState) -> bool:
 def _published_before(served: ServedState, key: str, progress: bool) -> CatalogueResult | None:
     """The result of this same command when it already published the set served now (a run
     killed after the set was in place gets the rest of its publish: the model config)."""
-    from serving.export import write_model_config
-
     change = served.metadata.get("catalogue_change") or {}
     if change.get("key") != key:
         return None

@@ -30,6 +30,18 @@ from crossrec.config import Config
 from crossrec.data import io
 from crossrec.errors import ConfigError
 from crossrec.features import Catalogue
+from ranking.ranker_spec import STUDENT, TEACHER, RankerSpec
+from ranking.sources import NeighbourTable
+from ranking.tables import FeatureTables
+from ranking.train import build_ranker, load_ranking
+from serving.training_state import ADDED_ITEMS
+from towers.cache import EmbeddingCache
+from towers.embedding_table import FILE as EMBEDDINGS_FILE
+from towers.embedding_table import write_item_embeddings
+from towers.encoder import TextEncoder
+from towers.text import TextVectors
+from towers.train import model_for_catalogue
+from towers.warm_start import warm_start_towers
 
 
 @dataclass
@@ -42,14 +54,11 @@ class CatalogueEdit:
 
 
 def check_servable(config: Config, summary: dict) -> None:
-    """Refuses towers whose new items cannot be placed from the cached frozen text path."""
+    """Refuses towers whose new items cannot be placed from their text (the encoder the
+    version was trained with, known by its fingerprint)."""
     if not config.towers.use_text:
         raise ConfigError("the served towers are ID-only (towers.use_text: false): an item without interactions "
                           "has no vector until it is trained; add it with the next `crossrec retrain`")
-    if config.encoder.freeze != "frozen" or not config.encoder.cache:
-        raise ConfigError(f"the served towers read their item text live (encoder.freeze: {config.encoder.freeze}, "
-                          f"encoder.cache: {config.encoder.cache}); `crossrec catalogue` places new items through "
-                          "the cached frozen text path (the default). Add them with the next `crossrec retrain`")
     if not summary.get("text_encoder", {}).get("fingerprint"):
         raise ConfigError("the served version's training state does not record its text encoder's fingerprint "
                           "(run_summary.json); retrain it once with this crossrec, then change its catalogue")
@@ -59,9 +68,6 @@ def encode_texts(config: Config, texts: list[str], trained_fingerprint: str, pro
     """The frozen encoder's vectors of ``texts`` (through the on-disk cache), from the very encoder
     the towers were trained with (refused otherwise: vectors of another encoder would land
     anywhere)."""
-    from towers.cache import EmbeddingCache
-    from towers.encoder import TextEncoder
-
     encoder = TextEncoder(config.encoder)
     if encoder.fingerprint != trained_fingerprint:
         raise ConfigError(f"the text encoder here ({config.encoder.preset or 'the built-in all-MiniLM-L6-v2'}, "
@@ -92,10 +98,6 @@ def changed_catalogue(catalogue: Catalogue, edit: CatalogueEdit) -> Catalogue:
 def changed_towers(config: Config, model, catalogue: Catalogue, new: Catalogue, vectors: np.ndarray):
     """Towers for ``new`` with ``model``'s weights: the text table grows by ``vectors`` (the added
     rows'), every other per-item value of an existing row is copied, the added rows are unseen."""
-    from towers.text import TextVectors
-    from towers.train import model_for_catalogue
-    from towers.warm_start import warm_start_towers
-
     added = new.size - catalogue.size
     old_table = np.asarray(model.text_table)
     table = np.concatenate([old_table, np.asarray(vectors, np.float32).reshape(added, old_table.shape[1])])
@@ -111,9 +113,6 @@ def changed_towers(config: Config, model, catalogue: Catalogue, new: Catalogue, 
 def write_towers(out: Path, served_towers: Path, model, catalogue: Catalogue, embeddings: np.ndarray,
                  edit: CatalogueEdit, change: dict) -> None:
     """The towers' state folder for the changed catalogue (the layout ``towers.train`` writes)."""
-    from towers.embedding_table import FILE as EMBEDDINGS_FILE
-    from towers.embedding_table import write_item_embeddings
-
     out.mkdir(parents=True, exist_ok=True)
     model.save_weights(str(out / "towers.weights.h5"))
     catalogue.items.to_parquet(out / "catalogue.parquet", index=False)
@@ -131,8 +130,6 @@ def write_towers(out: Path, served_towers: Path, model, catalogue: Catalogue, em
 def _write_added(out: Path, served_towers: Path, edit: CatalogueEdit, change: dict) -> None:
     """The items added since the towers were trained (the served list and this edit's), which the
     explorer marks: placed from their text, not trained yet."""
-    from serving.training_state import ADDED_ITEMS
-
     frames = [pd.read_parquet(served_towers / ADDED_ITEMS)] if (served_towers / ADDED_ITEMS).exists() else []
     if edit.add is not None and len(edit.add):
         title = edit.add[schema.TITLE] if schema.TITLE in edit.add else edit.add[schema.TEXT]
@@ -169,9 +166,6 @@ def write_rankers(out: Path, served_ranking: Path, catalogue: Catalogue, added_e
     """The rankers' state folder for the changed catalogue: their weights, and per-item tables
     grown by the added rows (the towers' vector, no interactions, never seen, no neighbours);
     returns the rankers written (teacher, student or None)."""
-    from ranking.ranker_spec import STUDENT, TEACHER, RankerSpec
-    from ranking.train import build_ranker, load_ranking
-
     teacher, student, config = load_ranking(served_ranking)
     spec = json.loads((served_ranking / "ranking_spec.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
@@ -193,9 +187,6 @@ def write_rankers(out: Path, served_ranking: Path, catalogue: Catalogue, added_e
 
 
 def _grown_tables(tables: dict, spec: dict, catalogue: Catalogue, added_embeddings: np.ndarray):
-    from ranking.sources import NeighbourTable
-    from ranking.tables import FeatureTables
-
     old = {k: np.asarray(v) for k, v in tables.items()}
     added = catalogue.size - len(old["popularity"])
 

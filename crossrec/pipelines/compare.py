@@ -49,7 +49,11 @@ from crossrec.evaluation import (
 from crossrec.experiment import ExperimentData, prepare_data, query_sets
 from crossrec.features import Catalogue, Examples, keep_right_aligned
 from crossrec.windows import training_examples
+from ranking.evaluate import list_ranks
+from ranking.scoring import served_order, served_ranker
+from ranking.train import train_ranking
 from towers.queries import query_embeddings, scorer_for
+from towers.sasrec import train_sasrec
 from towers.train import train_retrieval
 
 MODELS = (TOWERS, "popularity", "id_two_tower", "target_only", "item_knn", "sasrec", "ranking")
@@ -123,7 +127,6 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         result.histories[TOWERS] = run.history
         result.chosen = [{f"towers.{k}": v for k, v in (run.auto or {}).get("settings", {}).items()}]
         if "ranking" in models:
-            from ranking.train import train_ranking
 
             ranked = timed("ranking", lambda: train_ranking(config, run, ranking_out, progress=progress))
             result.reranking = ranked.metrics
@@ -158,9 +161,6 @@ def _served_ranks(ranked, config: Config) -> list[pd.DataFrame]:
     """Each test query's rank in the served list (``ranking.scoring.served_order`` over the merged
     candidate lists, which are mined for the evaluator's test queries in their order); a target
     outside the list ranks last (``ranking.evaluate.MISS``)."""
-    from ranking.evaluate import list_ranks
-    from ranking.scoring import served_order, served_ranker
-
     ranker = served_ranker(ranked.teacher, ranked.student, config)
     frames = []
     for slice_name, lists in ranked.data.test:
@@ -190,7 +190,6 @@ def _reference_scorers(models, config: Config, data: ExperimentData, progress: b
     if "item_knn" in models:
         scorers.append(ItemKNNScorer(data.train, data.catalogue))
     if "sasrec" in models:
-        from towers.sasrec import train_sasrec
 
         scorers.append(timed("sasrec", lambda: train_sasrec(config, data, progress=progress)))
     return scorers

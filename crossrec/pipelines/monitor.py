@@ -19,7 +19,11 @@ import pandas as pd
 from crossrec.config import DataConfig
 from crossrec.data.loaders import load_dataset
 from crossrec.errors import ConfigError
+from crossrec.pipelines.served_data import read_new_data
 from crossrec.profile import DRIFT_THRESHOLD, drift, profile, unknown_share
+from serving.layout import METADATA_FILE
+from serving.model_set import latest_complete
+from serving.training_state import locate
 
 UNKNOWN_THRESHOLD = 0.1
 
@@ -68,10 +72,6 @@ class DriftReport:
 
 def served_reference(model_dir: str | Path) -> tuple[int, dict, Path | None]:
     """(version, reference profile, training data folder or None) of the newest complete set."""
-    from serving.layout import METADATA_FILE
-    from serving.model_set import latest_complete
-    from serving.training_state import locate
-
     base = Path(model_dir)
     for name in ("recommender", "retrieval"):
         version = latest_complete(base / name) if (base / name).is_dir() else None
@@ -92,8 +92,6 @@ def served_reference(model_dir: str | Path) -> tuple[int, dict, Path | None]:
 
 def drift_report(model_dir: str | Path, data: DataConfig, *, threshold: float = DRIFT_THRESHOLD,
                  unknown_threshold: float = UNKNOWN_THRESHOLD) -> DriftReport:
-    from crossrec.pipelines.served_data import read_new_data
-
     version, reference, training_dir = served_reference(model_dir)
     if data.interactions is None:
         raise ConfigError("crossrec monitor needs the new data: --data PATH (a folder or an interactions file)")

@@ -9,6 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from crossrec import schema
+from crossrec.config import DataConfig
+from crossrec.data.loaders import load_dataset
+from serving.client import CrossrecClient
+from serving.models import ModelManager, ModelSpec, wait_until_ready
+from serving.server import Server, ServerOptions, free_port
 
 BUILT_IN_TARGET = "movies"
 
@@ -16,9 +21,6 @@ BUILT_IN_TARGET = "movies"
 def choose_target(data_dir: Path) -> str:
     """The domain a run on the user's own data recommends from: the one with the fewest
     interactions, where knowledge from the others matters most."""
-    from crossrec.config import DataConfig
-    from crossrec.data.loaders import load_dataset
-
     counts = load_dataset(DataConfig(interactions=str(data_dir))).interactions[schema.DOMAIN].value_counts()
     return str(counts.sort_values(kind="stable").index[0])
 
@@ -56,9 +58,6 @@ def _users(interactions: pd.DataFrame, target: str) -> list[tuple[str, list[tupl
 def example_history(data_dir: Path, target: str) -> tuple[str, str]:
     """(domain, item id) of the most popular item of the source domain: a history to try the
     served models with."""
-    from crossrec.config import DataConfig
-    from crossrec.data.loaders import load_dataset
-
     frame = load_dataset(DataConfig(interactions=str(data_dir))).interactions
     source = source_domain(frame, target)
     return source, str(frame[frame[schema.DOMAIN] == source][schema.ITEM_ID].astype(str).value_counts().index[0])
@@ -90,12 +89,6 @@ def _show(label: str, history, rows, titles, k: int, target: str = BUILT_IN_TARG
 
 
 def serve_and_query(saved_models: Path, data_dir: Path, target: str = BUILT_IN_TARGET, k: int = 5) -> None:
-    from crossrec.config import DataConfig
-    from crossrec.data.loaders import load_dataset
-    from serving.client import CrossrecClient
-    from serving.models import ModelManager, ModelSpec, wait_until_ready
-    from serving.server import Server, ServerOptions, free_port
-
     dataset = load_dataset(DataConfig(interactions=str(data_dir))).clean()
     titles = (dataset.items.set_index([schema.DOMAIN, schema.ITEM_ID])[schema.TITLE]
               if schema.TITLE in dataset.items else {})

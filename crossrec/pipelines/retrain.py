@@ -54,6 +54,15 @@ from crossrec.pipelines.served_data import (
     served_state,
 )
 from crossrec.typed import to_dict
+from ranking.train import load_ranking, train_ranking
+from ranking.warm_start import warm_start_ranker
+from serving.export import export_models, write_model_config
+from towers.cache import EmbeddingCache
+from towers.callbacks import validation_metrics
+from towers.queries import sample_query_embeddings
+from towers.text import text_vectors
+from towers.train import build_model, load_trained, train_retrieval
+from towers.warm_start import item_row_map, warm_start_towers
 
 DEFAULT_WORK_DIR = ".runs/retrain"
 
@@ -111,8 +120,6 @@ def retrain(data: str | Path, base: str | Path = "saved_models", *, config: Conf
     """Warm-starts from the latest version under ``base``, trains on its data plus ``data``, and
     publishes the next version unless the gate refuses it. ``config`` defaults to the served
     version's; ``callbacks`` go to the towers' ``fit``."""
-    from towers.train import load_trained
-
     started = time.perf_counter()
     served = served_state(base)
     old_model, old_catalogue, served_config = load_trained(served.towers_dir)
@@ -195,8 +202,6 @@ class _Stages:
         return [q for q in self.data.validation if len(q.examples)]
 
     def _metric(self, model) -> float:
-        from towers.callbacks import validation_metrics
-
         queries = self._validation()
         if not queries:
             raise ConfigError("retraining needs validation queries for its gate, and the split left none; "
@@ -205,16 +210,10 @@ class _Stages:
         return metrics[f"val_{self.config.retrain.metric}"]
 
     def _warm_start(self, model):
-        from towers.warm_start import warm_start_towers
-
         return warm_start_towers(model, self.old_model, self.old_catalogue, self.data.catalogue)
 
     def served_metric(self) -> float:
         """The served weights on the new validation queries; new items only through their text."""
-        from towers.text import text_vectors
-        from towers.train import build_model
-        from towers.warm_start import item_row_map
-
         path = self.work / "served_metric.json"
         if path.exists():
             return json.loads(path.read_text())["value"]
@@ -233,10 +232,8 @@ class _Stages:
     def _seed_text_cache(self) -> None:
         """Frozen text vectors of the served catalogue, from the served model's table: retraining
         then encodes only texts that are new or changed, on any machine."""
-        from towers.cache import EmbeddingCache
-
         config = self.config
-        if not (config.towers.use_text and config.encoder.freeze == "frozen" and config.encoder.cache):
+        if not (config.towers.use_text and config.encoder.cache):
             return
         summary_path = self.served.towers_dir / "run_summary.json"
         fingerprint = json.loads(summary_path.read_text()).get("text_encoder", {}).get("fingerprint") \
@@ -250,8 +247,6 @@ class _Stages:
     def train_towers(self) -> TrainedTowers:
         """The towers warm-started from the served ones and trained on the merged data (or the
         ones a killed run already finished)."""
-        from towers.train import load_trained, train_retrieval
-
         if (self.towers_dir / "run_summary.json").exists():
             model, _, _ = load_trained(self.towers_dir)
             self.log.write("towers_reused", folder=str(self.towers_dir))
@@ -280,9 +275,6 @@ class _Stages:
     def _ranker_initializer(self):
         """(initialize(name, model) or None, how): the served rankers' weights copied into the
         new ones when the served version has rankers of the same domains."""
-        from ranking.train import load_ranking
-        from ranking.warm_start import warm_start_ranker
-
         if self.served.ranking_dir is None:
             return None, "cold start: the served version has no ranker"
         spec = json.loads((self.served.ranking_dir / "ranking_spec.json").read_text())
@@ -302,8 +294,6 @@ class _Stages:
     def train_rankers(self, towers: TrainedTowers) -> Path | None:
         """The rankers on lists the new towers mine (warm-started when the domains are unchanged):
         their folder, or None when the served version has no ranking model."""
-        from ranking.train import train_ranking
-
         if not ({"ranking", "recommender"} & set(self.served.models)):
             return None
         if (self.ranking_dir / "run_summary.json").exists():
@@ -320,9 +310,6 @@ class _Stages:
     def publish(self, towers: TrainedTowers, ranking_dir: Path | None) -> dict[str, int]:
         """Every served model as one new model set (``serving.model_set``); a publish a killed
         run left half done is finished, not repeated: {model: version}."""
-        from serving.export import export_models, write_model_config
-        from towers.queries import sample_query_embeddings
-
         queries = sample_query_embeddings(towers.model, self.data.examples, self.config.export.recall_queries)
         models = [m for m in self.served.models if ranking_dir is not None or m not in ("ranking", "recommender")]
         result = export_models(towers.folder, self.served.base, ranking_dir=ranking_dir, config=self.config,

@@ -3,6 +3,7 @@ the new data, and the two merged into one validated dataset (``merge_data``, ``D
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from crossrec.data.dataset import Dataset
 from crossrec.data.loaders import read_table_dataset, text_template
 from crossrec.data.validate import validate
 from crossrec.errors import ConfigError, DataError, Problem
+from serving.export import MODELS
+from serving.layout import METADATA_FILE, latest_version
+from serving.model_set import latest_complete
+from serving.training_state import locate
 
 
 # --- the served state -------------------------------------------------------------------------
@@ -32,13 +37,6 @@ class ServedState:
 def served_state(base: str | Path) -> ServedState:
     """What ``base`` serves: the newest *complete* model set (``serving.model_set``), never the
     half of one a killed publish left."""
-    import json
-
-    from serving.export import MODELS
-    from serving.layout import METADATA_FILE, latest_version
-    from serving.model_set import latest_complete
-    from serving.training_state import locate
-
     base = Path(base)
     version = latest_complete(base / "retrieval")
     if version is None:
