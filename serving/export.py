@@ -91,8 +91,7 @@ def export_models(retrieval_dir: str | Path, out: str | Path = "saved_models", *
     runs = (retrieval_dir, ranking_dir, state_fingerprint, link_state)
     with publish_set(out, models, set_id, version, say) as publish:
         if publish.missing:
-            _write_set(publish, parts, runs, recall_queries, say,
-                       extra_metadata or {}, result, reuse or {})
+            result.metadata = _write_set(publish, parts, runs, recall_queries, say, extra_metadata or {}, reuse or {})
     for name in models:
         result.versions[name] = publish.version
         result.paths[name] = Path(out) / name / str(publish.version)
@@ -121,10 +120,11 @@ def _set_id(state_fingerprint: str, config: Config, models: list[str]) -> str:
     return digest.hexdigest()[:24]
 
 
-def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result, reuse: dict) -> None:
+def _write_set(publish, parts, runs, recall_queries, say, extra: dict, reuse: dict) -> dict:
     """Builds and saves every model the set still lacks into its staged folder (or copies the one
-    ``reuse`` names); ``runs``: (retrieval run folder, ranking run folder or None, their training
-    state's fingerprint, whether the store may link to their files)."""
+    ``reuse`` names); returns each written model's metadata. ``runs``: (retrieval run folder,
+    ranking run folder or None, their training state's fingerprint, whether the store may link to
+    their files)."""
     export = parts.config.export
     index_info = _build_index(parts, recall_queries)
     builders = {"retrieval": RetrievalModule, "ranking": RankingModule, "recommender": FeedRecommenderModule,
@@ -132,10 +132,11 @@ def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result, r
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if export.index == "scann" else None)
     # retraining's state (user histories) goes beside the serving folder, never into it
     state = training_state.store(publish.base, *runs) if "retrieval" in publish.missing else None
+    written = {}
     for name in publish.missing:
         if name in reuse:
             say(f"copying {name} (version {publish.version}): unchanged since {reuse[name]}")
-            result.metadata[name] = _copy_version(reuse[name], publish.folder(name), {
+            written[name] = _copy_version(reuse[name], publish.folder(name), {
                 "version": publish.version, "created": _now(),
                 "set": publish.info, "copied_from": int(Path(reuse[name]).name), **extra})
             continue
@@ -147,7 +148,8 @@ def _write_set(publish, parts, runs, recall_queries, say, extra: dict, result, r
         _save_module(module, folder, metadata, options)
         if export.warmup:
             write_warmup(folder, name, warmup_requests(name, parts))
-        result.metadata[name] = metadata
+        written[name] = metadata
+    return written
 
 
 def _build_index(parts, recall_queries: np.ndarray | None) -> dict:

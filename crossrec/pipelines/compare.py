@@ -141,7 +141,9 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         scorers.append(_named(run, "id_two_tower"))
         result.histories["id_two_tower"] = run.history
     if "target_only" in models:
-        scorers.append(_target_only(config, data, progress, timed, result))
+        scorer, histories = _target_only(config, data, progress, timed)
+        scorers.append(scorer)
+        result.histories.update(histories)
     ks = tuple(config.eval.ks)
     ranks: list[pd.DataFrame] = []
     frames = [timed("evaluation", lambda: evaluate(scorers, data.test, data.catalogue, ks=ks,
@@ -203,9 +205,10 @@ def _check_models(models) -> None:
         raise ConfigError("the ranking model re-ranks crossrec's candidates: add crossrec to the models")
 
 
-def _target_only(config: Config, data: ExperimentData, progress: bool, timed, result: Comparison) -> _PerDomainScorer:
-    """The towers trained on each domain's interactions alone, each scoring its own domain."""
-    runs = {}
+def _target_only(config: Config, data: ExperimentData, progress: bool, timed) -> tuple[_PerDomainScorer, dict]:
+    """The towers trained on each domain's interactions alone, each scoring its own domain, and
+    their training histories."""
+    runs, histories = {}, {}
     for index, domain in enumerate(data.catalogue.domains):
         if index == 0:
             continue
@@ -215,8 +218,8 @@ def _target_only(config: Config, data: ExperimentData, progress: bool, timed, re
         run = timed(f"target_only:{domain}", lambda sub=sub, domain=domain: train_retrieval(
             config, data=sub, progress=progress, name=f"target_only:{domain} (baseline)"))
         runs[index] = (run.model, run.model.all_item_embeddings())
-        result.histories[f"target_only:{domain}"] = run.history
-    return _PerDomainScorer(runs, data.catalogue)
+        histories[f"target_only:{domain}"] = run.history
+    return _PerDomainScorer(runs, data.catalogue), histories
 
 
 def compare_over_seeds(config: Config, seeds: int = 1, **kwargs) -> Comparison:
