@@ -94,11 +94,11 @@ def export_synthetic(model, config: Config, n: int, out: Path, name: str = "reco
     and an untrained student ranker, as version 1 under ``out/<name>/``."""
     import json
 
+    from ranking.fit import build_ranker
     from ranking.ranker_spec import STUDENT, TEACHER, RankerSpec
     from ranking.served_list import ServedListSpec
     from ranking.sources import NeighbourTable
     from ranking.tables import FeatureTables
-    from ranking.train import build_ranker
     from serving.feed import FeedRecommenderModule
     from serving.index import DomainIndex
     from serving.layout import METADATA_FILE

@@ -66,7 +66,7 @@ class RankingConfig:
     # wins looks like instead of burying every item without a count.
     fresh_item_share: float = 0.1
     # Weigh the training lists so that a new item is as likely to be the label as any other
-    # candidate (ranking.train.fresh_parity_weights): "new" then carries no penalty of its own.
+    # candidate (ranking.fit.fresh_parity_weights): "new" then carries no penalty of its own.
     fresh_parity: bool = True
     # The served order (ranking.policy): retrieval_rank = a new item (no training interaction)
     # keeps the place the towers' score gives it in the list and the ranker orders the rest;

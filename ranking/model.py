@@ -162,7 +162,7 @@ class RankingModel(tfrs.models.Model):
         mask = tf.cast(tf.cast(inputs["candidates"], tf.int32) > 0, tf.float32)  # (b, L)
         logits = out[ENGAGEMENT]
         losses = {}
-        # per-list weights (b,) when given: new-item parity (ranking.train.fresh_parity_weights)
+        # per-list weights (b,) when given: new-item parity (ranking.fit.fresh_parity_weights)
         list_weight = tf.cast(inputs.get("list_weight", tf.ones_like(mask[:, 0])), tf.float32)
         masked = tf.where(mask > 0, logits, -1e9)
         labels = tf.cast(inputs[ENGAGEMENT], tf.float32) * mask

@@ -41,7 +41,7 @@ def load_parts(retrieval_dir: str | Path, ranking_dir: str | Path | None, config
     model, catalogue, trained_config = load_trained(retrieval_dir)
     rankers = None
     if ranking_dir is not None:
-        from ranking.train import load_ranking
+        from ranking.run_folder import load_ranking
 
         teacher, student, _ = load_ranking(ranking_dir)
         rankers = (teacher, student)

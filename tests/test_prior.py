@@ -47,8 +47,8 @@ def test_a_number_is_kept_auto_chooses_on_validation_and_a_negative_weight_is_re
 
 def test_auto_keeps_no_prior_unless_it_wins_by_the_margin_and_records_every_weight(tiny_pipeline):
     from ranking.mining import mine_ranking_data
+    from ranking.run_folder import load_ranking
     from ranking.scoring import served_ranker
-    from ranking.train import load_ranking
 
     config, run, _, ranking_dir = tiny_pipeline
     teacher, student, _ = load_ranking(ranking_dir)
@@ -63,9 +63,9 @@ def test_auto_keeps_no_prior_unless_it_wins_by_the_margin_and_records_every_weig
 
 def test_the_recommender_serves_the_prior_exactly_as_the_evaluator_measures_it(tiny_pipeline, tmp_path):
     from ranking.mining import candidate_lists, text_vectors
+    from ranking.run_folder import load_ranking
     from ranking.scoring import served_order
     from ranking.tables import build_tables
-    from ranking.train import load_ranking
     from serving.export import export_models
 
     config, run, retrieval_dir, ranking_dir = tiny_pipeline

@@ -236,14 +236,10 @@ def test_evaluation_lists_leave_out_seen_items_and_do_not_force_the_target_in(re
 
 def test_fit_lowers_the_loss_distils_a_student_and_reloads_with_identical_scores(retrieval_run, tmp_path):
     from crossrec.evaluation import SERVED
+    from ranking.ranker_spec import STUDENT, TEACHER
+    from ranking.run_folder import load_ranking
     from ranking.scoring import score_lists
-    from ranking.train import (
-        RETRIEVAL_ORDER,
-        STUDENT,
-        TEACHER,
-        load_ranking,
-        train_ranking,
-    )
+    from ranking.train import RETRIEVAL_ORDER, train_ranking
 
     config, _, retrieval_dir = retrieval_run
     run = train_ranking(config, retrieval_dir, tmp_path / "ranking", progress=False)

@@ -239,10 +239,10 @@ def assert_serves_in_order(model_dir, catalogue, lists, scores, k: int = 5) -> l
 
 def test_the_recommender_merges_the_sources_and_ranks_like_the_in_process_pipeline(exported, tiny_pipeline):
     from ranking.mining import candidate_lists, text_vectors
+    from ranking.run_folder import load_ranking
     from ranking.scoring import served_order
     from ranking.served_list import ServedListSpec
     from ranking.tables import build_tables
-    from ranking.train import load_ranking
 
     config, run, out, _ = exported
     _, student, _ = load_ranking(tiny_pipeline[3])

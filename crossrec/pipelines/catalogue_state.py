@@ -30,10 +30,11 @@ from crossrec.config import Config
 from crossrec.data import io
 from crossrec.errors import ConfigError
 from crossrec.features import Catalogue
+from ranking.fit import build_ranker
 from ranking.ranker_spec import STUDENT, TEACHER, RankerSpec
+from ranking.run_folder import load_ranking
 from ranking.sources import NeighbourTable
 from ranking.tables import FeatureTables
-from ranking.train import build_ranker, load_ranking
 from serving.training_state import ADDED_ITEMS
 from towers.cache import EmbeddingCache
 from towers.embedding_table import FILE as EMBEDDINGS_FILE

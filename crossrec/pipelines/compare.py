@@ -127,7 +127,6 @@ def compare_models(config: Config, *, models=DEFAULT_MODELS, zero_shot_domain: s
         result.histories[TOWERS] = run.history
         result.chosen = [{f"towers.{k}": v for k, v in (run.auto or {}).get("settings", {}).items()}]
         if "ranking" in models:
-
             ranked = timed("ranking", lambda: train_ranking(config, run, ranking_out, progress=progress))
             result.reranking = ranked.metrics
             if ranked.prior_choice:
@@ -192,7 +191,6 @@ def _reference_scorers(models, config: Config, data: ExperimentData, progress: b
     if "item_knn" in models:
         scorers.append(ItemKNNScorer(data.train, data.catalogue))
     if "sasrec" in models:
-
         scorers.append(timed("sasrec", lambda: train_sasrec(config, data, progress=progress)))
     return scorers
 

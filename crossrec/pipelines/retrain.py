@@ -54,7 +54,8 @@ from crossrec.pipelines.served_data import (
     served_state,
 )
 from crossrec.typed import to_dict
-from ranking.train import load_ranking, train_ranking
+from ranking.run_folder import load_ranking
+from ranking.train import train_ranking
 from ranking.warm_start import warm_start_ranker
 from serving.export import export_models, write_model_config
 from towers.cache import EmbeddingCache
