@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from bench.common import Results, bench_parser
 from bench.serving import export_synthetic, small_config, small_towers
-from serving.batch import CANDIDATES_SCHEMA, run_candidates
+from serving.batch import CANDIDATES_SCHEMA, BatchRequest, run_candidates
 from serving.batch_handlers import Query, SavedModelHandler, ServedModel
 
 
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         (tmp / "loop").mkdir()
         loop = plain_loop(tmp / "saved_models", tmp / "users.parquet", tmp / "loop", k, 1024)
         started = time.perf_counter()
-        result = run_candidates(tmp / "saved_models", tmp / "beam", users=str(tmp / "users.parquet"), k=k,
+        result = run_candidates(tmp / "saved_models", tmp / "beam", BatchRequest(users=str(tmp / "users.parquet"), k=k),
                                 pipeline_args=["--direct_num_workers=1"])
         beam_seconds = time.perf_counter() - started
         assert result.counts["users_scored"] == n_users

@@ -30,7 +30,7 @@ import serving.batch
 from bench.batch import users_table
 from bench.common import Results, bench_parser
 from crossrec import schema
-from serving.batch import run_candidates
+from serving.batch import BatchRequest, run_candidates
 from serving.batch_accounting import IncompleteOutput
 from serving.batch_feed import FeedRequest
 
@@ -98,7 +98,7 @@ def one_run(mode: str, models: Path, users: Path, interactions: Path, out: Path,
     pipeline_args = [] if workers is None else ["--direct_num_workers", str(workers)]
     if running_mode:
         pipeline_args += ["--direct_running_mode", running_mode]
-    return run_candidates(models, out, batch_size=64, pipeline_args=pipeline_args, **ask)
+    return run_candidates(models, out, BatchRequest(**ask), batch_size=64, pipeline_args=pipeline_args)
 
 
 def parse_args(argv):

@@ -150,6 +150,20 @@ def to_table(elements, model_name: str, model_version: int, ranked_name: str | N
 
 # --- the pipeline ----------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class BatchRequest:
+    """What a candidates job asks: its input (exactly one of a users table or an interactions
+    table: a path, a glob or a Beam file system URL) and what every user gets."""
+
+    users: str | None = None
+    interactions: str | None = None
+    k: int = 100  # candidates per (user, domain)
+    rank_top: int = 0  # the first this many reordered by the recommender (0: retrieval alone)
+    domains: list[str] | None = None  # the target domains (None: every domain the export knows)
+    exclude_seen: bool = True
+    feed: FeedRequest | None = None  # one feed across every domain per user instead of lists per domain
+
+
 @dataclass
 class CandidatesResult:
     output: str  # a local path or a Beam file system URL
@@ -157,16 +171,14 @@ class CandidatesResult:
     seconds: float
 
 
-def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | None = None,
-                   interactions: str | None = None, k: int = 100, rank_top: int = 0, domains: list[str] | None = None,
-                   exclude_seen: bool = True, batch_size: int = 1024, pipeline_args: list[str] | None = None,
-                   shards: int = 0, feed: FeedRequest | None = None) -> CandidatesResult:
+def run_candidates(model_dir: str | Path, output: str | Path, request: BatchRequest, *, batch_size: int = 1024,
+                   pipeline_args: list[str] | None = None, shards: int = 0) -> CandidatesResult:
     """Builds and runs the candidates pipeline; returns where the shards are and the counts.
-    ``feed``: one feed across every domain per user (``serving.batch_feed``) instead of lists
-    per domain (``k``, ``rank_top`` and ``domains`` do not apply)."""
-    source, retrieval, ranking, targets, known = _check_request(model_dir, users, interactions, k, rank_top, domains,
-                                                                feed)
-    surveyed = survey(source, interactions is not None)  # what the books must close against
+    ``request.feed``: one feed across every domain per user (``serving.batch_feed``) instead of
+    lists per domain (``k``, ``rank_top`` and ``domains`` do not apply)."""
+    source, retrieval, ranking, targets, known = _check_request(model_dir, request)
+    feed, exclude_seen = request.feed, request.exclude_seen
+    surveyed = survey(source, request.interactions is not None)  # what the books must close against
     output = str(output)
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
@@ -175,8 +187,9 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     options = PipelineOptions(pipeline_args, save_main_session=False)
     started = time.perf_counter()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    keyed, dead, tallies = _read_queries(pipeline, surveyed, users is not None, targets, known, feed is not None)
-    step, handler, models = _handler(retrieval, ranking, k, rank_top, feed, exclude_seen, batch_size)
+    keyed, dead, tallies = _read_queries(pipeline, surveyed, request.users is not None, targets, known,
+                                         feed is not None)
+    step, handler, models = _handler(retrieval, ranking, request, batch_size)
     # ((user, domain), result dict); retrieval and ranking in one step: nothing to join
     results = keyed | step >> RunInference(KeyedModelHandler(handler))
     tables = (results
@@ -194,7 +207,7 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     summary = {"input": source, "input_holds": surveyed.as_dict(), "runner": runner_name,
                "retrieval": f"{retrieval.name}/{retrieval.version}",
                "ranking": f"{ranking.name}/{ranking.version}" if ranking else None,
-               "k": None if feed else k, "rank_top": None if feed else rank_top,  # a feed asks feed.n
+               "k": None if feed else request.k, "rank_top": None if feed else request.rank_top,  # a feed: feed.n
                "feed": vars(feed) if feed else None,
                "exclude_seen": exclude_seen, "counts": counts, "complete": not problems, "problems": problems,
                "seconds": round(time.perf_counter() - started, 2)}
@@ -206,23 +219,25 @@ def run_candidates(model_dir: str | Path, output: str | Path, *, users: str | No
     return CandidatesResult(output, counts, time.perf_counter() - started)
 
 
-def _handler(retrieval, ranking, k: int, rank_top: int, feed: FeedRequest | None, exclude_seen: bool,
-             batch_size: int):
+def _handler(retrieval, ranking, request: BatchRequest, batch_size: int):
     """(the inference step's name, its model handler, the (name, version) of the model whose
     answers the rows hold and of the ranker that reordered them, None where none did)."""
+    feed, exclude_seen = request.feed, request.exclude_seen
     if feed is not None:
         return ("Feed", FeedHandler(ranking, feed, exclude_seen=exclude_seen, max_batch_size=batch_size),
                 (ranking.name, ranking.version, None, None))
-    handler = SavedModelHandler(retrieval, k=k, exclude_seen=exclude_seen, max_batch_size=batch_size)
+    handler = SavedModelHandler(retrieval, k=request.k, exclude_seen=exclude_seen, max_batch_size=batch_size)
     if ranking is None:
         return "Retrieve", handler, (retrieval.name, retrieval.version, None, None)
-    return ("RetrieveAndRank", RecommenderHandler(handler, ranking, top=rank_top, exclude_seen=exclude_seen),
+    return ("RetrieveAndRank", RecommenderHandler(handler, ranking, top=request.rank_top, exclude_seen=exclude_seen),
             (retrieval.name, retrieval.version, ranking.name, ranking.version))
 
 
-def _check_request(model_dir, users, interactions, k: int, rank_top: int, domains, feed: FeedRequest | None = None):
+def _check_request(model_dir, request: BatchRequest):
     """(input path, retrieval model, recommender model or None, target domains, known domains),
     every argument checked against the export before a pipeline is built."""
+    users, interactions, k, rank_top = request.users, request.interactions, request.k, request.rank_top
+    domains, feed = request.domains, request.feed
     if feed is not None and (rank_top or domains):
         raise ConfigError("--feed: one list across every domain per user; --rank-top and --domains do not apply")
     if (users is None) == (interactions is None):

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from crossrec import schema
 from crossrec.errors import ConfigError
-from serving.batch import run_candidates
+from serving.batch import BatchRequest, run_candidates
 
 
 def users_table(run, n=12) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def test_candidates_equal_the_saved_model_called_for_each_user(tiny_exported, tm
     _, run, saved_models, _ = tiny_exported
     users = users_table(run)
     users.to_parquet(tmp_path / "users.parquet")
-    result = run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=5,
+    result = run_candidates(saved_models, tmp_path / "out", BatchRequest(users=str(tmp_path / "users.parquet"), k=5),
                             batch_size=4)
     out = read(tmp_path / "out", "candidates")
     assert list(out.columns) == ["user_id", "domain", "rank", "item_id", "score", "model_name", "model_version"]
@@ -94,7 +94,7 @@ def test_bad_rows_go_to_the_dead_letter_output_and_the_run_goes_on(tiny_exported
          "history_domains": ["books"]},
     ])
     pd.concat([good, bad], ignore_index=True).to_parquet(tmp_path / "users.parquet")
-    result = run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=3)
+    result = run_candidates(saved_models, tmp_path / "out", BatchRequest(users=str(tmp_path / "users.parquet"), k=3))
     dead = read(tmp_path / "out", "dead_letter").sort_values("reason")
     assert result.counts["dead_letters"] == 3 and result.counts["users_scored"] == 3
     reasons = " | ".join(dead["reason"])
@@ -114,7 +114,7 @@ def test_cold_start_and_unknown_users_are_served_and_counted(tiny_exported, tmp_
          "history_domains": ["movies"]},  # nothing the model knows
     ])
     users.to_parquet(tmp_path / "users.parquet")
-    result = run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=4)
+    result = run_candidates(saved_models, tmp_path / "out", BatchRequest(users=str(tmp_path / "users.parquet"), k=4))
     assert result.counts["cold_start_users"] == 1 and result.counts["unknown_users"] == 1
     out = read(tmp_path / "out", "candidates")
     assert out.groupby("user_id").size().to_dict() == {"reader": 4, "stranger": 4}
@@ -126,8 +126,8 @@ def test_histories_built_from_the_interactions_table_give_the_same_candidates(ti
     train = run.data.train
     some = train[train[schema.USER_ID].isin(train[schema.USER_ID].unique()[:5])]
     some[[schema.USER_ID, schema.ITEM_ID, schema.DOMAIN, schema.TIMESTAMP]].to_parquet(tmp_path / "inter.parquet")
-    result = run_candidates(saved_models, tmp_path / "out", interactions=str(tmp_path / "inter.parquet"), k=3,
-                            domains=["kitchen"])
+    result = run_candidates(saved_models, tmp_path / "out",
+                            BatchRequest(interactions=str(tmp_path / "inter.parquet"), k=3, domains=["kitchen"]))
     assert result.counts["users_scored"] == 5
     out = read(tmp_path / "out", "candidates")
     for user, group in some.sort_values(schema.TIMESTAMP, kind="stable").groupby(schema.USER_ID):
@@ -141,7 +141,7 @@ def test_rank_top_heads_each_list_with_the_recommenders_merged_and_ranked_answer
     _, run, saved_models, _ = tiny_exported
     users = users_table(run, 4)
     users.to_parquet(tmp_path / "users.parquet")
-    run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=6, rank_top=3)
+    run_candidates(saved_models, tmp_path / "out", BatchRequest(users=str(tmp_path / "users.parquet"), k=6, rank_top=3))
     out = read(tmp_path / "out", "candidates")
     ranked = out[out["rank"] <= 3]
     assert set(ranked["model_name"]) == {"recommender"} and set(out[out["rank"] > 3]["model_name"]) == {"retrieval"}
@@ -160,8 +160,10 @@ def test_feed_gives_each_user_one_list_across_domains_as_the_feed_signature_does
     _, run, saved_models, _ = tiny_exported
     users = users_table(run, 6).drop(columns=[schema.DOMAIN])
     users.to_parquet(tmp_path / "users.parquet")
-    result = run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"),
-                            feed=FeedRequest(5, diversity=0.5, calibration=1.0), batch_size=4)
+    result = run_candidates(saved_models, tmp_path / "out",
+                            BatchRequest(users=str(tmp_path / "users.parquet"),
+                                         feed=FeedRequest(5, diversity=0.5, calibration=1.0)),
+                            batch_size=4)
     out = read(tmp_path / "out", "candidates")
     assert result.counts["queries"] == result.counts["users_scored"] == len(users)  # one list per user
     assert result.counts["rows"] == len(out) and set(out["model_name"]) == {"recommender"}
@@ -180,11 +182,11 @@ def test_feed_gives_each_user_one_list_across_domains_as_the_feed_signature_does
     assert summary["feed"] == {"n": 5, "diversity": 0.5, "calibration": 1.0}
     assert summary["k"] is None and summary["rank_top"] is None  # settings a feed does not use
     with pytest.raises(ConfigError, match="--rank-top and --domains do not apply"):
-        run_candidates(saved_models, tmp_path / "out2", users=str(tmp_path / "users.parquet"), rank_top=3,
-                       feed=FeedRequest(5))
+        run_candidates(saved_models, tmp_path / "out2",
+                       BatchRequest(users=str(tmp_path / "users.parquet"), rank_top=3, feed=FeedRequest(5)))
     with pytest.raises(ConfigError, match="--diversity 2.0: must be a number from 0 to 1"):
-        run_candidates(saved_models, tmp_path / "out2", users=str(tmp_path / "users.parquet"),
-                       feed=FeedRequest(5, diversity=2.0))
+        run_candidates(saved_models, tmp_path / "out2",
+                       BatchRequest(users=str(tmp_path / "users.parquet"), feed=FeedRequest(5, diversity=2.0)))
     assert main(["candidates", "--model-dir", str(saved_models), "--input", str(tmp_path / "users.parquet"),
                  "--output", str(tmp_path / "out3"), "--diversity", "0.2"]) == 2  # a feed's weight without --feed
 
@@ -193,7 +195,7 @@ def test_k_beyond_the_exported_max_k_is_a_clear_error(tiny_exported, tmp_path):
     _, run, saved_models, _ = tiny_exported
     users_table(run, 1).to_parquet(tmp_path / "users.parquet")
     with pytest.raises(ConfigError, match="max_k"):
-        run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=500)
+        run_candidates(saved_models, tmp_path / "out", BatchRequest(users=str(tmp_path / "users.parquet"), k=500))
 
 
 def test_the_cli_runs_the_pipeline_and_passes_beam_options_through(tiny_exported, tmp_path, capsys):
@@ -253,7 +255,7 @@ def test_the_job_is_deterministic_under_contention(tiny_exported, tmp_path, mode
     first = None
     for attempt in range(2):
         out_dir = tmp_path / f"out{attempt}"
-        result = run_candidates(saved_models, out_dir, batch_size=3, **ask)
+        result = run_candidates(saved_models, out_dir, BatchRequest(**ask), batch_size=3)
         rows = read(out_dir, "candidates").sort_values(["user_id", "domain", "rank"], ignore_index=True)
         assert result.counts["queries"] == result.counts["users_scored"] == queries
         assert result.counts["rows"] == len(rows) and result.counts["dead_letters"] == 0
@@ -272,8 +274,8 @@ def test_the_books_close_against_what_the_input_files_hold(tiny_exported, tmp_pa
     some = interactions_files(run, tmp_path / "inter", users=5)
     held = survey(str(tmp_path / "inter" / "*.parquet"), interactions=True)
     assert (held.files, held.rows, held.users) == (2, len(some), 5) and len(held.pieces) > 2
-    result = run_candidates(saved_models, tmp_path / "out", interactions=str(tmp_path / "inter" / "*.parquet"), k=2,
-                            domains=["books"])
+    result = run_candidates(saved_models, tmp_path / "out",
+                            BatchRequest(interactions=str(tmp_path / "inter" / "*.parquet"), k=2, domains=["books"]))
     assert (result.counts["input_rows"], result.counts["input_users"]) == (len(some), 5)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["input_holds"] == {"files": 2, "rows": len(some), "users": 5, "row_groups": len(held.pieces)}
@@ -305,7 +307,7 @@ def test_rows_lost_inside_the_pipeline_fail_the_job_with_the_missing_count(tiny_
     monkeypatch.setattr(batch_input, "read_row_group", lossy)
     expected = rf"{lost} rows lost" + (".*1 users lost" if table == "interactions" else "")
     with pytest.raises(IncompleteOutput, match=expected):
-        run_candidates(saved_models, tmp_path / "out", k=2, **ask)
+        run_candidates(saved_models, tmp_path / "out", BatchRequest(k=2, **ask))
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["complete"] is False
     flag = ["--input", ask["users"]] if table == "users" else ["--interactions", ask["interactions"]]
     assert main(["candidates", "--model-dir", str(saved_models), *flag, "--output", str(tmp_path / "out2"),
@@ -323,5 +325,5 @@ def test_a_count_that_does_not_add_up_fails_the_job(tiny_exported, tmp_path, mon
     _, run, saved_models, _ = tiny_exported
     users_table(run, 3).to_parquet(tmp_path / "users.parquet")
     with pytest.raises(IncompleteOutput, match=r"the lists hold 9 candidate rows but 6 were written"):
-        run_candidates(saved_models, tmp_path / "out", users=str(tmp_path / "users.parquet"), k=2)
+        run_candidates(saved_models, tmp_path / "out", BatchRequest(users=str(tmp_path / "users.parquet"), k=2))
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["complete"] is False

@@ -248,12 +248,12 @@ def test_retired_items_are_never_returned_and_still_count_in_histories(served, t
     # candidates (version 1's top 10 held them)
     before_retrieval = _signature(served, "retrieval", 1)
     assert any(gone & set(_ask(before_retrieval, h, d, k=10)["item_ids"]) for h, d in queries)
-    from serving.batch import run_candidates
+    from serving.batch import BatchRequest, run_candidates
 
     users = pd.DataFrame([{"user_id": f"u{i}", "domain": domain, "history_item_ids": [i for _, i in history],
                            "history_domains": [d for d, _ in history]} for i, (history, domain) in enumerate(queries)])
     users.to_parquet(tmp_path / "users.parquet")
-    batch = run_candidates(served, tmp_path / "batch", users=str(tmp_path / "users.parquet"), k=10)
+    batch = run_candidates(served, tmp_path / "batch", BatchRequest(users=str(tmp_path / "users.parquet"), k=10))
     assert batch.counts["users_scored"] == len(queries)
     candidates = pd.concat(pd.read_parquet(f) for f in (tmp_path / "batch").glob("candidates-*.parquet"))
     assert len(candidates) and not set(zip(candidates["domain"], candidates["item_id"], strict=True)) & set(retire)

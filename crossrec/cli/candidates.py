@@ -8,7 +8,7 @@ from crossrec.cli.flags import add_feed_weight_flags, feed_weights
 
 
 def cmd_candidates(args: argparse.Namespace) -> int:
-    from serving.batch import run_candidates
+    from serving.batch import BatchRequest, run_candidates
     from serving.batch_feed import FeedRequest
 
     pipeline_args = list(args.pipeline_args)
@@ -17,9 +17,9 @@ def cmd_candidates(args: argparse.Namespace) -> int:
     if args.runner:
         pipeline_args.append(f"--runner={args.runner}")
     domains = [d.strip() for d in args.domains.split(",")] if args.domains else None
-    result = run_candidates(args.model_dir, args.output, users=args.input, interactions=args.interactions, k=args.k,
-                            rank_top=args.rank_top, domains=domains, exclude_seen=not args.keep_seen,
-                            batch_size=args.batch_size, pipeline_args=pipeline_args, feed=feed)
+    request = BatchRequest(args.input, args.interactions, args.k, args.rank_top, domains, not args.keep_seen, feed)
+    result = run_candidates(args.model_dir, args.output, request, batch_size=args.batch_size,
+                            pipeline_args=pipeline_args)
     c = result.counts
     asked = "users' feeds" if feed else "(user, domain) queries"
     print(f"candidates for {c['users_scored']} {asked} in {result.seconds:.0f} s -> "
