@@ -299,3 +299,25 @@ def test_train_ranking_from_the_command_line_uses_the_towers_config(retrieval_ru
     assert (tmp_path / "r" / "teacher.weights.h5").exists()
     assert main(["train", "ranking", "--retrieval", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "run `crossrec train retrieval" in capsys.readouterr().err
+
+
+def test_a_run_stores_its_rankers_specs_and_one_without_them_is_rebuilt_from_its_config(tiny_pipeline, tmp_path):
+    import json
+    import shutil
+
+    from ranking.ranker_spec import STUDENT, TEACHER, RankerSpec
+    from ranking.run_folder import load_ranking
+
+    config, _, _, ranking_dir = tiny_pipeline
+    spec = json.loads((ranking_dir / "ranking_spec.json").read_text())
+    for role in (TEACHER, STUDENT):  # what shapes each ranker, stored: it equals what the config asks
+        assert RankerSpec.stored(spec, config, role) == RankerSpec.of(config, role)
+    assert spec["rankers"][STUDENT]["deep_layers"] == [8] and spec["rankers"][STUDENT]["distillation_weight"] > 0
+    older = tmp_path / "older"
+    shutil.copytree(ranking_dir, older)
+    (older / "ranking_spec.json").write_text(json.dumps({k: v for k, v in spec.items() if k != "rankers"}))
+    new_teacher, new_student, _ = load_ranking(ranking_dir)
+    old_teacher, old_student, _ = load_ranking(older)
+    for new, old in ((new_teacher, old_teacher), (new_student, old_student)):
+        assert [w.shape for w in new.weights] == [w.shape for w in old.weights]
+        assert all(np.array_equal(a, b) for a, b in zip(new.get_weights(), old.get_weights(), strict=True))
