@@ -108,7 +108,7 @@ class RankingModel(tfrs.models.Model):
                  retrieval_scale: float | tf.Variable | None = 10.0,
                  normalise: tf.keras.layers.Layer | None = None, **kwargs):
         super().__init__(**kwargs)
-        network = network or RankerSpec(features.features, 1)
+        network = network or RankerSpec(tuple(features.features), history_length=1)  # the default blocks
         self.features = features
         self.normalise = normalise or tf.keras.layers.BatchNormalization(name="normalise")
         self.cross = cross or CrossNetwork(network.cross_layers, network.cross_projection_dim, name="cross")
