@@ -109,6 +109,7 @@ class RankingModel(tfrs.models.Model):
                  normalise: tf.keras.layers.Layer | None = None, **kwargs):
         super().__init__(**kwargs)
         network = network or RankerSpec(tuple(features.features), history_length=1)  # the default blocks
+        self.ranker_spec = network  # what it was built from (ranking.run_folder stores it)
         self.features = features
         self.normalise = normalise or tf.keras.layers.BatchNormalization(name="normalise")
         self.cross = cross or CrossNetwork(network.cross_layers, network.cross_projection_dim, name="cross")
@@ -136,6 +137,7 @@ class RankingModel(tfrs.models.Model):
         retrieval scale) shared, so training one trains both and neither is ever swapped."""
         twin = RankingModel(RankingFeatures(tables, self.features.features, name="features"), cross=self.cross,
                             deep=self.deep, heads=self.heads, tasks=self.tasks, task_weights=self.task_weights,
+                            network=self.ranker_spec,
                             distillation_weight=self.distillation_weight,
                             retrieval_scale=self.retrieval_scale, normalise=self.normalise, name=self.name)
         twin({"query": np.zeros((1, self.features.embedding_dim), np.float32),

@@ -28,7 +28,7 @@ def save_ranking(run: RankingRun, config: Config) -> None:
     spec = {"num_items": int(data.catalogue.size), "embedding_dim": int(data.tables.item_embeddings.shape[1]),
             "domains": data.catalogue.domains, "rating_mean": data.rating_mean,
             "history_length": config.towers.history_length, "served_list": run.served_list.to_dict(),
-            "rankers": {role: RankerSpec.of(config, role).to_dict() for role in (TEACHER, STUDENT)},
+            "rankers": {ranker.name: ranker.ranker_spec.to_dict() for ranker in (run.teacher, run.student) if ranker},
             "sources": [{"name": t.name, "width": int(t.neighbours.shape[1]), "position_decay": t.position_decay}
                         for t in data.tables.sources]}
     (out / "ranking_spec.json").write_text(json.dumps(spec, indent=2))

@@ -31,7 +31,7 @@ from crossrec.data import io
 from crossrec.errors import ConfigError
 from crossrec.features import Catalogue
 from ranking.fit import build_ranker
-from ranking.ranker_spec import STUDENT, TEACHER, RankerSpec
+from ranking.ranker_spec import STUDENT, TEACHER
 from ranking.run_folder import load_ranking
 from ranking.sources import NeighbourTable
 from ranking.tables import FeatureTables
@@ -167,7 +167,7 @@ def write_rankers(out: Path, served_ranking: Path, catalogue: Catalogue, added_e
     """The rankers' state folder for the changed catalogue: their weights, and per-item tables
     grown by the added rows (the towers' vector, no interactions, never seen, no neighbours);
     returns the rankers written (teacher, student or None)."""
-    teacher, student, config = load_ranking(served_ranking)
+    teacher, student, _ = load_ranking(served_ranking)
     spec = json.loads((served_ranking / "ranking_spec.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -176,7 +176,7 @@ def write_rankers(out: Path, served_ranking: Path, catalogue: Catalogue, added_e
             written[file] = None
             continue
         tables = _grown_tables(old.features.tables, spec, catalogue, added_embeddings)
-        new = build_ranker(RankerSpec.stored(spec, config, name), tables, name=name)
+        new = build_ranker(old.ranker_spec, tables, name=name)  # the spec it was loaded with
         _copy_ranker_weights(new, old)
         new.save_weights(str(out / f"{file}.weights.h5"))  # the names load_ranking reads
         written[file] = new
